@@ -1,0 +1,128 @@
+"""Attribution readouts from any fitted surrogate g, plus active selection of new subsets.
+
+Sign convention (DESIGN.md): predicted leave-one-out A_k = g(1 - e_k) - g(1). With a loss outcome,
+A_k > 0 means removing task k raises the target loss, i.e. task k helps the target.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ksurrogate import _checks
+from ksurrogate import kernels
+from ksurrogate import subsets as subsets_lib
+from ksurrogate._util import x64
+from ksurrogate.surrogates import KernelSurrogate
+
+
+def _num_tasks(surrogate, num_tasks):
+  if num_tasks is None:
+    return surrogate.num_tasks
+  if num_tasks != surrogate.num_tasks:
+    raise ValueError(f"num_tasks: {num_tasks} does not match the surrogate's K={surrogate.num_tasks}")
+  return num_tasks
+
+
+@x64
+def predicted_loo(surrogate, num_tasks: int | None = None) -> jax.Array:
+  """[K, T]: g(1 - e_k) - g(1)."""
+  K = _num_tasks(surrogate, num_tasks)
+  return surrogate.predict(subsets_lib.leave_one_out(K)) - surrogate.predict(subsets_lib.full(K))
+
+
+@x64
+def interactions(surrogate, num_tasks: int | None = None) -> jax.Array:
+  """[K, K, T]: I_jk = g(1) - g(1 - e_j) - g(1 - e_k) + g(1 - e_j - e_k); zero diagonal.
+
+  I_jk > 0 for a loss means the pair is redundant (dropping both costs less than the sum of
+  dropping each); I_jk < 0 means synergy. Zero for every pair under a linear surrogate.
+  """
+  K = _num_tasks(surrogate, num_tasks)
+  g_full = surrogate.predict(subsets_lib.full(K))[0]
+  g_loo = surrogate.predict(subsets_lib.leave_one_out(K))
+  masks, pairs = subsets_lib.leave_two_out(K)
+  g_lto = surrogate.predict(masks)
+  j, k = pairs[:, 0], pairs[:, 1]
+  vals = g_full - g_loo[j] - g_loo[k] + g_lto
+  out = jnp.zeros((K, K, g_full.shape[0]), g_lto.dtype)
+  return out.at[j, k].set(vals).at[k, j].set(vals)
+
+
+@x64
+def shapley(surrogate, num_tasks: int | None, key, num_permutations: int = 256):
+  """Monte-Carlo Shapley values of each task in the game v(s) = g(s).
+
+  Permutations come in antithetic pairs (a permutation and its reverse), which cancels the
+  first-order part of the sampling noise. Returns (values [K, T], standard_errors [K, T]); the
+  values of each permutation sum to g(1) - g(0) exactly (efficiency).
+  """
+  K = _num_tasks(surrogate, num_tasks)
+  half = max(1, _checks.positive_int(num_permutations, "num_permutations") // 2)
+  perms = jax.vmap(lambda k: jax.random.permutation(k, K))(jax.random.split(key, half))
+  perms = jnp.concatenate([perms, perms[:, ::-1]])                       # [P, K]
+  # Prefix masks: row i of permutation p holds its first i tasks.
+  position = jnp.argsort(perms, axis=1)                                  # position of task in perm
+  prefix = position[:, None, :] < jnp.arange(K + 1)[None, :, None]        # [P, K+1, K]
+  g = surrogate.predict(prefix.reshape(-1, K)).reshape(2 * half, K + 1, -1)
+  marginal_in_order = g[:, 1:] - g[:, :-1]                               # [P, K, T], by position
+  contrib = jnp.take_along_axis(marginal_in_order, position[:, :, None], axis=1)  # by task
+  pair_means = 0.5 * (contrib[:half] + contrib[half:])
+  values = pair_means.mean(0)
+  stderr = pair_means.std(0, ddof=1) / jnp.sqrt(half) if half > 1 else jnp.full_like(values, jnp.nan)
+  return values, stderr
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def _greedy_max_variance(C, surr, n):
+  """Picks n candidates one at a time, each time the one of largest posterior variance given the
+  fitted data and the picks so far (noise = ridge), so a batch never holds near-duplicates."""
+  Kc = surr._gram(C)
+  A = Kc @ surr.var_matrix
+  var = kernels.diag(surr.kernel, C, surr.gamma, surr.degree, surr.coef0) - jnp.sum(A * Kc, 1)
+  U = jnp.zeros((n, C.shape[0]))
+
+  def step(t, carry):
+    var, U, picked, picked_var = carry
+    j = jnp.argmax(var)
+    cov = (kernels.gram(surr.kernel, C, C[j][None], surr.gamma, surr.degree, surr.coef0)[:, 0]
+           - A @ Kc[j] - U.T @ U[:, j])
+    u = cov / jnp.sqrt(jnp.maximum(var[j], 0.0) + surr.ridge)
+    new_var = (var - u ** 2).at[j].set(-jnp.inf)
+    return new_var, U.at[t].set(u), picked.at[t].set(j.astype(picked.dtype)), picked_var.at[t].set(var[j])
+
+  init = (var, U, jnp.zeros(n, jnp.int32), jnp.zeros(n))
+  _, _, picked, picked_var = jax.lax.fori_loop(0, n, step, init)
+  return picked, picked_var
+
+
+@x64
+def suggest_subsets(surrogate, key, n: int, *, num_candidates: int = 4096, size: int | None = None,
+                    p: float | None = None):
+  """Active sampling: the n candidate subsets whose outcome the surrogate is least sure of.
+
+  Candidates are drawn like the fitted design (fixed size if every fitted subset had the same
+  size, else Bernoulli with the fitted density; override with `size` or `p`), minus subsets already
+  fitted. Returns (subsets bool [n, K], posterior variances [n] at the time each was picked).
+  """
+  if not isinstance(surrogate, KernelSurrogate):
+    raise ValueError(f"surrogate: suggest_subsets needs a KernelSurrogate (posterior variance), got {type(surrogate).__name__}")
+  n = _checks.positive_int(n, "n")
+  K = surrogate.num_tasks
+  basis = np.asarray(surrogate.basis) > 0.5
+  sizes = basis.sum(1)
+  if size is None and p is None and np.all(sizes == sizes[0]):
+    size = int(sizes[0])
+  if size is not None:
+    cand = subsets_lib.fixed_size(key, num_candidates, K, size)
+  else:
+    cand = subsets_lib.bernoulli(key, num_candidates, K, float(p if p is not None else basis.mean()))
+  cand = np.unique(np.asarray(cand), axis=0)
+  seen = {row.tobytes() for row in basis}
+  cand = cand[[row.tobytes() not in seen for row in cand]]
+  if len(cand) < n:
+    raise ValueError(f"n: only {len(cand)} new distinct candidates for {n} picks; raise num_candidates")
+  picked, var = _greedy_max_variance(jnp.asarray(cand, jnp.float64), surrogate, n)
+  return jnp.asarray(cand[np.asarray(picked)]), var

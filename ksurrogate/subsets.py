@@ -1,0 +1,91 @@
+"""Subset sampling and indicator-matrix utilities.
+
+A subset of K tasks is a bool row of length K; a batch of subsets is S: bool [m, K]. Samplers are
+pure functions of a `jax.random.key`, so the same key always gives the same design.
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ksurrogate import _checks
+from ksurrogate._checks import deduplicate  # noqa: F401  (public: ksurrogate.subsets.deduplicate)
+
+
+def bernoulli(key, num_subsets: int, num_tasks: int, p: float = 0.5) -> jax.Array:
+  """Each task independently in each subset with probability p (the datamodels design)."""
+  _checks.positive_int(num_subsets, "num_subsets")
+  _checks.positive_int(num_tasks, "num_tasks")
+  if not 0.0 < p < 1.0:
+    raise ValueError(f"p: inclusion probability must lie in (0, 1), got {p}")
+  return jax.random.bernoulli(key, p, (num_subsets, num_tasks))
+
+
+def fixed_size(key, num_subsets: int, num_tasks: int, size: int) -> jax.Array:
+  """Uniformly random subsets of exactly `size` tasks (the paper's design: 22 of 25 tasks)."""
+  _checks.positive_int(num_subsets, "num_subsets")
+  _checks.positive_int(num_tasks, "num_tasks")
+  if not 0 < size <= num_tasks:
+    raise ValueError(f"size: must lie in [1, num_tasks={num_tasks}], got {size}")
+  # Ranking i.i.d. uniforms gives a uniform random permutation; the `size` smallest form the subset.
+  u = jax.random.uniform(key, (num_subsets, num_tasks))
+  ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
+  return ranks < size
+
+
+def full(num_tasks: int) -> jax.Array:
+  """The full set, as a [1, K] batch."""
+  return jnp.ones((1, _checks.positive_int(num_tasks, "num_tasks")), bool)
+
+
+def leave_one_out(num_tasks: int) -> jax.Array:
+  """Row k drops task k: [K, K]."""
+  return ~jnp.eye(_checks.positive_int(num_tasks, "num_tasks"), dtype=bool)
+
+
+def leave_two_out(num_tasks: int):
+  """All subsets that drop a pair j < k: returns (masks [P, K], pairs [P, 2]), P = K (K - 1) / 2."""
+  _checks.positive_int(num_tasks, "num_tasks")
+  if num_tasks < 2:
+    raise ValueError(f"num_tasks: leave-two-out needs at least 2 tasks, got {num_tasks}")
+  pairs = np.array(list(itertools.combinations(range(num_tasks), 2)), np.int32)
+  masks = np.ones((len(pairs), num_tasks), bool)
+  masks[np.arange(len(pairs)), pairs[:, 0]] = False
+  masks[np.arange(len(pairs)), pairs[:, 1]] = False
+  return jnp.asarray(masks), jnp.asarray(pairs)
+
+
+def from_ids(ids, num_tasks: int) -> np.ndarray:
+  """Id lists (e.g. the demonstrations of an ICL prompt, any order) -> bool [m, K]."""
+  _checks.positive_int(num_tasks, "num_tasks")
+  out = np.zeros((len(ids), num_tasks), bool)
+  for i, row in enumerate(ids):
+    row = np.asarray(row, np.int64).ravel()
+    if row.size and (row.min() < 0 or row.max() >= num_tasks):
+      raise ValueError(f"ids: row {i} holds task id {row[(row < 0) | (row >= num_tasks)][0]} outside [0, {num_tasks})")
+    out[i, row] = True
+  return out
+
+
+def to_ids(S) -> list[np.ndarray]:
+  """bool [m, K] -> list of sorted id arrays (ragged: subsets may differ in size)."""
+  S = _checks.as_subsets(S)
+  return [np.flatnonzero(row) for row in S]
+
+
+def collapse_columns(W):
+  """Sample-level indicators -> task-level ones.
+
+  Columns with identical patterns across all subsets belong to the same task (that is how the
+  official code's sample-level vectors are built). Returns (S [m, K] bool, task_of_column [n]) with
+  tasks numbered in order of first appearance.
+  """
+  W = _checks.as_subsets(W, "W")
+  patterns, first, inverse = np.unique(W.T, axis=0, return_index=True, return_inverse=True)
+  order = np.argsort(first)
+  rank = np.empty_like(order)
+  rank[order] = np.arange(len(order))
+  return patterns[order].T.copy(), rank[inverse.ravel()]
