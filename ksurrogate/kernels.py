@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ksurrogate._util import x64
+
 KERNELS = ("rbf", "polynomial", "linear")
 
 
@@ -39,6 +41,7 @@ def diag(kind: str, A, gamma, degree: int = 2, coef0: float = 1.0):
   return sq
 
 
+@x64
 def default_gamma(kind: str, S) -> float:
   """Centre of the gamma grid: 1 / (2 median pairwise squared distance) for RBF, 1 / K otherwise."""
   S = jnp.asarray(S, jnp.float64)

@@ -24,7 +24,7 @@ from ksurrogate import kernels
 from ksurrogate import metrics
 from ksurrogate._util import x64
 
-GAMMA_SCALES = 10.0 ** (np.arange(-4, 5) / 2)  # gamma0 * 10^[-2..2] in half decades   # gamma0 * 10^[-2..2]
+GAMMA_SCALES = 10.0 ** (np.arange(-4, 5) / 2)  # gamma0 * 10^[-2..2] in half decades
 RIDGE_GRID = 10.0 ** np.arange(-6, 3)     # 10^[-6..2]
 _PREDICT_CHUNK = 8192
 

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from ksurrogate import metrics
+
+
+def test_spearman_and_pearson_equal_scipy_with_ties(rng):
+  P = np.round(rng.normal(size=(40, 6)), 1)   # rounding makes ties
+  T = np.round(P + rng.normal(size=(40, 6)), 1)
+  ours = metrics.spearman(P, T, per_target=True)
+  ref = [stats.spearmanr(P[:, j], T[:, j]).statistic for j in range(6)]
+  np.testing.assert_allclose(ours, ref, atol=1e-12)
+  np.testing.assert_allclose(metrics.pearson(P, T, per_target=True),
+                             [stats.pearsonr(P[:, j], T[:, j]).statistic for j in range(6)], atol=1e-12)
+  assert metrics.lds(P, T) == pytest.approx(np.mean(ref), abs=1e-12)
+
+
+def test_lds_skips_constant_targets(rng):
+  P, T = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
+  P[:, 1] = 1.0
+  per = metrics.lds(P, T, per_target=True)
+  assert np.isnan(per[1])
+  assert metrics.lds(P, T) == pytest.approx(np.nanmean(per))
+
+
+def test_normalized_error_by_hand(rng):
+  T = rng.normal(size=(20, 4)) * np.array([1.0, 0.01, 2.0, 0.5])
+  P = T + rng.normal(size=(20, 4)) * 0.3
+  var = T.var(0, ddof=1)
+  keep = var >= 0.1
+  expect = np.mean(((P - T) ** 2).mean(0)[keep] / var[keep])
+  assert metrics.normalized_error(P, T, threshold=0.1) == pytest.approx(expect, rel=1e-12)
+  assert metrics.normalized_error(np.tile(T.mean(0), (20, 1)), T, threshold=0.1) == pytest.approx(19 / 20)
+  with pytest.raises(ValueError, match="^threshold"):
+    metrics.normalized_error(P, T, threshold=100.0)
+
+
+def test_loo_correlation_and_relative_error(rng):
+  true = rng.normal(size=(25, 5))
+  pred = true + 0.1 * rng.normal(size=(25, 5))
+  out = metrics.loo_correlation(pred, true)
+  assert out["pearson"] == pytest.approx(np.mean([stats.pearsonr(pred[:, j], true[:, j]).statistic for j in range(5)]))
+  assert out["spearman_mean_target"] == pytest.approx(stats.spearmanr(pred.mean(1), true.mean(1)).statistic)
+  rel = metrics.relative_error(np.array([1.1, 2.0, -0.5]), np.array([1.0, 2.5, -0.5]))
+  assert rel["median"] == pytest.approx(0.1) and rel["mean"] == pytest.approx((0.1 + 0.2) / 3)
+
+
+def test_shape_mismatch_is_named():
+  with pytest.raises(ValueError, match="^pred"):
+    metrics.lds(np.zeros((5, 2)), np.zeros((5, 3)))

@@ -1,0 +1,69 @@
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ksurrogate import subsets
+
+_settings = settings(max_examples=25, deadline=None)
+
+
+@_settings
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 40), K=st.integers(1, 30), data=st.data())
+def test_fixed_size_exact_sizes_and_determinism(seed, m, K, data):
+  size = data.draw(st.integers(1, K))
+  S = np.asarray(subsets.fixed_size(jax.random.key(seed), m, K, size))
+  assert S.shape == (m, K) and S.dtype == bool and np.all(S.sum(1) == size)
+  np.testing.assert_array_equal(S, np.asarray(subsets.fixed_size(jax.random.key(seed), m, K, size)))
+
+
+def test_fixed_size_is_uniform_over_tasks():
+  S = np.asarray(subsets.fixed_size(jax.random.key(0), 20000, 10, 3))
+  np.testing.assert_allclose(S.mean(0), 0.3, atol=0.015)
+
+
+@_settings
+@given(seed=st.integers(0, 2**31 - 1), p=st.floats(0.05, 0.95))
+def test_bernoulli_shape_and_rate(seed, p):
+  S = np.asarray(subsets.bernoulli(jax.random.key(seed), 4000, 5, p))
+  assert S.dtype == bool and abs(S.mean() - p) < 0.03
+
+
+@_settings
+@given(K=st.integers(2, 12))
+def test_loo_and_lto_masks(K):
+  loo = np.asarray(subsets.leave_one_out(K))
+  assert np.all(loo.sum(1) == K - 1) and np.all(~np.diag(loo))
+  lto, pairs = subsets.leave_two_out(K)
+  lto, pairs = np.asarray(lto), np.asarray(pairs)
+  assert len(lto) == K * (K - 1) // 2 and np.all(lto.sum(1) == K - 2)
+  assert np.all(~lto[np.arange(len(pairs)), pairs[:, 0]]) and np.all(pairs[:, 0] < pairs[:, 1])
+
+
+@_settings
+@given(ids=st.lists(st.lists(st.integers(0, 49), min_size=0, max_size=6, unique=True), min_size=1, max_size=20))
+def test_ids_roundtrip(ids):
+  S = subsets.from_ids(ids, 50)
+  assert [sorted(r) for r in ids] == [list(r) for r in subsets.to_ids(S)]
+
+
+@_settings
+@given(seed=st.integers(0, 1000), n_tasks=st.integers(1, 8), per_task=st.integers(1, 5))
+def test_collapse_columns_recovers_tasks(seed, n_tasks, per_task):
+  rng = np.random.default_rng(seed)
+  S = np.unique(rng.random((30, n_tasks)) < 0.5, axis=1)   # distinct task columns
+  task_of_col = rng.permutation(np.repeat(np.arange(S.shape[1]), per_task))
+  W = S[:, task_of_col]
+  S2, t2 = subsets.collapse_columns(W)
+  np.testing.assert_array_equal(S2[:, t2], W)
+  assert S2.shape[1] == S.shape[1]
+
+
+def test_deduplicate_averages():
+  S = np.array([[1, 0], [0, 1], [1, 0]], bool)
+  F = np.array([[1.0], [5.0], [3.0]])
+  with pytest.warns(UserWarning, match="duplicate"):
+    S2, F2 = subsets.deduplicate(S, F)
+  np.testing.assert_array_equal(S2, [[1, 0], [0, 1]])
+  np.testing.assert_array_equal(F2, [[2.0], [5.0]])
