@@ -48,6 +48,11 @@ def save_arrays(path, **arrays) -> None:
   _atomic_write(pathlib.Path(path), lambda f: np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
+def save_npy(path, array) -> None:
+  """One array as .npy (memory-mappable on reload)."""
+  _atomic_write(pathlib.Path(path), lambda f: np.save(f, np.asarray(array)))
+
+
 def load_arrays(path) -> dict:
   with np.load(path) as data:
     return {k: data[k] for k in data.files}

@@ -1,0 +1,112 @@
+"""Real training on subsets, many models at once: the ground truth the estimator approximates.
+
+Every model of a batch sees all examples with per-example weights (1 if its task is in the subset,
+else 0), so the whole batch of subsets is one `vmap`ped, `jit`ted training loop with static shapes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ksurrogate import _checks
+from ksurrogate import linearize as linearize_lib
+from ksurrogate import metrics
+
+
+def cross_entropy(logits, y):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def weighted_loss(apply_fn: Callable, params, X, y, w, loss_fn: Callable = cross_entropy):
+  """Mean loss over the examples a subset selects (weights w [N])."""
+  return jnp.sum(w * loss_fn(apply_fn(params, X), y)) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def train(apply_fn: Callable, params, X, y, w, *, optimizer: optax.GradientTransformation, num_steps: int,
+          batch_size: int | None = None, key=None, loss_fn: Callable = cross_entropy):
+  """Trains one model on the weighted examples; returns (params, per-step losses [num_steps]).
+
+  Full batch when batch_size is None; otherwise each step draws `batch_size` examples from the
+  subset (sampling proportional to w), from `key`.
+  """
+  opt_state = optimizer.init(params)
+  key = jax.random.key(0) if key is None else key
+
+  def step(carry, k):
+    params, opt_state = carry
+    if batch_size is None:
+      Xb, yb, wb = X, y, w
+    else:
+      idx = jax.random.choice(k, X.shape[0], (batch_size,), p=w / jnp.sum(w))
+      Xb, yb, wb = X[idx], y[idx], jnp.ones(batch_size, w.dtype)
+    loss, grads = jax.value_and_grad(lambda p: weighted_loss(apply_fn, p, Xb, yb, wb, loss_fn))(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  (params, _), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(key, num_steps))
+  return params, losses
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "num_steps", "batch_size", "loss_fn"))
+def _finetune_chunk(params0, W, keys, X, y, *, apply_fn, optimizer, num_steps, batch_size, loss_fn):
+  return jax.vmap(lambda w, k: train(apply_fn, params0, X, y, w, optimizer=optimizer, num_steps=num_steps,
+                                     batch_size=batch_size, key=k, loss_fn=loss_fn))(W, keys)
+
+
+def finetune_subsets(apply_fn: Callable, params0, X, y, task_ids, S, *, optimizer, num_steps: int,
+                     batch_size: int | None = None, key=None, chunk_size: int = 16,
+                     loss_fn: Callable = cross_entropy):
+  """Fine-tunes params0 on each subset row of S [m, K]; returns stacked params [m, ...] and losses
+  [m, num_steps]. `apply_fn`, `optimizer` and `loss_fn` must be hashable (module-level functions,
+  optax transformations built once)."""
+  S = _checks.as_subsets(S)
+  task_ids = np.asarray(task_ids)
+  if task_ids.shape != (len(X),):
+    raise ValueError(f"task_ids: expected shape ({len(X)},), got {task_ids.shape}")
+  W = S[:, task_ids].astype(np.float32)
+  if np.any(W.sum(1) == 0):
+    raise ValueError(f"S: subset {int(np.flatnonzero(W.sum(1) == 0)[0])} selects no training example (empty subset)")
+  keys = jax.random.split(jax.random.key(0) if key is None else key, len(S))
+  outs = []
+  for a in range(0, len(S), chunk_size):
+    Wc, kc = W[a:a + chunk_size], keys[a:a + chunk_size]
+    n = len(Wc)
+    if n < chunk_size:   # pad to one compiled shape
+      Wc = np.concatenate([Wc, np.repeat(Wc[-1:], chunk_size - n, 0)])
+      kc = jnp.concatenate([kc, jnp.repeat(kc[-1:], chunk_size - n, 0)])
+    p, losses = _finetune_chunk(params0, jnp.asarray(Wc), kc, jnp.asarray(X), jnp.asarray(y), apply_fn=apply_fn,
+                                optimizer=optimizer, num_steps=num_steps, batch_size=batch_size, loss_fn=loss_fn)
+    outs.append(jax.tree.map(lambda t: t[:n], (p, losses)))
+  return jax.tree.map(lambda *t: jnp.concatenate(t), *outs)
+
+
+def linearization_error(apply_fn: Callable, params0, params_stacked, X):
+  """The paper's first-order error at really trained weights theta_S, per subset and example:
+  ||f(theta0) + J (theta_S - theta0) - f(theta_S)|| / max(||f(theta_S)||, ||f(theta0)||)
+  (norms over the output vector). Returns [m, N]."""
+  f_lin = linearize_lib.linearize(apply_fn, params0)
+  out0 = apply_fn(params0, X)
+
+  @jax.jit
+  def one(p):
+    out, lin = apply_fn(p, X), f_lin(p, X)
+    scale = jnp.maximum(jnp.linalg.norm(out, axis=-1), jnp.linalg.norm(out0, axis=-1))
+    return jnp.linalg.norm(lin - out, axis=-1) / scale
+
+  m = jax.tree.leaves(params_stacked)[0].shape[0]
+  return np.stack([np.asarray(one(jax.tree.map(lambda t: t[i], params_stacked))) for i in range(m)])
+
+
+def error_report(apply_fn: Callable, params0, params_stacked, X_target, F_hat, F_finetuned) -> dict:
+  """Both error definitions on the same subsets: (a) the estimate vs real fine-tuning per target,
+  (b) the first-order error of the outputs at the fine-tuned weights."""
+  est = metrics.relative_error(F_hat, F_finetuned)
+  lin = linearization_error(apply_fn, params0, params_stacked, X_target)
+  return {"median_relative_error": est["median"], "mean_relative_error": est["mean"],
+          "linearization_error": float(np.median(lin)), "linearization_error_mean": float(np.mean(lin)),
+          "lds_vs_finetune": metrics.lds(F_hat, F_finetuned) if len(F_hat) > 2 else float("nan")}

@@ -1,0 +1,138 @@
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy import optimize
+
+import ksurrogate as ks
+from ksurrogate import features, finetune
+
+
+def logreg(params, X):
+  return X @ params["w"] + params["b"]
+
+
+def _problem(C, seed=0, N=48, K=4, T=9):
+  r = np.random.default_rng(seed)
+  X = r.normal(size=(N + T, 3)).astype(np.float32)
+  y = r.integers(0, C, N + T)
+  params0 = {"w": r.normal(0, 0.3, (3, C)).astype(np.float32), "b": np.zeros(C, np.float32)}
+  task_ids = np.repeat(np.arange(K), N // K)
+  return params0, X[:N], y[:N], X[N:], y[N:], task_ids
+
+
+def _exact_minimizer_outcomes(params0, X, y, Xt, yt, mask, ridge):
+  """Minimizes sum_{selected} CE + ridge/2 ||theta - theta0||^2 in float64 with scipy."""
+  flat0, unravel = ravel_pytree(jax.tree.map(lambda a: a.astype(np.float64), params0))
+  flat0 = np.asarray(flat0)
+  Xs, ys = X[mask].astype(np.float64), y[mask]
+  def obj(theta):
+    p = unravel(theta)
+    logits = np.asarray(Xs @ np.asarray(p["w"]) + np.asarray(p["b"]))
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    probs = np.exp(logits - lse[:, None])
+    probs[np.arange(len(ys)), ys] -= 1.0
+    g = {"w": Xs.T @ probs, "b": probs.sum(0)}
+    return (lse - logits[np.arange(len(ys)), ys]).sum() + 0.5 * ridge * np.sum((theta - flat0) ** 2), \
+        np.asarray(ravel_pytree(g)[0]) + ridge * (theta - flat0)
+  res = optimize.minimize(obj, flat0, jac=True, method="L-BFGS-B", options=dict(gtol=1e-12, ftol=1e-15, maxiter=5000))
+  p = unravel(res.x)
+  logits = Xt.astype(np.float64) @ np.asarray(p["w"]) + np.asarray(p["b"])
+  return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, yt))
+
+
+@pytest.mark.parametrize("C,output", [(3, "logits"), (2, "margin")])
+def test_estimate_equals_exact_minimizer_for_model_linear_in_params(C, output):
+  params0, X, y, Xt, yt, task_ids = _problem(C)
+  D = ravel_pytree(params0)[0].size
+  key = jax.random.key(0)
+  train = features.featurize(logreg, params0, X, y, key=key, dim=D, output=output, projection="identity")
+  target = features.featurize(logreg, params0, Xt, yt, key=key, dim=D, output=output, projection="identity")
+  S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1]], bool)
+  ridge = 0.5
+  F_hat = ks.estimate(train, task_ids, S, target, ridge=ridge, num_iters=25)
+  for i, s in enumerate(S):
+    expect = _exact_minimizer_outcomes(params0, X, y, Xt, yt, s[task_ids], ridge)
+    np.testing.assert_allclose(F_hat[i], expect, rtol=2e-4, atol=2e-5)
+
+
+def _random_features(seed=0, N=40, C=3, d=6, K=5, T=7):
+  r = np.random.default_rng(seed)
+  mk = lambda n: features.Features(phi=r.normal(0, 0.5, (n, C, d)).astype(np.float32),   # noqa: E731
+                                   offsets=r.normal(size=(n, C)).astype(np.float32),
+                                   labels=r.integers(0, C, n).astype(np.int32), output="logits")
+  return mk(N), mk(T), np.arange(N) % K
+
+
+def test_onestep_is_one_newton_step_from_zero():
+  train, target, task_ids = _random_features()
+  S = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
+  F_hat, Z = ks.estimate(train, task_ids, S, target, ridge=2.0, method="onestep", return_params=True)
+  for s, z in zip(S, Z):
+    w = s[task_ids]
+    phi, o = train.phi[w], train.offsets[w]
+    p = np.exp(o - o.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    r = p - np.eye(3)[train.labels[w]]
+    g = np.einsum("ncd,nc->d", phi, r)
+    H = sum(phi[n].T @ (np.diag(p[n]) - np.outer(p[n], p[n])) @ phi[n] for n in range(len(phi)))
+    np.testing.assert_allclose(z, -np.linalg.solve(H + 2.0 * np.eye(6), g), rtol=1e-4, atol=1e-5)
+
+
+def test_newton_decreases_to_optimum_and_chunking_is_invisible():
+  train, target, task_ids = _random_features(1)
+  S = np.asarray(ks.subsets.fixed_size(jax.random.key(0), 7, 5, 3))
+  a = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=12)
+  b = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=12, chunk_size=2)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  c = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=30)
+  np.testing.assert_allclose(a, c, rtol=1e-4)   # converged
+  margin = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=12, outcome="margin")
+  np.testing.assert_allclose(a, np.logaddexp(0, -margin), rtol=1e-4)   # CE = softplus(-margin)
+
+
+def test_estimate_is_deterministic_and_calibrates():
+  train, target, task_ids = _random_features(2)
+  S = np.asarray(ks.subsets.fixed_size(jax.random.key(1), 6, 5, 4))
+  truth = ks.estimate(train, task_ids, S, target, ridge=3.0)
+  np.testing.assert_array_equal(truth, ks.estimate(train, task_ids, S, target, ridge=3.0))
+  best, table = ks.calibrate_ridge(train, task_ids, target, S, truth, grid=[0.1, 1.0, 3.0, 30.0])
+  assert best == 3.0 and table[3.0] == 0.0
+
+
+def test_bad_inputs():
+  train, target, task_ids = _random_features()
+  S = np.ones((2, 5), bool)
+  with pytest.raises(ValueError, match="^task_ids: expected shape"):
+    ks.estimate(train, task_ids[:-1], S, target, ridge=1.0)
+  with pytest.raises(ValueError, match="^task_ids: ids must lie"):
+    ks.estimate(train, task_ids + 1, S, target, ridge=1.0)
+  with pytest.raises(ValueError, match="^S: subset 1 selects no training example"):
+    ks.estimate(train, task_ids, np.array([[1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], bool), target, ridge=1.0)
+  bad = features.Features(phi=np.where(np.arange(train.phi.size).reshape(train.phi.shape) == 5, np.nan, train.phi),
+                          offsets=train.offsets, labels=train.labels, output="logits")
+  with pytest.raises(ValueError, match="^train: features contain non-finite"):
+    ks.estimate(bad, task_ids, S, target, ridge=1.0)
+  small = features.Features(phi=target.phi[..., :4], offsets=target.offsets, labels=target.labels, output="logits")
+  with pytest.raises(ValueError, match="^target: features"):
+    ks.estimate(train, task_ids, S, small, ridge=1.0)
+  with pytest.raises(ValueError, match="^ridge"):
+    ks.estimate(train, task_ids, S, target, ridge=0.0)
+  with pytest.raises(ValueError, match="^S: has 4 task columns|^task_ids: ids must lie"):
+    ks.estimate(train, task_ids, np.ones((2, 4), bool), target, ridge=1.0)
+  with pytest.raises(ValueError, match="^method"):
+    ks.estimate(train, task_ids, S, target, ridge=1.0, method="sgd")
+
+
+def test_vmapped_finetune_equals_sequential_and_linear_model_has_zero_linearization_error():
+  params0, X, y, Xt, yt, task_ids = _problem(3, seed=4)
+  S = np.array([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]], bool)
+  opt = optax.adam(0.05)
+  stacked, losses = finetune.finetune_subsets(logreg, params0, X, y, task_ids, S, optimizer=opt, num_steps=30, chunk_size=2)
+  for i, s in enumerate(S):
+    p, l = finetune.train(logreg, params0, X, y, s[task_ids].astype(np.float32), optimizer=opt, num_steps=30,
+                          key=jax.random.split(jax.random.key(0), 3)[i])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-5, atol=1e-6), stacked, p)
+  assert np.all(np.diff(np.asarray(losses), axis=1).mean(1) < 0)
+  lin = finetune.linearization_error(logreg, params0, stacked, Xt)
+  assert lin.shape == (3, len(Xt)) and lin.max() < 1e-5
