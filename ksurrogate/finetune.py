@@ -52,26 +52,50 @@ def train(apply_fn: Callable, params, X, y, w, *, optimizer: optax.GradientTrans
   return params, losses
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "num_steps", "batch_size", "loss_fn"))
-def _finetune_chunk(params0, W, keys, X, y, *, apply_fn, optimizer, num_steps, batch_size, loss_fn):
-  return jax.vmap(lambda w, k: train(apply_fn, params0, X, y, w, optimizer=optimizer, num_steps=num_steps,
-                                     batch_size=batch_size, key=k, loss_fn=loss_fn))(W, keys)
+@functools.partial(jax.jit, static_argnames=("apply_fn", "init_fn", "optimizer", "num_steps", "batch_size", "loss_fn"))
+def _train_chunk(start, W, keys, X, y, *, apply_fn, init_fn, optimizer, num_steps, batch_size, loss_fn):
+  """One compiled program: vmap of the whole training loop over a chunk of subsets' weights."""
+  def one(w, k):
+    k_init, k_data = jax.random.split(k)
+    params = start if init_fn is None else init_fn(jax.random.wrap_key_data(start) if start.ndim else k_init)
+    return train(apply_fn, params, X, y, w, optimizer=optimizer, num_steps=num_steps, batch_size=batch_size,
+                 key=k_data, loss_fn=loss_fn)
+  return jax.vmap(one)(W, keys)
 
 
-def finetune_subsets(apply_fn: Callable, params0, X, y, task_ids, S, *, optimizer, num_steps: int,
-                     batch_size: int | None = None, key=None, chunk_size: int = 16,
-                     loss_fn: Callable = cross_entropy):
-  """Fine-tunes params0 on each subset row of S [m, K]; returns stacked params [m, ...] and losses
-  [m, num_steps]. `apply_fn`, `optimizer` and `loss_fn` must be hashable (module-level functions,
-  optax transformations built once)."""
+def train_subsets(apply_fn: Callable, X, y, task_ids, S, *, optimizer, num_steps: int, params0=None,
+                  init_fn: Callable | None = None, init_key=None, batch_size: int | None = None, key=None,
+                  chunk_size: int = 16, loss_fn: Callable = cross_entropy, progress=None):
+  """Trains one model per subset row of S [m, K], a chunk of models per compiled call.
+
+  Start from `params0` (fine-tuning) or from `init_fn(key)` (retraining from scratch; every model
+  gets the same `init_key` unless it is None, in which case each draws its own). With several
+  devices, the chunk's subset axis is sharded over them (`jax.sharding.NamedSharding`), so
+  `chunk_size` should be a multiple of the device count. Returns stacked params [m, ...] and
+  per-step training losses [m, num_steps]. `apply_fn`, `init_fn`, `optimizer` and `loss_fn` must
+  be hashable (module-level functions, optax transformations built once).
+  """
+  if (params0 is None) == (init_fn is None):
+    raise ValueError("params0: give exactly one of params0 (fine-tune) or init_fn (retrain from scratch)")
   S = _checks.as_subsets(S)
   task_ids = np.asarray(task_ids)
   if task_ids.shape != (len(X),):
     raise ValueError(f"task_ids: expected shape ({len(X)},), got {task_ids.shape}")
+  if task_ids.min() < 0 or task_ids.max() >= S.shape[1]:
+    raise ValueError(f"task_ids: ids must lie in [0, K={S.shape[1]}), found {task_ids.min()}..{task_ids.max()}")
   W = S[:, task_ids].astype(np.float32)
   if np.any(W.sum(1) == 0):
     raise ValueError(f"S: subset {int(np.flatnonzero(W.sum(1) == 0)[0])} selects no training example (empty subset)")
   keys = jax.random.split(jax.random.key(0) if key is None else key, len(S))
+  if init_fn is None:
+    start = params0
+  else:
+    start = jnp.zeros(()) if init_key is None else jax.random.key_data(init_key)
+  sharding = None
+  if jax.device_count() > 1:
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("subsets",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("subsets"))
+  Xd, yd = jnp.asarray(X), jnp.asarray(y)
   outs = []
   for a in range(0, len(S), chunk_size):
     Wc, kc = W[a:a + chunk_size], keys[a:a + chunk_size]
@@ -79,10 +103,20 @@ def finetune_subsets(apply_fn: Callable, params0, X, y, task_ids, S, *, optimize
     if n < chunk_size:   # pad to one compiled shape
       Wc = np.concatenate([Wc, np.repeat(Wc[-1:], chunk_size - n, 0)])
       kc = jnp.concatenate([kc, jnp.repeat(kc[-1:], chunk_size - n, 0)])
-    p, losses = _finetune_chunk(params0, jnp.asarray(Wc), kc, jnp.asarray(X), jnp.asarray(y), apply_fn=apply_fn,
-                                optimizer=optimizer, num_steps=num_steps, batch_size=batch_size, loss_fn=loss_fn)
-    outs.append(jax.tree.map(lambda t: t[:n], (p, losses)))
+    Wc = jnp.asarray(Wc)
+    if sharding is not None:
+      Wc, kc = jax.device_put(Wc, sharding), jax.device_put(kc, sharding)
+    out = _train_chunk(start, Wc, kc, Xd, yd, apply_fn=apply_fn, init_fn=init_fn, optimizer=optimizer,
+                       num_steps=num_steps, batch_size=batch_size, loss_fn=loss_fn)
+    outs.append(jax.tree.map(lambda t: t[:n], out))
+    if progress is not None:
+      progress(n)
   return jax.tree.map(lambda *t: jnp.concatenate(t), *outs)
+
+
+def finetune_subsets(apply_fn: Callable, params0, X, y, task_ids, S, **kwargs):
+  """Fine-tunes params0 on each subset row of S; see `train_subsets`."""
+  return train_subsets(apply_fn, X, y, task_ids, S, params0=params0, **kwargs)
 
 
 def linearization_error(apply_fn: Callable, params0, params_stacked, X):

@@ -1,0 +1,79 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ksurrogate import finetune, retrain
+
+
+def mlp_init(key):
+  k1, k2 = jax.random.split(key)
+  return {"w1": jax.random.normal(k1, (3, 8)) * 0.5, "w2": jax.random.normal(k2, (8, 4)) * 0.5}
+
+
+def mlp_apply(params, X):
+  return jnp.tanh(X @ params["w1"]) @ params["w2"]
+
+
+OPT = optax.adamw(0.03, weight_decay=0.1)
+
+
+def _data():
+  r = np.random.default_rng(0)
+  X = r.normal(size=(40, 3)).astype(np.float32)
+  return X, r.integers(0, 4, 40), np.arange(40) % 5
+
+
+def test_vmapped_retraining_equals_sequential():
+  X, y, task_ids = _data()
+  S = np.array([[1, 1, 0, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
+  init_key = jax.random.key(42)
+  stacked, losses = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, S, optimizer=OPT, num_steps=25,
+                                            init_key=init_key, chunk_size=2, key=jax.random.key(1))
+  keys = jax.random.split(jax.random.key(1), 3)
+  for i, s in enumerate(S):
+    _, k_data = jax.random.split(keys[i])
+    p, l = finetune.train(mlp_apply, mlp_init(init_key), X, y, s[task_ids].astype(np.float32), optimizer=OPT,
+                          num_steps=25, key=k_data)
+    np.testing.assert_allclose(np.asarray(losses[i]), np.asarray(l), rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-5, atol=1e-6), stacked, p)
+
+
+def test_minibatch_draws_only_subset_examples():
+  X, y, task_ids = _data()
+  S = np.array([[1, 0, 0, 0, 0]], bool)
+  # A model trained on task 0 alone with minibatches must equal one trained on only task-0 rows.
+  stacked, _ = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, S, optimizer=OPT, num_steps=5,
+                                       init_key=jax.random.key(0), batch_size=4)
+  assert np.all(np.isfinite(np.asarray(stacked["w1"])))
+  with pytest.raises(ValueError, match="^S: subset 0 selects no training example"):
+    retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, np.zeros((1, 5), bool), optimizer=OPT, num_steps=2)
+  with pytest.raises(ValueError, match="^params0: give exactly one"):
+    finetune.train_subsets(mlp_apply, X, y, task_ids, S, optimizer=OPT, num_steps=2)
+
+
+def test_subset_axis_sharded_over_four_host_devices():
+  code = textwrap.dedent("""
+      import jax, numpy as np, sys
+      sys.path.insert(0, %r)
+      from test_retrain import mlp_init, mlp_apply, OPT, _data
+      from ksurrogate import retrain
+      assert jax.device_count() == 4, jax.devices()
+      X, y, t = _data()
+      S = np.ones((8, 5), bool); S[np.arange(8) %% 5, np.arange(8) %% 5] = False
+      a, la = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, t, S, optimizer=OPT, num_steps=10, init_key=jax.random.key(0), chunk_size=4)
+      print(np.asarray(la)[:, -1].tolist())
+  """ % os.path.dirname(__file__))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  r4 = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  assert r4.returncode == 0, r4.stderr[-2000:]
+  X, y, t = _data()
+  S = np.ones((8, 5), bool); S[np.arange(8) % 5, np.arange(8) % 5] = False
+  _, l1 = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, t, S, optimizer=OPT, num_steps=10, init_key=jax.random.key(0), chunk_size=4)
+  np.testing.assert_allclose(eval(r4.stdout.strip().splitlines()[-1]), np.asarray(l1)[:, -1], rtol=1e-5)
