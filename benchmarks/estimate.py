@@ -36,7 +36,9 @@ _NEWTON_MAX = flags.DEFINE_integer("newton_max", 1000, "largest m for the full N
 _PRETRAIN = flags.DEFINE_integer("pretrain_steps", 600, "full-batch steps for theta0")
 _FT_STEPS = flags.DEFINE_integer("ft_steps", 100, "fine-tuning steps per subset")
 _FT_SUBSETS = flags.DEFINE_integer("ft_subsets", 16, "subsets really fine-tuned")
-_FT_LR = flags.DEFINE_float("ft_lr", 1e-3, "fine-tuning learning rate (AdamW, weight decay 1)")
+_FT_LR = flags.DEFINE_float("ft_lr", 0.01, "fine-tuning learning rate")
+_FT_OPT = flags.DEFINE_enum("ft_optimizer", "sgd", ["sgd", "adamw"], "fine-tuning optimizer")
+_FT_WD = flags.DEFINE_float("ft_weight_decay", 0.0, "fine-tuning weight decay (decoupled, AdamW)")
 _BATCH = flags.DEFINE_integer("batch", 64, "featurization batch size")
 
 
@@ -90,7 +92,8 @@ def main(argv):
   size = d.num_tasks - 3
   n_ft = _FT_SUBSETS.value
   S_ft = np.asarray(ks.subsets.fixed_size(jax.random.key(7), n_ft, d.num_tasks, size))
-  ft_opt = optax.adamw(_FT_LR.value, weight_decay=1.0, b2=0.98)
+  ft_opt = (optax.sgd(_FT_LR.value) if _FT_OPT.value == "sgd" else
+            optax.adamw(_FT_LR.value, weight_decay=_FT_WD.value, b2=0.98))
   ft = lambda: finetune.finetune_subsets(apply_fn, params0, d.X_train, d.y_train, d.task_train, S_ft,  # noqa: E731
                                          optimizer=ft_opt, num_steps=_FT_STEPS.value, chunk_size=n_ft)
   ft()
@@ -100,7 +103,7 @@ def main(argv):
   half = n_ft // 2
   held = jax.tree.map(lambda t: t[half:], stacked)
   base_err = ks.metrics.relative_error(np.broadcast_to(F_base, F_ft[half:].shape), F_ft[half:])
-  print(f"\n[fine-tune] {n_ft} subsets of {size}/{d.num_tasks} tasks, {_FT_STEPS.value} AdamW steps from theta0: "
+  print(f"\n[fine-tune] {n_ft} subsets of {size}/{d.num_tasks} tasks, {_FT_STEPS.value} {_FT_OPT.value} steps (lr {_FT_LR.value:g}) from theta0: "
         f"{t_ft / n_ft:.3f} s per subset. No-change baseline F(theta0): median relative error {base_err['median']:.4f}")
   ridges = {}
   for method in ("onestep", "newton"):
