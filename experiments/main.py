@@ -11,11 +11,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-EXPERIMENTS = {"reference": "experiments.reference"}
+EXPERIMENTS = {"reference": "experiments.reference", "modular": "experiments.modular"}
 DEFAULT_EXPERIMENT = "reference"
 
 _EXPERIMENT = flags.DEFINE_string("experiment", DEFAULT_EXPERIMENT, f"one of {sorted(EXPERIMENTS)}")
-_CONFIG = flags.DEFINE_string("config", "default", "name of a config of that experiment")
+_CONFIG = flags.DEFINE_string("config", None, "name of a config of that experiment (default: its own default)")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "where summary.json, arrays and plots go")
 _SEED = flags.DEFINE_integer("seed", 0, "seed for every random choice of the run")
 
@@ -29,10 +29,12 @@ def load_experiment(name: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO; keep the console readable
+    logging.set_verbosity(logging.WARNING)
   from ksurrogate import driver  # imported here so --help stays fast
   module = load_experiment(_EXPERIMENT.value)
   try:
-    config = module.get_config(_CONFIG.value)
+    config = module.get_config(_CONFIG.value) if _CONFIG.value else module.get_config()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   config.seed = _SEED.value

@@ -28,8 +28,10 @@ def weighted_loss(apply_fn: Callable, params, X, y, w, loss_fn: Callable = cross
 
 
 def train(apply_fn: Callable, params, X, y, w, *, optimizer: optax.GradientTransformation, num_steps: int,
-          batch_size: int | None = None, key=None, loss_fn: Callable = cross_entropy):
-  """Trains one model on the weighted examples; returns (params, per-step losses [num_steps]).
+          batch_size: int | None = None, key=None, loss_fn: Callable = cross_entropy,
+          checkpoint_every: int | None = None):
+  """Trains one model on the weighted examples; returns (params, per-step losses [num_steps]),
+  plus the params every `checkpoint_every` steps (stacked [num_steps // every, ...]) if asked.
 
   Full batch when batch_size is None; otherwise each step draws `batch_size` examples from the
   subset (sampling proportional to w), from `key`.
@@ -48,8 +50,20 @@ def train(apply_fn: Callable, params, X, y, w, *, optimizer: optax.GradientTrans
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
-  (params, _), losses = jax.lax.scan(step, (params, opt_state), jax.random.split(key, num_steps))
-  return params, losses
+  keys = jax.random.split(key, num_steps)
+  if checkpoint_every is None:
+    (params, _), losses = jax.lax.scan(step, (params, opt_state), keys)
+    return params, losses
+  if num_steps % checkpoint_every:
+    raise ValueError(f"checkpoint_every: {checkpoint_every} does not divide num_steps={num_steps}")
+
+  def segment(carry, seg_keys):
+    carry, losses = jax.lax.scan(step, carry, seg_keys)
+    return carry, (carry[0], losses)
+
+  (params, _), (ckpts, losses) = jax.lax.scan(segment, (params, opt_state),
+                                              keys.reshape(num_steps // checkpoint_every, checkpoint_every))
+  return params, losses.reshape(-1), ckpts
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "init_fn", "optimizer", "num_steps", "batch_size", "loss_fn"))

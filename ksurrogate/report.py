@@ -35,6 +35,33 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None) -> None:
   _save(fig, path)
 
 
+def loo_scatter(path, loos: dict, loo_true, title: str) -> None:
+  """Real vs predicted leave-one-out effect on the mean target, one panel per method."""
+  names = sorted(loos)
+  cols = min(4, len(names))
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+  t = np.asarray(loo_true).mean(axis=1)
+  for ax, name in zip(axes.ravel(), names):
+    p = np.asarray(loos[name]).mean(axis=1)
+    r = np.corrcoef(p, t)[0, 1] if np.std(p) > 0 and np.std(t) > 0 else float("nan")
+    ax.scatter(t, p, s=10)
+    ax.set(title=f"{name} (r={r:.2f})", xlabel="real LOO", ylabel="predicted")
+  for ax in axes.ravel()[len(names):]:
+    ax.axis("off")
+  fig.suptitle(title)
+  _save(fig, path)
+
+
+def curves(path, named_curves: dict, title: str, ylabel: str = "training loss") -> None:
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for name, c in named_curves.items():
+    ax.plot(np.asarray(c), label=name, lw=1)
+  ax.set(xlabel="step", ylabel=ylabel, title=title, yscale="log")
+  ax.legend(fontsize=7)
+  _save(fig, path)
+
+
 def interaction_heatmap(path, inter_KxKxT, title: str) -> None:
   mat = np.asarray(inter_KxKxT).mean(axis=2)
   v = np.abs(mat).max() or 1.0

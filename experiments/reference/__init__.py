@@ -49,7 +49,8 @@ def _load(data_dir: pathlib.Path, name: str) -> dict:
     return {k: d[k] for k in d.files}
 
 
-def problems(config):
+def problems(config, workdir=None):
+  del workdir  # the reference data needs no intermediate state
   data_dir = pathlib.Path(config.data_dir)
   for name in config.datasets:
     if name not in DATASETS:

@@ -1,0 +1,261 @@
+"""Modular-arithmetic attribution pipeline: resumable phases, each writing to the run directory.
+
+theta0 -> exact retrains (LOO + random subsets, chunked) -> features at theta0 -> real fine-tunes
+(ridge calibration + estimator error) -> estimated outcomes -> baselines -> one driver.Problem.
+Every phase's output is an orbax checkpoint (params, outcome chunks) or an atomic file, and a
+completion record lists finished chunks, so a killed run resumes where it stopped with the same
+numbers: every random choice is a function of (config.seed, chunk index), never of timing.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+import ksurrogate as ks
+from experiments.modular import data as data_lib
+from experiments.modular import model as model_lib
+from ksurrogate import baselines, driver, features, finetune, metrics, report, retrain, store
+
+
+class Phases:
+  """Times phases and remembers the figures for the summary's timing table."""
+
+  def __init__(self):
+    self.seconds = {}
+
+  @contextlib.contextmanager
+  def __call__(self, name):
+    t0 = time.perf_counter()
+    print(f"[modular] phase {name} ...", flush=True)
+    yield
+    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+@functools.lru_cache(maxsize=None)
+def _model(vocab, classes, d_model, layers, heads, mlp, activation):
+  return model_lib.Transformer(vocab, classes, 4, d_model=d_model, num_layers=layers, num_heads=heads,
+                               mlp_dim=mlp, activation=activation)
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(lr, wd, b2):
+  return optax.adamw(lr, weight_decay=wd, b2=b2)
+
+
+@functools.lru_cache(maxsize=None)
+def _sgd(lr):
+  return optax.sgd(lr)
+
+
+def _checkpointer():
+  return ocp.StandardCheckpointer()
+
+
+def _save_tree(path: pathlib.Path, tree) -> None:
+  ck = _checkpointer()
+  ck.save(path.resolve(), tree, force=True)
+  ck.wait_until_finished()
+
+
+def _load_tree(path: pathlib.Path):
+  return _checkpointer().restore(path.resolve())
+
+
+class ChunkedResult:
+  """Outcome chunks as orbax checkpoints plus a completion record (atomic JSON)."""
+
+  def __init__(self, directory: pathlib.Path, num_chunks: int, fingerprint: dict):
+    self.dir = directory
+    self.record = directory / "completed.json"
+    self.fingerprint = fingerprint
+    directory.mkdir(parents=True, exist_ok=True)
+    if self.record.exists():
+      rec = store.load_json(self.record)
+      if rec["fingerprint"] != fingerprint:
+        raise ValueError(f"workdir: {directory} holds results of a different config ({rec['fingerprint']}); use a new --workdir")
+      self.done = set(rec["chunks"])
+    else:
+      self.done = set()
+    self.num_chunks = num_chunks
+
+  def path(self, i):
+    return self.dir / f"chunk_{i:05d}"
+
+  def save(self, i, tree):
+    _save_tree(self.path(i), tree)
+    self.done.add(i)
+    store.save_json(self.record, {"fingerprint": self.fingerprint, "chunks": sorted(self.done)})
+
+  def load(self, i):
+    return _load_tree(self.path(i))
+
+
+def _fingerprint(config, *keys):
+  return {k: (config[k] if not hasattr(config[k], "to_dict") else config[k].to_dict()) for k in keys}
+
+
+def problems(config, workdir):
+  workdir = pathlib.Path(workdir)
+  phases = Phases()
+  c = config
+  with phases("data"):
+    d = data_lib.make(c.p, c.op, c.bar, c.train_fraction, c.seed)
+    rng = np.random.default_rng(c.seed)
+    val_rows = np.sort(rng.choice(len(d.X_val), min(c.num_targets, len(d.X_val)), replace=False))
+    X_val, y_val = d.X_val[val_rows], d.y_val[val_rows]
+    net = _model(d.vocab_size, d.num_classes, c.d_model, c.num_layers, c.num_heads, c.mlp_dim, c.activation)
+    apply_fn, init_fn = net.apply, _init_fn(net)
+    opt = _optimizer(c.lr, c.weight_decay, 0.98)
+    init_key = jax.random.key(c.seed)
+    K = d.num_tasks
+    val_loss = jax.jit(jax.vmap(lambda p: finetune.cross_entropy(apply_fn(p, X_val), y_val)))
+  print(f"[modular] p={c.p} op={c.op} K={K} N={len(d.X_train)} targets={len(X_val)}", flush=True)
+
+  # theta0: the full-data model, with checkpoints for TracIn.
+  with phases("theta0"):
+    th_dir = workdir / "theta0"
+    if (th_dir / "params").exists():
+      saved = _load_tree(th_dir / "params")
+      params0, ckpts = saved["params"], saved["checkpoints"]
+      curve = store.load_arrays(th_dir / "curve.npz")["loss"]
+    else:
+      params0, curve, ckpts = jax.jit(lambda p: finetune.train(
+          apply_fn, p, d.X_train, d.y_train, jnp.ones(len(d.y_train)), optimizer=opt, num_steps=c.num_steps,
+          batch_size=c.batch_size, key=jax.random.key(c.seed + 1), checkpoint_every=c.num_steps // c.tracin_checkpoints))(
+              init_fn(init_key))
+      _save_tree(th_dir / "params", {"params": params0, "checkpoints": ckpts})
+      store.save_arrays(th_dir / "curve.npz", loss=np.asarray(curve))
+    F_full = np.asarray(val_loss(jax.tree.map(lambda t: t[None], params0)))[0]
+
+  # Exact retrains from the same init: K leave-one-out masks, then random subsets of fixed size.
+  S_rand = np.asarray(ks.subsets.fixed_size(jax.random.key(c.seed + 2), c.num_subsets, K, c.subset_size))
+  S_exact = np.concatenate([np.asarray(ks.subsets.leave_one_out(K)), S_rand])
+  n_chunks = -(-len(S_exact) // c.chunk_size)
+  fp = _fingerprint(c, "p", "op", "bar", "train_fraction", "seed", "d_model", "num_layers", "num_steps", "batch_size",
+                    "lr", "weight_decay", "num_subsets", "subset_size", "chunk_size", "num_targets")
+  chunks = ChunkedResult(workdir / "retrain", n_chunks, fp)
+  with phases("retrain"):
+    todo = [i for i in range(n_chunks) if i not in chunks.done]
+    for i in tqdm(todo, desc="retrain chunks", disable=not c.progress):
+      S_c = S_exact[i * c.chunk_size:(i + 1) * c.chunk_size]
+      stacked, losses = retrain.retrain_subsets(init_fn, apply_fn, d.X_train, d.y_train, d.task_train, S_c,
+                                                optimizer=opt, num_steps=c.num_steps, init_key=init_key,
+                                                batch_size=c.batch_size, key=jax.random.fold_in(jax.random.key(c.seed + 3), i),
+                                                chunk_size=c.chunk_size)
+      chunks.save(i, {"F": np.asarray(val_loss(stacked)), "final_train_loss": np.asarray(losses[:, -1])})
+    F_exact = np.concatenate([np.asarray(chunks.load(i)["F"]) for i in range(n_chunks)])
+    retrain_losses = np.concatenate([np.asarray(chunks.load(i)["final_train_loss"]) for i in range(n_chunks)])
+  F_loo, F_rand = F_exact[:K], F_exact[K:]
+
+  # Targets whose outcome varies across the random subsets (the official code drops the others).
+  keep = metrics.varying_targets(F_rand, c.target_variance_threshold)
+  if keep.sum() < 2:
+    raise ValueError(f"target_variance_threshold: only {int(keep.sum())} targets vary more than "
+                     f"{c.target_variance_threshold} across subsets; lower it or train longer")
+  loo_true = (F_loo - F_full[None])[:, keep]   # [K, T]: F(1 - e_k) - F(1)
+
+  # Features at theta0, then real fine-tunes from theta0 on a few estimation subsets.
+  S_est = np.asarray(ks.subsets.fixed_size(jax.random.key(c.seed + 4), c.num_estimated, K, c.subset_size))
+  with phases("features"):
+    fdir = workdir / "features"
+    try:
+      train_f, target_f = features.load(fdir / "train"), features.load(fdir / "target")
+    except FileNotFoundError:
+      fkey = jax.random.key(c.seed + 5)
+      train_f = features.featurize(apply_fn, params0, d.X_train, d.y_train, key=fkey, dim=c.proj_dim, batch_size=c.feature_batch)
+      target_f = features.featurize(apply_fn, params0, X_val, y_val, key=fkey, dim=c.proj_dim, batch_size=c.feature_batch)
+      features.save(fdir / "train", train_f)
+      features.save(fdir / "target", target_f)
+    stats = ks.task_statistics(train_f, d.task_train, K)
+
+  with phases("finetune"):
+    ft_dir = workdir / "finetune"
+    S_ft = S_est[:c.num_finetune]
+    if (ft_dir / "result").exists():
+      ft = _load_tree(ft_dir / "result")
+      F_ft, lin_err, t_ft = np.asarray(ft["F"]), np.asarray(ft["linearization_error"]), float(ft["seconds"])
+    else:
+      t0 = time.perf_counter()
+      stacked, _ = finetune.finetune_subsets(apply_fn, params0, d.X_train, d.y_train, d.task_train, S_ft,
+                                             optimizer=_sgd(c.finetune_lr), num_steps=c.finetune_steps,
+                                             chunk_size=c.chunk_size)
+      jax.block_until_ready(stacked)
+      t_ft = time.perf_counter() - t0
+      F_ft = np.asarray(val_loss(stacked))
+      lin_err = finetune.linearization_error(apply_fn, params0, stacked, X_val)
+      _save_tree(ft_dir / "result", {"F": F_ft, "linearization_error": lin_err, "seconds": np.float64(t_ft)})
+
+  with phases("estimate"):
+    half = len(S_ft) // 2
+    est = dict(method=c.estimator, stats=stats) if c.estimator == "onestep" else dict(method=c.estimator)
+    ridge, table = ks.calibrate_ridge(train_f, d.task_train, target_f, S_ft[:half], F_ft[:half],
+                                      grid=10.0 ** np.arange(-1.0, 8.0), **est)
+    t0 = time.perf_counter()
+    F_hat_ft = ks.estimate(train_f, d.task_train, S_ft[half:], target_f, ridge=ridge, **est)
+    t_est_ft = time.perf_counter() - t0
+    rel = metrics.relative_error(F_hat_ft, F_ft[half:])
+    base = metrics.relative_error(np.broadcast_to(F_full, F_ft[half:].shape), F_ft[half:])
+    t0 = time.perf_counter()
+    F_est = ks.estimate(train_f, d.task_train, S_est, target_f, ridge=ridge, **est)
+    t_est_all = time.perf_counter() - t0
+    F_est_exact = ks.estimate(train_f, d.task_train, S_rand, target_f, ridge=ridge, **est)
+  seconds_ft = t_ft / len(S_ft) * (len(S_ft) - half)
+  estimator = {
+      "median_relative_error": rel["median"], "mean_relative_error": rel["mean"],
+      "no_change_median_relative_error": base["median"],
+      "linearization_error": float(np.median(lin_err[half:])),
+      "linearization_error_mean": float(np.mean(lin_err[half:])),
+      "lds_vs_finetune": metrics.lds(F_hat_ft, F_ft[half:]) if len(S_ft) - half > 2 else float("nan"),
+      "lds_vs_retrain": metrics.lds(F_est_exact[:, keep], F_rand[:, keep]),
+      "seconds_estimate": t_est_ft, "seconds_finetune": seconds_ft, "speedup": seconds_ft / t_est_ft,
+      "seconds_estimate_all": t_est_all, "num_estimated": int(c.num_estimated), "ridge": ridge,
+      "ridge_calibration": {str(k): v for k, v in table.items()}, "method": c.estimator,
+      "finetuned_subsets_calibration": int(half), "finetuned_subsets_scored": int(len(S_ft) - half),
+  }
+
+  with phases("baselines"):
+    Xt, yt = X_val[keep], y_val[keep]
+    extra_loo = {
+        "influence": baselines.influence(apply_fn, params0, d.X_train, d.y_train, d.task_train, Xt, yt,
+                                         num_tasks=K, damping=c.influence_damping, cg_iters=c.cg_iters),
+        "tracin": baselines.tracin(apply_fn, [jax.tree.map(lambda t: t[i], ckpts) for i in range(c.tracin_checkpoints)],
+                                   [c.lr] * c.tracin_checkpoints, d.X_train, d.y_train, d.task_train, Xt, yt, num_tasks=K),
+        "trak": baselines.trak(train_f, d.task_train, _subset_features(target_f, keep), num_tasks=K),
+    }
+
+  report.curves(workdir / "modular" / "training_curves.png",
+                {"theta0 (all tasks)": curve}, f"p={c.p} {c.op}: full-data training loss")
+  n_fit = c.num_fit
+  yield driver.Problem(
+      name="modular", S=S_rand, F=F_rand[:, keep], splits=[(np.arange(n_fit), np.arange(n_fit, len(S_rand)))],
+      loo_true=loo_true, extra_fit={"estimated": (S_est, F_est[:, keep])}, extra_loo=extra_loo,
+      info={"estimator": estimator, "timing": dict(phases.seconds),
+            "targets": {"kept": int(keep.sum()), "total": int(len(keep)), "variance_threshold": c.target_variance_threshold},
+            "retrain_final_train_loss": {"mean": float(retrain_losses.mean()), "max": float(retrain_losses.max())},
+            "theta0": {"final_train_loss": float(np.asarray(curve)[-1]), "val_loss": float(F_full.mean()),
+                       "val_accuracy": float(np.mean(np.argmax(np.asarray(apply_fn(params0, X_val)), -1) == y_val))}},
+      task_labels=[f"({i // int(np.sqrt(K))},{i % int(np.sqrt(K))})" for i in range(K)])
+
+
+def _subset_features(f: features.Features, keep):
+  return features.Features(phi=np.asarray(f.phi)[keep], offsets=np.asarray(f.offsets)[keep],
+                           labels=np.asarray(f.labels)[keep], output=f.output)
+
+
+def _init(net, key):
+  return net.init(key, jnp.zeros((1, 4), jnp.int32))
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(net):
+  """One hashable init function per model, so jit caches hit across chunks."""
+  return functools.partial(_init, net)
