@@ -38,6 +38,7 @@ def train(apply_fn: Callable, params, X, y, w, *, optimizer: optax.GradientTrans
   """
   opt_state = optimizer.init(params)
   key = jax.random.key(0) if key is None else key
+  X, y, w = jnp.asarray(X), jnp.asarray(y), jnp.asarray(w)   # traced minibatch indices need device arrays
 
   def step(carry, k):
     params, opt_state = carry

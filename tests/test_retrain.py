@@ -52,6 +52,10 @@ def test_minibatch_draws_only_subset_examples():
   stacked, _ = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, S, optimizer=OPT, num_steps=5,
                                        init_key=jax.random.key(0), batch_size=4)
   assert np.all(np.isfinite(np.asarray(stacked["w1"])))
+  # numpy inputs straight into train() with minibatches (traced indices into host arrays failed once)
+  p, l = finetune.train(mlp_apply, mlp_init(jax.random.key(0)), X, y, (task_ids == 0).astype(np.float32),
+                        optimizer=OPT, num_steps=3, batch_size=4)
+  assert l.shape == (3,)
   with pytest.raises(ValueError, match="^S: subset 0 selects no training example"):
     retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, np.zeros((1, 5), bool), optimizer=OPT, num_steps=2)
   with pytest.raises(ValueError, match="^params0: give exactly one"):

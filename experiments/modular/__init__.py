@@ -54,7 +54,8 @@ def get_config(name: str = "cpu") -> ml_collections.ConfigDict:
     c.num_steps, c.batch_size = 3000, 512
     c.subset_size = 22
     c.num_targets = 500
-    c.chunk_size = 16
+    c.chunk_size = 32
+    c.finetune_lr = 1e-3
     c.proj_dim = 1024
     c.num_estimated = 5000
   elif name == "cpu":
