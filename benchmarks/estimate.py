@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from absl import app
 from absl import flags
 
 import ksurrogate as ks
+from common import timed
 from experiments.modular import data as data_lib
 from experiments.modular import model as model_lib
 from ksurrogate import features, finetune
@@ -40,13 +40,6 @@ _FT_LR = flags.DEFINE_float("ft_lr", 0.01, "fine-tuning learning rate")
 _FT_OPT = flags.DEFINE_enum("ft_optimizer", "sgd", ["sgd", "adamw"], "fine-tuning optimizer")
 _FT_WD = flags.DEFINE_float("ft_weight_decay", 0.0, "fine-tuning weight decay (decoupled, AdamW)")
 _BATCH = flags.DEFINE_integer("batch", 64, "featurization batch size")
-
-
-def timed(fn):
-  t0 = time.perf_counter()
-  out = fn()
-  jax.block_until_ready(jax.tree.leaves(out))
-  return out, time.perf_counter() - t0
 
 
 def main(argv):

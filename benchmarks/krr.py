@@ -10,7 +10,6 @@ Nystrom path: fit + CV time at a large m and its prediction gap to exact KRR at 
 """
 from __future__ import annotations
 
-import time
 
 import jax
 import numpy as np
@@ -18,7 +17,7 @@ from absl import app
 from absl import flags
 
 import ksurrogate as ks
-from ksurrogate import kernels
+from common import timed
 from ksurrogate import surrogates
 
 _SIZES = flags.DEFINE_list("sizes", ["100", "1000", "2000"], "numbers of fitted subsets")
@@ -49,13 +48,6 @@ def sklearn_fit(S, F, gammas, ridges, folds):
   search = GridSearchCV(KernelRidge(kernel="rbf"), {"gamma": list(gammas), "alpha": list(ridges)},
                         cv=PredefinedSplit(folds), scoring="neg_mean_squared_error", refit=True)
   return search.fit(S.astype(float), Fc)
-
-
-def timed(fn):
-  t0 = time.perf_counter()
-  out = fn()
-  jax.block_until_ready(jax.tree.leaves(out))
-  return out, time.perf_counter() - t0
 
 
 def main(argv):

@@ -1,5 +1,4 @@
 """ksurrogate: task attribution with kernel surrogate models, in JAX."""
-from ksurrogate import estimate as estimate_lib
 from ksurrogate import features
 from ksurrogate import finetune
 from ksurrogate import kernels

@@ -35,8 +35,13 @@ def _jsonable(x):
   return x
 
 
+def dumps(obj) -> str:
+  """JSON text of `obj` (numpy arrays and scalars included; NaN/inf become null)."""
+  return json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
+
+
 def save_json(path, obj) -> None:
-  text = json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False).encode()
+  text = dumps(obj).encode()
   _atomic_write(pathlib.Path(path), lambda f: f.write(text))
 
 

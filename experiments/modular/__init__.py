@@ -42,7 +42,7 @@ def get_config(name: str = "cpu") -> ml_collections.ConfigDict:
   c.estimator = "onestep"
   c.num_estimated = 2000
   c.num_finetune = 16
-  c.finetune_lr, c.finetune_steps = 0.01, 100   # SGD from theta0: what the estimator approximates
+  c.finetune_lr, c.finetune_steps = 1e-3, 100   # SGD from theta0: what the estimator approximates
   c.influence_damping, c.cg_iters = 1e-3, 100
   c.num_inducing = 1000      # Nystrom beyond exact_krr_max subsets
   c.exact_krr_max = 3000
@@ -55,7 +55,6 @@ def get_config(name: str = "cpu") -> ml_collections.ConfigDict:
     c.subset_size = 22
     c.num_targets = 500
     c.chunk_size = 32
-    c.finetune_lr = 1e-3
     c.proj_dim = 1024
     c.num_estimated = 5000
   elif name == "cpu":

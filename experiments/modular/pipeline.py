@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import pathlib
 import time
 
@@ -80,7 +81,7 @@ class ChunkedResult:
     directory.mkdir(parents=True, exist_ok=True)
     if self.record.exists():
       rec = store.load_json(self.record)
-      if rec["fingerprint"] != fingerprint:
+      if rec["fingerprint"] != _canonical(fingerprint):
         raise ValueError(f"workdir: {directory} holds results of a different config ({rec['fingerprint']}); use a new --workdir")
       self.done = set(rec["chunks"])
     else:
@@ -99,8 +100,32 @@ class ChunkedResult:
     return _load_tree(self.path(i))
 
 
+def _canonical(fingerprint: dict):
+  """The fingerprint as it reads back from JSON (tuples become lists, numpy scalars plain)."""
+  return json.loads(store.dumps(fingerprint))
+
+
 def _fingerprint(config, *keys):
   return {k: (config[k] if not hasattr(config[k], "to_dict") else config[k].to_dict()) for k in keys}
+
+
+MODEL_KEYS = ("p", "op", "bar", "train_fraction", "seed", "d_model", "num_layers", "num_heads", "mlp_dim",
+              "activation", "num_steps", "batch_size", "lr", "weight_decay", "num_targets")
+
+
+def _cached(directory: pathlib.Path, fingerprint: dict) -> bool:
+  """True if `directory` holds a finished phase made with this fingerprint; refuses a different one."""
+  record = directory / "fingerprint.json"
+  if not record.exists():
+    return False
+  saved = store.load_json(record)
+  if saved != _canonical(fingerprint):
+    raise ValueError(f"workdir: {directory} holds results of a different config ({saved}); use a new --workdir")
+  return True
+
+
+def _mark_done(directory: pathlib.Path, fingerprint: dict) -> None:
+  store.save_json(directory / "fingerprint.json", fingerprint)
 
 
 def problems(config, workdir):
@@ -123,7 +148,8 @@ def problems(config, workdir):
   # theta0: the full-data model, with checkpoints for TracIn.
   with phases("theta0"):
     th_dir = workdir / "theta0"
-    if (th_dir / "params").exists():
+    th_fp = _fingerprint(c, *MODEL_KEYS, "tracin_checkpoints")
+    if _cached(th_dir, th_fp):
       saved = _load_tree(th_dir / "params")
       params0, ckpts = saved["params"], saved["checkpoints"]
       curve = store.load_arrays(th_dir / "curve.npz")["loss"]
@@ -134,14 +160,14 @@ def problems(config, workdir):
               init_fn(init_key))
       _save_tree(th_dir / "params", {"params": params0, "checkpoints": ckpts})
       store.save_arrays(th_dir / "curve.npz", loss=np.asarray(curve))
+      _mark_done(th_dir, th_fp)
     F_full = np.asarray(val_loss(jax.tree.map(lambda t: t[None], params0)))[0]
 
   # Exact retrains from the same init: K leave-one-out masks, then random subsets of fixed size.
   S_rand = np.asarray(ks.subsets.fixed_size(jax.random.key(c.seed + 2), c.num_subsets, K, c.subset_size))
   S_exact = np.concatenate([np.asarray(ks.subsets.leave_one_out(K)), S_rand])
   n_chunks = -(-len(S_exact) // c.chunk_size)
-  fp = _fingerprint(c, "p", "op", "bar", "train_fraction", "seed", "d_model", "num_layers", "num_steps", "batch_size",
-                    "lr", "weight_decay", "num_subsets", "subset_size", "chunk_size", "num_targets")
+  fp = _fingerprint(c, *MODEL_KEYS, "num_subsets", "subset_size", "chunk_size")
   chunks = ChunkedResult(workdir / "retrain", n_chunks, fp)
   with phases("retrain"):
     todo = [i for i in range(n_chunks) if i not in chunks.done]
@@ -167,20 +193,24 @@ def problems(config, workdir):
   S_est = np.asarray(ks.subsets.fixed_size(jax.random.key(c.seed + 4), c.num_estimated, K, c.subset_size))
   with phases("features"):
     fdir = workdir / "features"
-    try:
+    f_fp = _fingerprint(c, *MODEL_KEYS, "tracin_checkpoints", "proj_dim")
+    if _cached(fdir, f_fp):
       train_f, target_f = features.load(fdir / "train"), features.load(fdir / "target")
-    except FileNotFoundError:
+    else:
       fkey = jax.random.key(c.seed + 5)
       train_f = features.featurize(apply_fn, params0, d.X_train, d.y_train, key=fkey, dim=c.proj_dim, batch_size=c.feature_batch)
       target_f = features.featurize(apply_fn, params0, X_val, y_val, key=fkey, dim=c.proj_dim, batch_size=c.feature_batch)
       features.save(fdir / "train", train_f)
       features.save(fdir / "target", target_f)
+      _mark_done(fdir, f_fp)
     stats = ks.task_statistics(train_f, d.task_train, K)
 
   with phases("finetune"):
     ft_dir = workdir / "finetune"
     S_ft = S_est[:c.num_finetune]
-    if (ft_dir / "result").exists():
+    ft_fp = _fingerprint(c, *MODEL_KEYS, "tracin_checkpoints", "num_estimated", "subset_size", "num_finetune",
+                         "finetune_lr", "finetune_steps")
+    if _cached(ft_dir, ft_fp):
       ft = _load_tree(ft_dir / "result")
       F_ft, lin_err, t_ft = np.asarray(ft["F"]), np.asarray(ft["linearization_error"]), float(ft["seconds"])
     else:
@@ -193,6 +223,7 @@ def problems(config, workdir):
       F_ft = np.asarray(val_loss(stacked))
       lin_err = finetune.linearization_error(apply_fn, params0, stacked, X_val)
       _save_tree(ft_dir / "result", {"F": F_ft, "linearization_error": lin_err, "seconds": np.float64(t_ft)})
+      _mark_done(ft_dir, ft_fp)
 
   with phases("estimate"):
     half = len(S_ft) // 2
