@@ -28,6 +28,8 @@ _D_MODEL = flags.DEFINE_integer("d_model", 128, "transformer width")
 _DIM = flags.DEFINE_integer("dim", 1024, "projection dimension")
 _SUBSETS = flags.DEFINE_integer("subsets", 5000, "subsets to estimate")
 _TARGETS = flags.DEFINE_integer("targets", 500, "target examples")
+_EXAMPLES = flags.DEFINE_integer("examples", 1024, "training examples featurized (memory is per batch; the "
+                                 "stored features of all N examples are N*d*4 bytes, printed)")
 
 
 def peak_mib():
@@ -47,14 +49,15 @@ def main(argv):
         f"K*d*d*8 = {d.num_tasks * dim * dim * 8 / 2**20:.0f} MiB")
   key = jax.random.key(1)
   t0 = time.perf_counter()
-  train = features.featurize(net.apply, params0, d.X_train, d.y_train, key=key, dim=dim)
+  n = min(_EXAMPLES.value, N)
+  train = features.featurize(net.apply, params0, d.X_train[:n], d.y_train[:n], key=key, dim=dim)
   target = features.featurize(net.apply, params0, d.X_val[:_TARGETS.value], d.y_val[:_TARGETS.value], key=key, dim=dim)
-  print(f"featurize: {time.perf_counter() - t0:.1f} s, peak {peak_mib():.0f} MiB")
-  stats = ks.task_statistics(train, d.task_train, d.num_tasks)
+  print(f"featurize {n} + {len(target.labels)} examples (P streamed): {time.perf_counter() - t0:.1f} s, peak {peak_mib():.0f} MiB")
+  stats = ks.task_statistics(train, d.task_train[:n], d.num_tasks)
   print(f"task statistics: peak {peak_mib():.0f} MiB")
   S = np.asarray(ks.subsets.fixed_size(jax.random.key(2), _SUBSETS.value, d.num_tasks, d.num_tasks - 3))
   t0 = time.perf_counter()
-  ks.estimate(train, d.task_train, S, target, ridge=1e4, method="onestep", stats=stats)
+  ks.estimate(train, d.task_train[:n], S, target, ridge=1e4, method="onestep", stats=stats)
   print(f"onestep on {_SUBSETS.value} subsets: {time.perf_counter() - t0:.1f} s, peak {peak_mib():.0f} MiB")
 
 

@@ -8,9 +8,14 @@ Configs (command, runtime, result — measured figures in BUILD_NOTES.md):
   tiny:   python -m experiments.main --experiment=modular --config=tiny --workdir=/tmp/mod_tiny
           p=11, 16 tasks, a width-16 model; seconds; for tests (numbers are not meaningful).
   cpu:    python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu
-          p=29, bar=6 (25 tasks: the paper's protocol), 1 layer d=32; <= 30 min on 2 CPU cores.
+          p=29, bar=6 (25 tasks: the paper's protocol), 1 layer d=32; ~13 min on 2 CPU cores.
+          Measured: LOO Pearson kernel_exact 0.710, linear_exact 0.713, influence 0.760;
+          estimator median relative error 7.3 % (no-change 8.7 %), linearization error 0.62 %.
   paper:  python -m experiments.main --experiment=modular --config=paper --workdir=/tmp/mod_paper
-          p=97, bar=20, 2 layers d=128, 4 heads, MLP 512; needs a GPU (one H200: minutes).
+          p=97, bar=20, 2 layers d=128, 4 heads, MLP 512; needs a GPU: 298 s on one H200
+          (benchmarks/device_paper.sh). Measured: estimator median relative error 0.88 %,
+          linearization error 0.17 %, 109x faster than fine-tuning; retrains noisy (some do not
+          fit in 3000 steps), so LOO correlations are ~0.1 for every method.
 """
 from __future__ import annotations
 
