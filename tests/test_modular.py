@@ -47,6 +47,7 @@ def test_tiny_summary_keys_finite(full_run):
   for k in ESTIMATOR_KEYS:
     assert math.isfinite(s["estimator"][k]), k
   assert s["config"]["p"] == 11
+  assert 0 <= s["retrain_final_train_loss"]["unconverged"] <= 16 + 14
   for png in ("loo_real_vs_predicted.png", "interactions.png", "predicted_vs_true.png", "training_curves.png"):
     assert (workdir / "modular" / png).stat().st_size > 1000
   assert "phase" in stdout and "kernel_estimated" in stdout

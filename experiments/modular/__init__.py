@@ -41,6 +41,7 @@ def get_config(name: str = "cpu") -> ml_collections.ConfigDict:
   c.num_subsets, c.num_fit = 50, 40          # 40 fit / 10 held out, as the paper
   c.tracin_checkpoints = 5
   c.target_variance_threshold = 1e-3
+  c.converged_train_loss = 0.1   # retrains ending above this training loss are reported as unconverged
   c.normalized_error_threshold = 1e-3
   c.proj_dim = 256
   c.feature_batch = 64
