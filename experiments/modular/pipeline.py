@@ -178,8 +178,9 @@ def problems(config, workdir):
                                                 batch_size=c.batch_size, key=jax.random.fold_in(jax.random.key(c.seed + 3), i),
                                                 chunk_size=c.chunk_size)
       chunks.save(i, {"F": np.asarray(val_loss(stacked)), "final_train_loss": np.asarray(losses[:, -1])})
-    F_exact = np.concatenate([np.asarray(chunks.load(i)["F"]) for i in range(n_chunks)])
-    retrain_losses = np.concatenate([np.asarray(chunks.load(i)["final_train_loss"]) for i in range(n_chunks)])
+    loaded = [chunks.load(i) for i in range(n_chunks)]
+    F_exact = np.concatenate([np.asarray(r["F"]) for r in loaded])
+    retrain_losses = np.concatenate([np.asarray(r["final_train_loss"]) for r in loaded])
   F_loo, F_rand = F_exact[:K], F_exact[K:]
   # A retrain that never fit its data gives an outcome of optimization noise, not of the subset.
   unconverged = int(np.sum(retrain_losses > c.converged_train_loss))
