@@ -80,6 +80,24 @@ def deduplicate(S: np.ndarray, F: np.ndarray):
   return uniq[order], (F_sum / counts[:, None])[order]
 
 
+def subsets_with_tasks(S, task_ids, num_examples: int):
+  """Validates S [m, K] against each training example's task id; returns (S bool, task_ids int32).
+
+  Rejects ids outside [0, K) and subsets that select no training example.
+  """
+  S = as_subsets(S)
+  K = S.shape[1]
+  task_ids = np.asarray(task_ids)
+  if task_ids.shape != (num_examples,):
+    raise ValueError(f"task_ids: expected shape ({num_examples},) (one task per training example), got {task_ids.shape}")
+  if task_ids.min() < 0 or task_ids.max() >= K:
+    raise ValueError(f"task_ids: ids must lie in [0, K={K}) for S with {K} columns; found {task_ids.min()}..{task_ids.max()}")
+  sizes = S.astype(np.int64) @ np.bincount(task_ids, minlength=K)
+  if np.any(sizes == 0):
+    raise ValueError(f"S: subset {int(np.flatnonzero(sizes == 0)[0])} selects no training example (empty subset)")
+  return S, task_ids.astype(np.int32)
+
+
 def positive_int(value, name: str) -> int:
   if int(value) != value or value < 1:
     raise ValueError(f"{name}: expected a positive integer, got {value!r}")

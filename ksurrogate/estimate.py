@@ -25,6 +25,7 @@ import numpy as np
 
 from ksurrogate import _checks
 from ksurrogate import metrics
+from ksurrogate._util import pad_rows
 from ksurrogate.features import Features, margin
 
 METHODS = ("newton", "onestep")
@@ -128,26 +129,12 @@ def _check_inputs(train, task_ids, S, target):
   if train.dim != target.dim or train.output != target.output or train.phi.shape[1] != target.phi.shape[1]:
     raise ValueError(f"target: features (output={target.output}, shape {target.phi.shape[1:]}) do not match train "
                      f"(output={train.output}, shape {train.phi.shape[1:]})")
-  task_ids = np.asarray(task_ids)
-  if task_ids.shape != (train.num_examples,):
-    raise ValueError(f"task_ids: expected shape ({train.num_examples},) (one task per training example), got {task_ids.shape}")
-  S = _checks.as_subsets(S)
-  K = S.shape[1]
-  if task_ids.min() < 0 or task_ids.max() >= K:
-    raise ValueError(f"task_ids: ids must lie in [0, K={K}) for S with {K} columns; found {task_ids.min()}..{task_ids.max()}")
-  counts = np.bincount(task_ids, minlength=K)
-  sizes = S.astype(np.int64) @ counts
-  if np.any(sizes == 0):
-    raise ValueError(f"S: subset {int(np.flatnonzero(sizes == 0)[0])} selects no training example (empty subset)")
-  return task_ids.astype(np.int32), S
+  S, task_ids = _checks.subsets_with_tasks(S, task_ids, train.num_examples)
+  return task_ids, S
 
 
 def _chunks(n, size):
   return [(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _pad_rows(a, size):
-  return np.concatenate([a, np.repeat(a[-1:], size - len(a), 0)]) if len(a) < size else a
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +154,7 @@ def task_statistics(train: Features, task_ids, num_tasks: int, *, batch_size: in
       idx = rows[a:b]
       w = np.zeros(batch_size, np.float32)
       w[:len(idx)] = 1.0
-      idx = _pad_rows(idx, batch_size)
+      idx = pad_rows(idx, batch_size)
       g, H = stat(jnp.asarray(train.phi[idx]), jnp.asarray(train.offsets[idx]), jnp.asarray(train.labels[idx]), jnp.asarray(w))
       g_K[k] += np.asarray(g)
       H_K[k] += np.asarray(H)
@@ -200,7 +187,7 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
     chunk_size = chunk_size or max(1, min(m, (1 << 28) // max(1, N * C * d + d * d)))
   Z = np.empty((m, train.dim), np.float32)
   for a, b in _chunks(m, chunk_size):
-    S_c = _pad_rows(S[a:b], chunk_size)
+    S_c = pad_rows(S[a:b], chunk_size)
     if method == "onestep":
       z = _onestep_chunk(jnp.asarray(S_c, jnp.float32), g_K, H_K, ridge)
     else:

@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 from ksurrogate import _checks
 from ksurrogate import store
+from ksurrogate._util import pad_rows
 
 OUTPUTS = ("logits", "margin")
 PROJECTIONS = ("gaussian", "rademacher", "identity")
@@ -149,13 +150,10 @@ def featurize(apply_fn: Callable, params0, X, y, *, key, dim: int, output: str =
     from tqdm.auto import tqdm
     it = tqdm(it, desc="featurize", unit="batch")
   for start in it:
-    xb, yb = X[start:start + batch_size], y[start:start + batch_size]
-    pad = batch_size - len(xb)   # keep one compiled shape for the last batch too
-    if pad:
-      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
-    pb, ob = jax.device_get(fn(xb, yb))
-    pb, ob = pb[:batch_size - pad], ob[:batch_size - pad]
+    n_b = len(X[start:start + batch_size])
+    pb, ob = jax.device_get(fn(pad_rows(X[start:start + batch_size], batch_size),
+                               pad_rows(y[start:start + batch_size], batch_size)))
+    pb, ob = pb[:n_b], ob[:n_b]
     if phi is None:
       C = pb.shape[1]
       phi = (np.lib.format.open_memmap(memmap_path, mode="w+", dtype=np.float32, shape=(n, C, dim))

@@ -16,6 +16,7 @@ import optax
 from ksurrogate import _checks
 from ksurrogate import linearize as linearize_lib
 from ksurrogate import metrics
+from ksurrogate._util import pad_rows
 
 
 def cross_entropy(logits, y):
@@ -92,15 +93,8 @@ def train_subsets(apply_fn: Callable, X, y, task_ids, S, *, optimizer, num_steps
   """
   if (params0 is None) == (init_fn is None):
     raise ValueError("params0: give exactly one of params0 (fine-tune) or init_fn (retrain from scratch)")
-  S = _checks.as_subsets(S)
-  task_ids = np.asarray(task_ids)
-  if task_ids.shape != (len(X),):
-    raise ValueError(f"task_ids: expected shape ({len(X)},), got {task_ids.shape}")
-  if task_ids.min() < 0 or task_ids.max() >= S.shape[1]:
-    raise ValueError(f"task_ids: ids must lie in [0, K={S.shape[1]}), found {task_ids.min()}..{task_ids.max()}")
+  S, task_ids = _checks.subsets_with_tasks(S, task_ids, len(X))
   W = S[:, task_ids].astype(np.float32)
-  if np.any(W.sum(1) == 0):
-    raise ValueError(f"S: subset {int(np.flatnonzero(W.sum(1) == 0)[0])} selects no training example (empty subset)")
   keys = jax.random.split(jax.random.key(0) if key is None else key, len(S))
   if init_fn is None:
     start = params0
@@ -113,12 +107,9 @@ def train_subsets(apply_fn: Callable, X, y, task_ids, S, *, optimizer, num_steps
   Xd, yd = jnp.asarray(X), jnp.asarray(y)
   outs = []
   for a in range(0, len(S), chunk_size):
-    Wc, kc = W[a:a + chunk_size], keys[a:a + chunk_size]
-    n = len(Wc)
-    if n < chunk_size:   # pad to one compiled shape
-      Wc = np.concatenate([Wc, np.repeat(Wc[-1:], chunk_size - n, 0)])
-      kc = jnp.concatenate([kc, jnp.repeat(kc[-1:], chunk_size - n, 0)])
-    Wc = jnp.asarray(Wc)
+    n = len(W[a:a + chunk_size])
+    Wc = jnp.asarray(pad_rows(W[a:a + chunk_size], chunk_size))
+    kc = pad_rows(keys[a:a + chunk_size], chunk_size)
     if sharding is not None:
       Wc, kc = jax.device_put(Wc, sharding), jax.device_put(kc, sharding)
     out = _train_chunk(start, Wc, kc, Xd, yd, apply_fn=apply_fn, init_fn=init_fn, optimizer=optimizer,
