@@ -199,13 +199,23 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
   return (F_hat, Z) if return_params else F_hat
 
 
-def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, grid=None, **kwargs):
-  """Picks the ridge whose estimates best match real fine-tuning outcomes F_real [m, T] on a few
-  subsets S (median relative error). Returns (ridge, {ridge: median relative error})."""
+def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, grid=None, criterion: str = "relative_error",
+                    **kwargs):
+  """Picks the ridge whose estimates best match real outcomes F_real [m, T] on a few subsets S.
+
+  criterion "relative_error" (smallest median relative error: the estimate as a stand-in for
+  fine-tuning from theta0) or "lds" (largest LDS: the estimate as a ranking of subsets, e.g. against
+  retrains from scratch). Returns (ridge, {ridge: criterion value}).
+  """
+  _checks.choice(criterion, ("relative_error", "lds"), "criterion")
   grid = 10.0 ** np.arange(-3, 4) if grid is None else np.asarray(grid, np.float64)
   F_real = np.asarray(F_real)
+  score = ((lambda F: metrics.relative_error(F, F_real)["median"]) if criterion == "relative_error"
+           else (lambda F: -metrics.lds(F, F_real)))
   table = {}
   for r in grid:
-    table[float(r)] = metrics.relative_error(estimate(train, task_ids, S, target, ridge=float(r), **kwargs), F_real)["median"]
+    table[float(r)] = score(estimate(train, task_ids, S, target, ridge=float(r), **kwargs))
   best = min(table, key=lambda r: table[r] if np.isfinite(table[r]) else np.inf)
+  if criterion == "lds":
+    table = {r: -v for r, v in table.items()}
   return best, table

@@ -26,14 +26,27 @@ def bernoulli(key, num_subsets: int, num_tasks: int, p: float = 0.5) -> jax.Arra
 
 def fixed_size(key, num_subsets: int, num_tasks: int, size: int) -> jax.Array:
   """Uniformly random subsets of exactly `size` tasks (the paper's design: 22 of 25 tasks)."""
+  return sized(key, num_subsets, num_tasks, size, size)
+
+
+def sized(key, num_subsets: int, num_tasks: int, low: int, high: int) -> jax.Array:
+  """Each subset's size uniform in [low, high], then the subset uniform given its size.
+
+  Covering sizes up to num_tasks - 1 puts fitted subsets next to the leave-one-out sets a
+  surrogate is read out at, instead of extrapolating to them.
+  """
   _checks.positive_int(num_subsets, "num_subsets")
   _checks.positive_int(num_tasks, "num_tasks")
-  if not 0 < size <= num_tasks:
-    raise ValueError(f"size: must lie in [1, num_tasks={num_tasks}], got {size}")
+  if not 0 < low <= num_tasks:
+    raise ValueError(f"size: must lie in [1, num_tasks={num_tasks}], got {low}")
+  if not low <= high <= num_tasks:
+    raise ValueError(f"size: the upper size must lie in [{low}, num_tasks={num_tasks}], got {high}")
   # Ranking i.i.d. uniforms gives a uniform random permutation; the `size` smallest form the subset.
   u = jax.random.uniform(key, (num_subsets, num_tasks))
   ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
-  return ranks < size
+  if low == high:
+    return ranks < low
+  return ranks < jax.random.randint(jax.random.fold_in(key, 1), (num_subsets, 1), low, high + 1)
 
 
 def full(num_tasks: int) -> jax.Array:

@@ -98,6 +98,12 @@ def test_estimate_is_deterministic_and_calibrates():
   np.testing.assert_array_equal(truth, ks.estimate(train, task_ids, S, target, ridge=3.0))
   best, table = ks.calibrate_ridge(train, task_ids, target, S, truth, grid=[0.1, 1.0, 3.0, 30.0])
   assert best == 3.0 and table[3.0] == 0.0
+  # By ranking instead: any monotone transform of the truth is matched perfectly at ridge 3.
+  best, table = ks.calibrate_ridge(train, task_ids, target, S, np.exp(2 * truth), grid=[0.1, 1.0, 3.0, 30.0],
+                                   criterion="lds")
+  assert table[3.0] == pytest.approx(1.0) and table[best] == max(table.values())
+  with pytest.raises(ValueError, match="^criterion: unknown value"):
+    ks.calibrate_ridge(train, task_ids, target, S, truth, criterion="mse")
 
 
 def test_bad_inputs():

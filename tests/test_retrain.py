@@ -38,9 +38,8 @@ def test_vmapped_retraining_equals_sequential():
                                             init_key=init_key, chunk_size=2, key=jax.random.key(1))
   keys = jax.random.split(jax.random.key(1), 3)
   for i, s in enumerate(S):
-    _, k_data = jax.random.split(keys[i])
     p, l = finetune.train(mlp_apply, mlp_init(init_key), X, y, s[task_ids].astype(np.float32), optimizer=OPT,
-                          num_steps=25, key=k_data)
+                          num_steps=25, key=keys[i])
     np.testing.assert_allclose(np.asarray(losses[i]), np.asarray(l), rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-5, atol=1e-6), stacked, p)
 
@@ -81,3 +80,40 @@ def test_subset_axis_sharded_over_four_host_devices():
   S = np.ones((8, 5), bool); S[np.arange(8) % 5, np.arange(8) % 5] = False
   _, l1 = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, t, S, optimizer=OPT, num_steps=10, init_key=jax.random.key(0), chunk_size=4)
   np.testing.assert_allclose(eval(r4.stdout.strip().splitlines()[-1]), np.asarray(l1)[:, -1], rtol=1e-5)
+
+
+def test_common_random_numbers_share_one_minibatch_stream():
+  X, y, task_ids = _data()
+  key, init_key = jax.random.key(5), jax.random.key(42)
+  S = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 1, 1], [0, 1, 1, 1, 1]], bool)
+  stacked, losses = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, S, optimizer=OPT, num_steps=20,
+                                            init_key=init_key, batch_size=8, key=key, chunk_size=2,
+                                            common_random_numbers=True)
+  # Every row is the single model `train` makes from the same key with "shared" sampling, so a
+  # full-data model trained on its own joins the family exactly.
+  for i, s in enumerate(S):
+    p, l = finetune.train(mlp_apply, mlp_init(init_key), X, y, s[task_ids].astype(np.float32), optimizer=OPT,
+                          num_steps=20, batch_size=8, key=key, sampling="shared")
+    np.testing.assert_allclose(np.asarray(losses[i]), np.asarray(l), rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-5, atol=1e-6), stacked, p)
+  # Without CRN the rows draw different streams: the same subset twice gives two models.
+  S2 = np.array([[1, 1, 0, 1, 1]] * 2, bool)
+  indep, _ = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, S2, optimizer=OPT, num_steps=20,
+                                     init_key=init_key, batch_size=8, key=key)
+  assert not np.allclose(np.asarray(indep["w1"][0]), np.asarray(indep["w1"][1]))
+  with pytest.raises(ValueError, match="^sampling: unknown value"):
+    finetune.train(mlp_apply, mlp_init(init_key), X, y, np.ones(40, np.float32), optimizer=OPT, num_steps=2,
+                   batch_size=8, sampling="bogus")
+
+
+def test_subset_losses_is_the_mean_loss_over_the_subset():
+  X, y, task_ids = _data()
+  S = np.array([[1, 0, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  stacked, _ = retrain.retrain_subsets(mlp_init, mlp_apply, X, y, task_ids, S, optimizer=OPT, num_steps=5,
+                                       init_key=jax.random.key(0))
+  got = finetune.subset_losses(mlp_apply, stacked, X, y, task_ids, S, batch_size=7)
+  for i, s in enumerate(S):
+    rows = s[task_ids]
+    p = jax.tree.map(lambda t: t[i], stacked)
+    want = np.mean(np.asarray(finetune.cross_entropy(mlp_apply(p, X[rows]), y[rows])))
+    np.testing.assert_allclose(got[i], want, rtol=1e-5)

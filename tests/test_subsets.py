@@ -67,3 +67,14 @@ def test_deduplicate_averages():
     S2, F2 = subsets.deduplicate(S, F)
   np.testing.assert_array_equal(S2, [[1, 0], [0, 1]])
   np.testing.assert_array_equal(F2, [[2.0], [5.0]])
+
+
+def test_sized_covers_the_size_range_uniformly():
+  S = np.asarray(subsets.sized(jax.random.key(3), 6000, 25, 22, 24))
+  counts = np.bincount(S.sum(1), minlength=26)[22:25]
+  assert counts.sum() == 6000 and np.all(np.abs(counts / 6000 - 1 / 3) < 0.03)
+  assert np.all(np.abs(S.mean(0) - S.sum(1).mean() / 25) < 0.03)   # no task favoured
+  np.testing.assert_array_equal(np.asarray(subsets.sized(jax.random.key(3), 5, 25, 22, 22)),
+                                np.asarray(subsets.fixed_size(jax.random.key(3), 5, 25, 22)))
+  with pytest.raises(ValueError, match="upper size"):
+    subsets.sized(jax.random.key(0), 5, 25, 22, 26)

@@ -36,6 +36,14 @@ def get_config(name: str = "cpu") -> ml_collections.ConfigDict:
   c.activation = "relu"      # the paper: ReLU for addition, GELU for x^2 + xy + y^2
   c.train_fraction = 0.8
   c.lr, c.weight_decay = 1e-3, 1.0
+  # Linear warmup over the first updates (as Power et al.'s grokking recipe), then cosine decay to
+  # 0: a constant rate left some paper-size retrains on a loss spike at their last step.
+  c.lr_schedule, c.warmup_steps = "cosine", 10
+  # Every retrain (and theta0) draws the same minibatch stream masked by its subset, so outcomes
+  # differ by data, not data order; a retrain whose final training loss stays above
+  # converged_train_loss is redone on a fresh stream up to retrain_retries times.
+  c.common_random_numbers = True
+  c.retrain_retries = 1
   c.num_heads = 4
   c.batch_size = None        # full batch
   c.num_subsets, c.num_fit = 50, 40          # 40 fit / 10 held out, as the paper
@@ -47,6 +55,11 @@ def get_config(name: str = "cpu") -> ml_collections.ConfigDict:
   c.feature_batch = 64
   c.estimator = "onestep"
   c.num_estimated = 2000
+  c.estimated_sizes = (22, 24)   # sizes of the estimated subsets: up to K - 1, next to the LOO sets
+  # Ridge of the estimates the surrogates are fitted on: "retrain" = best LDS against the exact
+  # retrains of the fit split (training data of the exact surrogates, never the held-out split or
+  # LOO); "finetune" = the ridge calibrated against fine-tunes from theta0.
+  c.attribution_ridge = "retrain"
   c.num_finetune = 16
   c.finetune_lr, c.finetune_steps = 1e-3, 100   # SGD from theta0: what the estimator approximates
   c.influence_damping, c.cg_iters = 1e-3, 100
@@ -76,6 +89,8 @@ def get_config(name: str = "cpu") -> ml_collections.ConfigDict:
     c.num_heads = 2
     c.num_steps = 40
     c.subset_size = 13
+    c.estimated_sizes = (13, 15)
+    c.warmup_steps = 2
     c.num_subsets, c.num_fit = 14, 10
     c.num_targets = 30
     c.chunk_size = 8

@@ -17,6 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
@@ -47,9 +48,19 @@ def _model(vocab, classes, d_model, layers, heads, mlp, activation):
                                mlp_dim=mlp, activation=activation)
 
 
+def _schedule(c):
+  if c.lr_schedule == "constant":
+    return optax.constant_schedule(c.lr)
+  if c.lr_schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, c.lr, c.warmup_steps, c.num_steps, end_value=0.0)
+  raise ValueError(f"lr_schedule: unknown value {c.lr_schedule!r}; expected 'constant' or 'cosine'")
+
+
 @functools.lru_cache(maxsize=None)
-def _optimizer(lr, wd, b2):
-  return optax.adamw(lr, weight_decay=wd, b2=b2)
+def _optimizer(lr, wd, b2, schedule, warmup, steps):
+  # Built once per setting and cached: jit keys on the optimizer object.
+  c = ml_collections.ConfigDict(dict(lr=lr, lr_schedule=schedule, warmup_steps=warmup, num_steps=steps))
+  return optax.adamw(_schedule(c), weight_decay=wd, b2=b2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,7 +121,8 @@ def _fingerprint(config, *keys):
 
 
 MODEL_KEYS = ("p", "op", "bar", "train_fraction", "seed", "d_model", "num_layers", "num_heads", "mlp_dim",
-              "activation", "num_steps", "batch_size", "lr", "weight_decay", "num_targets")
+              "activation", "num_steps", "batch_size", "lr", "weight_decay", "num_targets", "lr_schedule",
+              "warmup_steps", "common_random_numbers")
 
 
 def _cached(directory: pathlib.Path, fingerprint: dict) -> bool:
@@ -139,7 +151,9 @@ def problems(config, workdir):
     X_val, y_val = d.X_val[val_rows], d.y_val[val_rows]
     net = _model(d.vocab_size, d.num_classes, c.d_model, c.num_layers, c.num_heads, c.mlp_dim, c.activation)
     apply_fn, init_fn = net.apply, _init_fn(net)
-    opt = _optimizer(c.lr, c.weight_decay, 0.98)
+    opt = _optimizer(c.lr, c.weight_decay, 0.98, c.lr_schedule, c.warmup_steps, c.num_steps)
+    sampling = "shared" if c.common_random_numbers else "subset"
+    data_key = jax.random.key(c.seed + 3)   # theta0's minibatch stream; with CRN every retrain's too
     init_key = jax.random.key(c.seed)
     K = d.num_tasks
     val_loss = jax.jit(jax.vmap(lambda p: finetune.cross_entropy(apply_fn(p, X_val), y_val)))
@@ -156,7 +170,8 @@ def problems(config, workdir):
     else:
       params0, curve, ckpts = jax.jit(lambda p: finetune.train(
           apply_fn, p, d.X_train, d.y_train, jnp.ones(len(d.y_train)), optimizer=opt, num_steps=c.num_steps,
-          batch_size=c.batch_size, key=jax.random.key(c.seed + 1), checkpoint_every=c.num_steps // c.tracin_checkpoints))(
+          batch_size=c.batch_size, key=data_key, checkpoint_every=c.num_steps // c.tracin_checkpoints,
+          sampling=sampling))(
               init_fn(init_key))
       _save_tree(th_dir / "params", {"params": params0, "checkpoints": ckpts})
       store.save_arrays(th_dir / "curve.npz", loss=np.asarray(curve))
@@ -167,26 +182,25 @@ def problems(config, workdir):
   S_rand = np.asarray(ks.subsets.fixed_size(jax.random.key(c.seed + 2), c.num_subsets, K, c.subset_size))
   S_exact = np.concatenate([np.asarray(ks.subsets.leave_one_out(K)), S_rand])
   n_chunks = -(-len(S_exact) // c.chunk_size)
-  fp = _fingerprint(c, *MODEL_KEYS, "num_subsets", "subset_size", "chunk_size")
+  fp = _fingerprint(c, *MODEL_KEYS, "num_subsets", "subset_size", "chunk_size", "converged_train_loss",
+                    "retrain_retries")
   chunks = ChunkedResult(workdir / "retrain", n_chunks, fp)
   with phases("retrain"):
     todo = [i for i in range(n_chunks) if i not in chunks.done]
     for i in tqdm(todo, desc="retrain chunks", disable=not c.progress):
       S_c = S_exact[i * c.chunk_size:(i + 1) * c.chunk_size]
-      stacked, losses = retrain.retrain_subsets(init_fn, apply_fn, d.X_train, d.y_train, d.task_train, S_c,
-                                                optimizer=opt, num_steps=c.num_steps, init_key=init_key,
-                                                batch_size=c.batch_size, key=jax.random.fold_in(jax.random.key(c.seed + 3), i),
-                                                chunk_size=c.chunk_size)
-      chunks.save(i, {"F": np.asarray(val_loss(stacked)), "final_train_loss": np.asarray(losses[:, -1])})
+      chunks.save(i, _retrain_chunk(c, S_c, i, d, init_fn, apply_fn, opt, init_key, data_key, val_loss))
     loaded = [chunks.load(i) for i in range(n_chunks)]
     F_exact = np.concatenate([np.asarray(r["F"]) for r in loaded])
     retrain_losses = np.concatenate([np.asarray(r["final_train_loss"]) for r in loaded])
+    retrain_attempts = np.concatenate([np.asarray(r["attempts"]) for r in loaded])
   F_loo, F_rand = F_exact[:K], F_exact[K:]
   # A retrain that never fit its data gives an outcome of optimization noise, not of the subset.
   unconverged = int(np.sum(retrain_losses > c.converged_train_loss))
   if unconverged:
     print(f"[modular] WARNING: {unconverged} of {len(retrain_losses)} retrains end with training loss above "
-          f"{c.converged_train_loss} (max {retrain_losses.max():.3f}); their outcomes are noise: train longer", flush=True)
+          f"{c.converged_train_loss} after {c.retrain_retries} retries (max {retrain_losses.max():.3f}); their "
+          "outcomes are noise: train longer", flush=True)
 
   # Targets whose outcome varies across the random subsets (the official code drops the others).
   keep = metrics.varying_targets(F_rand, c.target_variance_threshold)
@@ -196,7 +210,7 @@ def problems(config, workdir):
   loo_true = (F_loo - F_full[None])[:, keep]   # [K, T]: F(1 - e_k) - F(1)
 
   # Features at theta0, then real fine-tunes from theta0 on a few estimation subsets.
-  S_est = np.asarray(ks.subsets.fixed_size(jax.random.key(c.seed + 4), c.num_estimated, K, c.subset_size))
+  S_est = np.asarray(ks.subsets.sized(jax.random.key(c.seed + 4), c.num_estimated, K, *c.estimated_sizes))
   with phases("features"):
     fdir = workdir / "features"
     f_fp = _fingerprint(c, *MODEL_KEYS, "tracin_checkpoints", "proj_dim")
@@ -214,7 +228,7 @@ def problems(config, workdir):
   with phases("finetune"):
     ft_dir = workdir / "finetune"
     S_ft = S_est[:c.num_finetune]
-    ft_fp = _fingerprint(c, *MODEL_KEYS, "tracin_checkpoints", "num_estimated", "subset_size", "num_finetune",
+    ft_fp = _fingerprint(c, *MODEL_KEYS, "tracin_checkpoints", "num_estimated", "estimated_sizes", "num_finetune",
                          "finetune_lr", "finetune_steps")
     if _cached(ft_dir, ft_fp):
       ft = _load_tree(ft_dir / "result")
@@ -242,10 +256,17 @@ def problems(config, workdir):
     t_est_ft = time.perf_counter() - t0
     rel = metrics.relative_error(F_hat_ft, F_ft[half:])
     base = metrics.relative_error(np.broadcast_to(F_full, F_ft[half:].shape), F_ft[half:])
+    fit, held = np.arange(c.num_fit), np.arange(c.num_fit, len(S_rand))
+    if c.attribution_ridge == "retrain":
+      ridge_attr, table_attr = ks.calibrate_ridge(train_f, d.task_train, _subset_features(target_f, keep), S_rand[fit],
+                                                  F_rand[fit][:, keep], grid=10.0 ** np.arange(-1.0, 8.0),
+                                                  criterion="lds", **est)
+    else:
+      ridge_attr, table_attr = ridge, {}
     t0 = time.perf_counter()
-    F_est = ks.estimate(train_f, d.task_train, S_est, target_f, ridge=ridge, **est)
+    F_est = ks.estimate(train_f, d.task_train, S_est, target_f, ridge=ridge_attr, **est)
     t_est_all = time.perf_counter() - t0
-    F_est_exact = ks.estimate(train_f, d.task_train, S_rand, target_f, ridge=ridge, **est)
+    F_est_exact = ks.estimate(train_f, d.task_train, S_rand, target_f, ridge=ridge_attr, **est)
   seconds_ft = t_ft / len(S_ft) * (len(S_ft) - half)
   estimator = {
       "median_relative_error": rel["median"], "mean_relative_error": rel["mean"],
@@ -253,7 +274,10 @@ def problems(config, workdir):
       "linearization_error": float(np.median(lin_err[half:])),
       "linearization_error_mean": float(np.mean(lin_err[half:])),
       "lds_vs_finetune": metrics.lds(F_hat_ft, F_ft[half:]) if len(S_ft) - half > 2 else float("nan"),
-      "lds_vs_retrain": metrics.lds(F_est_exact[:, keep], F_rand[:, keep]),
+      "lds_vs_retrain": metrics.lds(F_est_exact[held][:, keep], F_rand[held][:, keep]),
+      "lds_vs_retrain_fit": metrics.lds(F_est_exact[fit][:, keep], F_rand[fit][:, keep]),
+      "attribution_ridge": ridge_attr, "attribution_ridge_selection": c.attribution_ridge,
+      "attribution_ridge_lds_fit": {str(k): v for k, v in table_attr.items()},
       "seconds_estimate": t_est_ft, "seconds_finetune": seconds_ft, "speedup": seconds_ft / t_est_ft,
       "seconds_estimate_all": t_est_all, "num_estimated": int(c.num_estimated), "ridge": ridge,
       "ridge_calibration": {str(k): v for k, v in table.items()}, "method": c.estimator,
@@ -266,7 +290,7 @@ def problems(config, workdir):
         "influence": baselines.influence(apply_fn, params0, d.X_train, d.y_train, d.task_train, Xt, yt,
                                          num_tasks=K, damping=c.influence_damping, cg_iters=c.cg_iters),
         "tracin": baselines.tracin(apply_fn, [jax.tree.map(lambda t: t[i], ckpts) for i in range(c.tracin_checkpoints)],
-                                   [c.lr] * c.tracin_checkpoints, d.X_train, d.y_train, d.task_train, Xt, yt, num_tasks=K),
+                                   _tracin_rates(c), d.X_train, d.y_train, d.task_train, Xt, yt, num_tasks=K),
         "trak": baselines.trak(train_f, d.task_train, _subset_features(target_f, keep), num_tasks=K),
     }
 
@@ -279,10 +303,44 @@ def problems(config, workdir):
       info={"estimator": estimator, "timing": dict(phases.seconds),
             "targets": {"kept": int(keep.sum()), "total": int(len(keep)), "variance_threshold": c.target_variance_threshold},
             "retrain_final_train_loss": {"mean": float(retrain_losses.mean()), "max": float(retrain_losses.max()),
-                                         "unconverged": unconverged, "threshold": c.converged_train_loss},
+                                         "unconverged": unconverged, "threshold": c.converged_train_loss,
+                                         "retried": int(np.sum(retrain_attempts > 1))},
             "theta0": {"final_train_loss": float(np.asarray(curve)[-1]), "val_loss": float(F_full.mean()),
                        "val_accuracy": float(np.mean(np.argmax(np.asarray(apply_fn(params0, X_val)), -1) == y_val))}},
       task_labels=[f"({i // int(np.sqrt(K))},{i % int(np.sqrt(K))})" for i in range(K)])
+
+
+def _retrain_chunk(c, S_c, chunk, d, init_fn, apply_fn, opt, init_key, data_key, val_loss):
+  """Retrains one chunk of subsets; rows whose training loss (over all of their subset's examples)
+  stays above c.converged_train_loss are redone on a fresh minibatch stream, up to
+  c.retrain_retries times. Every key is a function of (seed, chunk, attempt): resumes reproduce it."""
+  def run(S_rows, attempt):
+    key = data_key if c.common_random_numbers else jax.random.fold_in(data_key, chunk)
+    key = key if attempt == 0 else jax.random.fold_in(jax.random.fold_in(key, chunk), 1000 + attempt)
+    stacked, _ = retrain.retrain_subsets(init_fn, apply_fn, d.X_train, d.y_train, d.task_train, S_rows,
+                                         optimizer=opt, num_steps=c.num_steps, init_key=init_key,
+                                         batch_size=c.batch_size, key=key, chunk_size=c.chunk_size,
+                                         common_random_numbers=c.common_random_numbers)
+    loss = finetune.subset_losses(apply_fn, stacked, d.X_train, d.y_train, d.task_train, S_rows)
+    return np.array(val_loss(stacked)), np.array(loss)
+
+  F, loss = run(S_c, 0)
+  attempts = np.ones(len(S_c), np.int32)
+  for attempt in range(1, c.retrain_retries + 1):
+    bad = np.flatnonzero(loss > c.converged_train_loss)
+    if not len(bad):
+      break
+    F_b, loss_b = run(S_c[bad], attempt)
+    better = loss_b < loss[bad]
+    F[bad[better]], loss[bad[better]] = F_b[better], loss_b[better]
+    attempts[bad] += 1
+  return {"F": F, "final_train_loss": loss, "attempts": attempts}
+
+
+def _tracin_rates(c):
+  """The learning rate in force at each saved checkpoint (TracIn weights each checkpoint by it)."""
+  every = c.num_steps // c.tracin_checkpoints
+  return [float(_schedule(c)((i + 1) * every - 1)) for i in range(c.tracin_checkpoints)]
 
 
 def _subset_features(f: features.Features, keep):
