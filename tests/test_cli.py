@@ -43,3 +43,15 @@ def test_missing_reference_files_named(tmp_path):
   config.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match="^data_dir: reference file .*modular_addition.npz is missing"):
     list(reference.problems(config))
+
+
+def test_config_overrides():
+  from absl import app
+  from experiments.main import apply_overrides
+  import experiments.modular as modular
+  c = apply_overrides(modular.get_config("tiny"), ["num_steps=7", "op=quad", "estimated_sizes=(12, 15)", "lr=0.01"])
+  assert (c.num_steps, c.op, tuple(c.estimated_sizes), c.lr) == (7, "quad", (12, 15), 0.01)
+  for bad, msg in (("nosuch=1", "expected FIELD=VALUE"), ("num_steps", "expected FIELD=VALUE"),
+                   ("num_steps='many'", "num_steps")):
+    with pytest.raises(app.UsageError, match=msg):
+      apply_overrides(modular.get_config("tiny"), [bad])

@@ -64,8 +64,12 @@ def _optimizer(lr, wd, b2, schedule, warmup, steps):
 
 
 @functools.lru_cache(maxsize=None)
-def _sgd(lr):
-  return optax.sgd(lr)
+def _finetune_optimizer(name, lr):
+  if name == "sgd":
+    return optax.sgd(lr)
+  if name == "adam":
+    return optax.adam(lr)
+  raise ValueError(f"finetune_optimizer: unknown value {name!r}; expected 'sgd' or 'adam'")
 
 
 def _checkpointer():
@@ -229,14 +233,14 @@ def problems(config, workdir):
     ft_dir = workdir / "finetune"
     S_ft = S_est[:c.num_finetune]
     ft_fp = _fingerprint(c, *MODEL_KEYS, "tracin_checkpoints", "num_estimated", "estimated_sizes", "num_finetune",
-                         "finetune_lr", "finetune_steps")
+                         "finetune_lr", "finetune_steps", "finetune_optimizer")
     if _cached(ft_dir, ft_fp):
       ft = _load_tree(ft_dir / "result")
       F_ft, lin_err, t_ft = np.asarray(ft["F"]), np.asarray(ft["linearization_error"]), float(ft["seconds"])
     else:
       t0 = time.perf_counter()
       stacked, _ = finetune.finetune_subsets(apply_fn, params0, d.X_train, d.y_train, d.task_train, S_ft,
-                                             optimizer=_sgd(c.finetune_lr), num_steps=c.finetune_steps,
+                                             optimizer=_finetune_optimizer(c.finetune_optimizer, c.finetune_lr), num_steps=c.finetune_steps,
                                              chunk_size=c.chunk_size)
       jax.block_until_ready(stacked)
       t_ft = time.perf_counter() - t0
