@@ -1,7 +1,13 @@
 """Vmapped retraining vs a sequential loop of single-model training, same models, one run.
 
-  python benchmarks/retrain.py                     # CPU, the modular cpu config's model (~4 min on 2 cores)
-  python benchmarks/retrain.py --batch_size=512    # minibatch training instead of full batch
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/retrain.py   # one device per core (~1 min)
+  python benchmarks/retrain.py                       # one CPU device
+  python benchmarks/retrain.py --batch_size=0        # full-batch training
+
+On a CPU, XLA runs one device's program with intra-op threads only, which small per-step ops do
+not fill; exposing each core as a host device lets `retrain_subsets` shard the subset axis over
+the cores (the same `NamedSharding` path that spreads it over GPUs). The sequential loop cannot
+split one model over devices, so it gets the same XLA either way.
 
 Both sides train the same models (same init, same per-subset data keys, same steps) on the same
 subsets; the sequential side is one `jit`ted single-model trainer called once per subset (compiled
@@ -28,10 +34,10 @@ _P = flags.DEFINE_integer("p", 29, "modulus")
 _BAR = flags.DEFINE_integer("bar", 6, "task block width (29 / 6 -> 25 tasks)")
 _D_MODEL = flags.DEFINE_integer("d_model", 32, "transformer width")
 _LAYERS = flags.DEFINE_integer("layers", 1, "transformer layers")
-_STEPS = flags.DEFINE_integer("steps", 200, "training steps per model")
+_STEPS = flags.DEFINE_integer("steps", 300, "training steps per model")
 _SUBSETS = flags.DEFINE_integer("subsets", 16, "subsets (models) trained")
-_CHUNK = flags.DEFINE_integer("chunk", 8, "models per compiled vmapped call")
-_BATCH = flags.DEFINE_integer("batch_size", None, "minibatch size (default: full batch)")
+_CHUNK = flags.DEFINE_integer("chunk", 16, "models per compiled vmapped call")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "minibatch size (0: full batch)")
 
 
 def main(argv):
@@ -42,18 +48,19 @@ def main(argv):
   init_fn = lambda k: net.init(k, jnp.zeros((1, 4), jnp.int32))  # noqa: E731
   opt = optax.adamw(1e-3, weight_decay=1.0, b2=0.98)
   K, m, steps = d.num_tasks, _SUBSETS.value, _STEPS.value
+  batch = _BATCH.value or None
   S = np.asarray(ks.subsets.fixed_size(jax.random.key(0), m, K, 22))
   init_key, key = jax.random.key(1), jax.random.key(2)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} devices); p={_P.value}, "
-        f"N={len(d.X_train)}, K={K}, {m} models x {steps} steps, batch {_BATCH.value or 'full'}, chunk {_CHUNK.value}")
+        f"N={len(d.X_train)}, K={K}, {m} models x {steps} steps, batch {batch or 'full'}, chunk {_CHUNK.value}")
 
   def vmapped():
     return retrain.retrain_subsets(init_fn, net.apply, d.X_train, d.y_train, d.task_train, S, optimizer=opt,
-                                   num_steps=steps, init_key=init_key, batch_size=_BATCH.value, key=key,
+                                   num_steps=steps, init_key=init_key, batch_size=batch, key=key,
                                    chunk_size=_CHUNK.value)
 
   one = jax.jit(lambda w, k: finetune.train(net.apply, init_fn(init_key), d.X_train, d.y_train, w, optimizer=opt,
-                                            num_steps=steps, batch_size=_BATCH.value, key=k))
+                                            num_steps=steps, batch_size=batch, key=k))
   keys = jax.random.split(key, m)   # retrain_subsets gives row i the data key split(key, m)[i]
   W = S[:, d.task_train].astype(np.float32)
 

@@ -11,7 +11,8 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated")
+METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated", "official_krr_exact",
+           "official_lstsq_exact")
 ESTIMATOR_KEYS = ("median_relative_error", "mean_relative_error", "linearization_error", "lds_vs_retrain",
                   "seconds_estimate", "seconds_finetune", "speedup")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ksurrogate import driver
+from ksurrogate import driver, parity
 from ksurrogate.surrogates import fit_kernel, fit_linear
 
 from experiments.modular.pipeline import problems  # noqa: F401
@@ -126,4 +126,8 @@ def protocol(config) -> driver.Protocol:
       "linear_exact": driver.Method("linear_exact", lin),
       "kernel_estimated": driver.Method("kernel_estimated", _kernel(config), data="estimated"),
       "linear_estimated": driver.Method("linear_estimated", lin, data="estimated"),
+      # The paper's own pair of surrogates (its released code's recipe, on task-level indicators):
+      # fixed-gamma RBF KRR and minimum-norm least squares without intercept or ridge.
+      "official_krr_exact": driver.Method("official_krr_exact", lambda S, F: parity.official_krr(S, F, ridge=1e-2)),
+      "official_lstsq_exact": driver.Method("official_lstsq_exact", parity.official_lstsq),
   }, plot_method="kernel_exact")
