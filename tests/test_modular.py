@@ -48,7 +48,10 @@ def test_tiny_summary_keys_finite(full_run):
   for k in ESTIMATOR_KEYS:
     assert math.isfinite(s["estimator"][k]), k
   assert s["config"]["p"] == 11
-  assert 0 <= s["retrain_final_train_loss"]["unconverged"] <= 16 + 14
+  retrains = s["retrain_final_train_loss"]
+  # 40 steps cannot fit the tiny task to loss 0.1, so every retrain takes the retry path once.
+  assert retrains["retried"] == 16 + 14 and 0 <= retrains["unconverged"] <= 16 + 14
+  assert s["estimator"]["attribution_ridge_selection"] == "retrain" and s["estimator"]["attribution_ridge"] > 0
   for png in ("loo_real_vs_predicted.png", "interactions.png", "predicted_vs_true.png", "training_curves.png"):
     assert (workdir / "modular" / png).stat().st_size > 1000
   assert "phase" in stdout and "kernel_estimated" in stdout

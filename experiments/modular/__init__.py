@@ -8,14 +8,17 @@ Configs (command, runtime, result — measured figures in BUILD_NOTES.md):
   tiny:   python -m experiments.main --experiment=modular --config=tiny --workdir=/tmp/mod_tiny
           p=11, 16 tasks, a width-16 model; seconds; for tests (numbers are not meaningful).
   cpu:    python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu
-          p=29, bar=6 (25 tasks: the paper's protocol), 1 layer d=32; ~13 min on 2 CPU cores.
-          Measured: LOO Pearson kernel_exact 0.710, linear_exact 0.713, influence 0.760;
-          estimator median relative error 7.3 % (no-change 8.7 %), linearization error 0.62 %.
+          p=29, bar=6 (25 tasks: the paper's protocol), 1 layer d=32; 10 min on 2 CPU cores.
+          Measured: LOO Pearson kernel_exact 0.723, linear_exact 0.726, influence 0.719 (the
+          kernel's +25 % is not reproduced); estimator median relative error 20.1 % vs Adam
+          fine-tunes (no-change 34.1 %), linearization error 0.40 %, 989x faster.
   paper:  python -m experiments.main --experiment=modular --config=paper --workdir=/tmp/mod_paper
-          p=97, bar=20, 2 layers d=128, 4 heads, MLP 512; needs a GPU: 298 s on one H200
-          (benchmarks/device_paper.sh). Measured: estimator median relative error 0.88 %,
-          linearization error 0.17 %, 109x faster than fine-tuning; retrains noisy (some do not
-          fit in 3000 steps), so LOO correlations are ~0.1 for every method.
+          p=97, bar=20, 2 layers d=128, 4 heads, MLP 512; needs a GPU (OUT=/tmp/out bash
+          benchmarks/device_paper.sh). Session 1's recipe (constant lr, independent minibatch
+          streams, SGD fine-tunes) ran in 298 s on one H200: estimator 0.88 % (no-change 1.14 %),
+          linearization error 0.17 %, 109x; retrains unreliable, LOO correlations ~0.1. The
+          current recipe (cosine schedule, common random numbers, convergence retry, Adam
+          fine-tunes) has not run at this size yet.
 """
 from __future__ import annotations
 
