@@ -211,11 +211,8 @@ def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, g
   grid = 10.0 ** np.arange(-3, 4) if grid is None else np.asarray(grid, np.float64)
   F_real = np.asarray(F_real)
   score = ((lambda F: metrics.relative_error(F, F_real)["median"]) if criterion == "relative_error"
-           else (lambda F: -metrics.lds(F, F_real)))
-  table = {}
-  for r in grid:
-    table[float(r)] = score(estimate(train, task_ids, S, target, ridge=float(r), **kwargs))
-  best = min(table, key=lambda r: table[r] if np.isfinite(table[r]) else np.inf)
-  if criterion == "lds":
-    table = {r: -v for r, v in table.items()}
+           else (lambda F: metrics.lds(F, F_real)))
+  table = {float(r): score(estimate(train, task_ids, S, target, ridge=float(r), **kwargs)) for r in grid}
+  finite = [r for r in table if np.isfinite(table[r])] or list(table)
+  best = (max if criterion == "lds" else min)(finite, key=table.get)
   return best, table

@@ -17,7 +17,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ml_collections
 import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
@@ -48,19 +47,18 @@ def _model(vocab, classes, d_model, layers, heads, mlp, activation):
                                mlp_dim=mlp, activation=activation)
 
 
-def _schedule(c):
-  if c.lr_schedule == "constant":
-    return optax.constant_schedule(c.lr)
-  if c.lr_schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, c.lr, c.warmup_steps, c.num_steps, end_value=0.0)
-  raise ValueError(f"lr_schedule: unknown value {c.lr_schedule!r}; expected 'constant' or 'cosine'")
+def _schedule(name, lr, warmup, steps):
+  if name == "constant":
+    return optax.constant_schedule(lr)
+  if name == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps, end_value=0.0)
+  raise ValueError(f"lr_schedule: unknown value {name!r}; expected 'constant' or 'cosine'")
 
 
 @functools.lru_cache(maxsize=None)
 def _optimizer(lr, wd, b2, schedule, warmup, steps):
   # Built once per setting and cached: jit keys on the optimizer object.
-  c = ml_collections.ConfigDict(dict(lr=lr, lr_schedule=schedule, warmup_steps=warmup, num_steps=steps))
-  return optax.adamw(_schedule(c), weight_decay=wd, b2=b2)
+  return optax.adamw(_schedule(schedule, lr, warmup, steps), weight_decay=wd, b2=b2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -300,9 +298,8 @@ def problems(config, workdir):
 
   report.curves(workdir / "modular" / "training_curves.png",
                 {"theta0 (all tasks)": curve}, f"p={c.p} {c.op}: full-data training loss")
-  n_fit = c.num_fit
   yield driver.Problem(
-      name="modular", S=S_rand, F=F_rand[:, keep], splits=[(np.arange(n_fit), np.arange(n_fit, len(S_rand)))],
+      name="modular", S=S_rand, F=F_rand[:, keep], splits=[(fit, held)],
       loo_true=loo_true, extra_fit={"estimated": (S_est, F_est[:, keep])}, extra_loo=extra_loo,
       info={"estimator": estimator, "timing": dict(phases.seconds),
             "targets": {"kept": int(keep.sum()), "total": int(len(keep)), "variance_threshold": c.target_variance_threshold},
@@ -319,8 +316,8 @@ def _retrain_chunk(c, S_c, chunk, d, init_fn, apply_fn, opt, init_key, data_key,
   stays above c.converged_train_loss are redone on a fresh minibatch stream, up to
   c.retrain_retries times. Every key is a function of (seed, chunk, attempt): resumes reproduce it."""
   def run(S_rows, attempt):
-    key = data_key if c.common_random_numbers else jax.random.fold_in(data_key, chunk)
-    key = key if attempt == 0 else jax.random.fold_in(jax.random.fold_in(key, chunk), 1000 + attempt)
+    shared = c.common_random_numbers and attempt == 0
+    key = data_key if shared else jax.random.fold_in(jax.random.fold_in(data_key, chunk), attempt)
     stacked, _ = retrain.retrain_subsets(init_fn, apply_fn, d.X_train, d.y_train, d.task_train, S_rows,
                                          optimizer=opt, num_steps=c.num_steps, init_key=init_key,
                                          batch_size=c.batch_size, key=key, chunk_size=c.chunk_size,
@@ -344,7 +341,8 @@ def _retrain_chunk(c, S_c, chunk, d, init_fn, apply_fn, opt, init_key, data_key,
 def _tracin_rates(c):
   """The learning rate in force at each saved checkpoint (TracIn weights each checkpoint by it)."""
   every = c.num_steps // c.tracin_checkpoints
-  return [float(_schedule(c)((i + 1) * every - 1)) for i in range(c.tracin_checkpoints)]
+  schedule = _schedule(c.lr_schedule, c.lr, c.warmup_steps, c.num_steps)
+  return [float(schedule((i + 1) * every - 1)) for i in range(c.tracin_checkpoints)]
 
 
 def _subset_features(f: features.Features, keep):
