@@ -1,0 +1,234 @@
+"""MORL experiment: objectives, vmapped PPO fine-tuning, normalization, estimator. Tiny configs."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnax")
+
+from experiments.morl import envs, estimate, ppo  # noqa: E402
+
+TINY = ppo.PPOConfig(num_envs=4, num_steps=8, num_updates=3, update_epochs=2, num_minibatches=2,
+                     lr=1e-3, anneal_lr=False)
+NAMES = ("balance", "stay_left", "stay_right")
+ECFG = ppo.EvalConfig(num_episodes=3)
+
+
+@pytest.fixture(scope="module")
+def suite():
+  return envs.Suite(NAMES, max_steps=30)
+
+
+@pytest.fixture(scope="module")
+def meta(suite):
+  return ppo.train_meta(suite, TINY, seed=0)
+
+
+@pytest.fixture(scope="module")
+def finetune(suite):
+  return ppo.make_finetune(suite, TINY)
+
+
+@pytest.fixture(scope="module")
+def one(suite):
+  return ppo.make_finetune_one(suite, TINY)
+
+
+MASKS = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1]], bool)
+
+
+def _tree_allclose(a, b, **kw):
+  return all(np.allclose(x, y, **kw) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _tree_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ------------------------------------------------------------------ objectives
+
+def test_rewards_follow_their_objective():
+  o = jnp.zeros(4)
+  left, right = jnp.array([-1.0, 0, 0, 0]), jnp.array([1.0, 0, 0, 0])
+  R = {n: envs.OBJECTIVES[n].reward for n in envs.DEFAULT_NAMES}
+  assert R["stay_left"](o, 0, left, 1.0) > R["stay_left"](o, 0, right, 1.0)
+  assert R["stay_right"](o, 0, right, 1.0) > R["stay_right"](o, 0, left, 1.0)
+  assert R["centered"](o, 0, jnp.zeros(4), 1.0) > R["centered"](o, 0, right, 1.0)
+  assert R["slow_cart"](o, 0, jnp.array([0, 0.0, 0, 0]), 1.0) > R["slow_cart"](o, 0, jnp.array([0, 2.0, 0, 0]), 1.0)
+  assert R["upright"](o, 0, jnp.zeros(4), 1.0) > R["upright"](o, 0, jnp.array([0, 0, 0.1, 0]), 1.0)
+  for n, f in R.items():
+    assert float(f(o, 1, left, 0.0)) == 0.0, n  # no reward once the pole has fallen
+    for x in (left, right, jnp.array([2.4, -3.0, 0.2, 1.0])):
+      assert 0.0 <= float(f(o, 1, x, 1.0)) <= 1.0, n
+
+
+def test_physics_variants_change_dynamics_consistently():
+  p = envs.env_params((("masspole", 0.5), ("length", 2.0)))
+  assert np.isclose(p.total_mass, p.masscart + 0.5) and np.isclose(p.polemass_length, 1.0)
+  s = envs.Suite(("balance", "short_pole", "coarse_time", "high_gravity", "weak_force"))
+  obj = jnp.arange(5)
+  keys = jax.random.split(jax.random.key(0), 5)
+  obs, st = s.reset(jnp.stack([keys[0]] * 5), obj)  # same initial state in every slot
+  obs2, _, r, _ = s.step(keys, st, jnp.ones(5, jnp.int32), obs, obj)
+  assert len({tuple(np.round(np.asarray(x), 7)) for x in obs2}) == 5
+  np.testing.assert_array_equal(r, 1.0)
+
+
+def test_step_gives_the_slot_objective_reward(suite):
+  obj = jnp.arange(3)
+  obs, st = suite.reset(jnp.stack([jax.random.key(3)] * 3), obj)
+  obs2, _, r, _ = suite.step(jax.random.split(jax.random.key(1), 3), st, jnp.zeros(3, jnp.int32), obs, obj)
+  expect = [envs.OBJECTIVES[n].reward(obs[i], 0, obs2[i], 1.0) for i, n in enumerate(NAMES)]
+  np.testing.assert_allclose(r, expect, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ PPO
+
+def test_slots_spread_over_the_subset():
+  obj = np.asarray(ppo.assign_slots(jnp.array([0, 1, 0, 1, 1], bool), 7))
+  assert set(obj) == {1, 3, 4} and np.bincount(obj, minlength=5).tolist() == [0, 3, 0, 2, 2]
+
+
+def test_finetune_is_deterministic_and_seeded(meta, one):
+  a = one(meta, MASKS[1], jax.random.key(5))
+  b = one(meta, MASKS[1], jax.random.key(5))
+  c = one(meta, MASKS[1], jax.random.key(6))
+  assert _tree_equal(a, b)
+  assert not _tree_allclose(a, c, atol=1e-6)
+  assert not _tree_allclose(a, meta, atol=1e-6)  # it trained
+
+
+def test_vmapped_finetune_equals_single_runs(meta, finetune, one):
+  key = jax.random.key(11)
+  batched = finetune(meta, MASKS, key)
+  for i, m in enumerate(MASKS):
+    alone = one(meta, m, key)
+    assert _tree_allclose(jax.tree.map(lambda x: x[i], batched), alone, rtol=1e-4, atol=1e-5), i
+  # Different subsets really give different params (the check above can fail).
+  assert not _tree_allclose(jax.tree.map(lambda x: x[0], batched),
+                            jax.tree.map(lambda x: x[2], batched), atol=1e-6)
+
+
+def test_objective_outside_subset_has_no_effect(meta, one):
+  # Same first two objectives, a different third one: fine-tuning on {0, 1} must not notice.
+  b = envs.Suite(("balance", "stay_left", "short_pole"), max_steps=30)
+  key = jax.random.key(2)
+  fa, fb = one, ppo.make_finetune_one(b, TINY)
+  assert _tree_equal(fa(meta, MASKS[1], key), fb(meta, MASKS[1], key))
+  assert not _tree_allclose(fa(meta, MASKS[0], key), fb(meta, MASKS[0], key), atol=1e-6)
+
+
+def test_normalization_maps_meta_to_minus_one_and_random_to_zero(suite, meta):
+  tg = ppo.target_ids(suite)
+  norm = ppo.make_normalizer(suite, meta, tg, ECFG)
+  R_meta = ppo.episode_returns(suite, lambda o: ppo.actor_logits(meta["actor"], o), tg, ECFG)
+  R_rand = ppo.episode_returns(suite, None, tg, ECFG, random_policy=True)
+  gap = np.asarray(norm.meta_T - norm.random_T)
+  np.testing.assert_allclose(norm(R_rand), 0.0, atol=1e-6)
+  np.testing.assert_allclose(norm(R_meta), np.where(gap >= 1.0, -1.0, -gap), atol=1e-5)
+  # Higher return -> lower (better) F; all returns within [0, max_steps].
+  assert np.all(np.diff(np.asarray(norm(jnp.stack([R_meta, R_meta + 5.0])), float), axis=0) < 0)
+  assert np.all((np.asarray(R_rand) >= 0) & (np.asarray(R_meta) <= suite.max_steps))
+
+
+def test_outcome_fn_chunks_and_matches_finetune(suite, meta, one):
+  tg = ppo.target_ids(suite)
+  fn, norm = ppo.make_outcome_fn(suite, meta, TINY, seed=3, chunk=3, ecfg=ECFG)
+  F = fn(MASKS)
+  assert F.shape == (4, 3) and np.all(np.isfinite(F))
+  np.testing.assert_allclose(fn(MASKS[2:3]), F[2:3], rtol=1e-5, atol=1e-5)
+  params = one(meta, MASKS[2], jax.random.key(3))
+  R = ppo.episode_returns(suite, lambda o: ppo.actor_logits(params["actor"], o), tg, ECFG)
+  np.testing.assert_allclose(F[2], norm(R), rtol=1e-4, atol=1e-4)
+
+
+def test_interaction_is_a_second_difference():
+  K, a, pair = 4, np.array([[0.3], [-1.0], [0.5], [2.0]]), (1, 3)
+
+  def fn(S):
+    return S.astype(float) @ a + 0.7 * (S[:, 1] & S[:, 3]).astype(float)[:, None]
+  np.testing.assert_allclose(ppo.interaction(fn, K, 0, 2), 0.0, atol=1e-12)
+  np.testing.assert_allclose(ppo.interaction(fn, K, *pair), 0.7, atol=1e-12)
+
+
+def test_checkpoint_roundtrip(meta, tmp_path):
+  path = os.path.join(str(tmp_path), "meta")
+  ppo.save_params(path, meta)
+  assert _tree_equal(ppo.load_params(path, meta), meta)
+
+
+# ------------------------------------------------------------------ estimator
+
+@pytest.fixture(scope="module")
+def estimator(suite, meta):
+  tg = ppo.target_ids(suite)
+  norm = ppo.make_normalizer(suite, meta, tg, ECFG)
+  cfg = estimate.EstimatorConfig(num_envs=2, num_steps=16, dim=8, newton_steps=10)
+  return estimate.Estimator(suite, meta, norm, tg, cfg, ECFG)
+
+
+def test_projection_scale():
+  P = estimate.projection(jax.random.key(0), 4000, 50)
+  assert P.shape == (4000, 50) and abs(float(P.var()) - 1 / 50) < 2e-3
+
+
+def test_features_are_projected_jacobians(suite, meta, estimator):
+  flat0, unravel = ppo.flat_actor(meta)
+  o = estimator.data["obs"][5]
+  v = jax.random.normal(jax.random.key(1), (estimator.cfg.dim,))
+  _, tangent = jax.jvp(lambda th: ppo.actor_logits(unravel(th), o[None])[0], (flat0,), (estimator.P @ v,))
+  np.testing.assert_allclose(estimator.G[5] @ v, tangent, rtol=1e-4, atol=1e-6)
+
+
+def test_solution_is_the_optimum_and_vmaps(estimator):
+  z = estimator.z(MASKS)
+  for i, m in enumerate(MASKS):
+    g = jax.grad(estimator.objective)(z[i], jnp.asarray(m))
+    assert float(jnp.linalg.norm(g)) < 1e-5, i
+    np.testing.assert_allclose(estimator.z(MASKS[i:i + 1])[0], z[i], rtol=1e-4, atol=1e-6)
+    base = estimator.objective(z[i], jnp.asarray(m))
+    assert float(estimator.objective(z[i] + 0.05, jnp.asarray(m))) < float(base)
+  assert not np.allclose(z[1], z[2])
+
+
+def test_estimate_at_zero_step_is_the_meta_policy(suite, meta, estimator):
+  F0 = np.asarray(estimator.norm(jax.vmap(estimator._rollout_returns, in_axes=(None, 0))(
+      estimator.arrays, jnp.zeros((1, estimator.cfg.dim)))))
+  R_meta = ppo.episode_returns(suite, lambda o: ppo.actor_logits(meta["actor"], o),
+                               estimator.targets_T, ECFG)
+  np.testing.assert_allclose(F0[0], estimator.norm(R_meta), atol=1e-5)
+  for mode in ("rollout", "surrogate"):
+    F = estimator.outcome(MASKS, mode, chunk=3)
+    assert F.shape == (4, 3) and np.all(np.isfinite(F))
+
+
+def test_first_order_error_vanishes_at_small_steps(meta, estimator):
+  obs = estimator.data["obs"][:20]
+  near = jax.tree.map(lambda x: x * (1 + 1e-3), meta)
+  far = jax.tree.map(lambda x: x * 1.5, meta)
+  e_near, _ = estimate.first_order_error(meta, near, obs)
+  e_far, _ = estimate.first_order_error(meta, far, obs)
+  assert float(e_near.max()) < 1e-4 < float(e_far.mean())
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_bad_input_messages(suite, meta, finetune, estimator):
+  with pytest.raises(ValueError, match="^names: unknown objective"):
+    envs.Suite(("balance", "moonwalk"))
+  with pytest.raises(ValueError, match="^name: unknown objective"):
+    suite.index("moonwalk")
+  with pytest.raises(ValueError, match="^masks: empty subset in row 1"):
+    finetune(meta, np.array([[1, 0, 0], [0, 0, 0]], bool), jax.random.key(0))
+  with pytest.raises(ValueError, match=r"^masks: expected shape \[m, 3\]"):
+    finetune(meta, np.ones((2, 4), bool), jax.random.key(0))
+  with pytest.raises(ValueError, match="^S: expected shape"):
+    estimator.z(np.ones(3, bool))
+  with pytest.raises(ValueError, match="^mode:"):
+    estimator.outcome(MASKS, "exact")
+  with pytest.raises(ValueError, match="^j: must differ"):
+    ppo.interaction(lambda S: S, 3, 1, 1)
+  with pytest.raises(ValueError, match="^num_minibatches:"):
+    ppo.PPOConfig(num_envs=3, num_steps=3, num_minibatches=2)
