@@ -65,7 +65,7 @@ def main(argv):
     with jax.enable_x64(True):
       gammas = np.asarray(ours.gamma_grid)
     folds = np.zeros(m, int)
-    idx, valid, _ = surrogates._folds(m, 5, 0)
+    idx, valid, _ = surrogates.cv_folds(m, 5, 0)
     for f in range(5):
       folds[np.asarray(idx[f])[np.asarray(valid[f])]] = f
     if m <= _SKIP_SKLEARN_ABOVE.value:

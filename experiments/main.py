@@ -1,43 +1,33 @@
 """Runs any experiment through the shared attribution driver.
 
-  python -m experiments.main                                  # the default experiment and config
-  python -m experiments.main --experiment=reference --workdir=/tmp/ref
-  python -m experiments.main --experiment=modular --config=paper --set=num_steps=500 --set=num_estimated=1000
+  python -m experiments.main                                   # the default experiment and config
+  python -m experiments.main --experiment=reference --workdir=runs/ref
+  python -m experiments.main --experiment=modular --config=tiny --config.train.num_steps=80
+  python -m experiments.main --help                            # experiments, configs and fields
+
+`--config` names one of the experiment's configs (or, as ml_collections' config_flags takes it,
+PATH:ARG of any config file); `--config.SECTION.FIELD=VALUE` overrides a field (type-checked, then
+range-checked by the experiment's `validate`). Results go to --workdir (default runs/default); a
+killed or interrupted run resumes from its finished phases when rerun with the same command.
 """
 from __future__ import annotations
 
-import ast
 import importlib
+import pathlib
+import signal
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 EXPERIMENTS = {"reference": "experiments.reference", "modular": "experiments.modular"}
 DEFAULT_EXPERIMENT = "reference"
+DEFAULT_WORKDIR = "runs/default"
 
 _EXPERIMENT = flags.DEFINE_string("experiment", DEFAULT_EXPERIMENT, f"one of {sorted(EXPERIMENTS)}")
-_CONFIG = flags.DEFINE_string("config", None, "name of a config of that experiment (default: its own default)")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "where summary.json, arrays and plots go")
-_SEED = flags.DEFINE_integer("seed", 0, "seed for every random choice of the run")
-_SET = flags.DEFINE_multi_string("set", [], "override one config field, e.g. --set=num_steps=500 (a Python literal)")
-
-
-def apply_overrides(config, overrides):
-  """Applies 'field=literal' strings to a config; unknown fields and wrong types are usage errors."""
-  for item in overrides:
-    name, sep, text = item.partition("=")
-    if not sep or name not in config:
-      raise app.UsageError(f"--set: expected FIELD=VALUE with FIELD one of {sorted(config.keys())}, got {item!r}")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text   # a bare word is a string
-    try:
-      config[name] = value
-    except TypeError as e:   # ConfigDict refuses a value of another type than the field's
-      raise app.UsageError(f"--set: {name}: {e}") from None
-  return config
+_WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "where summary.json, arrays and plots go")
 
 
 def load_experiment(name: str):
@@ -46,22 +36,105 @@ def load_experiment(name: str):
   return importlib.import_module(EXPERIMENTS[name])
 
 
+def config_file(module) -> str:
+  """The file that defines the experiment's get_config (what config_flags loads)."""
+  return str(pathlib.Path(module.get_config.__code__.co_filename).resolve())
+
+
+def _flag_value(argv, name):
+  value = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def prepare_argv(argv):
+  """Defines --config for the chosen experiment and rewrites `--config=NAME` into config_flags'
+  `--config=FILE:NAME` form. Returns the new argv."""
+  name = _flag_value(argv, "experiment") or DEFAULT_EXPERIMENT
+  if name not in EXPERIMENTS:
+    print(f"FATAL: --experiment: unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}", file=sys.stderr)
+    sys.exit(1)
+  module = importlib.import_module(EXPERIMENTS[name])
+  path = config_file(module)
+  out = []
+  for arg in argv:
+    if arg.startswith("--config=") and ":" not in arg and "/" not in arg:
+      arg = f"--config={path}:{arg.split('=', 1)[1]}"
+    out.append(arg)
+  config_flags.DEFINE_config_file("config", f"{path}:{module.DEFAULT_CONFIG}",
+                                  "a config name of the experiment (see --help)", lock_config=True)
+  return out
+
+
+def _fields(config, prefix=""):
+  for key in sorted(config.keys()):
+    value = config[key]
+    path = f"{prefix}{key}"
+    if hasattr(value, "keys") and hasattr(value, "to_dict"):
+      yield from _fields(value, path + ".")
+    else:
+      yield path, type(value).__name__ if value is not None else "None (any)", value
+
+
+def usage() -> str:
+  lines = [__doc__.strip(), "", "flags:",
+           f"  --experiment   one of {sorted(EXPERIMENTS)} (default {DEFAULT_EXPERIMENT})",
+           f"  --workdir      results directory (default {DEFAULT_WORKDIR})",
+           "  --config       a config name below (default: the experiment's first)",
+           "  --config.F=V   override field F", ""]
+  for name, path in EXPERIMENTS.items():
+    module = importlib.import_module(path)
+    lines.append(f"experiment {name}:")
+    for cname, text in module.DESCRIPTIONS.items():
+      mark = " (default)" if cname == module.DEFAULT_CONFIG else ""
+      lines.append(f"  --config={cname}{mark}: {text}")
+    lines.append(f"  fields (defaults of --config={module.DEFAULT_CONFIG}):")
+    for field, kind, value in _fields(module.get_config(module.DEFAULT_CONFIG)):
+      lines.append(f"    --config.{field}={value!r}  [{kind}]")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def _terminate(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
-  from ksurrogate import driver  # imported here so --help stays fast
+  from ksurrogate import driver, runs  # imported here so --help stays fast
   module = load_experiment(_EXPERIMENT.value)
+  config = flags.FLAGS.config
   try:
-    config = module.get_config(_CONFIG.value) if _CONFIG.value else module.get_config()
+    module.validate(config)
+    workdir = runs.check_workdir(_WORKDIR.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  config.seed = _SEED.value
-  apply_overrides(config, _SET.value)
-  logging.info("experiment=%s config=%s workdir=%s", _EXPERIMENT.value, _CONFIG.value, _WORKDIR.value)
-  driver.run(module.protocol(config), config, _WORKDIR.value)
+  signal.signal(signal.SIGTERM, _terminate)
+  try:
+    with runs.Run(workdir, name=_EXPERIMENT.value, progress=config.get("progress", True)) as run:
+      driver.run(module.protocol(config), config, run)
+  except KeyboardInterrupt:
+    print(f"\ninterrupted: finished phases in {workdir} are kept; rerun the same command to resume", file=sys.stderr)
+    sys.exit(130)
+  except (runs.DifferentConfigError, runs.WorkdirInUse) as e:
+    raise app.UsageError(str(e)) from None
+
+
+def run_cli(argv=None):
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+    print(usage())
+    sys.exit(0)
+  app.run(main, argv=prepare_argv(argv))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_cli()

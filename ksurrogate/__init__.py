@@ -1,22 +1,59 @@
-"""ksurrogate: task attribution with kernel surrogate models, in JAX."""
+"""ksurrogate: task attribution with kernel surrogate models, in JAX.
+
+Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.estimation`,
+`ks.surrogates`, `ks.attribution`, `ks.baselines`, `ks.metrics`, `ks.diagnostics`, `ks.runs`, ...);
+the names most code needs are also here at the top level.
+"""
+from ksurrogate import attribution
+from ksurrogate import baselines
+from ksurrogate import batching
+from ksurrogate import diagnostics
+from ksurrogate import driver
+from ksurrogate import estimation
 from ksurrogate import features
-from ksurrogate import finetune
 from ksurrogate import kernels
+from ksurrogate import linearization
 from ksurrogate import metrics
 from ksurrogate import parity
+from ksurrogate import report
+from ksurrogate import runs
+from ksurrogate import store
 from ksurrogate import subsets
+from ksurrogate import surrogates
+from ksurrogate import training
 from ksurrogate.attribution import interactions
 from ksurrogate.attribution import predicted_loo
 from ksurrogate.attribution import shapley
 from ksurrogate.attribution import suggest_subsets
+from ksurrogate.batching import chunked_map
+from ksurrogate.batching import map_subsets
+from ksurrogate.estimation import OutputLoss
+from ksurrogate.estimation import calibrate_ridge
+from ksurrogate.estimation import estimate
+from ksurrogate.estimation import task_statistics
+from ksurrogate.features import Features
+from ksurrogate.features import featurize
+from ksurrogate.linearization import empirical_ntk_fn
+from ksurrogate.linearization import linearize
 from ksurrogate.surrogates import KernelSurrogate
 from ksurrogate.surrogates import LinearSurrogate
 from ksurrogate.surrogates import fit_kernel
 from ksurrogate.surrogates import fit_linear
-from ksurrogate.estimate import calibrate_ridge
-from ksurrogate.estimate import estimate
-from ksurrogate.estimate import task_statistics
-from ksurrogate.linearize import empirical_ntk_fn
-from ksurrogate.linearize import linearize
+from ksurrogate.training import finetune_subsets
+from ksurrogate.training import retrain_subsets
+from ksurrogate.training import trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+__all__ = [
+    # modules
+    "attribution", "baselines", "batching", "diagnostics", "driver", "estimation", "features", "kernels",
+    "linearization", "metrics", "parity", "report", "runs", "store", "subsets", "surrogates", "training",
+    # surrogates and readouts
+    "KernelSurrogate", "LinearSurrogate", "fit_kernel", "fit_linear", "predicted_loo", "interactions", "shapley",
+    "suggest_subsets",
+    # outcome sources
+    "trainer", "retrain_subsets", "finetune_subsets", "map_subsets", "chunked_map",
+    "Features", "featurize", "OutputLoss", "estimate", "calibrate_ridge", "task_statistics",
+    "linearize", "empirical_ntk_fn",
+]

@@ -79,7 +79,7 @@ def shapley(surrogate, num_tasks: int | None, key, num_permutations: int = 256):
 def _greedy_max_variance(C, surr, n):
   """Picks n candidates one at a time, each time the one of largest posterior variance given the
   fitted data and the picks so far (noise = ridge), so a batch never holds near-duplicates."""
-  Kc = surr._gram(C)
+  Kc = surr.gram(C)
   A = Kc @ surr.var_matrix
   var = kernels.diag(surr.kernel, C, surr.gamma, surr.degree, surr.coef0) - jnp.sum(A * Kc, 1)
   U = jnp.zeros((n, C.shape[0]))

@@ -18,23 +18,28 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ksurrogate.features import Features
-from ksurrogate.finetune import cross_entropy
+from ksurrogate import batching
+from ksurrogate.training import cross_entropy
 
 
 def _task_gradients(loss_of_flat, flat, X, y, task_ids, num_tasks, batch_size):
   """grad of L_k = sum_{n in k} loss_n, for every task: [K, D]; streamed over example batches."""
-  grads = jnp.zeros((num_tasks, flat.size), flat.dtype)
   per_example = jax.jit(jax.vmap(jax.grad(loss_of_flat), in_axes=(None, 0, 0)))
-  for a in range(0, len(X), batch_size):
-    g = per_example(flat, X[a:a + batch_size, None], y[a:a + batch_size, None])
-    grads = grads.at[task_ids[a:a + batch_size]].add(g)
-  return grads
+  summed = jax.jit(lambda X_b, y_b, t_b: jax.ops.segment_sum(per_example(flat, X_b[:, None], y_b[:, None]), t_b,
+                                                             num_segments=num_tasks))
+  total = jnp.zeros((num_tasks, flat.size), flat.dtype)
+
+  def add(start, stop, g):
+    nonlocal total
+    total = total + g
+
+  batching.chunked_map(summed, X, y, np.asarray(task_ids), chunk_size=batch_size, pad=False, sink=add)
+  return total
 
 
 def _per_example_gradients(loss_of_flat, flat, X, y, batch_size):
   fn = jax.jit(jax.vmap(jax.grad(loss_of_flat), in_axes=(None, 0, 0)))
-  return jnp.concatenate([fn(flat, X[a:a + batch_size, None], y[a:a + batch_size, None])
-                          for a in range(0, len(X), batch_size)])
+  return batching.chunked_map(lambda X_b, y_b: fn(flat, X_b[:, None], y_b[:, None]), X, y, chunk_size=batch_size)
 
 
 def _flat_loss(apply_fn, unravel, loss_fn):

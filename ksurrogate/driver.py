@@ -1,9 +1,15 @@
 """The shared attribution driver: every experiment hands it a Protocol and nothing else.
 
 A Protocol yields Problems (subset matrices with outcomes, split into fit and held-out parts,
-optionally with real leave-one-out effects) and names the Methods to compare. The driver fits each
-method, scores it, reads out attributions, writes arrays, plots and `summary.json`. It never looks
-at which experiment it runs.
+optionally with real leave-one-out effects) and builds, per problem, the Methods to compare. The
+driver fits each method, scores it, reads out what the surrogate declares it supports, and writes
+arrays, plots and `summary.json`. It never looks at which experiment it runs.
+
+Summary schema (the same whatever the number of problems):
+  experiment, config, timing [{phase, seconds, status}], files {what: path},
+  datasets.<problem>.<method>.{lds, normalized_error, seconds, loo_pearson, loo_spearman,
+                               loo_pearson_mean_target, loo_spearman_mean_target, ...},
+  <info key>.<problem> = whatever the problem's `info` holds under that key.
 """
 from __future__ import annotations
 
@@ -17,7 +23,10 @@ import numpy as np
 from ksurrogate import attribution
 from ksurrogate import metrics
 from ksurrogate import report
+from ksurrogate import runs
 from ksurrogate import store
+
+LOO_KEYS = ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +53,10 @@ class Problem:
   `loo_true` [K, T] (F(1 - e_k) - F(1)) enables leave-one-out correlation.
   `extra_fit` holds other (S, F) pairs methods may fit on; `extra_loo` holds predicted LOO [K, T]
   of methods that are not surrogates (influence functions, TracIn, ...), scored against loo_true.
-  `info` is copied into the summary as is (timings, estimator accuracy, ...).
-  `lower_is_better` says what an outcome means (a loss) — only used in labels.
+  `info` goes into the summary as `<key>.<problem name>` (estimator accuracy, selection, ...).
+  `figures` names extra figures the experiment wrote ({what: path}), listed with the run's files.
+  `higher_is_better`: what an outcome means (a loss: False; a return or accuracy: True); plots
+  and the sign of "helps the target" follow it.
   """
   name: str
   S: np.ndarray
@@ -56,15 +67,22 @@ class Problem:
   extra_fit: Mapping[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
   extra_loo: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   info: Mapping = dataclasses.field(default_factory=dict)
-  lower_is_better: bool = True
+  higher_is_better: bool = False
+  outcome_name: str = "target loss"
   task_labels: Optional[Sequence[str]] = None
+  figures: Mapping[str, str] = dataclasses.field(default_factory=dict)   # figures the experiment drew itself
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
+  """What an experiment hands the driver.
+
+  problems(config, run) yields Problems (`run` is the `runs.Run` to store phases in);
+  methods(config, problem) builds the methods to compare on that problem.
+  """
   name: str
-  problems: Callable[[object, pathlib.Path], Iterable[Problem]]   # (config, workdir) -> problems
-  methods: Mapping[str, Method]
+  problems: Callable[[object, runs.Run], Iterable[Problem]]
+  methods: Callable[[object, Problem], Mapping[str, Method]]
   plot_method: str = "kernel"                         # whose readouts are plotted
 
 
@@ -77,7 +95,11 @@ def _view(problem: Problem, method: Method):
 
 
 def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: float = 0.1):
-  """Fits and scores every method on every split. Returns (summary dict, arrays dict)."""
+  """Fits and scores every method on every split. Returns (summary dict, arrays dict).
+
+  Readouts on the first split: predicted LOO for task-level methods, pairwise interactions for
+  surrogates that declare them (`READOUTS`); LOO correlation where the problem has `loo_true`.
+  """
   summary, arrays = {}, {}
   for name, method in methods.items():
     X = _view(problem, method)
@@ -95,12 +117,13 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
              "seconds": time.perf_counter() - t0}
       if i == 0:
         arrays[f"{name}/heldout_pred"] = pred
-        if method.view == "task":
+        readouts = getattr(surr, "READOUTS", ("loo",))
+        if method.view == "task" and "loo" in readouts:
           loo = np.asarray(attribution.predicted_loo(surr))
           arrays[f"{name}/predicted_loo"] = loo
           if problem.loo_true is not None:
             row.update({f"loo_{k}": v for k, v in metrics.loo_correlation(loo, problem.loo_true).items()})
-          if hasattr(surr, "gamma"):
+          if "interactions" in readouts:
             arrays[f"{name}/interactions"] = np.asarray(attribution.interactions(surr))
       per_split.append(row)
     summary[name] = {k: float(np.mean([r[k] for r in per_split])) for k in per_split[0]}
@@ -117,56 +140,68 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
   return summary, arrays
 
 
-def run(protocol: Protocol, config, workdir, *, log=print) -> dict:
-  """Runs every problem of the protocol; writes DIR/summary.json, DIR/<problem>/{arrays.npz,*.png}."""
-  workdir = pathlib.Path(workdir)
-  threshold = float(getattr(config, "normalized_error_threshold", 0.1))
-  datasets, rows, infos = {}, [], {}
-  for problem in protocol.problems(config, workdir):
-    log(f"[{protocol.name}] {problem.name}: {problem.S.shape[0]} subsets x {problem.F.shape[1]} targets,"
-        f" K={problem.S.shape[1]}, {len(problem.splits)} split(s)")
-    summary, arrays = evaluate(problem, protocol.methods, threshold=threshold)
+def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
+  """Runs every problem of the protocol; writes DIR/summary.json and DIR/<problem>/{arrays.npz,*.png}.
+  Returns the summary."""
+  out_dir = workdir_run.dir
+  threshold = float(config.get("normalized_error_threshold", 0.1)) if hasattr(config, "get") else 0.1
+  datasets, rows, infos, files = {}, [], {}, {}
+  for problem in protocol.problems(config, workdir_run):
+    workdir_run.log(f"{problem.name}: {problem.S.shape[0]} subsets x {problem.F.shape[1]} targets,"
+                    f" K={problem.S.shape[1]}, {len(problem.splits)} split(s)")
+    summary, arrays = evaluate(problem, protocol.methods(config, problem), threshold=threshold)
     datasets[problem.name] = summary
-    out = workdir / problem.name
+    out = out_dir / problem.name
     store.save_arrays(out / "arrays.npz", **{k.replace("/", "__"): v for k, v in arrays.items()})
-    _plots(protocol, problem, arrays, out)
+    files[f"{problem.name}/arrays"] = str(out / "arrays.npz")
+    for what, path in {**problem.figures, **_plots(protocol, problem, summary, arrays, out)}.items():
+      files[f"{problem.name}/{what}"] = str(path)
     rows += [{"dataset": problem.name, "method": m, **s} for m, s in summary.items()]
-    infos[problem.name] = dict(problem.info)
-  result = {"experiment": protocol.name, "config": _config_dict(config), "datasets": datasets}
-  if len(datasets) == 1:   # one problem: also expose metric -> method views and its info at top level
-    (name, summary), = datasets.items()
-    result["lds"] = {m: s["lds"] for m, s in summary.items() if "lds" in s}
-    result["normalized_error"] = {m: s["normalized_error"] for m, s in summary.items() if "normalized_error" in s}
-    loo = {m: {"pearson": s["loo_pearson"], "spearman": s["loo_spearman"],
-               "pearson_mean_target": s["loo_pearson_mean_target"], "spearman_mean_target": s["loo_spearman_mean_target"]}
-           for m, s in summary.items() if "loo_pearson" in s}
-    if loo:
-      result["loo_correlation"] = loo
-    result.update(infos[name])
-  store.save_json(workdir / "summary.json", result)
+    for key, value in problem.info.items():
+      infos.setdefault(key, {})[problem.name] = value
+  result = {"experiment": protocol.name, "config": _config_dict(config), "datasets": datasets,
+            "timing": workdir_run.timing_rows(), **infos}
+  files["summary"] = str(out_dir / "summary.json")
+  result["files"] = files
+  store.save_json(out_dir / "summary.json", result)
   columns = ["dataset", "method", "lds", "normalized_error", "seconds"]
   if any("loo_pearson" in r for r in rows):
     columns[4:4] = ["loo_pearson", "loo_spearman"]
-  log(report.table(rows, columns))
-  for info in infos.values():
-    if "timing" in info:
-      log(report.table([{"phase": k, "seconds": float(v)} for k, v in info["timing"].items()], ["phase", "seconds"]))
-  log(f"wrote {workdir / 'summary.json'}")
+  print(report.table(rows, columns), flush=True)
+  if workdir_run.timings:
+    print(report.table(workdir_run.timing_rows(), ["phase", "seconds", "status"]), flush=True)
+  print(f"results in {out_dir}:", flush=True)
+  for what, path in files.items():
+    print(f"  {what:<34} {path}", flush=True)
   return result
 
 
-def _plots(protocol: Protocol, problem: Problem, arrays: dict, out: pathlib.Path) -> None:
+def _plots(protocol: Protocol, problem: Problem, summary: dict, arrays: dict, out: pathlib.Path) -> dict:
+  """Writes the problem's figures; returns {what: path}."""
+  written = {}
   preds = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/heldout_pred")}
-  report.predicted_vs_true(out / "predicted_vs_true.png", preds, arrays["heldout_true"], problem.name)
-  m = protocol.plot_method
+  path = out / "predicted_vs_true.png"
+  report.predicted_vs_true(path, preds, arrays["heldout_true"], problem.name,
+                           scores={m: summary[m]["lds"] for m in preds}, outcome_name=problem.outcome_name)
+  written["predicted_vs_true"] = path
   loos = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/predicted_loo")}
   if "loo_true" in arrays and loos:
-    report.loo_scatter(out / "loo_real_vs_predicted.png", loos, arrays["loo_true"], problem.name)
+    path = out / "loo_real_vs_predicted.png"
+    report.loo_scatter(path, loos, arrays["loo_true"], problem.name,
+                       scores={m: summary[m]["loo_pearson"] for m in loos}, outcome_name=problem.outcome_name)
+    written["loo_real_vs_predicted"] = path
+  m = protocol.plot_method
   if f"{m}/predicted_loo" in arrays:
-    report.top_tasks(out / "top_tasks.png", arrays[f"{m}/predicted_loo"], f"{problem.name}: {m}", labels=problem.task_labels)
+    path = out / "top_tasks.png"
+    report.top_tasks(path, arrays[f"{m}/predicted_loo"], f"{problem.name}: {m}", labels=problem.task_labels,
+                     higher_is_better=problem.higher_is_better, outcome_name=problem.outcome_name)
+    written["top_tasks"] = path
   if f"{m}/interactions" in arrays:
-    report.interaction_heatmap(out / "interactions.png", arrays[f"{m}/interactions"],
-                               f"{problem.name}: {m} pairwise interactions (mean target)")
+    path = out / "interactions.png"
+    report.interaction_heatmap(path, arrays[f"{m}/interactions"], f"{problem.name}: {m}", labels=problem.task_labels,
+                               outcome_name=problem.outcome_name)
+    written["interactions"] = path
+  return written
 
 
 def _config_dict(config):

@@ -25,8 +25,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ksurrogate import _checks
+from ksurrogate import batching
 from ksurrogate import store
-from ksurrogate._util import pad_rows
 
 OUTPUTS = ("logits", "margin")
 PROJECTIONS = ("gaussian", "rademacher", "identity")
@@ -144,23 +144,26 @@ def featurize(apply_fn: Callable, params0, X, y, *, key, dim: int, output: str =
   fn = make_featurizer(apply_fn, params0, key=key, dim=dim, output=output, projection=projection, chunk=chunk,
                        materialize_bytes=materialize_bytes)
   n = len(X)
-  phi = offsets = None
-  it = range(0, n, batch_size)
+  buffers = {}
+
+  def write(start, stop, out):
+    pb, ob = jax.device_get(out)
+    if not buffers:   # allocated on the first batch, once the output size C is known
+      C = pb.shape[1]
+      buffers["phi"] = (np.lib.format.open_memmap(memmap_path, mode="w+", dtype=np.float32, shape=(n, C, dim))
+                        if memmap_path else np.empty((n, C, dim), np.float32))
+      buffers["offsets"] = np.empty((n, C), np.float32)
+    buffers["phi"][start:stop] = pb
+    buffers["offsets"][start:stop] = ob
+
+  bar = None
   if progress:
     from tqdm.auto import tqdm
-    it = tqdm(it, desc="featurize", unit="batch")
-  for start in it:
-    n_b = len(X[start:start + batch_size])
-    pb, ob = jax.device_get(fn(pad_rows(X[start:start + batch_size], batch_size),
-                               pad_rows(y[start:start + batch_size], batch_size)))
-    pb, ob = pb[:n_b], ob[:n_b]
-    if phi is None:
-      C = pb.shape[1]
-      phi = (np.lib.format.open_memmap(memmap_path, mode="w+", dtype=np.float32, shape=(n, C, dim))
-             if memmap_path else np.empty((n, C, dim), np.float32))
-      offsets = np.empty((n, C), np.float32)
-    phi[start:start + len(pb)] = pb
-    offsets[start:start + len(pb)] = ob
+    bar = tqdm(total=n, desc="featurize", unit="example")
+  batching.chunked_map(fn, X, y, chunk_size=batch_size, sink=write, progress=bar.update if bar else None)
+  if bar:
+    bar.close()
+  phi, offsets = buffers["phi"], buffers["offsets"]
   if memmap_path:
     phi.flush()
   if not np.all(np.isfinite(offsets)):

@@ -50,7 +50,8 @@ def _pearson_cols(P, T):
 
 
 @jax.jit
-def _spearman_cols(P, T):
+def spearman_columns(P, T):
+  """Spearman correlation of each column of P [n, T] with the same column of T (NaN if constant)."""
   return _pearson_cols(_ranks(P), _ranks(T))
 
 
@@ -72,7 +73,7 @@ def pearson(pred, true, *, per_target: bool = False):
 @x64
 def spearman(pred, true, *, per_target: bool = False):
   """Spearman correlation down each column (average ranks for ties), averaged over columns."""
-  return _reduce(_spearman_cols(*_pair(pred, true)), per_target)
+  return _reduce(spearman_columns(*_pair(pred, true)), per_target)
 
 
 def lds(pred, true, *, per_target: bool = False):

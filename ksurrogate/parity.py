@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from ksurrogate import _checks
 from ksurrogate._util import x64
-from ksurrogate.surrogates import KernelSurrogate, LinearSurrogate, _kernel_solve
+from ksurrogate.surrogates import KernelSurrogate, LinearSurrogate, solve_kernel
 
 JITTER = 1e-8
 
@@ -22,11 +22,7 @@ def official_krr(W, F, *, ridge: float) -> KernelSurrogate:
   F = _checks.as_outcomes(F, W.shape[0])
   if ridge < 0:
     raise ValueError(f"ridge: must be non-negative, got {ridge}")
-  X = jnp.asarray(W, jnp.float64)
-  gamma = 1.0 / X.shape[1]
-  alpha, inverse = _kernel_solve(X, jnp.asarray(F), gamma, ridge + JITTER, kind="rbf", degree=2, coef0=1.0)
-  return KernelSurrogate(basis=X, alpha=alpha, offset=jnp.zeros(F.shape[1]), var_matrix=inverse,
-                         gamma=jnp.asarray(gamma), ridge=jnp.asarray(ridge + JITTER), kernel="rbf")
+  return solve_kernel(W, F, gamma=1.0 / W.shape[1], ridge=ridge + JITTER, kernel="rbf", center=False)
 
 
 @x64

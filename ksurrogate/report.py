@@ -6,50 +6,92 @@ import pathlib
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def predicted_vs_true(path, preds: dict, true, title: str) -> None:
-  """Scatter of predicted vs true outcome on held-out subsets, one colour per method."""
-  fig, ax = plt.subplots(figsize=(4.8, 4.5))
+def _grid(n: int, width: float = 3.2, height: float = 3.0, max_cols: int = 4):
+  cols = min(max_cols, n)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.5), squeeze=False)
+  for ax in axes.ravel()[n:]:
+    ax.axis("off")
+  return fig, axes.ravel()[:n]
+
+
+def _plain_axes(ax):
+  # Offsets ("1e-3 + ...") collide with axis labels; tick labels without an offset never do.
+  for axis in (ax.xaxis, ax.yaxis):
+    formatter = axis.get_major_formatter()
+    if isinstance(formatter, matplotlib.ticker.ScalarFormatter):
+      formatter.set_useOffset(False)
+
+
+def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | None = None,
+                      outcome_name: str = "outcome", max_points: int = 4000, seed: int = 0) -> None:
+  """Predicted vs true outcome on held-out (subset, target) pairs, one panel per method, each
+  titled with its LDS as the summary table states it (a random sample of at most `max_points`
+  pairs is drawn, the same pairs for every method)."""
   t = np.asarray(true).ravel()
-  for name, p in preds.items():
-    ax.scatter(t, np.asarray(p).ravel(), s=3, alpha=0.35, label=name)
+  keep = np.arange(t.size)
+  if t.size > max_points:
+    keep = np.sort(np.random.default_rng(seed).choice(t.size, max_points, replace=False))
+  names = sorted(preds)
+  fig, axes = _grid(len(names))
   lo, hi = np.percentile(t, [0.5, 99.5])
-  ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-  ax.set(xlabel="true outcome", ylabel="predicted outcome", title=title)
-  ax.legend(markerscale=4, fontsize=7)
+  for ax, name in zip(axes, names):
+    p = np.asarray(preds[name]).ravel()
+    ax.scatter(t[keep], p[keep], s=3, alpha=0.35)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+    score = f"\nlds = {scores[name]:.3f}" if scores and name in scores else ""
+    ax.set(xlabel=f"true {outcome_name}", ylabel=f"predicted {outcome_name}", title=f"{name}{score}")
+    ax.title.set_fontsize(9)
+    _plain_axes(ax)
+  shown = f"{len(keep)} of {t.size}" if len(keep) < t.size else f"all {t.size}"
+  fig.suptitle(f"{title}: held-out subsets ({shown} subset-target pairs)", fontsize=10)
   _save(fig, path)
 
 
-def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None) -> None:
-  """Bar chart of the tasks with the largest |predicted LOO| on the mean target."""
-  score = np.asarray(loo_KxT).mean(axis=1)
-  order = np.argsort(-np.abs(score))[:top]
-  fig, ax = plt.subplots(figsize=(5.5, 0.28 * len(order) + 1.2))
-  ax.barh(range(len(order)), score[order][::-1], color=np.where(score[order][::-1] > 0, "tab:green", "tab:red"))
-  names = [str(labels[i]) if labels is not None else f"task {i}" for i in order][::-1]
+def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_is_better: bool = False,
+              outcome_name: str = "target loss") -> None:
+  """Bar chart of the tasks with the largest predicted leave-one-out effect on the mean target,
+  coloured by whether the task helps the target (removing it makes the outcome worse)."""
+  effect = np.asarray(loo_KxT).mean(axis=1)          # g(1 - e_k) - g(1)
+  helps = effect < 0 if higher_is_better else effect > 0
+  order = np.argsort(-np.abs(effect))[:top][::-1]
+  fig, ax = plt.subplots(figsize=(6.2, 0.3 * len(order) + 1.6))
+  colors = np.where(helps[order], "tab:green", "tab:red")
+  ax.barh(range(len(order)), effect[order], color=colors)
+  names = [str(labels[i]) if labels is not None else f"task {i}" for i in order]
   ax.set_yticks(range(len(order)), names, fontsize=7)
-  ax.set(xlabel="predicted leave-one-out effect on mean target (g(1-e_k) - g(1))", title=title)
+  ax.axvline(0, color="k", lw=0.6)
+  ax.set(xlabel=f"predicted change of mean {outcome_name} when the task is removed", title=title)
+  ax.title.set_fontsize(9)
+  _plain_axes(ax)
+  from matplotlib.patches import Patch
+  ax.legend(handles=[Patch(color="tab:green", label="helps the target (removing it hurts)"),
+                     Patch(color="tab:red", label="hurts the target (removing it helps)")], fontsize=7, loc="best")
   _save(fig, path)
 
 
-def loo_scatter(path, loos: dict, loo_true, title: str) -> None:
-  """Real vs predicted leave-one-out effect on the mean target, one panel per method."""
+def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None = None,
+                outcome_name: str = "target loss") -> None:
+  """Real vs predicted leave-one-out effect of each task on the mean target, one panel per method.
+  Each panel names two scores: `loo_pearson` (the table's: Pearson per target, averaged) and the
+  Pearson of the plotted points (mean target), which can differ a lot."""
   names = sorted(loos)
-  cols = min(4, len(names))
-  rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+  fig, axes = _grid(len(names))
   t = np.asarray(loo_true).mean(axis=1)
-  for ax, name in zip(axes.ravel(), names):
+  for ax, name in zip(axes, names):
     p = np.asarray(loos[name]).mean(axis=1)
     r = np.corrcoef(p, t)[0, 1] if np.std(p) > 0 and np.std(t) > 0 else float("nan")
+    head = f"loo_pearson = {scores[name]:.3f}\n" if scores and name in scores else ""
     ax.scatter(t, p, s=10)
-    ax.set(title=f"{name} (r={r:.2f})", xlabel="real LOO", ylabel="predicted")
-  for ax in axes.ravel()[len(names):]:
-    ax.axis("off")
-  fig.suptitle(title)
+    ax.set_title(f"{name}\n{head}plotted (mean target) r = {r:.2f}", fontsize=8)
+    ax.set(xlabel="real LOO effect", ylabel="predicted LOO effect")
+    _plain_axes(ax)
+  fig.suptitle(f"{title}: leave-one-out effect on the mean {outcome_name}", fontsize=10)
   _save(fig, path)
 
 
@@ -62,13 +104,23 @@ def curves(path, named_curves: dict, title: str, ylabel: str = "training loss") 
   _save(fig, path)
 
 
-def interaction_heatmap(path, inter_KxKxT, title: str) -> None:
-  mat = np.asarray(inter_KxKxT).mean(axis=2)
-  v = np.abs(mat).max() or 1.0
-  fig, ax = plt.subplots(figsize=(5, 4.3))
+def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_name: str = "target loss") -> None:
+  """Pairwise interactions I_jk on the mean target (the diagonal is undefined and left blank)."""
+  mat = np.asarray(inter_KxKxT, np.float64).mean(axis=2)
+  K = mat.shape[0]
+  mat[np.arange(K), np.arange(K)] = np.nan
+  v = np.nanmax(np.abs(mat)) if np.isfinite(mat).any() else 1.0
+  fig, ax = plt.subplots(figsize=(6.0, 5.2))
   im = ax.imshow(mat, cmap="RdBu_r", vmin=-v, vmax=v)
-  fig.colorbar(im, ax=ax, shrink=0.8)
-  ax.set(xlabel="task k", ylabel="task j", title=title)
+  cbar = fig.colorbar(im, ax=ax, shrink=0.8)
+  cbar.set_label(f"g(1) - g(1-e_j) - g(1-e_k) + g(1-e_j-e_k)\n(mean {outcome_name})", fontsize=7)
+  step = max(1, K // 25)
+  ticks = np.arange(0, K, step)
+  names = [str(labels[i]) if labels is not None else str(i) for i in ticks]
+  ax.set_xticks(ticks, names, fontsize=6, rotation=90)
+  ax.set_yticks(ticks, names, fontsize=6)
+  ax.set(xlabel="task k", ylabel="task j")
+  ax.set_title(f"{title}\npairwise interactions", fontsize=9)
   _save(fig, path)
 
 

@@ -11,12 +11,20 @@ import tempfile
 import numpy as np
 
 
+def _file_mode() -> int:
+  """0o666 less the process umask: what open() would give (mkstemp's temp files are 0o600)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
 def _atomic_write(path: pathlib.Path, write) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
+    os.chmod(tmp, _file_mode())
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ m^3 eigendecompositions instead of |grid| x folds separate solves.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import ClassVar, Optional
 
 import flax.struct
 import jax
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ksurrogate import _checks
+from ksurrogate import batching
 from ksurrogate import kernels
 from ksurrogate import metrics
 from ksurrogate._util import x64
@@ -29,16 +30,17 @@ RIDGE_GRID = 10.0 ** np.arange(-6, 3)     # 10^[-6..2]
 _PREDICT_CHUNK = 8192
 
 
-def _chunked(fn, X, *args):
-  """Applies a row-wise jitted fn in fixed-size chunks so huge candidate sets never blow memory."""
+def _chunked(fn, X, surr):
+  """A row-wise jitted fn in fixed-size chunks, so huge candidate sets never blow memory."""
   if X.shape[0] <= _PREDICT_CHUNK:
-    return fn(X, *args)
-  return jnp.concatenate([fn(X[i:i + _PREDICT_CHUNK], *args) for i in range(0, X.shape[0], _PREDICT_CHUNK)])
+    return fn(X, surr)
+  return batching.chunked_map(lambda X_c: fn(X_c, surr), X, chunk_size=_PREDICT_CHUNK)
 
 
 @flax.struct.dataclass
 class LinearSurrogate:
-  """g(s) = intercept + s @ coef."""
+  """g(s) = intercept + s @ coef. Additive: its pairwise interactions are zero by construction."""
+  READOUTS: ClassVar[tuple] = ("loo", "shapley")
   intercept: jax.Array       # [T]
   coef: jax.Array            # [K, T]
   ridge: jax.Array           # scalar
@@ -61,6 +63,7 @@ class KernelSurrogate:
 
   `basis` is the fitted subsets (exact KRR) or the inducing subsets (Nystrom).
   """
+  READOUTS: ClassVar[tuple] = ("loo", "interactions", "shapley", "variance")
   basis: jax.Array           # [r, K] float64
   alpha: jax.Array           # [r, T]
   offset: jax.Array          # [T]
@@ -78,7 +81,8 @@ class KernelSurrogate:
   def num_tasks(self) -> int:
     return self.basis.shape[1]
 
-  def _gram(self, X):
+  def gram(self, X):
+    """k(X, basis) [n, r] for float subsets X [n, K]."""
     return kernels.gram(self.kernel, X, self.basis, self.gamma, self.degree, self.coef0)
 
   @x64
@@ -95,12 +99,12 @@ class KernelSurrogate:
 
 @jax.jit
 def _kernel_predict(X, surr):
-  return surr.offset + surr._gram(X) @ surr.alpha
+  return surr.offset + surr.gram(X) @ surr.alpha
 
 
 @jax.jit
 def _kernel_variance(X, surr):
-  Kx = surr._gram(X)
+  Kx = surr.gram(X)
   prior = kernels.diag(surr.kernel, X, surr.gamma, surr.degree, surr.coef0)
   return jnp.maximum(prior - jnp.sum((Kx @ surr.var_matrix) * Kx, axis=1), 0.0)
 
@@ -108,7 +112,7 @@ def _kernel_variance(X, surr):
 # ----------------------------------------------------------------------------------------------
 # Cross-validation folds.
 
-def _folds(m: int, cv: int, seed: int):
+def cv_folds(m: int, cv: int, seed: int):
   """Seeded K-fold split as padded index blocks: (idx [cv, b], valid [cv, b], train_w [cv, m])."""
   parts = np.array_split(np.random.default_rng(seed).permutation(m), cv)
   b = max(len(p) for p in parts)
@@ -138,7 +142,7 @@ def _cv_score(Y, resid, idx, norm, cv_metric):
   if cv_metric == "mse":
     return jnp.mean(jnp.sum(resid ** 2, axis=(0, 1)) / norm)
   R = jnp.zeros_like(Y).at[idx.reshape(-1)].add(resid.reshape(-1, Y.shape[1]))
-  return -jnp.nanmean(metrics._spearman_cols(Y - R, Y))
+  return -jnp.nanmean(metrics.spearman_columns(Y - R, Y))
 
 
 def _select(scores, *grids):
@@ -188,6 +192,23 @@ def _kernel_solve(X, Yc, gamma, ridge, *, kind, degree, coef0):
   alpha = jax.scipy.linalg.cho_solve(factor, Yc)          # one factorization, every target
   inverse = jax.scipy.linalg.cho_solve(factor, jnp.eye(X.shape[0]))
   return alpha, inverse
+
+
+@x64
+def solve_kernel(S, F, *, gamma: float, ridge: float, kernel: str = "rbf", center: bool = True, degree: int = 2,
+                 coef0: float = 1.0) -> KernelSurrogate:
+  """Exact KRR with fixed hyper-parameters on S [m, K] as given (no CV, no de-duplication): the
+  building block of `fit_kernel` and of recipes that must reproduce other code exactly."""
+  _checks.choice(kernel, kernels.KERNELS, "kernel")
+  S = _checks.as_subsets(S)
+  F = _checks.as_outcomes(F, S.shape[0])
+  if not ridge > 0:
+    raise ValueError(f"ridge: must be positive for kernel ridge regression, got {ridge}")
+  X, Y = jnp.asarray(S, jnp.float64), jnp.asarray(F)
+  offset = Y.mean(0) if center else jnp.zeros(Y.shape[1])
+  alpha, M = _kernel_solve(X, Y - offset, float(gamma), float(ridge), kind=kernel, degree=degree, coef0=coef0)
+  return KernelSurrogate(basis=X, alpha=alpha, offset=offset, var_matrix=M, gamma=jnp.asarray(float(gamma)),
+                         ridge=jnp.asarray(float(ridge)), kernel=kernel, degree=degree, coef0=coef0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +309,7 @@ def fit_kernel(S, F, *, kernel: str = "rbf", gamma: float | None = None, ridge: 
 
   scores = None
   if len(gammas) * len(ridges) > 1:
-    folds = _folds(X.shape[0], cv, seed)
+    folds = cv_folds(X.shape[0], cv, seed)
     if Z is None:
       scores = _kernel_cv(X, Y, jnp.asarray(gammas), jnp.asarray(ridges), *folds, center=center, cv_metric=cv_metric, **static)
     else:
@@ -354,7 +375,7 @@ def fit_linear(S, F, *, ridge: float | None = None, cv: int = 5, seed: int = 0, 
   scores, grid = None, None
   if ridge is None:
     grid = RIDGE_GRID if ridge_grid is None else np.asarray(ridge_grid, np.float64)
-    scores = _linear_cv(X, Y, jnp.asarray(grid), *_folds(X.shape[0], cv, seed), cv_metric=cv_metric)
+    scores = _linear_cv(X, Y, jnp.asarray(grid), *cv_folds(X.shape[0], cv, seed), cv_metric=cv_metric)
     (ridge,) = _select(scores, grid)
   if ridge < 0:
     raise ValueError(f"ridge: must be non-negative, got {ridge}")

@@ -5,7 +5,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from ksurrogate import baselines, features
-from ksurrogate.finetune import cross_entropy
+from ksurrogate.training import cross_entropy
 
 
 def logreg(params, X):

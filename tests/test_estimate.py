@@ -6,7 +6,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import optimize
 
 import ksurrogate as ks
-from ksurrogate import features, finetune
+from ksurrogate import diagnostics, features, training
 
 
 def logreg(params, X):
@@ -51,7 +51,7 @@ def test_estimate_equals_exact_minimizer_for_model_linear_in_params(C, output):
   target = features.featurize(logreg, params0, Xt, yt, key=key, dim=D, output=output, projection="identity")
   S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1]], bool)
   ridge = 0.5
-  F_hat = ks.estimate(train, task_ids, S, target, ridge=ridge, num_iters=25)
+  F_hat = ks.estimate(train, task_ids, S, target, ridge=ridge, method="newton", num_iters=25)
   for i, s in enumerate(S):
     expect = _exact_minimizer_outcomes(params0, X, y, Xt, yt, s[task_ids], ridge)
     np.testing.assert_allclose(F_hat[i], expect, rtol=2e-4, atol=2e-5)
@@ -82,12 +82,12 @@ def test_onestep_is_one_newton_step_from_zero():
 def test_newton_decreases_to_optimum_and_chunking_is_invisible():
   train, target, task_ids = _random_features(1)
   S = np.asarray(ks.subsets.fixed_size(jax.random.key(0), 7, 5, 3))
-  a = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=12)
-  b = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=12, chunk_size=2)
+  a = ks.estimate(train, task_ids, S, target, ridge=1.0, method="newton", num_iters=12)
+  b = ks.estimate(train, task_ids, S, target, ridge=1.0, method="newton", num_iters=12, chunk_size=2)
   np.testing.assert_allclose(a, b, rtol=1e-5)
-  c = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=30)
+  c = ks.estimate(train, task_ids, S, target, ridge=1.0, method="newton", num_iters=30)
   np.testing.assert_allclose(a, c, rtol=1e-4)   # converged
-  margin = ks.estimate(train, task_ids, S, target, ridge=1.0, num_iters=12, outcome="margin")
+  margin = ks.estimate(train, task_ids, S, target, ridge=1.0, method="newton", num_iters=12, outcome="margin")
   np.testing.assert_allclose(a, np.logaddexp(0, -margin), rtol=1e-4)   # CE = softplus(-margin)
 
 
@@ -134,11 +134,35 @@ def test_vmapped_finetune_equals_sequential_and_linear_model_has_zero_linearizat
   params0, X, y, Xt, yt, task_ids = _problem(3, seed=4)
   S = np.array([[1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 1]], bool)
   opt = optax.adam(0.05)
-  stacked, losses = finetune.finetune_subsets(logreg, params0, X, y, task_ids, S, optimizer=opt, num_steps=30, chunk_size=2)
+  loss = training.supervised(logreg)
+  stacked, losses = training.finetune_subsets(training.trainer(loss, opt, num_steps=30), params0, (X, y), task_ids, S,
+                                              chunk_size=2)
   for i, s in enumerate(S):
-    p, l = finetune.train(logreg, params0, X, y, s[task_ids].astype(np.float32), optimizer=opt, num_steps=30,
+    p, l = training.train(loss, params0, (X, y), s[task_ids].astype(np.float32), optimizer=opt, num_steps=30,
                           key=jax.random.split(jax.random.key(0), 3)[i])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-5, atol=1e-6), stacked, p)
   assert np.all(np.diff(np.asarray(losses), axis=1).mean(1) < 0)
-  lin = finetune.linearization_error(logreg, params0, stacked, Xt)
+  lin = diagnostics.linearization_error(logreg, params0, stacked, Xt)
   assert lin.shape == (3, len(Xt)) and lin.max() < 1e-5
+
+
+def test_pluggable_output_loss_squared_is_ridge_regression_and_edge_of_grid_warns():
+  r = np.random.default_rng(7)
+  N, T, d, K = 30, 5, 4, 3
+  mk = lambda n: features.Features(phi=r.normal(size=(n, 1, d)).astype(np.float32),   # noqa: E731
+                                   offsets=r.normal(size=(n, 1)).astype(np.float32),
+                                   labels=r.normal(size=(n, 1)).astype(np.float32), output="margin")
+  train, target, task_ids = mk(N), mk(T), np.arange(N) % K
+  S = np.array([[1, 0, 1], [1, 1, 1]], bool)
+  for method in ("onestep", "newton"):
+    F_hat = ks.estimate(train, task_ids, S, target, ridge=0.5, loss=ks.estimation.SQUARED, method=method)
+    for i, s in enumerate(S):
+      w = s[task_ids]
+      Phi, res = train.phi[w, 0].astype(np.float64), (train.offsets[w, 0] - train.labels[w, 0]).astype(np.float64)
+      z = -np.linalg.solve(Phi.T @ Phi + 0.5 * np.eye(d), Phi.T @ res)   # quadratic: one Newton step is exact
+      want = 0.5 * (target.offsets[:, 0] + target.phi[:, 0] @ z - target.labels[:, 0]) ** 2
+      np.testing.assert_allclose(F_hat[i], want, rtol=2e-4, atol=1e-5)
+  truth = ks.estimate(train, task_ids, S, target, ridge=3.0, loss=ks.estimation.SQUARED)
+  with pytest.warns(UserWarning, match="edge of the grid"):
+    best, _ = ks.calibrate_ridge(train, task_ids, target, S, truth, grid=[3.0, 30.0], loss=ks.estimation.SQUARED)
+  assert best == 3.0

@@ -25,7 +25,7 @@ def test_krr_equals_sklearn(rng, kernel, sk_kernel, params, center):
 
 def _brute_force_cv(S, F, gamma, ridge, cv, seed, center=True):
   """Explicit refits on each fold: the definition the block identity must reproduce."""
-  idx, valid, _ = surrogates._folds(len(S), cv, seed)
+  idx, valid, _ = surrogates.cv_folds(len(S), cv, seed)
   resid = np.zeros_like(F)
   for f in range(cv):
     test = np.asarray(idx[f])[np.asarray(valid[f])]
@@ -93,7 +93,7 @@ def test_linear_cv_equals_explicit_refits(rng):
   F = S @ rng.normal(size=(6, 2)) + 0.3 * rng.normal(size=(len(S), 2))
   grid = np.array([1e-3, 1.0, 10.0])
   s = ks.fit_linear(S, F, ridge_grid=grid, cv=4, seed=1)
-  idx, valid, _ = surrogates._folds(len(S), 4, 1)
+  idx, valid, _ = surrogates.cv_folds(len(S), 4, 1)
   for j, lam in enumerate(grid):
     resid = np.zeros_like(F)
     for f in range(4):
@@ -112,7 +112,7 @@ def test_lds_cv_metric_is_out_of_fold_spearman(rng):
   i, j = np.unravel_index(np.argmin(scores), scores.shape)
   # The score is minus the Spearman of out-of-fold predictions, recomputed here by explicit refits.
   from scipy import stats
-  idx, valid, _ = surrogates._folds(len(S), 5, 0)
+  idx, valid, _ = surrogates.cv_folds(len(S), 5, 0)
   oof = np.zeros_like(F)
   g, lam = float(s.gamma_grid[i]), float(s.ridge_grid[j])
   for f in range(5):

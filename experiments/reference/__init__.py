@@ -26,6 +26,13 @@ OFFICIAL_RIDGE = {"modular_addition": 1e-2, "modular_quad": 1e-2, "coin_flip": 1
 COIN_FLIP_TASKS = 50
 
 
+DESCRIPTIONS = {
+    "default": "the released outcome data: modular addition, modular quad, coin flip (5 splits); ~30 s",
+    "tiny": "the same with one coin-flip split (tests)",
+}
+DEFAULT_CONFIG = "default"
+
+
 def get_config(name: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.data_dir = str(DATA_DIR)
@@ -34,6 +41,7 @@ def get_config(name: str = "default") -> ml_collections.ConfigDict:
   c.coin_flip_num_fit = 80
   c.normalized_error_threshold = 0.1
   c.cv = 5
+  c.progress = True
   if name == "tiny":
     c.coin_flip_seeds = [0]
   elif name != "default":
@@ -49,8 +57,18 @@ def _load(data_dir: pathlib.Path, name: str) -> dict:
     return {k: d[k] for k in d.files}
 
 
-def problems(config, workdir=None):
-  del workdir  # the reference data needs no intermediate state
+def validate(c) -> None:
+  for name in c.datasets:
+    if name not in DATASETS:
+      raise ValueError(f"datasets: unknown reference dataset {name!r}; expected one of {list(DATASETS)}")
+  if not 1 <= c.coin_flip_num_fit < 200:
+    raise ValueError(f"coin_flip_num_fit: must lie in [1, 199], got {c.coin_flip_num_fit}")
+  if c.cv < 2:
+    raise ValueError(f"cv: need at least 2 folds, got {c.cv}")
+
+
+def problems(config, run=None):
+  del run  # the reference data needs no intermediate state
   data_dir = pathlib.Path(config.data_dir)
   for name in config.datasets:
     if name not in DATASETS:
@@ -73,20 +91,16 @@ def problems(config, workdir=None):
     yield driver.Problem(name=name, S=S, F=F, W=W, splits=splits)
 
 
-def _methods(config):
+def methods(config, problem: driver.Problem) -> dict:
+  ridge = OFFICIAL_RIDGE[problem.name]
   return {
-      "official_krr": driver.Method("official_krr", _official_krr, view="sample"),
+      "official_krr": driver.Method("official_krr", lambda W, F: parity.official_krr(W, F, ridge=ridge), view="sample"),
       "official_lstsq": driver.Method("official_lstsq", lambda W, F: parity.official_lstsq(W, F), view="sample"),
       "kernel": driver.Method("kernel", lambda S, F: fit_kernel(S, F, cv=config.cv)),
       "linear": driver.Method("linear", lambda S, F: fit_linear(S, F, cv=config.cv)),
   }
 
 
-def _official_krr(W, F):
-  # The official ridge depends on the dataset; coin flip is the only one with 50 columns.
-  ridge = OFFICIAL_RIDGE["coin_flip"] if W.shape[1] == COIN_FLIP_TASKS else OFFICIAL_RIDGE["modular_addition"]
-  return parity.official_krr(W, F, ridge=ridge)
-
-
 def protocol(config) -> driver.Protocol:
-  return driver.Protocol(name="reference", problems=problems, methods=_methods(config))
+  del config
+  return driver.Protocol(name="reference", problems=problems, methods=methods)

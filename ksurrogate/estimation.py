@@ -17,15 +17,18 @@ fine-tunes (the estimator approximates fine-tuning, so that is what it should ma
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import warnings
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ksurrogate import _checks
+from ksurrogate import batching
 from ksurrogate import metrics
-from ksurrogate._util import pad_rows
 from ksurrogate.features import Features, margin
 
 METHODS = ("newton", "onestep")
@@ -34,32 +37,61 @@ _STEP_SIZES = jnp.array([1.0, 0.5, 0.25, 0.125, 0.0625, 0.0])
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-example loss in output space: value, gradient r = dloss/do, and the Gauss-Newton pieces.
+# Per-example loss in output space: value, gradient r = dloss/do, and the Gauss-Newton term.
+
+@dataclasses.dataclass(frozen=True)
+class OutputLoss:
+  """A per-example loss of the model's output vector o [C] (what the linearized outputs
+  o0 + phi z are scored with). `value(o [C], y) -> scalar`; its gradient and second derivative
+  in o (the Gauss-Newton curvature of the convex per-subset problem) come by autodiff, so any
+  loss that is convex in o works: a classification loss, a regression loss, a policy's
+  advantage-weighted log-likelihood. Frozen and hashable: build it once (it keys compiled programs)."""
+  name: str
+  value: Callable
+
+  def values(self, o_NxC, y_N):
+    return jax.vmap(self.value)(o_NxC, y_N)
+
+  def grad_and_curvature(self, o_NxC, y_N):
+    """r [N, C] = dloss/do and Lambda [N, C, C] = d2loss/do2 per example."""
+    r = jax.vmap(jax.grad(self.value))(o_NxC, y_N)
+    lam = jax.vmap(jax.hessian(self.value))(o_NxC, y_N)
+    return r, lam
+
+
+def _softmax_ce(o, y):
+  return jax.nn.logsumexp(o) - o[y]
+
+
+def _logistic(o, y):
+  del y   # the margin already contains the label
+  return jax.nn.softplus(-o[0])
+
+
+def _squared(o, y):
+  return 0.5 * jnp.sum((o - y) ** 2)
+
+
+SOFTMAX_CROSS_ENTROPY = OutputLoss("softmax_cross_entropy", _softmax_ce)   # output "logits"
+LOGISTIC = OutputLoss("logistic", _logistic)                               # output "margin": CE through the margin
+SQUARED = OutputLoss("squared", _squared)                                  # regression targets y [C]
+
+
+def default_loss(output: str) -> OutputLoss:
+  """The cross-entropy written for the features' output kind."""
+  return SOFTMAX_CROSS_ENTROPY if output == "logits" else LOGISTIC
+
 
 def _outputs(phi, o0, z):
   return o0 + jnp.einsum("ncd,d->nc", phi, z)
 
 
-def _loss(o, y, output):
-  if output == "logits":
-    return jax.nn.logsumexp(o, axis=-1) - jnp.take_along_axis(o, y[:, None], axis=-1)[:, 0]
-  return jax.nn.softplus(-o[:, 0])
-
-
-def _grad_and_hessian(phi, o, y, w, output):
-  """Gradient [d] and Hessian [d, d] of sum_n w_n loss(o_n) with respect to z (o = o0 + phi z)."""
-  if output == "logits":
-    p = jax.nn.softmax(o, axis=-1)
-    r = p - jax.nn.one_hot(y, o.shape[-1], dtype=o.dtype)
-    g = jnp.einsum("ncd,nc->d", phi, w[:, None] * r)
-    pA = jnp.einsum("nc,ncd->nd", p, phi)            # p^T phi per example
-    H = (jnp.einsum("ncd,nce->de", phi * (w[:, None] * p)[..., None], phi)
-         - jnp.einsum("nd,ne->de", pA * w[:, None], pA))
-    return g, H
-  m = o[:, 0]
-  A = phi[:, 0]
-  g = A.T @ (w * -jax.nn.sigmoid(-m))
-  H = (A * (w * jax.nn.sigmoid(m) * jax.nn.sigmoid(-m))[:, None]).T @ A
+def _grad_and_hessian(phi, o, y, w, loss: OutputLoss):
+  """Gradient [d] and Gauss-Newton Hessian [d, d] of sum_n w_n loss(o_n) in z (o = o0 + phi z)."""
+  r, lam = loss.grad_and_curvature(o, y)
+  g = jnp.einsum("ncd,nc->d", phi, w[:, None] * r)
+  lam_phi = jnp.einsum("nce,ned->ncd", lam, phi)
+  H = jnp.einsum("ncd,nce->de", phi * w[:, None, None], lam_phi)
   return g, H
 
 
@@ -67,18 +99,18 @@ def _solve_spd(H, g):
   return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), g)
 
 
-@functools.partial(jax.jit, static_argnames=("output", "num_iters"))
-def _newton_chunk(W, phi, o0, y, ridge, *, output, num_iters):
+@functools.partial(jax.jit, static_argnames=("loss", "num_iters"))
+def _newton_chunk(W, phi, o0, y, ridge, *, loss, num_iters):
   """W [s, N] example weights of a chunk of subsets -> z [s, d]."""
   d = phi.shape[-1]
   eye = jnp.eye(d, dtype=phi.dtype)
 
   def objective(z, w):
-    return jnp.sum(w * _loss(_outputs(phi, o0, z), y, output)) + 0.5 * ridge * z @ z
+    return jnp.sum(w * loss.values(_outputs(phi, o0, z), y)) + 0.5 * ridge * z @ z
 
   def solve(w):
     def step(_, z):
-      g, H = _grad_and_hessian(phi, _outputs(phi, o0, z), y, w, output)
+      g, H = _grad_and_hessian(phi, _outputs(phi, o0, z), y, w, loss)
       delta = _solve_spd(H + ridge * eye, g + ridge * z)
       cands = z[None] - _STEP_SIZES[:, None] * delta[None]
       vals = jax.vmap(lambda c: objective(c, w))(cands)
@@ -96,13 +128,13 @@ def _onestep_chunk(S, g_K, H_K, ridge):
   return -jax.vmap(_solve_spd)(H, S @ g_K)
 
 
-@functools.partial(jax.jit, static_argnames=("output", "outcome"))
-def _target_outcomes(Z, phi_t, o0_t, y_t, *, output, outcome):
+@functools.partial(jax.jit, static_argnames=("loss", "outcome", "output"))
+def _target_outcomes(Z, phi_t, o0_t, y_t, *, loss, outcome, output):
   """Z [s, d] -> [s, T] target losses or margins."""
   def one(z):
     o = _outputs(phi_t, o0_t, z)
     if outcome == "loss":
-      return _loss(o, y_t, output)
+      return loss.values(o, y_t)
     return o[:, 0] if output == "margin" else jax.vmap(margin)(o, y_t)
   return jax.vmap(one)(Z)
 
@@ -133,69 +165,77 @@ def _check_inputs(train, task_ids, S, target):
   return task_ids, S
 
 
-def _chunks(n, size):
-  return [(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 # ----------------------------------------------------------------------------------------------
 # Public API.
 
-def task_statistics(train: Features, task_ids, num_tasks: int, *, batch_size: int = 1024):
+def task_statistics(train: Features, task_ids, num_tasks: int, *, loss: OutputLoss | None = None,
+                    batch_size: int = 1024):
   """Per-task gradient g [K, d] and Gauss-Newton Hessian H [K, d, d] of the loss at z = 0,
   streamed over example batches (phi may be a memmap)."""
   task_ids = np.asarray(task_ids)
-  d = train.dim
-  g_K = np.zeros((num_tasks, d), np.float64)
-  H_K = np.zeros((num_tasks, d, d), np.float64)
-  stat = jax.jit(lambda phi, o, y, w: _grad_and_hessian(phi, o, y, w, train.output))
+  loss = loss or default_loss(train.output)
+  g_K = np.zeros((num_tasks, train.dim), np.float64)
+  H_K = np.zeros((num_tasks, train.dim, train.dim), np.float64)
+  stat = _statistics_fn(loss)
   for k in range(num_tasks):
     rows = np.flatnonzero(task_ids == k)
-    for a, b in _chunks(len(rows), batch_size):
-      idx = rows[a:b]
-      w = np.zeros(batch_size, np.float32)
-      w[:len(idx)] = 1.0
-      idx = pad_rows(idx, batch_size)
-      g, H = stat(jnp.asarray(train.phi[idx]), jnp.asarray(train.offsets[idx]), jnp.asarray(train.labels[idx]), jnp.asarray(w))
-      g_K[k] += np.asarray(g)
-      H_K[k] += np.asarray(H)
+    if not len(rows):
+      continue
+    # Rows padded to whole batches with weight 0: every batch hits one compiled shape, adds nothing.
+    n_pad = -len(rows) % batch_size
+    idx = np.concatenate([rows, np.repeat(rows[-1:], n_pad)])
+    w = np.concatenate([np.ones(len(rows), np.float32), np.zeros(n_pad, np.float32)])
+
+    def add(start, stop, out, k=k):
+      g_K[k] += np.asarray(out[0])
+      H_K[k] += np.asarray(out[1])
+
+    batching.chunked_map(lambda i, w_b: stat(jnp.asarray(train.phi[i]), jnp.asarray(train.offsets[i]),
+                                             jnp.asarray(train.labels[i]), jnp.asarray(w_b)),
+                         idx, w, chunk_size=batch_size, pad=False, sink=add)
   return g_K, H_K
 
 
-def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, method: str = "newton",
-             num_iters: int = 8, outcome: str = "loss", chunk_size: int | None = None, stats=None,
-             return_params: bool = False):
+@functools.lru_cache(maxsize=16)
+def _statistics_fn(loss):
+  return jax.jit(lambda phi, o, y, w: _grad_and_hessian(phi, o, y, w, loss))
+
+
+def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, method: str = "onestep",
+             num_iters: int = 8, outcome: str = "loss", loss: OutputLoss | None = None,
+             chunk_size: int | None = None, stats=None, return_params: bool = False):
   """F_hat [m, T] for every subset row of S [m, K] (bool), on the target examples.
 
-  task_ids [N] gives each training example's task. `stats` reuses `task_statistics` output for
-  method="onestep". With `return_params`, also returns z [m, d].
+  task_ids [N] gives each training example's task. `loss` is the per-example loss in output space
+  the convex problem and the target outcomes use (default: the cross-entropy written for the
+  features' output kind). `stats` reuses `task_statistics` output for method="onestep" (the
+  default: O(K d^2 + d^3) per subset whatever the number of examples). With `return_params`, also
+  returns z [m, d]. `ridge` is in units of a summed loss: see `calibrate_ridge`.
   """
   _checks.choice(method, METHODS, "method")
   _checks.choice(outcome, OUTCOMES, "outcome")
   if not ridge > 0:
     raise ValueError(f"ridge: must be positive, got {ridge}")
+  loss = loss or default_loss(train.output)
   task_ids, S = _check_inputs(train, task_ids, S, target)
   m, K = S.shape
   phi_t, o0_t, y_t = (jnp.asarray(a) for a in (target.phi, target.offsets, target.labels))
   if method == "onestep":
-    g_K, H_K = stats if stats is not None else task_statistics(train, task_ids, K)
+    g_K, H_K = stats if stats is not None else task_statistics(train, task_ids, K, loss=loss)
     g_K, H_K = jnp.asarray(g_K, jnp.float32), jnp.asarray(H_K, jnp.float32)
     chunk_size = chunk_size or max(1, min(m, (1 << 28) // (4 * train.dim ** 2)))
+    solve = lambda S_c: _onestep_chunk(jnp.asarray(S_c, jnp.float32), g_K, H_K, ridge)  # noqa: E731
   else:
     phi, o0, y = (jnp.asarray(a) for a in (train.phi, train.offsets, train.labels))
     N, C, d = train.phi.shape
     # Per-subset working set of the Hessian build is about N*C*d floats; keep a chunk near 1 GiB.
     chunk_size = chunk_size or max(1, min(m, (1 << 28) // max(1, N * C * d + d * d)))
-  Z = np.empty((m, train.dim), np.float32)
-  for a, b in _chunks(m, chunk_size):
-    S_c = pad_rows(S[a:b], chunk_size)
-    if method == "onestep":
-      z = _onestep_chunk(jnp.asarray(S_c, jnp.float32), g_K, H_K, ridge)
-    else:
-      z = _newton_chunk(jnp.asarray(S_c[:, task_ids], jnp.float32), phi, o0, y, ridge,
-                        output=train.output, num_iters=num_iters)
-    Z[a:b] = np.asarray(z)[:b - a]
-  F_hat = np.concatenate([np.asarray(_target_outcomes(jnp.asarray(Z[a:b]), phi_t, o0_t, y_t, output=train.output,
-                                                      outcome=outcome)) for a, b in _chunks(m, 1024)])
+    solve = lambda S_c: _newton_chunk(jnp.asarray(S_c[:, task_ids], jnp.float32), phi, o0, y, ridge,  # noqa: E731
+                                      loss=loss, num_iters=num_iters)
+  Z = np.asarray(batching.chunked_map(solve, S, chunk_size=chunk_size))
+  F_hat = np.asarray(batching.chunked_map(
+      lambda Z_c: _target_outcomes(jnp.asarray(Z_c), phi_t, o0_t, y_t, loss=loss, outcome=outcome, output=train.output),
+      Z, chunk_size=min(m, 1024)))
   return (F_hat, Z) if return_params else F_hat
 
 
@@ -205,9 +245,14 @@ def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, g
 
   criterion "relative_error" (smallest median relative error: the estimate as a stand-in for
   fine-tuning from theta0) or "lds" (largest LDS: the estimate as a ranking of subsets, e.g. against
-  retrains from scratch). Returns (ridge, {ridge: criterion value}).
+  retrains from scratch). `kwargs` go to `estimate` (same defaults: the ridge is calibrated for the
+  solver that will use it). Warns when the best ridge is at the edge of the grid. Returns
+  (ridge, {ridge: criterion value}).
   """
   _checks.choice(criterion, ("relative_error", "lds"), "criterion")
+  if kwargs.get("method", "onestep") == "onestep" and kwargs.get("stats") is None:
+    task_ids, S_checked = _check_inputs(train, task_ids, S, target)   # statistics once for the whole grid
+    kwargs["stats"] = task_statistics(train, task_ids, S_checked.shape[1], loss=kwargs.get("loss"))
   grid = 10.0 ** np.arange(-3, 4) if grid is None else np.asarray(grid, np.float64)
   F_real = np.asarray(F_real)
   score = ((lambda F: metrics.relative_error(F, F_real)["median"]) if criterion == "relative_error"
@@ -215,4 +260,7 @@ def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, g
   table = {float(r): score(estimate(train, task_ids, S, target, ridge=float(r), **kwargs)) for r in grid}
   finite = [r for r in table if np.isfinite(table[r])] or list(table)
   best = (max if criterion == "lds" else min)(finite, key=table.get)
+  if len(table) > 1 and best in (min(table), max(table)):
+    warnings.warn(f"grid: the best ridge {best:g} lies at the edge of the grid [{min(table):g}, {max(table):g}]; "
+                  "extend the grid", stacklevel=2)
   return best, table
