@@ -20,6 +20,7 @@ action-sampling streams per slot, so differences between F(S) come from S, not f
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -302,6 +303,17 @@ def target_ids(suite: Suite, targets=None):
   return jnp.asarray([suite.index(n) for n in names], jnp.int32)
 
 
+@functools.lru_cache(maxsize=None)
+def _outcome_program(suite: Suite, cfg: PPOConfig, ecfg: EvalConfig):
+  """One compiled program per (suite, config) shared by every seed, meta-policy and target set
+  of the same shape: all of those are arguments, not closure constants."""
+  def one(meta_params, mask, key, targets_T, norm):
+    params = train(suite, cfg, meta_params, mask, key)
+    ret = episode_returns(suite, lambda o: actor_logits(params["actor"], o), targets_T, ecfg)
+    return norm(ret)
+  return jax.jit(jax.vmap(one, in_axes=(None, 0, None, None, None)))
+
+
 def make_outcome_fn(suite: Suite, meta_params, cfg: PPOConfig = FINETUNE, *, targets=None,
                     seed: int = 0, chunk: int = 16, ecfg: EvalConfig = EvalConfig()):
   """The exact outcome: S [m, K] bool -> F [m, T] (numpy), fine-tuning from meta_params on each
@@ -313,21 +325,16 @@ def make_outcome_fn(suite: Suite, meta_params, cfg: PPOConfig = FINETUNE, *, tar
     raise ValueError(f"chunk: must be a positive int, got {chunk!r}")
   targets_T = target_ids(suite, targets)
   norm = make_normalizer(suite, meta_params, targets_T, ecfg)
+  run = _outcome_program(suite, cfg, ecfg)
   key = jax.random.key(seed)
-
-  def one(mask):
-    params = train(suite, cfg, meta_params, mask, key)
-    ret = episode_returns(suite, lambda o: actor_logits(params["actor"], o), targets_T, ecfg)
-    return norm(ret)
-
-  run = jax.jit(jax.vmap(one))
 
   def outcome(S):
     S = np.asarray(check_masks(S, suite.K, "S"))
     m = S.shape[0]
     pad = (-m) % chunk
     Sp = np.concatenate([S, np.ones((pad, suite.K), bool)])
-    out = [np.asarray(run(jnp.asarray(Sp[i:i + chunk]))) for i in range(0, len(Sp), chunk)]
+    out = [np.asarray(run(meta_params, jnp.asarray(Sp[i:i + chunk]), key, targets_T, norm))
+           for i in range(0, len(Sp), chunk)]
     return np.concatenate(out)[:m]
   return outcome, norm
 
