@@ -165,8 +165,18 @@ def test_checkpoint_roundtrip(meta, tmp_path):
 def estimator(suite, meta):
   tg = ppo.target_ids(suite)
   norm = ppo.make_normalizer(suite, meta, tg, ECFG)
-  cfg = estimate.EstimatorConfig(num_envs=2, num_steps=16, dim=8, newton_steps=10)
+  cfg = estimate.EstimatorConfig(num_envs=2, num_steps=16, dim=8, newton_steps=10, solver="newton")
   return estimate.Estimator(suite, meta, norm, tg, cfg, ECFG)
+
+
+def test_quadratic_solver_is_one_newton_step(suite, meta, estimator):
+  import dataclasses
+  tg = estimator.targets_T
+  cfg = dataclasses.replace(estimator.cfg, solver="quadratic")
+  quad = estimate.Estimator(suite, meta, estimator.norm, tg, cfg, ECFG)
+  one = estimate.Estimator(suite, meta, estimator.norm, tg, dataclasses.replace(cfg, solver="newton", newton_steps=1), ECFG)
+  np.testing.assert_allclose(quad.z(MASKS), one.z(MASKS), rtol=1e-3, atol=1e-5)
+  assert not np.allclose(quad.z(MASKS), estimator.z(MASKS), atol=1e-5)  # more steps do move
 
 
 def test_projection_scale():
