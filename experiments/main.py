@@ -32,7 +32,7 @@ _WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "where summary.json, 
 
 def load_experiment(name: str):
   if name not in EXPERIMENTS:
-    raise app.UsageError(f"--experiment: unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}")
+    _fail(f"--experiment: unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}")
   return importlib.import_module(EXPERIMENTS[name])
 
 
@@ -56,10 +56,22 @@ def prepare_argv(argv):
   `--config=FILE:NAME` form. Returns the new argv."""
   name = _flag_value(argv, "experiment") or DEFAULT_EXPERIMENT
   if name not in EXPERIMENTS:
-    print(f"FATAL: --experiment: unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}", file=sys.stderr)
-    sys.exit(1)
+    _fail(f"--experiment: unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}")
   module = importlib.import_module(EXPERIMENTS[name])
   path = config_file(module)
+  variant = _flag_value(argv, "config") or module.DEFAULT_CONFIG
+  if ":" not in variant and "/" not in variant:
+    try:
+      config = module.get_config(variant)
+    except ValueError as e:
+      _fail(str(e))
+    fields = {f for f, _, _ in _fields(config)}
+    sections = {f.rsplit(".", 1)[0] for f in fields if "." in f}
+    for arg in argv[1:]:
+      if arg.startswith("--config."):
+        field = arg[len("--config."):].split("=", 1)[0]
+        if field not in fields and field not in sections:
+          _fail(f"--config.{field}: no such field in {name}'s config {variant!r} (--help lists them)")
   out = []
   for arg in argv:
     if arg.startswith("--config=") and ":" not in arg and "/" not in arg:
@@ -84,7 +96,7 @@ def usage() -> str:
   lines = [__doc__.strip(), "", "flags:",
            f"  --experiment   one of {sorted(EXPERIMENTS)} (default {DEFAULT_EXPERIMENT})",
            f"  --workdir      results directory (default {DEFAULT_WORKDIR})",
-           "  --config       a config name below (default: the experiment's first)",
+           "  --config       a config name below (each experiment's default is marked)",
            "  --config.F=V   override field F", ""]
   for name, path in EXPERIMENTS.items():
     module = importlib.import_module(path)
@@ -104,9 +116,15 @@ def _terminate(signum, frame):
   raise KeyboardInterrupt
 
 
+def _fail(message: str):
+  """A usage error in one line (absl's UsageError would print the whole module doc first)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
   from ksurrogate import driver, runs  # imported here so --help stays fast
@@ -116,7 +134,7 @@ def main(argv):
     module.validate(config)
     workdir = runs.check_workdir(_WORKDIR.value)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    _fail(str(e))
   signal.signal(signal.SIGTERM, _terminate)
   try:
     with runs.Run(workdir, name=_EXPERIMENT.value, progress=config.get("progress", True)) as run:
@@ -125,7 +143,7 @@ def main(argv):
     print(f"\ninterrupted: finished phases in {workdir} are kept; rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
   except (runs.DifferentConfigError, runs.WorkdirInUse) as e:
-    raise app.UsageError(str(e)) from None
+    _fail(str(e))
 
 
 def run_cli(argv=None):

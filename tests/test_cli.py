@@ -30,12 +30,38 @@ def test_reference_run_writes_summary_and_plots(tmp_path):
   assert "official_krr" in r.stdout and "normalized_error" in r.stdout
 
 
-def test_unknown_experiment_and_config_are_one_line_errors(tmp_path):
-  r = _main("--experiment=nope", f"--workdir={tmp_path}")
-  assert r.returncode != 0 and "--experiment: unknown experiment 'nope'" in r.stderr
-  r = _main("--experiment=reference", "--config=huge", f"--workdir={tmp_path}")
-  assert r.returncode != 0 and "config: unknown config 'huge'" in r.stderr
-  assert not (tmp_path / "summary.json").exists()
+def test_unknown_experiment_config_and_field_are_one_line_errors(tmp_path):
+  for args, msg in ((["--experiment=nope"], "error: --experiment: unknown experiment 'nope'"),
+                    (["--experiment=reference", "--config=huge"], "error: config: unknown config 'huge'"),
+                    (["--experiment=modular", "--config=tiny", "--config.train.nosuch=1"],
+                     "error: --config.train.nosuch: no such field in modular's config 'tiny'"),
+                    (["--experiment=modular", "--config=tiny", "--config.train.num_steps=-5"],
+                     "error: train.num_steps: must be a positive integer, got -5"),
+                    (["--experiment=modular", "--config=tiny", "--config.data.train_fraction=1.5"],
+                     "error: data.train_fraction: must be in (0, 1), got 1.5"),
+                    (["--experiment=reference", "--config.cv=1"], "error: cv: need at least 2 folds, got 1")):
+    r = _main(*args, f"--workdir={tmp_path}")
+    assert r.returncode == 2 and r.stderr.strip() == msg or r.stderr.strip().startswith(msg), (args, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+  r = _main("--experiment=modular", "--config=tiny", "--config.train.lr=abc", f"--workdir={tmp_path}")
+  assert r.returncode != 0 and "--config.train.lr=abc" in r.stderr and "Traceback" not in r.stderr
+  assert not any(tmp_path.iterdir())    # nothing computed, nothing written
+
+
+def test_bad_workdirs_are_refused_before_any_compute(tmp_path):
+  r = _main("--experiment=reference", "--workdir=")
+  assert r.returncode == 2 and r.stderr.strip().startswith("error: workdir: empty")
+  (tmp_path / "f").write_text("x")
+  r = _main("--experiment=reference", f"--workdir={tmp_path / 'f'}")
+  assert r.returncode == 2 and r.stderr.strip() == f"error: workdir: {tmp_path / 'f'} is a file, not a directory"
+
+
+def test_help_lists_experiments_configs_and_fields():
+  r = _main("--help")
+  assert r.returncode == 0
+  for text in ("experiment reference:", "experiment modular:", "--config=tiny", "--config=cpu (default)",
+               "--config.train.num_steps=800  [int]", "--config.train.batch_size=None", "~10 min"):
+    assert text in r.stdout, text
 
 
 def test_missing_reference_files_named(tmp_path):
@@ -45,13 +71,9 @@ def test_missing_reference_files_named(tmp_path):
     list(reference.problems(config))
 
 
-def test_config_overrides():
-  from absl import app
-  from experiments.main import apply_overrides
-  import experiments.modular as modular
-  c = apply_overrides(modular.get_config("tiny"), ["num_steps=7", "op=quad", "estimated_sizes=(12, 15)", "lr=0.01"])
-  assert (c.num_steps, c.op, tuple(c.estimated_sizes), c.lr) == (7, "quad", (12, 15), 0.01)
-  for bad, msg in (("nosuch=1", "expected FIELD=VALUE"), ("num_steps", "expected FIELD=VALUE"),
-                   ("num_steps='many'", "num_steps")):
-    with pytest.raises(app.UsageError, match=msg):
-      apply_overrides(modular.get_config("tiny"), [bad])
+def test_config_overrides_reach_the_run(tmp_path):
+  r = _main("--experiment=reference", "--config=tiny", "--config.cv=3", "--config.datasets=('modular_quad',)",
+            f"--workdir={tmp_path}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  s = json.loads((tmp_path / "summary.json").read_text())
+  assert s["config"]["cv"] == 3 and list(s["datasets"]) == ["modular_quad"]

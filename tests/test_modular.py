@@ -1,8 +1,10 @@
-"""The modular experiment end to end through the CLI, and resuming a killed run."""
+"""The modular experiment end to end through the CLI: summary, resume after a kill or Ctrl-C,
+repair of a damaged store, refusal of a workdir made under another config."""
 import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +16,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated", "official_krr_exact",
            "official_lstsq_exact")
 ESTIMATOR_KEYS = ("median_relative_error", "mean_relative_error", "linearization_error", "lds_vs_retrain",
-                  "seconds_estimate", "seconds_finetune", "speedup")
+                  "seconds_estimate", "seconds_finetune", "speedup", "speedup_per_subset")
 
 
-def _cmd(workdir, config="tiny"):
-  return [sys.executable, "-m", "experiments.main", "--experiment=modular", f"--config={config}", f"--workdir={workdir}"]
+def _cmd(workdir, config="tiny", *extra):
+  return [sys.executable, "-m", "experiments.main", "--experiment=modular", f"--config={config}",
+          f"--workdir={workdir}", *extra]
 
 
 def _stable(summary):
-  """Everything but wall-clock figures."""
-  out = {k: v for k, v in summary.items() if k not in ("timing", "estimator")}
-  out["estimator"] = {k: v for k, v in summary["estimator"].items() if "seconds" not in k and k != "speedup"}
+  """Everything but wall-clock figures and file locations."""
+  out = {k: v for k, v in summary.items() if k not in ("timing", "estimator", "files")}
+  out["estimator"] = {k: v for k, v in summary["estimator"]["modular"].items() if "seconds" not in k and "speedup" not in k}
   for d in out["datasets"].values():
     for m in d.values():
       m.pop("seconds", None)
@@ -36,32 +39,73 @@ def full_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("modular_full")
   r = subprocess.run(_cmd(workdir), cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
-  return workdir, json.loads((workdir / "summary.json").read_text()), r.stdout
+  return workdir, json.loads((workdir / "summary.json").read_text()), r
 
 
 def test_tiny_summary_keys_finite(full_run):
-  workdir, s, stdout = full_run
+  workdir, s, r = full_run
+  d = s["datasets"]["modular"]
   for m in METHODS:
-    assert math.isfinite(s["lds"][m]) and math.isfinite(s["normalized_error"][m])
+    assert math.isfinite(d[m]["lds"]) and math.isfinite(d[m]["normalized_error"])
   for m in METHODS + ("influence", "tracin", "trak"):
-    assert math.isfinite(s["loo_correlation"][m]["pearson"]) and math.isfinite(s["loo_correlation"][m]["spearman"])
+    assert math.isfinite(d[m]["loo_pearson"]) and math.isfinite(d[m]["loo_spearman"])
   for k in ESTIMATOR_KEYS:
-    assert math.isfinite(s["estimator"][k]), k
-  assert s["config"]["p"] == 11
-  retrains = s["retrain_final_train_loss"]
-  # 40 steps cannot fit the tiny task to loss 0.1, so every retrain takes the retry path once.
+    assert math.isfinite(s["estimator"]["modular"][k]), k
+  assert s["config"]["data"]["p"] == 11
+  retrains = s["retrain_final_train_loss"]["modular"]
+  # 40 steps cannot fit the tiny task to loss 0.1, so every retrain takes the retry path once,
+  # and the warning says the tiny config is a smoke test.
   assert retrains["retried"] == 16 + 14 and 0 <= retrains["unconverged"] <= 16 + 14
-  assert s["estimator"]["attribution_ridge_selection"] == "retrain" and s["estimator"]["attribution_ridge"] > 0
-  for png in ("loo_real_vs_predicted.png", "interactions.png", "predicted_vs_true.png", "training_curves.png"):
-    assert (workdir / "modular" / png).stat().st_size > 1000
-  assert "phase" in stdout and "kernel_estimated" in stdout
+  assert "the tiny config is a smoke test" in r.stderr
+  assert s["estimator"]["modular"]["attribution_ridge_selection"] == "retrain"
+  for what in ("loo_real_vs_predicted", "interactions", "predicted_vs_true", "training_curves", "top_tasks"):
+    path = pathlib.Path(s["files"][f"modular/{what}"])
+    assert path.parent == workdir / "modular" and path.stat().st_size > 1000
+    assert str(path) in r.stdout            # the run says where every file is
+  assert {row["phase"] for row in s["timing"]} >= {"theta0", "retrain", "features", "finetune", "estimate", "baselines"}
+  assert "kernel_estimated" in r.stdout and "status" in r.stdout
+
+
+def test_rerun_reuses_every_stored_phase(full_run, tmp_path):
+  workdir, reference, first = full_run
+  shutil.copytree(workdir, tmp_path / "w")
+  r = subprocess.run(_cmd(tmp_path / "w"), cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  s = json.loads((tmp_path / "w" / "summary.json").read_text())
+  status = {row["phase"]: row["status"] for row in s["timing"]}
+  assert all(status[p] == "reused" for p in ("theta0", "retrain", "features", "finetune", "estimate", "baselines"))
+  seconds = {row["phase"]: row["seconds"] for row in s["timing"]}
+  assert seconds["theta0"] == {row["phase"]: row["seconds"] for row in reference["timing"]}["theta0"]   # compute time kept
+  assert "theta0: reused (computed in" in r.stdout
+  assert _stable(s) == _stable(reference)
+
+
+def test_damaged_store_is_repaired_to_the_same_summary(full_run, tmp_path):
+  workdir, reference, _ = full_run
+  w = tmp_path / "w"
+  shutil.copytree(workdir, w)
+  chunk_file = max((p for p in (w / "retrain" / "chunks" / "1").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(chunk_file.read_bytes())
+  data[len(data) // 2:len(data) // 2 + 32] = os.urandom(32)
+  chunk_file.write_bytes(bytes(data))                                            # random bytes in a chunk
+  record = w / "finetune" / "record.json"
+  record.write_text(record.read_text()[:100])                                   # a truncated completion record
+  next(p for p in (w / "features" / "result").rglob("*") if p.is_file()).unlink()   # a deleted feature file
+  r = subprocess.run(_cmd(w), cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  warnings = [line for line in r.stderr.splitlines() if "WARNING" in line and "smoke test" not in line]
+  assert len(warnings) == 3, warnings
+  assert any("retrain: chunk 1 is damaged" in w_ for w_ in warnings)
+  assert any("finetune/record.json is damaged" in w_ for w_ in warnings)
+  assert any("features:" in w_ and "is missing" in w_ for w_ in warnings)
+  assert _stable(json.loads((w / "summary.json").read_text())) == _stable(reference)
 
 
 def test_killed_run_resumes_to_the_same_summary(full_run, tmp_path):
   _, reference, _ = full_run
   proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
-  record = tmp_path / "retrain" / "completed.json"
+  record = tmp_path / "retrain" / "record.json"
   deadline = time.time() + 600
   while not record.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
@@ -74,16 +118,35 @@ def test_killed_run_resumes_to_the_same_summary(full_run, tmp_path):
   r = subprocess.run(_cmd(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   assert killed, "the run finished before it could be interrupted; the test proved nothing"
+  assert "chunks reused, computing" in r.stdout
   assert _stable(json.loads((tmp_path / "summary.json").read_text())) == _stable(reference)
 
 
-def test_workdir_of_another_config_is_refused(full_run, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_says_how_to_resume_and_keeps_finished_phases(tmp_path, sig):
+  proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  record = tmp_path / "retrain" / "record.json"
+  deadline = time.time() + 600
+  while not record.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be interrupted"
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130
+  assert err.strip().splitlines()[-1] == (f"interrupted: finished phases in {tmp_path} are kept; "
+                                          "rerun the same command to resume")
+  assert "Traceback" not in err
+  assert (tmp_path / "theta0" / "record.json").exists()
+  assert json.loads(record.read_text())["chunks"]
+
+
+def test_workdir_of_another_config_is_refused(full_run):
   workdir, _, _ = full_run
-  import experiments.modular as modular
-  config = modular.get_config("tiny")
-  config.num_steps = 41
-  with pytest.raises(ValueError, match="^workdir: .* different config"):
-    list(modular.problems(config, workdir))
+  r = subprocess.run(_cmd(workdir, "tiny", "--config.train.num_steps=42"), cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode != 0
+  assert "workdir: phase 'theta0'" in r.stderr and "train.num_steps=40 when stored, 42 now" in r.stderr
+  assert "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
@@ -91,4 +154,4 @@ def test_cpu_config_end_to_end(tmp_path):
   r = subprocess.run(_cmd(tmp_path, "cpu"), cwd=ROOT, capture_output=True, text=True, timeout=3600)
   assert r.returncode == 0, r.stderr[-3000:]
   s = json.loads((tmp_path / "summary.json").read_text())
-  assert all(math.isfinite(s["lds"][m]) for m in METHODS)
+  assert all(math.isfinite(s["datasets"]["modular"][m]["lds"]) for m in METHODS)

@@ -36,14 +36,14 @@ DEFAULT_CONFIG = "default"
 def get_config(name: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.data_dir = str(DATA_DIR)
-  c.datasets = list(DATASETS)
-  c.coin_flip_seeds = [0, 1, 2, 3, 4]   # numpy default_rng(seed).permutation(200), 80 fit / 120 held out
+  c.datasets = tuple(DATASETS)
+  c.coin_flip_seeds = (0, 1, 2, 3, 4)   # numpy default_rng(seed).permutation(200), 80 fit / 120 held out
   c.coin_flip_num_fit = 80
   c.normalized_error_threshold = 0.1
   c.cv = 5
   c.progress = True
   if name == "tiny":
-    c.coin_flip_seeds = [0]
+    c.coin_flip_seeds = (0,)
   elif name != "default":
     raise ValueError(f"config: unknown config {name!r} for experiment 'reference'; expected 'default' or 'tiny'")
   return c
