@@ -2,7 +2,7 @@
 # One device run (GPU): the modular experiment's paper config, then (BENCH=1) the estimator
 # benchmark at paper size. Writes the summary, plots and logs under $OUT. Usage (repo root):
 #   OUT=/tmp/out CONFIG=paper bash benchmarks/device_paper.sh
-# Extra arguments for the run go in SET, e.g. SET="--set=num_steps=20 --set=cv=3" (CPU smoke test).
+# Extra arguments for the run go in SET, e.g. SET="--config.train.num_steps=20 --config.surrogates.cv=3" (CPU smoke test).
 # The device image has jax/flax/optax/orbax but not ml-collections: carry its wheel in
 # .device_wheels/ (pip download --no-deps -d .device_wheels ml-collections).
 set -uo pipefail

@@ -17,15 +17,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app
 from absl import flags
 
 import ksurrogate as ks
 from common import timed
-from experiments.modular import data as data_lib
-from experiments.modular import model as model_lib
-from ksurrogate import features, finetune
+from experiments.modular import config as config_lib
+from experiments.modular import pipeline
+from ksurrogate import diagnostics, features, training
 
 _P = flags.DEFINE_integer("p", 29, "modulus")
 _BAR = flags.DEFINE_integer("bar", 6, "task block width (29 / 6 -> 25 tasks)")
@@ -37,20 +36,24 @@ _PRETRAIN = flags.DEFINE_integer("pretrain_steps", 600, "full-batch steps for th
 _FT_STEPS = flags.DEFINE_integer("ft_steps", 100, "fine-tuning steps per subset")
 _FT_SUBSETS = flags.DEFINE_integer("ft_subsets", 16, "subsets really fine-tuned")
 _FT_LR = flags.DEFINE_float("ft_lr", 0.01, "fine-tuning learning rate")
-_FT_OPT = flags.DEFINE_enum("ft_optimizer", "sgd", ["sgd", "adamw"], "fine-tuning optimizer")
-_FT_WD = flags.DEFINE_float("ft_weight_decay", 0.0, "fine-tuning weight decay (decoupled, AdamW)")
+_FT_OPT = flags.DEFINE_enum("ft_optimizer", "sgd", ["sgd", "adam"], "fine-tuning optimizer")
 _BATCH = flags.DEFINE_integer("batch", 64, "featurization batch size")
 
 
 def main(argv):
   del argv
-  d = data_lib.make(_P.value, "add", _BAR.value, 0.8, 0)
-  net = model_lib.Transformer(d.vocab_size, d.num_classes, 4, d_model=_D_MODEL.value, num_heads=4, mlp_dim=4 * _D_MODEL.value)
-  apply_fn = net.apply
-  opt = optax.adamw(1e-3, weight_decay=1.0, b2=0.98)
-  params0 = net.init(jax.random.key(0), d.X_train[:2])
-  (params0, _), t_pre = timed(lambda: jax.jit(lambda p: finetune.train(
-      apply_fn, p, d.X_train, d.y_train, jnp.ones(len(d.y_train)), optimizer=opt, num_steps=_PRETRAIN.value))(params0))
+  # The modular experiment's own builders: data, model, theta0's recipe, the fine-tuning optimizer.
+  c = config_lib.get_config("cpu")
+  c.data.p, c.data.bar = _P.value, _BAR.value
+  c.model.d_model, c.model.mlp_dim = _D_MODEL.value, 4 * _D_MODEL.value
+  c.train.num_steps, c.train.tracin_checkpoints = _PRETRAIN.value, 1
+  c.finetune.optimizer, c.finetune.lr, c.finetune.steps = _FT_OPT.value, _FT_LR.value, _FT_STEPS.value
+  config_lib.validate(c)
+  s = pipeline.setup(c)
+  d, apply_fn = s.d, s.apply_fn
+  d = d.__class__(**{**d.__dict__, "X_val": s.X_val, "y_val": s.y_val})   # the config's target examples
+  (params0, _), t_pre = timed(lambda: jax.jit(lambda p: s.retrain(p, s.train_data, jnp.ones(len(d.y_train)), s.data_key))(
+      s.init_fn(s.init_key)))
   D = sum(x.size for x in jax.tree.leaves(params0))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; p={_P.value}, D={D} params, N={len(d.X_train)} train, "
         f"{len(d.X_val)} targets, K={d.num_tasks}, d={_DIM.value}; theta0 trained in {t_pre:.1f} s")
@@ -85,14 +88,12 @@ def main(argv):
   size = d.num_tasks - 3
   n_ft = _FT_SUBSETS.value
   S_ft = np.asarray(ks.subsets.fixed_size(jax.random.key(7), n_ft, d.num_tasks, size))
-  ft_opt = (optax.sgd(_FT_LR.value) if _FT_OPT.value == "sgd" else
-            optax.adamw(_FT_LR.value, weight_decay=_FT_WD.value, b2=0.98))
-  ft = lambda: finetune.finetune_subsets(apply_fn, params0, d.X_train, d.y_train, d.task_train, S_ft,  # noqa: E731
-                                         optimizer=ft_opt, num_steps=_FT_STEPS.value, chunk_size=n_ft)
+  recipe = pipeline.finetune_recipe(c, s)
+  ft = lambda: training.finetune_subsets(recipe, params0, s.train_data, d.task_train, S_ft, chunk_size=n_ft)  # noqa: E731
   ft()
   (stacked, _), t_ft = timed(ft)
-  F_ft = np.asarray(jax.vmap(lambda p: finetune.cross_entropy(apply_fn(p, d.X_val), d.y_val))(stacked))
-  F_base = np.asarray(finetune.cross_entropy(apply_fn(params0, d.X_val), d.y_val))
+  F_ft = np.asarray(s.val_loss(stacked))
+  F_base = np.asarray(training.cross_entropy(apply_fn(params0, d.X_val), d.y_val))
   half = n_ft // 2
   held = jax.tree.map(lambda t: t[half:], stacked)
   base_err = ks.metrics.relative_error(np.broadcast_to(F_base, F_ft[half:].shape), F_ft[half:])
@@ -105,7 +106,8 @@ def main(argv):
     ridges[method] = ridge
     ks.estimate(train, d.task_train, S_ft[half:], target, ridge=ridge, **kw)
     F_hat, t_est = timed(lambda: ks.estimate(train, d.task_train, S_ft[half:], target, ridge=ridge, **kw))
-    rep = finetune.error_report(apply_fn, params0, held, d.X_val, F_hat, F_ft[half:])
+    rep = diagnostics.error_report(F_hat, F_ft[half:], F_base=F_base,
+                                   linearization_errors=diagnostics.linearization_error(apply_fn, params0, held, d.X_val))
     per_ft, per_est = t_ft / n_ft, t_est / (n_ft - half)
     print(f"[vs fine-tune, {method}] ridge {ridge:g} (calibrated on {half} subsets: {dict((k, round(v, 4)) for k, v in table.items())})")
     print(f"  held-out {n_ft - half} subsets: median relative error {rep['median_relative_error']:.4f}, mean {rep['mean_relative_error']:.4f}, "
@@ -123,8 +125,8 @@ def main(argv):
     one(S[:2])
     F1, t1 = timed(lambda: one(S))
     if m <= _NEWTON_MAX.value:
-      ks.estimate(train, d.task_train, S[:2], target, ridge=ridges["newton"])
-      F2, t2 = timed(lambda: ks.estimate(train, d.task_train, S, target, ridge=ridges["newton"]))
+      ks.estimate(train, d.task_train, S[:2], target, ridge=ridges["newton"], method="newton")
+      F2, t2 = timed(lambda: ks.estimate(train, d.task_train, S, target, ridge=ridges["newton"], method="newton"))
       gap = float(np.median(np.abs(F1 - F2) / np.abs(F2)))
       print(f"{m:>6} {m / t1:>18,.0f} {m / t2:>17,.1f} {gap:>31.5f}")
     else:

@@ -19,7 +19,8 @@ from absl import flags
 
 import ksurrogate as ks
 from experiments.modular import data as data_lib
-from experiments.modular import model as model_lib
+from experiments.modular import config as config_lib
+from experiments.modular import pipeline
 from ksurrogate import features
 
 _P = flags.DEFINE_integer("p", 97, "modulus")
@@ -39,7 +40,9 @@ def peak_mib():
 def main(argv):
   del argv
   d = data_lib.make(_P.value, "add", _BAR.value, 0.8, 0)
-  net = model_lib.Transformer(d.vocab_size, d.num_classes, 4, d_model=_D_MODEL.value, mlp_dim=4 * _D_MODEL.value)
+  c = config_lib.get_config("cpu")
+  c.model.d_model, c.model.mlp_dim = _D_MODEL.value, 4 * _D_MODEL.value
+  net = pipeline.network(c.model, d)
   params0 = net.init(jax.random.key(0), d.X_train[:2])
   D = sum(x.size for x in jax.tree.leaves(params0))
   N, dim = len(d.X_train), _DIM.value

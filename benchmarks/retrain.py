@@ -20,15 +20,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app
 from absl import flags
 
 import ksurrogate as ks
 from common import timed
-from experiments.modular import data as data_lib
-from experiments.modular import model as model_lib
-from ksurrogate import finetune, retrain
+from experiments.modular import config as config_lib
+from experiments.modular import pipeline
+from ksurrogate import training
 
 _P = flags.DEFINE_integer("p", 29, "modulus")
 _BAR = flags.DEFINE_integer("bar", 6, "task block width (29 / 6 -> 25 tasks)")
@@ -42,25 +41,26 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "minibatch size (0: full batch)
 
 def main(argv):
   del argv
-  d = data_lib.make(_P.value, "add", _BAR.value, 0.8, 0)
-  net = model_lib.Transformer(d.vocab_size, d.num_classes, 4, d_model=_D_MODEL.value, num_layers=_LAYERS.value,
-                              num_heads=4, mlp_dim=4 * _D_MODEL.value)
-  init_fn = lambda k: net.init(k, jnp.zeros((1, 4), jnp.int32))  # noqa: E731
-  opt = optax.adamw(1e-3, weight_decay=1.0, b2=0.98)
+  # The modular experiment's own builders: its data, model, optimizer and training recipe.
+  c = config_lib.get_config("cpu")
+  c.data.p, c.data.bar = _P.value, _BAR.value
+  c.model.d_model, c.model.num_layers, c.model.mlp_dim = _D_MODEL.value, _LAYERS.value, 4 * _D_MODEL.value
+  c.train.num_steps, c.train.batch_size = _STEPS.value, _BATCH.value or None
+  c.train.common_random_numbers = False   # each model its own stream, as the sequential side
+  config_lib.validate(c)
+  s = pipeline.setup(c)
+  d = s.d
   K, m, steps = d.num_tasks, _SUBSETS.value, _STEPS.value
-  batch = _BATCH.value or None
   S = np.asarray(ks.subsets.fixed_size(jax.random.key(0), m, K, 22))
   init_key, key = jax.random.key(1), jax.random.key(2)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} devices); p={_P.value}, "
-        f"N={len(d.X_train)}, K={K}, {m} models x {steps} steps, batch {batch or 'full'}, chunk {_CHUNK.value}")
+        f"N={len(d.X_train)}, K={K}, {m} models x {steps} steps, batch {c.train.batch_size or 'full'}, chunk {_CHUNK.value}")
 
   def vmapped():
-    return retrain.retrain_subsets(init_fn, net.apply, d.X_train, d.y_train, d.task_train, S, optimizer=opt,
-                                   num_steps=steps, init_key=init_key, batch_size=batch, key=key,
-                                   chunk_size=_CHUNK.value)
+    return training.retrain_subsets(s.retrain, s.init_fn, s.train_data, d.task_train, S, init_key=init_key, key=key,
+                                    chunk_size=_CHUNK.value)
 
-  one = jax.jit(lambda w, k: finetune.train(net.apply, init_fn(init_key), d.X_train, d.y_train, w, optimizer=opt,
-                                            num_steps=steps, batch_size=batch, key=k))
+  one = jax.jit(lambda w, k: s.retrain(s.init_fn(init_key), s.train_data, w, k))
   keys = jax.random.split(key, m)   # retrain_subsets gives row i the data key split(key, m)[i]
   W = S[:, d.task_train].astype(np.float32)
 

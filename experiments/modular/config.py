@@ -130,6 +130,8 @@ def validate(c) -> None:
   _require(c, "finetune.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'")
   _require(c, "estimate.method", lambda v: v in ("onestep", "newton"), "'onestep' or 'newton'")
   _require(c, "estimate.attribution_ridge", lambda v: v in ("retrain", "finetune"), "'retrain' or 'finetune'")
+  if c.train.lr_schedule == "cosine" and c.train.warmup_steps >= c.train.num_steps:
+    raise ValueError(f"train.warmup_steps: {c.train.warmup_steps} leaves no decay in train.num_steps={c.train.num_steps}")
   if c.train.num_steps % c.train.tracin_checkpoints:
     raise ValueError(f"train.tracin_checkpoints: {c.train.tracin_checkpoints} must divide train.num_steps={c.train.num_steps}")
   K = (-(-c.data.p // c.data.bar)) ** 2
