@@ -151,6 +151,9 @@ def test_interaction_is_a_second_difference():
     return S.astype(float) @ a + 0.7 * (S[:, 1] & S[:, 3]).astype(float)[:, None]
   np.testing.assert_allclose(ppo.interaction(fn, K, 0, 2), 0.0, atol=1e-12)
   np.testing.assert_allclose(ppo.interaction(fn, K, *pair), 0.7, atol=1e-12)
+  np.testing.assert_allclose(ppo.interaction(fn, K, *pair, base=[1, 1, 0, 1]), 0.7, atol=1e-12)
+  with pytest.raises(ValueError, match="^base: must contain"):
+    ppo.interaction(fn, K, 1, 3, base=[1, 1, 0, 0])
 
 
 def test_checkpoint_roundtrip(meta, tmp_path):

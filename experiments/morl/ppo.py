@@ -341,17 +341,28 @@ def make_outcome_fn(suite: Suite, meta_params, cfg: PPOConfig = FINETUNE, *, tar
 
 # ---------------------------------------------------------------- interactions
 
-def interaction(outcome_fn, K: int, i: int, j: int):
-  """Second difference F(1) - F(1 - e_i) - F(1 - e_j) + F(1 - e_i - e_j) [T] (zero for any F
-  additive in the objectives)."""
+def interaction_masks(K: int, i: int, j: int, base=None):
+  """The four subsets of a second difference: base, base - e_i, base - e_j, base - e_i - e_j
+  (bool [4, K]); base defaults to the full set and must contain i, j and one more objective."""
   for name, v in (("i", i), ("j", j)):
     if not 0 <= v < K:
       raise ValueError(f"{name}: objective index must lie in [0, {K}), got {v}")
   if i == j:
     raise ValueError(f"j: must differ from i, both are {i}")
-  S = np.ones((4, K), bool)
+  base = np.ones(K, bool) if base is None else np.asarray(base, bool)
+  if base.shape != (K,):
+    raise ValueError(f"base: expected shape [{K}], got {base.shape}")
+  if not (base[i] and base[j]) or base.sum() < 3:
+    raise ValueError(f"base: must contain i={i}, j={j} and at least one more objective")
+  S = np.tile(base, (4, 1))
   S[1, i] = S[2, j] = S[3, i] = S[3, j] = False
-  F = outcome_fn(S)
+  return S
+
+
+def interaction(outcome_fn, K: int, i: int, j: int, base=None):
+  """Second difference F(B) - F(B - e_i) - F(B - e_j) + F(B - e_i - e_j) [T], B the full set by
+  default. Zero for any F additive in the objectives."""
+  F = outcome_fn(interaction_masks(K, i, j, base))
   return F[0] - F[1] - F[2] + F[3]
 
 
