@@ -123,8 +123,8 @@ def test_objective_outside_subset_has_no_effect(meta, one):
 def test_normalization_maps_meta_to_minus_one_and_random_to_zero(suite, meta):
   tg = ppo.target_ids(suite)
   norm = ppo.make_normalizer(suite, meta, tg, ECFG)
-  R_meta = ppo.episode_returns(suite, lambda o: ppo.actor_logits(meta["actor"], o), tg, ECFG)
-  R_rand = ppo.episode_returns(suite, None, tg, ECFG, random_policy=True)
+  R_meta = ppo.policy_returns(suite, meta, tg, ECFG)
+  R_rand = ppo._returns_program(suite, ECFG, True)(meta["actor"], tg)  # uniform random actions
   gap = np.asarray(norm.meta_T - norm.random_T)
   np.testing.assert_allclose(norm(R_rand), 0.0, atol=1e-6)
   np.testing.assert_allclose(norm(R_meta), np.where(gap >= 1.0, -1.0, -gap), atol=1e-5)
@@ -140,7 +140,7 @@ def test_outcome_fn_chunks_and_matches_finetune(suite, meta, one):
   assert F.shape == (4, 3) and np.all(np.isfinite(F))
   np.testing.assert_allclose(fn(MASKS[2:3]), F[2:3], rtol=1e-5, atol=1e-5)
   params = one(meta, MASKS[2], jax.random.key(3))
-  R = ppo.episode_returns(suite, lambda o: ppo.actor_logits(params["actor"], o), tg, ECFG)
+  R = ppo.policy_returns(suite, params, tg, ECFG)
   np.testing.assert_allclose(F[2], norm(R), rtol=1e-4, atol=1e-4)
 
 
@@ -174,11 +174,10 @@ def estimator(suite, meta):
 
 def test_quadratic_solver_is_one_newton_step(suite, meta, estimator):
   import dataclasses
-  tg = estimator.targets_T
   cfg = dataclasses.replace(estimator.cfg, solver="quadratic")
-  quad = estimate.Estimator(suite, meta, estimator.norm, tg, cfg, ECFG)
-  one = estimate.Estimator(suite, meta, estimator.norm, tg, dataclasses.replace(cfg, solver="newton", newton_steps=1), ECFG)
-  np.testing.assert_allclose(quad.z(MASKS), one.z(MASKS), rtol=1e-3, atol=1e-5)
+  quad = estimate.Estimator(suite, meta, estimator.norm, estimator.targets_T, cfg, ECFG)
+  one_step = jax.vmap(lambda m: estimator._solve_newton(estimator.arrays, m, 1))(jnp.asarray(MASKS))
+  np.testing.assert_allclose(quad.z(MASKS), one_step, rtol=1e-3, atol=1e-5)
   assert not np.allclose(quad.z(MASKS), estimator.z(MASKS), atol=1e-5)  # more steps do move
 
 
@@ -209,8 +208,7 @@ def test_solution_is_the_optimum_and_vmaps(estimator):
 def test_estimate_at_zero_step_is_the_meta_policy(suite, meta, estimator):
   F0 = np.asarray(estimator.norm(jax.vmap(estimator._rollout_returns, in_axes=(None, 0))(
       estimator.arrays, jnp.zeros((1, estimator.cfg.dim)))))
-  R_meta = ppo.episode_returns(suite, lambda o: ppo.actor_logits(meta["actor"], o),
-                               estimator.targets_T, ECFG)
+  R_meta = ppo.policy_returns(suite, meta, estimator.targets_T, ECFG)
   np.testing.assert_allclose(F0[0], estimator.norm(R_meta), atol=1e-5)
   for mode in ("rollout", "surrogate"):
     F = estimator.outcome(MASKS, mode, chunk=3)

@@ -170,9 +170,9 @@ class Estimator:
       s_K = mask_K / jnp.sum(mask_K)
       H = jnp.einsum("k,kde->de", s_K, a["H_K"]) + a["lam"] * jnp.eye(self.cfg.dim)
       return jax.scipy.linalg.solve(H, s_K @ a["g_K"], assume_a="pos")
-    return self._solve_newton(a, mask_K)
+    return self._solve_newton(a, mask_K, self.cfg.newton_steps)
 
-  def _solve_newton(self, a, mask_K):
+  def _solve_newton(self, a, mask_K, steps: int):
     # Two actions: the log-likelihood depends on z only through the logit difference
     # delta0 + U z (U = G[:, 1] - G[:, 0]), a ridge logistic regression; its Hessian costs
     # N d^2 per Newton step instead of N A^2 d^2.
@@ -185,7 +185,7 @@ class Estimator:
       g = (c_N * (y - p1)) @ a["U"] - a["lam"] * z
       H = self._hessian(a, z, c_N) + a["lam"] * eye
       return z + jnp.linalg.solve(H, g), None
-    z, _ = jax.lax.scan(newton, jnp.zeros(self.cfg.dim), None, self.cfg.newton_steps)
+    z, _ = jax.lax.scan(newton, jnp.zeros(self.cfg.dim), None, steps)
     return z
 
   def z(self, S):

@@ -288,10 +288,23 @@ class Normalizer(NamedTuple):
     return -(returns_mxT - self.random_T) / jnp.maximum(self.meta_T - self.random_T, 1.0)
 
 
+@functools.lru_cache(maxsize=None)
+def _returns_program(suite: Suite, ecfg: EvalConfig, random_policy: bool):
+  def run(actor_params, targets_T):
+    return episode_returns(suite, lambda o: actor_logits(actor_params, o), targets_T, ecfg,
+                           random_policy=random_policy)
+  return jax.jit(run)
+
+
+def policy_returns(suite: Suite, params, targets_T, ecfg: EvalConfig = EvalConfig()):
+  """Greedy mean return per target [T] of a params pytree (one cached compile per suite)."""
+  return _returns_program(suite, ecfg, False)(params["actor"], jnp.asarray(targets_T))
+
+
 def make_normalizer(suite: Suite, meta_params, targets_T, ecfg: EvalConfig = EvalConfig()):
   targets_T = jnp.asarray(targets_T)
-  meta = episode_returns(suite, lambda o: actor_logits(meta_params["actor"], o), targets_T, ecfg)
-  rand = episode_returns(suite, None, targets_T, ecfg, random_policy=True)
+  meta = policy_returns(suite, meta_params, targets_T, ecfg)
+  rand = _returns_program(suite, ecfg, True)(meta_params["actor"], targets_T)
   return Normalizer(rand, meta)
 
 
