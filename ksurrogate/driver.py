@@ -182,7 +182,7 @@ def _plots(protocol: Protocol, problem: Problem, summary: dict, arrays: dict, ou
   preds = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/heldout_pred")}
   path = out / "predicted_vs_true.png"
   report.predicted_vs_true(path, preds, arrays["heldout_true"], problem.name,
-                           scores={m: summary[m]["lds"] for m in preds}, outcome_name=problem.outcome_name)
+                           scores={m: {k: summary[m][k] for k in ("lds", "normalized_error")} for m in preds}, outcome_name=problem.outcome_name)
   written["predicted_vs_true"] = path
   loos = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/predicted_loo")}
   if "loo_true" in arrays and loos:

@@ -31,7 +31,7 @@ def _plain_axes(ax):
 def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | None = None,
                       outcome_name: str = "outcome", max_points: int = 4000, seed: int = 0) -> None:
   """Predicted vs true outcome on held-out (subset, target) pairs, one panel per method, each
-  titled with its LDS as the summary table states it (a random sample of at most `max_points`
+  titled with its scores as the summary table names them (`scores[method] = {name: value}`) (a random sample of at most `max_points`
   pairs is drawn, the same pairs for every method)."""
   t = np.asarray(true).ravel()
   keep = np.arange(t.size)
@@ -44,10 +44,11 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
     p = np.asarray(preds[name]).ravel()
     ax.scatter(t[keep], p[keep], s=3, alpha=0.35)
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-    score = f"\nlds = {scores[name]:.3f}" if scores and name in scores else ""
+    score = "".join(f"\n{k} = {v:.3f}" for k, v in (scores or {}).get(name, {}).items())
     ax.set(xlabel=f"true {outcome_name}", ylabel=f"predicted {outcome_name}", title=f"{name}{score}")
     ax.title.set_fontsize(9)
     _plain_axes(ax)
+  axes[0].legend(fontsize=7, loc="upper left")
   shown = f"{len(keep)} of {t.size}" if len(keep) < t.size else f"all {t.size}"
   fig.suptitle(f"{title}: held-out subsets ({shown} subset-target pairs)", fontsize=10)
   _save(fig, path)
@@ -88,7 +89,7 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
     r = np.corrcoef(p, t)[0, 1] if np.std(p) > 0 and np.std(t) > 0 else float("nan")
     head = f"loo_pearson = {scores[name]:.3f}\n" if scores and name in scores else ""
     ax.scatter(t, p, s=10)
-    ax.set_title(f"{name}\n{head}plotted (mean target) r = {r:.2f}", fontsize=8)
+    ax.set_title(f"{name}\n{head}loo_pearson_mean_target (plotted) = {r:.3f}", fontsize=8)
     ax.set(xlabel="real LOO effect", ylabel="predicted LOO effect")
     _plain_axes(ax)
   fig.suptitle(f"{title}: leave-one-out effect on the mean {outcome_name}", fontsize=10)
