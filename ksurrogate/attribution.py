@@ -1,6 +1,6 @@
 """Attribution readouts from any fitted surrogate g, plus active selection of new subsets.
 
-Sign convention (DESIGN.md): predicted leave-one-out A_k = g(1 - e_k) - g(1). With a loss outcome,
+Sign convention: predicted leave-one-out A_k = g(1 - e_k) - g(1). With a loss outcome,
 A_k > 0 means removing task k raises the target loss, i.e. task k helps the target.
 """
 from __future__ import annotations

@@ -48,7 +48,14 @@ def _flat_loss(apply_fn, unravel, loss_fn):
 
 def influence(apply_fn: Callable, params, X, y, task_ids, X_target, y_target, *, num_tasks: int,
               damping: float = 1e-3, cg_iters: int = 100, loss_fn: Callable = cross_entropy, batch_size: int = 256):
-  """Predicted LOO [K, T] from task-level influence functions (see module doc)."""
+  """Predicted LOO [K, T] from task-level influence functions (see module doc).
+
+  `damping` is added to the Hessian of the SUMMED training loss, so its effect scales with the
+  number of training examples: 1e-3 is negligible next to a 10^4-example Hessian and dominant next
+  to a 10-example one. On a non-convex model the Hessian has negative eigenvalues; CG on H +
+  damping I only converges when damping exceeds the most negative one, and the result then
+  depends on damping (and `cg_iters`) more than on the data.
+  """
   if damping < 0:
     raise ValueError(f"damping: must be non-negative, got {damping}")
   flat, unravel = ravel_pytree(params)
@@ -69,7 +76,12 @@ def influence(apply_fn: Callable, params, X, y, task_ids, X_target, y_target, *,
 
 def tracin(apply_fn: Callable, checkpoints: Sequence, learning_rates: Sequence[float], X, y, task_ids,
            X_target, y_target, *, num_tasks: int, loss_fn: Callable = cross_entropy, batch_size: int = 256):
-  """Predicted LOO [K, T]: sum_c lr_c grad l_t(theta_c) . grad L_k(theta_c)."""
+  """Predicted LOO [K, T]: sum_c lr_c grad l_t(theta_c) . grad L_k(theta_c).
+
+  `learning_rates` are the step sizes in force at each checkpoint. TracIn's derivation assumes SGD
+  steps along the gradient; for models trained with Adam (per-parameter scaled steps) the rates are
+  only a heuristic weighting of the checkpoints.
+  """
   if len(checkpoints) != len(learning_rates) or not checkpoints:
     raise ValueError(f"checkpoints: need one learning rate per checkpoint, got {len(checkpoints)} and {len(learning_rates)}")
   out = 0.0

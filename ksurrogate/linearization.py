@@ -1,8 +1,8 @@
 """First-order model expansions on public JAX APIs, with neural-tangents' call shapes.
 
 `linearize(f, params0)` and `empirical_ntk_fn(f)` mirror `neural_tangents.linearize` and
-`neural_tangents.empirical_ntk_fn` (which cannot be imported on current JAX: DESIGN.md section 3);
-tests compare them with golden values neural-tangents produced in a pinned legacy environment.
+`neural_tangents.empirical_ntk_fn` (which cannot be imported on current JAX: its last release,
+0.6.5, imports JAX internals removed in jax 0.6); tests compare them with golden values neural-tangents produced in a pinned legacy environment.
 `f` is any pure `f(params, x, **kwargs) -> outputs` over a params pytree.
 """
 from __future__ import annotations

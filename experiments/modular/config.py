@@ -5,13 +5,13 @@
           phase: its 40-step retrains do not fit their data and its numbers mean nothing.
   cpu:    python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu
           p=29, bar=6 (25 tasks: the paper's protocol), 1 layer d=32; ~10 min on 2 CPU cores.
-          Measured (2026-11 recipe: cosine schedule, common random numbers, Adam fine-tunes):
+          Measured (CRN recipe: cosine schedule, common random numbers, Adam fine-tunes):
           LOO Pearson kernel_exact 0.723, linear_exact 0.726, influence 0.719 (the kernel's +25 %
           is not reproduced); estimator median relative error 20.1 % vs Adam fine-tunes
           (no-change 34.1 %), linearization error 0.40 %, 989x faster.
   paper:  python -m experiments.main --experiment=modular --config=paper --workdir=/tmp/mod_paper
           p=97, bar=20, 2 layers d=128, 4 heads, MLP 512; needs a GPU (OUT=/tmp/out bash
-          benchmarks/device_paper.sh). The earlier recipe (constant lr, independent minibatch
+          benchmarks/device_paper.sh). The constant-lr recipe (constant lr, independent minibatch
           streams, SGD fine-tunes) ran in 298 s on one H200: estimator 0.88 % (no-change 1.14 %),
           linearization error 0.17 %, 109x; retrains unreliable, LOO correlations ~0.1. The
           current recipe has not run at this size yet.

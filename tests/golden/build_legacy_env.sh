@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned environment in which neural-tangents 0.6.5 still imports (DESIGN.md section 3):
+# Builds the pinned environment in which neural-tangents 0.6.5 still imports (0.6.5 imports JAX internals removed in jax 0.6):
 # its last release needs JAX internals removed in jax 0.6 and TensorFlow + tf2jax at import time.
 # Usage: bash tests/golden/build_legacy_env.sh /tmp/ntenv   (about 1.5 GB; a few minutes)
 set -euo pipefail
