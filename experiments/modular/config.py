@@ -97,7 +97,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       # or LOO); "finetune" = the ridge calibrated against fine-tunes from theta0.
       attribution_ridge="retrain",
   )
-  c.baselines = dict(influence_damping=1e-3, cg_iters=100)
+  # Influence functions: Gauss-Newton curvature (PSD, so CG converges on this non-convex model),
+  # damping as a fraction of its mean eigenvalue.
+  c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200)
   c.surrogates = dict(cv=5, num_inducing=1000, exact_krr_max=3000)   # Nystrom beyond exact_krr_max subsets
   variant = VARIANTS[arg]
   for section, values in variant.items():
@@ -118,7 +120,7 @@ def validate(c) -> None:
     _require(c, path, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
   for path in ("train.lr", "finetune.lr"):
     _require(c, path, lambda v: v > 0, "positive")
-  for path in ("train.weight_decay", "baselines.influence_damping", "data.target_variance_threshold",
+  for path in ("train.weight_decay", "baselines.damping", "data.target_variance_threshold",
                "train.warmup_steps", "train.retries", "train.converged_loss"):
     _require(c, path, lambda v: v >= 0, "non-negative")
   _require(c, "data.train_fraction", lambda v: 0 < v < 1, "in (0, 1)")
@@ -128,6 +130,7 @@ def validate(c) -> None:
   _require(c, "model.activation", lambda v: v in ("relu", "gelu"), "'relu' or 'gelu'")
   _require(c, "train.lr_schedule", lambda v: v in ("constant", "cosine"), "'constant' or 'cosine'")
   _require(c, "finetune.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'")
+  _require(c, "baselines.curvature", lambda v: v in ("gauss_newton", "hessian"), "'gauss_newton' or 'hessian'")
   _require(c, "estimate.method", lambda v: v in ("onestep", "newton"), "'onestep' or 'newton'")
   _require(c, "estimate.attribution_ridge", lambda v: v in ("retrain", "finetune"), "'retrain' or 'finetune'")
   if c.train.lr_schedule == "cosine" and c.train.warmup_steps >= c.train.num_steps:

@@ -290,7 +290,8 @@ def run_baselines(c, s: Setup, th: Theta0, fs: FeatureSet, tg: Targets) -> dict:
   kept = features.Features(target_f.phi[keep], target_f.offsets[keep], target_f.labels[keep], target_f.output)
   return {
       "influence": baselines.influence(s.apply_fn, th.params, s.d.X_train, s.d.y_train, s.d.task_train, Xt, yt,
-                                       num_tasks=K, damping=c.baselines.influence_damping, cg_iters=c.baselines.cg_iters),
+                                       num_tasks=K, curvature=c.baselines.curvature, damping=c.baselines.damping,
+                                       cg_iters=c.baselines.cg_iters),
       "tracin": baselines.tracin(s.apply_fn, [jax.tree.map(lambda a: a[i], th.checkpoints) for i in range(n_ck)], rates,
                                  s.d.X_train, s.d.y_train, s.d.task_train, Xt, yt, num_tasks=K),
       "trak": baselines.trak(fs.train, s.d.task_train, kept, num_tasks=K),
