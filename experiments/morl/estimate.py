@@ -236,3 +236,15 @@ def first_order_error(params0, params_S, obs_NxO):
   err = jnp.linalg.norm(out0 + lin_delta - outS, axis=-1)
   scale = jnp.maximum(jnp.linalg.norm(outS, axis=-1), jnp.linalg.norm(out0, axis=-1))
   return err / scale, err / (jnp.linalg.norm(outS - out0, axis=-1) + 1e-12)
+
+
+def make_estimate_fn(suite: Suite, meta_params, norm: ppo.Normalizer, *, targets=None,
+                     mode: str = "surrogate", cfg: EstimatorConfig = EstimatorConfig(),
+                     ecfg: ppo.EvalConfig = ppo.EvalConfig(), chunk: int = 256):
+  """The estimated outcome as a function S [m, K] bool -> F_hat [m, T] (numpy), the counterpart
+  of `ppo.make_outcome_fn` (pass its normalizer so both share one scale). Returns
+  (estimate_fn, estimator)."""
+  est = Estimator(suite, meta_params, norm, ppo.target_ids(suite, targets), cfg, ecfg)
+  if mode not in ("rollout", "surrogate"):
+    raise ValueError(f"mode: must be 'rollout' or 'surrogate', got {mode!r}")
+  return (lambda S: est.outcome(S, mode, chunk)), est
