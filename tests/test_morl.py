@@ -169,7 +169,9 @@ def estimator(suite, meta):
   tg = ppo.target_ids(suite)
   norm = ppo.make_normalizer(suite, meta, tg, ECFG)
   cfg = estimate.EstimatorConfig(num_envs=2, num_steps=16, dim=8, newton_steps=10, solver="newton")
-  return estimate.Estimator(suite, meta, norm, tg, cfg, ECFG)
+  fn, est = estimate.make_estimate_fn(suite, meta, norm, mode="rollout", cfg=cfg, ecfg=ECFG, chunk=3)
+  np.testing.assert_allclose(fn(MASKS), est.outcome(MASKS, "rollout", chunk=3))
+  return est
 
 
 def test_quadratic_solver_is_one_newton_step(suite, meta, estimator):
