@@ -388,7 +388,10 @@ class Run:
                 "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0}
     manager = ocp.CheckpointManager(
         (directory / "chunks").resolve(),
-        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True, max_to_keep=None),
+        # Synchronous saves: the record lists a chunk only once it is on disk. Temporary folders of
+        # a save killed midway are cleaned up when the manager opens.
+        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True, max_to_keep=None,
+                                             cleanup_tmp_directories=True),
         item_handlers=ocp.StandardCheckpointHandler())
     parts, reused, repaired = {}, 0, 0
     for i in range(num_chunks):
@@ -414,8 +417,9 @@ class Run:
       out = jax.device_get(fn(ConfigView(config, reads), S[i * chunk_size:(i + 1) * chunk_size], i, *inputs))
       seconds = time.perf_counter() - t0
       step_dir = directory / "chunks" / str(i)
-      if i in manager.all_steps() or step_dir.exists():
-        manager.delete(i) if i in manager.all_steps() else shutil.rmtree(step_dir)
+      if i in manager.all_steps():
+        manager.delete(i)
+      shutil.rmtree(step_dir, ignore_errors=True)   # a step orbax never finalized
       manager.save(i, args=ocp.args.StandardSave(out), force=True)
       manager.wait_until_finished()
       record["chunks"][str(i)] = {"files": _file_digests(step_dir), "seconds": seconds}
