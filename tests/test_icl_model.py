@@ -12,6 +12,11 @@ import pytest
 from experiments.icl import gguf_llama as G
 from experiments.icl import model as M
 
+# jitted once per module: op-by-op dispatch of the unjitted model is what makes tests slow
+fwd = jax.jit(M.forward, static_argnums=1)
+pre = jax.jit(M.prefix, static_argnums=1)
+suf = jax.jit(M.suffix, static_argnums=1)
+
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
 def tiny(request):
@@ -27,20 +32,20 @@ def test_tiny_config_uses_gqa():
 def test_prefix_suffix_equals_full_forward(tiny):
   params, cfg = tiny
   toks = jax.random.randint(jax.random.key(1), (21,), 0, cfg.vocab_size)
-  full_LxV = M.forward(params, cfg, toks)
+  full_LxV = fwd(params, cfg, toks)
   P, pad = 13, 5
   # prefix right-padded with junk tokens: the mask and the position offset must hide them
-  cache = M.prefix(params, cfg, jnp.concatenate([toks[:P], jnp.full((pad,), 7)]), P)
+  cache = pre(params, cfg, jnp.concatenate([toks[:P], jnp.full((pad,), 7)]), P)
   rows = jnp.stack([jnp.concatenate([toks[P:], jnp.full((2,), 3)]),
                     jnp.concatenate([toks[P:P + 3], jnp.full((7,), 3)])])
-  got = M.suffix(params, cfg, cache, rows, jnp.array([8, 3]))
+  got = suf(params, cfg, cache, rows, jnp.array([8, 3]))
   np.testing.assert_allclose(got[0], full_LxV[20], atol=1e-5)
   np.testing.assert_allclose(got[1], full_LxV[P + 2], atol=1e-5)
   opt = jnp.array([4, 11])
-  got2 = M.suffix(params, cfg, cache, rows, jnp.array([8, 3]), opt)
+  got2 = suf(params, cfg, cache, rows, jnp.array([8, 3]), opt)
   np.testing.assert_allclose(got2, got[:, opt], atol=1e-5)
   # the masked pads matter: treating them as real tokens changes the answer
-  wrong = M.suffix(params, cfg, M.prefix(params, cfg, jnp.concatenate([toks[:P], jnp.full((pad,), 7)])),
+  wrong = suf(params, cfg, pre(params, cfg, jnp.concatenate([toks[:P], jnp.full((pad,), 7)])),
                    rows, jnp.array([8, 3]))
   assert np.abs(np.asarray(wrong[0] - full_LxV[20])).max() > 1e-4
 
@@ -49,7 +54,7 @@ def test_logits_from_embeds_matches_tokens(tiny):
   params, cfg = tiny
   toks = jax.random.randint(jax.random.key(2), (9,), 0, cfg.vocab_size)
   E = M.embed(params, cfg, toks)
-  np.testing.assert_allclose(M.logits_from_embeds(params, cfg, E, 5), M.forward(params, cfg, toks)[5], atol=1e-5)
+  np.testing.assert_allclose(M.logits_from_embeds(params, cfg, E, 5), fwd(params, cfg, toks)[5], atol=1e-5)
 
 
 def test_rope_rotates_adjacent_pairs():

@@ -43,7 +43,7 @@ def test_oracle_is_the_label_cross_entropy(tiny):
   prompt = np.array([[2, 0, 5]])
   F = I.outcomes(prompt, params=params, cfg=cfg, task=task)
   seq = np.concatenate([task.prompt_tokens(prompt[0]), task.query_tokens[3]])
-  z = np.asarray(M.forward(params, cfg, jnp.asarray(seq)))[-1, task.option_ids]
+  z = np.asarray(jax.jit(M.forward, static_argnums=1)(params, cfg, jnp.asarray(seq)))[-1, task.option_ids]
   y = task.query_labels[3]
   np.testing.assert_allclose(F[0, 3], np.logaddexp(z[0], z[1]) - z[y], atol=1e-5)
 

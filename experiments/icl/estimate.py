@@ -148,6 +148,28 @@ def neighbours(anchors_idx, num_demos: int, per_anchor: int, seed: int = 0) -> n
   return np.asarray(out, np.int32)
 
 
+def line_errors(anchor, other, steps, *, params, cfg: M.LlamaConfig, task: EncodedTask,
+                query_buckets=I.QUERY_BUCKETS) -> dict:
+  """How far the expansion holds: along E(anchor) + s * (E(other) - E(anchor)), the relative
+  error ||f - (f0 + s * jvp)|| / ||f - f0|| over all queries for each step s (s = 1 is the real
+  prompt `other`; quadratic behaviour shows as error ~ s)."""
+  _check_aligned(task)
+  demo_E = M.embed(params, cfg, jnp.asarray(np.stack(task.demo_tokens)))
+  E0 = demo_E[np.asarray(anchor)].reshape(-1, cfg.d_model)
+  dE = demo_E[np.asarray(other)].reshape(-1, cfg.d_model) - E0
+  opt = jnp.asarray(task.option_ids)
+  out = {float(st): [0.0, 0.0] for st in steps}
+  for _, qtok, qlen, qlab in I._query_groups(task, query_buckets, 1):
+    f = jax.jit(lambda E: queries_ce(params, cfg, E, jnp.asarray(qtok), jnp.asarray(qlen),
+                                     jnp.asarray(qlab), opt))
+    f0, d = jax.jit(lambda E, v: jax.jvp(f, (E,), (v,)))(E0, dE)
+    for st in steps:
+      fs = f(E0 + st * dE)
+      out[float(st)][0] += float(jnp.sum((fs - f0 - st * d) ** 2))
+      out[float(st)][1] += float(jnp.sum((fs - f0) ** 2))
+  return {st: float(np.sqrt(a / max(b, 1e-30))) for st, (a, b) in out.items()}
+
+
 def _errors(F_hat, F, F_zero):
   from ksurrogate import metrics
   fro = lambda x: float(np.linalg.norm(x))
@@ -168,6 +190,8 @@ def main(argv=None):
   ap.add_argument("--neighbours", type=int, default=4, help="one-slot neighbours per anchor")
   ap.add_argument("--random", type=int, default=8, help="further sampled prompts to evaluate")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--line", action="store_true",
+                  help="only measure the expansion's error along the line anchor -> first neighbour")
   args = ap.parse_args(argv)
   from experiments.icl import data as D, gguf_llama as G
   params, cfg = G.load_params(args.gguf)
@@ -181,6 +205,12 @@ def main(argv=None):
   evals = {"anchors": anchors, "neighbours": neighbours(anchors, task.num_demos, args.neighbours, args.seed),
            "random": sampled[args.anchors:args.anchors + args.random]}
   everything = np.concatenate(list(evals.values()))
+  if args.line:
+    res = line_errors(anchors[0], evals["neighbours"][0], (0.05, 0.1, 0.25, 0.5, 1.0),
+                      params=params, cfg=cfg, task=task)
+    print(json.dumps({"anchor": anchors[0].tolist(), "other": evals["neighbours"][0].tolist(),
+                      "relative_error_by_step": res}, indent=1))
+    return res
   log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
   log(f"slot_len {task.slot_len}, {len(everything)} prompts x {task.num_queries} queries")
   t = time.perf_counter()

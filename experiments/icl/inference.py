@@ -104,10 +104,12 @@ def outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
   F = np.zeros((len(p), task.num_queries), np.float32)
   for b in np.unique(pb):
     rows = np.flatnonzero(pb == b)
-    for s in range(0, len(rows), prompt_batch):
-      chunk = rows[s:s + prompt_batch]
+    # fewer prompts than a batch: run them as they are rather than computing repeats
+    nb = min(prompt_batch, len(rows))
+    for s in range(0, len(rows), nb):
+      chunk = rows[s:s + nb]
       # a short last chunk is padded by repetition so its shape matches the others
-      full = np.concatenate([chunk, np.repeat(chunk[-1:], prompt_batch - len(chunk))])
+      full = np.concatenate([chunk, np.repeat(chunk[-1:], nb - len(chunk))])
       toks = jnp.asarray(_pad_rows([prefixes[i] for i in full], int(b), task.pad_id))
       lens = jnp.asarray(plen[full])
       for ids, qtok, qlen, qlab in groups:
