@@ -50,7 +50,7 @@ class LlamaConfig:
 
 def tiny_config(vocab_size: int = 300) -> LlamaConfig:
   """The small config every fast test runs through the same code path as the real model: GQA
-  (4 query heads sharing 2 KV heads), untied head off by default like SmolLM2."""
+  (4 query heads sharing 2 KV heads) and tied embeddings, like SmolLM2."""
   return LlamaConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                      head_dim=8, ffn_dim=64, rope_base=10000.0, norm_eps=1e-5, tie_embeddings=True)
 
@@ -156,8 +156,8 @@ class Llama(nn.Module):
     return x_LxD, jnp.stack(ks), jnp.stack(vs)
 
   def head(self, h_xD, vocab_ids=None):
-    """Logits over the whole vocab, or only over `vocab_ids` (the option tokens) -- the restricted
-    head skips the [d, V] matmul, which dominates a query's cost on a small model."""
+    """Logits over the whole vocab, or only over `vocab_ids` (the option tokens): the outcome needs
+    two logits, so the restricted head skips a [d, V] matmul (V = 49,152 for SmolLM2)."""
     h = self.final_norm(h_xD)
     if self.cfg.tie_embeddings:
       W_VxD = self.embed.embedding
@@ -202,8 +202,7 @@ def prefix(params, cfg: LlamaConfig, tokens_P, length=None):
   rest are masked out of attention for later suffixes. Returns the cache dict
   {k, v: [n_layers, P, n_kv, Dh], valid: bool [P], length: int}.
   """
-  P = tokens_P.shape[0]
-  length = P if length is None else length
+  length = tokens_P.shape[0] if length is None else length
   return prefix_embeds(params, cfg, embed(params, cfg, tokens_P), length)
 
 
