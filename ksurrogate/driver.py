@@ -54,6 +54,9 @@ class Problem:
   `extra_fit` holds other (S, F) pairs methods may fit on; `extra_loo` holds predicted LOO [K, T]
   of methods that are not surrogates (influence functions, TracIn, ...), scored against loo_true.
   `info` goes into the summary as `<key>.<problem name>` (estimator accuracy, selection, ...).
+  `loo_ceiling` is how well the ground truth agrees with itself (e.g. split-half reliability
+  across training seeds, Spearman-Brown corrected); every LOO correlation is then also reported
+  as a fraction of it (`loo_<key>_of_ceiling`).
   `figures` names extra figures the experiment wrote ({what: path}), listed with the run's files.
   `higher_is_better`: what an outcome means (a loss: False; a return or accuracy: True); plots
   and the sign of "helps the target" follow it.
@@ -71,6 +74,7 @@ class Problem:
   outcome_name: str = "target loss"
   task_labels: Optional[Sequence[str]] = None
   figures: Mapping[str, str] = dataclasses.field(default_factory=dict)   # figures the experiment drew itself
+  loo_ceiling: Optional[Mapping[str, float]] = None   # reliability of loo_true itself (same keys as loo_correlation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +138,11 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
       raise ValueError(f"problem: {problem.name!r} has predicted LOO for {name!r} but no loo_true to score it against")
     arrays[f"{name}/predicted_loo"] = np.asarray(loo)
     summary[name] = {f"loo_{k}": v for k, v in metrics.loo_correlation(loo, problem.loo_true).items()}
+  if problem.loo_ceiling:
+    for row in summary.values():
+      for k, ceiling in problem.loo_ceiling.items():
+        if f"loo_{k}" in row:
+          row[f"loo_{k}_of_ceiling"] = row[f"loo_{k}"] / ceiling if ceiling and np.isfinite(ceiling) else float("nan")
   if problem.loo_true is not None:
     arrays["loo_true"] = problem.loo_true
   arrays["heldout_true"] = problem.F[problem.splits[0][1]]

@@ -96,12 +96,33 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
   _save(fig, path)
 
 
-def curves(path, named_curves: dict, title: str, ylabel: str = "training loss") -> None:
-  fig, ax = plt.subplots(figsize=(5, 3.5))
+def curves(path, named_curves: dict, title: str, ylabel: str = "training loss", *, log_scale: bool = True,
+           xlabel: str = "step") -> None:
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for name, c in named_curves.items():
     ax.plot(np.asarray(c), label=name, lw=1)
-  ax.set(xlabel="step", ylabel=ylabel, title=title, yscale="log")
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log_scale else "linear")
+  ax.title.set_fontsize(9)
   ax.legend(fontsize=7)
+  _save(fig, path)
+
+
+def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> None:
+  """Grouped bars: per target (group) the mean return of each method's chosen set, with the s.d.
+  over evaluation seeds as error bars. `table[target][method] = {"return", "return_std"}`."""
+  targets = list(table)
+  methods = list(next(iter(table.values())))
+  width = 0.8 / len(methods)
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(targets) + 2), 4.2))
+  for i, m in enumerate(methods):
+    mean = [table[t][m]["return"] for t in targets]
+    std = [table[t][m]["return_std"] for t in targets]
+    ax.bar(np.arange(len(targets)) + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=std, capsize=2,
+           label=m)
+  ax.set_xticks(np.arange(len(targets)), targets, rotation=30, ha="right", fontsize=8)
+  ax.set(ylabel=ylabel, xlabel="target objective")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, ncol=min(3, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.28))
   _save(fig, path)
 
 

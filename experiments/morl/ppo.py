@@ -30,6 +30,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from experiments.morl.envs import Suite, check_masks
+from ksurrogate import batching
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,11 +156,12 @@ def _gae(traj: Transition, last_value, cfg: PPOConfig):
   return adv, adv + traj.value
 
 
-def train(suite: Suite, cfg: PPOConfig, params0, mask_K, key):
+def train(suite: Suite, cfg: PPOConfig, params0, mask_K, key, return_curve: bool = False):
   """PPO from params0 on the objectives in mask_K (bool [K]) for cfg.total_steps env steps.
 
   Pure and traceable: jit it, or vmap it over masks. Returns the trained params (a fresh Adam
-  state each call: fine-tuning does not inherit the meta-policy's optimizer moments)."""
+  state each call: fine-tuning does not inherit the meta-policy's optimizer moments), and with
+  `return_curve` also the mean reward per env slot of each update's rollout [num_updates]."""
   obj_N = assign_slots(mask_K, cfg.num_envs)
   tx = _optimizer(cfg)
   k_reset, k_loop = jax.random.split(key)
@@ -206,8 +208,8 @@ def train(suite: Suite, cfg: PPOConfig, params0, mask_K, key):
     return (params, opt_state, env_state, obs, key), traj.reward.sum() / cfg.num_envs
 
   carry = (params0, tx.init(params0), env_state, obs_NxO, k_loop)
-  (params, *_), _ = jax.lax.scan(update, carry, None, cfg.num_updates)
-  return params
+  (params, *_), curve = jax.lax.scan(update, carry, None, cfg.num_updates)
+  return (params, curve) if return_curve else params
 
 
 def make_finetune(suite: Suite, cfg: PPOConfig):
@@ -231,12 +233,13 @@ def make_finetune_one(suite: Suite, cfg: PPOConfig):
   return finetune_one
 
 
-def train_meta(suite: Suite, cfg: PPOConfig = META, seed: int = 0):
-  """The meta-policy: PPO from a fresh init on all objectives."""
+def train_meta(suite: Suite, cfg: PPOConfig = META, seed: int = 0, return_curve: bool = False):
+  """The meta-policy: PPO from a fresh init on all objectives (with `return_curve`, also its
+  learning curve: mean reward per env slot of each update's rollout)."""
   key = jax.random.key(seed)
   k_init, k_train = jax.random.split(key)
   p0 = init_params(k_init, suite.obs_dim, suite.num_actions, cfg.hidden)
-  return jax.jit(lambda p, k: train(suite, cfg, p, jnp.ones((suite.K,), bool), k))(p0, k_train)
+  return jax.jit(lambda p, k: train(suite, cfg, p, jnp.ones((suite.K,), bool), k, return_curve))(p0, k_train)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -317,38 +320,40 @@ def target_ids(suite: Suite, targets=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _outcome_program(suite: Suite, cfg: PPOConfig, ecfg: EvalConfig):
-  """One compiled program per (suite, config) shared by every seed, meta-policy and target set
-  of the same shape: all of those are arguments, not closure constants."""
-  def one(meta_params, mask, key, targets_T, norm):
-    params = train(suite, cfg, meta_params, mask, key)
+def outcome_one(suite: Suite, cfg: PPOConfig, ecfg: EvalConfig):
+  """The work of ONE subset: fine-tune from the meta-policy on mask_K, then evaluate every target.
+  Built once per (suite, config) and handed to `ksurrogate.batching.map_subsets`, which vmaps and
+  jits it once and shards the subset axis over devices; seed, meta-policy, targets and normalizer
+  are arguments, so every seed and chunk reuses one compiled program."""
+  def one(mask_K, meta_params, key, targets_T, norm):
+    params = train(suite, cfg, meta_params, mask_K, key)
     ret = episode_returns(suite, lambda o: actor_logits(params["actor"], o), targets_T, ecfg)
-    return norm(ret)
-  return jax.jit(jax.vmap(one, in_axes=(None, 0, None, None, None)))
+    return norm(ret), ret
+  return one
+
+
+def outcomes(suite: Suite, meta_params, S, key, targets_T, norm, *, cfg: PPOConfig = FINETUNE,
+             ecfg: EvalConfig = EvalConfig(), chunk: int = 16):
+  """(F [m, T] normalized, returns [m, T]) of fine-tuning on each subset row of S [m, K]."""
+  masks = np.asarray(check_masks(S, suite.K, "S"))
+  F, R = batching.map_subsets(outcome_one(suite, cfg, ecfg), jnp.asarray(masks),
+                              shared=(meta_params, key, jnp.asarray(targets_T), norm), chunk_size=chunk)
+  return np.asarray(F), np.asarray(R)
 
 
 def make_outcome_fn(suite: Suite, meta_params, cfg: PPOConfig = FINETUNE, *, targets=None,
                     seed: int = 0, chunk: int = 16, ecfg: EvalConfig = EvalConfig()):
   """The exact outcome: S [m, K] bool -> F [m, T] (numpy), fine-tuning from meta_params on each
-  subset and evaluating the normalized negative return on each target.
-
-  Rows are processed in chunks of `chunk` (the last padded with the full set), so one compiled
-  program serves every m. Returns (outcome_fn, normalizer)."""
+  subset and evaluating the normalized negative return on each target. Returns (outcome_fn,
+  normalizer)."""
   if not isinstance(chunk, int) or chunk <= 0:
     raise ValueError(f"chunk: must be a positive int, got {chunk!r}")
   targets_T = target_ids(suite, targets)
   norm = make_normalizer(suite, meta_params, targets_T, ecfg)
-  run = _outcome_program(suite, cfg, ecfg)
   key = jax.random.key(seed)
 
   def outcome(S):
-    S = np.asarray(check_masks(S, suite.K, "S"))
-    m = S.shape[0]
-    pad = (-m) % chunk
-    Sp = np.concatenate([S, np.ones((pad, suite.K), bool)])
-    out = [np.asarray(run(meta_params, jnp.asarray(Sp[i:i + chunk]), key, targets_T, norm))
-           for i in range(0, len(Sp), chunk)]
-    return np.concatenate(out)[:m]
+    return outcomes(suite, meta_params, S, key, targets_T, norm, cfg=cfg, ecfg=ecfg, chunk=chunk)[0]
   return outcome, norm
 
 

@@ -1,0 +1,332 @@
+"""Multi-objective RL attribution pipeline: short named phases composed by `problems`.
+
+setup -> meta-policy (PPO on all objectives) -> design -> exact outcomes (fine-tuning, chunked:
+full set + leave-one-out + pair masks on several seeds; random subsets on one) -> estimate
+(first-order policy estimator) -> baselines (influence functions on the policy loss) ->
+selection (each surrogate's best objective set per target, fine-tuned for real on fresh seeds)
+-> one driver.Problem. Outcomes are normalized negative returns per target (lower is better):
+the meta-policy scores -1, a uniform random policy 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ksurrogate as ks
+from experiments.morl import envs, estimate as est_lib, ppo
+from ksurrogate import baselines, driver, metrics, report, runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  suite: envs.Suite
+  meta_cfg: ppo.PPOConfig
+  ft_cfg: ppo.PPOConfig
+  ecfg: ppo.EvalConfig
+  est_cfg: est_lib.EstimatorConfig
+  targets_T: np.ndarray
+
+  @property
+  def K(self) -> int:
+    return self.suite.K
+
+
+def setup(c) -> Setup:
+  suite = envs.Suite(tuple(c.objectives), c.max_steps)
+  m, f, e = c.meta, c.finetune, c.estimate
+  return Setup(
+      suite=suite,
+      meta_cfg=ppo.PPOConfig(num_envs=m.num_envs, num_steps=m.num_steps, num_updates=m.num_updates, lr=m.lr,
+                             anneal_lr=m.anneal_lr),
+      ft_cfg=ppo.PPOConfig(num_envs=f.num_envs, num_steps=f.num_steps, num_updates=f.num_updates, lr=f.lr,
+                           anneal_lr=False),
+      ecfg=ppo.EvalConfig(num_episodes=c.evaluation.num_episodes, seed=c.evaluation.seed),
+      est_cfg=est_lib.EstimatorConfig(num_envs=e.num_envs, num_steps=e.num_steps, dim=e.dim, ridge=e.ridge,
+                                      solver=e.solver, seed=c.seed + 7),
+      targets_T=np.arange(suite.K, dtype=np.int32))
+
+
+@flax.struct.dataclass
+class Meta:
+  params: dict
+  curve: np.ndarray          # mean reward per env slot of each PPO update's rollout
+  random_return: np.ndarray  # [T] greedy-evaluation return of a uniform random policy
+  meta_return: np.ndarray    # [T] of the meta-policy
+  seconds: float
+
+  @property
+  def norm(self) -> ppo.Normalizer:
+    return ppo.Normalizer(jnp.asarray(self.random_return), jnp.asarray(self.meta_return))
+
+
+def meta_policy(c, s: Setup) -> Meta:
+  t0 = time.perf_counter()
+  params, curve = ppo.train_meta(s.suite, s.meta_cfg, seed=c.seed, return_curve=True)
+  params = jax.block_until_ready(params)
+  seconds = time.perf_counter() - t0
+  norm = ppo.make_normalizer(s.suite, params, s.targets_T, s.ecfg)
+  return Meta(params=params, curve=np.asarray(curve), random_return=np.asarray(norm.random_T),
+              meta_return=np.asarray(norm.meta_T), seconds=seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+  S_struct: np.ndarray   # [1 + K + P, K]: the full set, the K leave-one-out masks, one mask per pair
+  S_rand: np.ndarray     # [num_random, K]: distinct non-empty Bernoulli(0.5) subsets
+  S_many: np.ndarray     # [num_estimated, K]: subsets estimated without fine-tuning
+  pairs: np.ndarray      # [P, 2]
+  K: int
+
+
+def _distinct_nonempty(key, n, K):
+  """n distinct non-empty Bernoulli(0.5) subsets in draw order (rejection from a larger draw)."""
+  draw = np.asarray(ks.subsets.bernoulli(key, 8 * n + 64, K, 0.5))
+  seen, rows = set(), []
+  for row in draw:
+    if row.any() and row.tobytes() not in seen:
+      seen.add(row.tobytes())
+      rows.append(row)
+    if len(rows) == n:
+      break
+  if len(rows) < n:
+    raise ValueError(f"design.num_random: only {len(rows)} distinct non-empty subsets of {K} objectives, asked {n}")
+  return np.stack(rows)
+
+
+def design(c, s: Setup) -> Design:
+  K = s.K
+  pairs = np.asarray(c.design.pairs, np.int64).reshape(-1, 2)
+  pair_masks = np.ones((len(pairs), K), bool)
+  pair_masks[np.arange(len(pairs)), pairs[:, 0]] = False
+  pair_masks[np.arange(len(pairs)), pairs[:, 1]] = False
+  S_struct = np.concatenate([np.ones((1, K), bool), np.asarray(ks.subsets.leave_one_out(K)), pair_masks])
+  S_rand = _distinct_nonempty(jax.random.key(c.seed + 2), c.design.num_random, K)
+  many = np.array(ks.subsets.bernoulli(jax.random.key(c.seed + 4), c.estimate.num_subsets, K, 0.5))
+  many[~many.any(1), 0] = True
+  return Design(S_struct, S_rand, many, pairs, K)
+
+
+def exact_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -> dict:
+  """Fine-tunes the meta-policy on each subset of the chunk with the seed design.seeds[seed_index]
+  (every subset of a seed shares its key: common random numbers) and evaluates every target."""
+  del chunk   # subsets share the seed's key, so a chunk's numbers do not depend on its index
+  seed = c.design.seeds[seed_index]
+  t0 = time.perf_counter()
+  F, R = ppo.outcomes(s.suite, meta.params, S_chunk, jax.random.key(seed), s.targets_T, meta.norm, cfg=s.ft_cfg,
+                      ecfg=s.ecfg, chunk=c.finetune.chunk_size)
+  return {"F": F, "R": R, "seconds": np.full(len(S_chunk), (time.perf_counter() - t0) / len(S_chunk))}
+
+
+def selection_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -> dict:
+  """The same fine-tuning on a fresh selection seed."""
+  del chunk
+  F, R = ppo.outcomes(s.suite, meta.params, S_chunk, jax.random.key(c.selection.seeds[seed_index]), s.targets_T,
+                      meta.norm, cfg=s.ft_cfg, ecfg=s.ecfg, chunk=c.finetune.chunk_size)
+  return {"F": F, "R": R}
+
+
+@flax.struct.dataclass
+class Estimates:
+  F_many: np.ndarray     # [num_estimated, T] surrogate read-out
+  F_rand: np.ndarray     # [num_random, T] on the exactly fine-tuned random subsets
+  info: dict
+
+
+def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimates:
+  """The first-order policy estimator on many subsets, scored against real fine-tuning on the
+  random subsets; both error definitions and the per-subset speed-up."""
+  t0 = time.perf_counter()
+  est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
+  jax.block_until_ready(est.arrays)
+  t_setup = time.perf_counter() - t0
+  chunk = min(256, len(dsg.S_many))
+  est.outcome(dsg.S_many[:2], "surrogate", chunk)   # compile outside the timing
+  t0 = time.perf_counter()
+  F_many = est.outcome(dsg.S_many, "surrogate", chunk)
+  t_many = (time.perf_counter() - t0) / len(dsg.S_many)
+  F_rand = est.outcome(dsg.S_rand, "surrogate", chunk)
+  n_roll = min(len(dsg.S_rand), 64)
+  est.outcome(dsg.S_rand[:2], "rollout", n_roll)
+  t0 = time.perf_counter()
+  F_roll = est.outcome(dsg.S_rand[:n_roll], "rollout", n_roll)
+  t_roll = (time.perf_counter() - t0) / n_roll
+  F_real = exact_rand["F"]
+  varying = metrics.varying_targets(F_real, 1e-4)
+  # The paper's first-order error: logits at really fine-tuned params vs their expansion at theta0.
+  n_fo = min(8, len(dsg.S_rand))
+  run = jax.jit(jax.vmap(lambda m: ppo.train(s.suite, s.ft_cfg, meta.params, m, jax.random.key(c.design.seeds[0]))))
+  P_S = run(jnp.asarray(dsg.S_rand[:n_fo]))
+  obs = est.data["obs"][::7]
+  errs = np.concatenate([np.asarray(est_lib.first_order_error(meta.params, jax.tree.map(lambda x: x[i], P_S), obs)[0])
+                         for i in range(n_fo)])
+  t_ft = float(np.mean(exact_rand["seconds"]))
+  info = {
+      "median_relative_error": metrics.relative_error(F_rand[:, varying], F_real[:, varying])["median"],
+      "median_relative_error_rollout": metrics.relative_error(F_roll[:, varying], F_real[:n_roll][:, varying])["median"],
+      "lds_vs_finetune": metrics.lds(F_rand[:, varying], F_real[:, varying]),
+      "lds_vs_finetune_rollout": metrics.lds(F_roll[:, varying], F_real[:n_roll][:, varying]),
+      "normalized_error": metrics.normalized_error(F_rand[:, varying], F_real[:, varying], threshold=0.0),
+      "linearization_error": float(np.median(errs)), "linearization_error_mean": float(np.mean(errs)),
+      "seconds_estimate_per_subset": t_many, "seconds_estimate_rollout_per_subset": t_roll,
+      "seconds_finetune_per_subset": t_ft, "speedup_per_subset": t_ft / t_many,
+      "speedup_per_subset_rollout": t_ft / t_roll, "seconds_setup": t_setup,
+      "num_estimated": int(len(dsg.S_many)), "solver": s.est_cfg.solver, "dim": s.est_cfg.dim,
+      "targets_scored": [n for n, v in zip(s.suite.names, varying) if v],
+  }
+  return Estimates(F_many=F_many, F_rand=F_rand, info=info)
+
+
+def run_baselines(c, s: Setup, meta: Meta) -> dict:
+  """Task-level influence functions on the policy's advantage-weighted log-likelihood loss at the
+  meta-policy (states and actions from its rollouts of each objective), read out per target
+  objective as the mean over that objective's states: predicted LOO [K, T]."""
+  est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
+  obj = np.asarray(est.data["obj"])
+  rng = np.random.default_rng(c.seed + 11)
+  rows = np.concatenate([rng.choice(np.flatnonzero(obj == k), min(c.baselines.states_per_objective,
+                                                                   int(np.sum(obj == k))), replace=False)
+                         for k in range(s.K)])
+  X = np.asarray(est.data["obs"])[rows]
+  y = np.stack([np.asarray(est.data["action"])[rows].astype(np.float32), np.asarray(est.w)[rows]], 1)
+
+  def policy_loss(logits, y_):
+    logp = jax.nn.log_softmax(logits)
+    return -y_[:, 1] * jnp.take_along_axis(logp, y_[:, :1].astype(jnp.int32), 1)[:, 0]
+
+  per_state = baselines.influence(ppo.actor_logits, meta.params["actor"], X, y, obj[rows], X, y, num_tasks=s.K,
+                                  curvature=c.baselines.curvature, damping=c.baselines.damping,
+                                  cg_iters=c.baselines.cg_iters, loss_fn=policy_loss)   # [K, N]
+  loo = np.stack([per_state[:, obj[rows] == t].mean(1) for t in range(s.K)], 1)          # [K, T]
+  return {"influence": loo}
+
+
+def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates):
+  """For every target: the objective set (always holding the target) each method picks, among
+  all 2^(K-1) such sets scored by the surrogate in one batch."""
+  K = s.K
+  fit = np.arange(c.design.num_fit)
+  surrogates = {
+      "kernel_exact": ks.fit_kernel(dsg.S_rand[fit], exact_rand["F"][fit], cv=c.surrogates.cv),
+      "linear_exact": ks.fit_linear(dsg.S_rand[fit], exact_rand["F"][fit], cv=c.surrogates.cv),
+      "kernel_estimated": ks.fit_kernel(dsg.S_many, est.F_many, cv=c.surrogates.cv),
+  }
+  all_sets = (np.arange(2 ** K)[:, None] >> np.arange(K)) & 1 == 1
+  rng = np.random.default_rng(c.seed + 13)
+  picks = {}
+  for t in range(K):
+    cand = all_sets[all_sets[:, t]]
+    choice = {name: cand[int(np.argmin(np.asarray(g.predict(cand))[:, t]))] for name, g in surrogates.items()}
+    choice["all_objectives"] = np.ones(K, bool)
+    choice["target_alone"] = np.eye(K, dtype=bool)[t]
+    for r in range(c.selection.num_random):
+      choice[f"random_{r}"] = cand[rng.integers(len(cand))]
+    picks[t] = choice
+  return picks, surrogates
+
+
+def _split_half_ceiling(loo_SxKxT):
+  """Split-half reliability of leave-one-out effects across seeds, Spearman-Brown corrected:
+  every split of the seeds into two halves, the correlation of the halves' mean effects."""
+  n = len(loo_SxKxT)
+  out = {k: [] for k in ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target")}
+  for half in itertools.combinations(range(n), n // 2):
+    rest = [i for i in range(n) if i not in half]
+    r = metrics.loo_correlation(loo_SxKxT[list(half)].mean(0), loo_SxKxT[rest].mean(0))
+    for k in out:
+      out[k].append(r[k])
+  brown = lambda r: 2 * r / (1 + r) if r > -1 else float("nan")  # noqa: E731
+  return {k: brown(float(np.nanmean(v))) for k, v in out.items()}
+
+
+def problems(config, run: runs.Run):
+  c = config
+  s = run.phase("setup", setup, c, store=False)
+  meta = run.phase("meta_policy", meta_policy, c, s)
+  dsg = run.phase("design", design, c, s, store=False)
+  struct = [run.outcomes(f"exact_structured_seed{i}", exact_chunk, c, dsg.S_struct, s, meta, i,
+                         chunk_size=c.finetune.chunk_size) for i in range(len(c.design.seeds))]
+  exact_rand = run.outcomes("exact_random", exact_chunk, c, dsg.S_rand, s, meta, 0, chunk_size=c.finetune.chunk_size)
+  est = run.phase("estimate", estimate, c, s, meta, dsg, exact_rand)
+  extra_loo = run.phase("baselines", run_baselines, c, s, meta)
+  picks, surrogates = _selection_masks(c, s, dsg, exact_rand, est)
+  masks = np.unique(np.stack([m for choice in picks.values() for m in choice.values()]), axis=0)
+  selected = [run.outcomes(f"selection_seed{i}", selection_chunk, c, masks, s, meta, i,
+                           chunk_size=c.finetune.chunk_size) for i in range(len(c.selection.seeds))]
+  yield _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, masks, selected, surrogates)
+
+
+def _selection_summary(s: Setup, picks, masks, selected):
+  """Returns per target and method (mean and s.d. over selection seeds), and the kernel's regret
+  reduction against the linear surrogate's; regret = best return among the compared sets on
+  that seed minus the method's return."""
+  index = {m.tobytes(): i for i, m in enumerate(masks)}
+  R = np.stack([sel["R"] for sel in selected])            # [seeds, masks, T]
+  table, regrets = {}, {}
+  for t, choice in picks.items():
+    name_t = s.suite.names[t]
+    rows = {name: R[:, index[m.tobytes()], t] for name, m in choice.items()}
+    best = np.max(np.stack(list(rows.values())), axis=0)   # [seeds]
+    randoms = np.stack([v for k, v in rows.items() if k.startswith("random_")])
+    rows = {k: v for k, v in rows.items() if not k.startswith("random_")}
+    rows["random"] = randoms.mean(0)
+    table[name_t] = {k: {"return": float(v.mean()), "return_std": float(v.std()),
+                         "objectives": [s.suite.names[j] for j in np.flatnonzero(choice[k])] if k in choice else None}
+                     for k, v in rows.items()}
+    for k, v in rows.items():
+      regrets.setdefault(k, []).append(best - v)
+  regret = {k: np.stack(v) for k, v in regrets.items()}    # [T, seeds]
+  per_seed = 1 - regret["kernel_exact"].mean(0) / np.maximum(regret["linear_exact"].mean(0), 1e-9)
+  return table, {k: float(v.mean()) for k, v in regret.items()}, {
+      "kernel_vs_linear_regret_reduction": float(1 - regret["kernel_exact"].mean() / max(regret["linear_exact"].mean(), 1e-9)),
+      "kernel_vs_linear_regret_reduction_per_seed": per_seed.tolist()}
+
+
+def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, masks, selected, surrogates):
+  K = s.K
+  F_struct = np.stack([r["F"] for r in struct])           # [seeds, 1 + K + P, T]
+  loo_seeds = F_struct[:, 1:K + 1] - F_struct[:, :1]        # [seeds, K, T]
+  full = F_struct[:, 0].mean(0)
+  loo_true = loo_seeds.mean(0)
+  varying = metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold)
+  if varying.sum() < 2:
+    raise ValueError(f"normalized_error_threshold: only {int(varying.sum())} targets vary across subsets")
+  ceiling = _split_half_ceiling(loo_seeds[:, :, varying])
+  # Exact pairwise interactions, seed by seed, next to the kernel surrogate's prediction.
+  g = surrogates["kernel_exact"]
+  inter_pred = np.asarray(ks.interactions(g))
+  measured = []
+  for p, (i, j) in enumerate(dsg.pairs):
+    per_seed = F_struct[:, 0] - F_struct[:, 1 + i] - F_struct[:, 1 + j] + F_struct[:, 1 + K + p]   # [seeds, T]
+    measured.append({"pair": [s.suite.names[i], s.suite.names[j]],
+                     "mean_target": float(per_seed.mean()), "mean_target_std_over_seeds": float(per_seed.mean(1).std()),
+                     "per_target": per_seed.mean(0).tolist(), "kernel_predicted_mean_target": float(inter_pred[i, j].mean())})
+  table, mean_regret, reduction = _selection_summary(s, picks, masks, selected)
+  curve_path = run.dir / "morl" / "meta_policy_curve.png"
+  report.curves(curve_path, {"meta-policy (all objectives)": meta.curve},
+                f"PPO meta-policy on {K} objectives", ylabel="mean reward per env slot per rollout", log_scale=False,
+                xlabel="PPO update")
+  bars_path = run.dir / "morl" / "selection.png"
+  report.selection_bars(bars_path, table, "objective selection: return on the target after real fine-tuning",
+                        ylabel="greedy return on the target (mean over seeds)")
+  fit, held = np.arange(c.design.num_fit), np.arange(c.design.num_fit, len(dsg.S_rand))
+  return driver.Problem(
+      name="morl", S=dsg.S_rand, F=exact_rand["F"][:, varying], splits=[(fit, held)],
+      loo_true=loo_true[:, varying], loo_ceiling=ceiling,
+      extra_fit={"estimated": (dsg.S_many, est.F_many[:, varying])},
+      extra_loo={k: v[:, varying] for k, v in extra_loo.items()},
+      info={"estimator": est.info, "ceiling": ceiling, "interactions_measured": measured,
+            "selection": table, "selection_regret": mean_regret, "selection_gain": reduction,
+            "meta_policy": {"return": dict(zip(s.suite.names, meta.meta_return.tolist())),
+                            "random_return": dict(zip(s.suite.names, meta.random_return.tolist())),
+                            "seconds": meta.seconds, "env_steps": s.meta_cfg.total_steps},
+            "full_set_outcome": dict(zip(s.suite.names, full.tolist())),
+            "targets": [n for n, v in zip(s.suite.names, varying) if v]},
+      higher_is_better=False, outcome_name="normalized negative return",
+      task_labels=list(s.suite.names),
+      figures={"meta_policy_curve": str(curve_path), "selection": str(bars_path)})
