@@ -313,7 +313,7 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
                 xlabel="PPO update")
   bars_path = run.dir / "morl" / "selection.png"
   report.selection_bars(bars_path, table, "objective selection: return on the target after real fine-tuning",
-                        ylabel="greedy return on the target (mean over seeds)")
+                        ylabel="greedy return on the target\n(mean over seeds, bars: s.d.)")
   fit, held = np.arange(c.design.num_fit), np.arange(c.design.num_fit, len(dsg.S_rand))
   return driver.Problem(
       name="morl", S=dsg.S_rand, F=exact_rand["F"][:, varying], splits=[(fit, held)],
