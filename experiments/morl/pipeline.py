@@ -207,21 +207,25 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
 
 
 def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates):
-  """For every target: the objective set (always holding the target) each method picks, among
-  all 2^(K-1) such sets scored by the surrogate in one batch."""
+  """For every varying target: the objective set (always holding the target) each method picks,
+  among all 2^(K-1) such sets scored by the surrogate in one batch."""
   K = s.K
   fit = np.arange(c.design.num_fit)
+  # Targets whose outcome does not vary across the random subsets (a saturated objective) have
+  # nothing to select for; the surrogates are fitted on the others, as in the attribution.
+  varying = np.flatnonzero(metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold))
+  column = {t: i for i, t in enumerate(varying)}
   surrogates = {
-      "kernel_exact": ks.fit_kernel(dsg.S_rand[fit], exact_rand["F"][fit], cv=c.surrogates.cv),
-      "linear_exact": ks.fit_linear(dsg.S_rand[fit], exact_rand["F"][fit], cv=c.surrogates.cv),
-      "kernel_estimated": ks.fit_kernel(dsg.S_many, est.F_many, cv=c.surrogates.cv),
+      "kernel_exact": ks.fit_kernel(dsg.S_rand[fit], exact_rand["F"][fit][:, varying], cv=c.surrogates.cv),
+      "linear_exact": ks.fit_linear(dsg.S_rand[fit], exact_rand["F"][fit][:, varying], cv=c.surrogates.cv),
+      "kernel_estimated": ks.fit_kernel(dsg.S_many, est.F_many[:, varying], cv=c.surrogates.cv),
   }
   all_sets = (np.arange(2 ** K)[:, None] >> np.arange(K)) & 1 == 1
   rng = np.random.default_rng(c.seed + 13)
   picks = {}
-  for t in range(K):
+  for t in varying:
     cand = all_sets[all_sets[:, t]]
-    choice = {name: cand[int(np.argmin(np.asarray(g.predict(cand))[:, t]))] for name, g in surrogates.items()}
+    choice = {name: cand[int(np.argmin(np.asarray(g.predict(cand))[:, column[t]]))] for name, g in surrogates.items()}
     choice["all_objectives"] = np.ones(K, bool)
     choice["target_alone"] = np.eye(K, dtype=bool)[t]
     for r in range(c.selection.num_random):
