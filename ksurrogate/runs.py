@@ -16,6 +16,8 @@ An experiment is a few named phase functions composed in a few lines:
   an orbax `CheckpointManager`; a killed run recomputes only the missing chunks.
 - Every stored file's SHA-256 goes into the phase's record, and each artefact is checked on load: a
   missing or corrupt result, chunk or record is recomputed with one warning line naming it.
+- Each record also holds a fingerprint of the stored phases it was computed from: when one of them
+  is recomputed (repaired, or deleted by hand), everything computed from it is recomputed too.
 - A lock refuses a second process on the same directory; timings (computed vs reused) and one line
   per phase go to the console, to absl logging and to DIR/run.log.
 
@@ -192,6 +194,11 @@ def _check_digests(directory: pathlib.Path, digests: dict) -> Optional[str]:
   return None
 
 
+def _fingerprint(files: dict) -> str:
+  """One digest of a stored phase's content (its files' digests)."""
+  return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _digest_array(a) -> str:
   a = np.ascontiguousarray(np.asarray(a))
   return hashlib.sha256(str((a.shape, a.dtype.str)).encode() + a.tobytes()).hexdigest()
@@ -234,7 +241,8 @@ class Run:
     self.progress = progress
     self._print = log
     self.timings: dict[str, PhaseTiming] = {}
-    self._lineage: dict[int, tuple[Any, dict]] = {}   # id(result) -> (result, config reads behind it)
+    # id(result) -> (result, config reads behind it, {stored phase: content fingerprint} behind it)
+    self._lineage: dict[int, tuple[Any, dict, dict]] = {}
     self._lock_file = None
 
   # -- lifetime --------------------------------------------------------------------------------
@@ -277,17 +285,31 @@ class Run:
       f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
 
   # -- bookkeeping -----------------------------------------------------------------------------
-  def _upstream_reads(self, inputs) -> dict:
-    reads = {}
+  def _upstream(self, inputs) -> tuple[dict, dict]:
+    """(config reads, stored-phase fingerprints) behind a phase's inputs."""
+    reads, prints = {}, {}
     for leaf in _flatten_inputs(inputs):
       entry = self._lineage.get(id(leaf))
       if entry is not None and entry[0] is leaf:
         reads.update(entry[1])
-    return reads
+        prints.update(entry[2])
+    return reads, prints
 
-  def _track(self, result, reads: dict):
-    self._lineage[id(result)] = (result, dict(reads))
+  def _track(self, result, reads: dict, prints: dict, own: Optional[tuple[str, str]] = None):
+    prints = dict(prints)
+    if own is not None:
+      prints[own[0]] = own[1]
+    self._lineage[id(result)] = (result, dict(reads), prints)
     return result
+
+  def _inputs_changed(self, name: str, record: dict, prints: dict) -> bool:
+    """True (and says so) when a stored phase this one was computed from has been recomputed since."""
+    if record.get("inputs", {}) == prints:
+      return False
+    changed = sorted(k for k in set(prints) | set(record.get("inputs", {}))
+                     if prints.get(k) != record.get("inputs", {}).get(k))
+    self.log(f"{name}: its input {', '.join(changed)} was recomputed since it was stored; recomputing it")
+    return True
 
   def _read_record(self, directory: pathlib.Path) -> Optional[dict]:
     path = directory / RECORD
@@ -315,32 +337,34 @@ class Run:
     it read (and those behind its inputs) are unchanged. `inputs` are results of earlier phases
     (anything else is passed through, but its provenance is not part of the key). Stored results
     are dataclasses or dicts of arrays / parameter pytrees / JSON-able values."""
-    upstream = self._upstream_reads(inputs)
+    upstream, prints = self._upstream(inputs)
     directory = self.dir / name
     if store:
       record = self._read_record(directory)
       if record is not None:
         self._refuse_if_different(name, config, record)
-        try:
-          result = self._load_result(directory, record)
-          self.timings[name] = PhaseTiming(record["seconds"], "reused")
-          self.log(f"{name}: reused (computed in {record['seconds']:.1f} s)")
-          return self._track(result, record["reads"])
-        except _Damaged as e:
-          self.warn(f"{name}: {e}; recomputing it")
-          shutil.rmtree(directory, ignore_errors=True)
+        if not self._inputs_changed(name, record, prints):
+          try:
+            result = self._load_result(directory, record)
+            self.timings[name] = PhaseTiming(record["seconds"], "reused")
+            self.log(f"{name}: reused (computed in {record['seconds']:.1f} s)")
+            return self._track(result, record["reads"], prints, (name, _fingerprint(record["files"])))
+          except _Damaged as e:
+            self.warn(f"{name}: {e}; recomputing it")
+        shutil.rmtree(directory, ignore_errors=True)
     reads = dict(upstream)
     t0 = time.perf_counter()
     self.log(f"{name}: computing ...")
     result = fn(ConfigView(config, reads), *inputs)
     seconds = time.perf_counter() - t0
+    own = None
     if store:
-      self._save_result(directory, result, reads, seconds)
+      own = (name, _fingerprint(self._save_result(directory, result, reads, prints, seconds)))
     self.timings[name] = PhaseTiming(seconds, "computed")
     self.log(f"{name}: computed in {seconds:.1f} s")
-    return self._track(result, reads)
+    return self._track(result, reads, prints, own)
 
-  def _save_result(self, directory: pathlib.Path, result, reads: dict, seconds: float) -> None:
+  def _save_result(self, directory: pathlib.Path, result, reads: dict, prints: dict, seconds: float) -> dict:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     kind, arrays, plain = _split(result)
@@ -348,10 +372,11 @@ class Run:
       ck = _checkpointer()
       ck.save((directory / "result").resolve(), jax.device_get(arrays), force=True)
       ck.wait_until_finished()
-    record = {"phase": directory.name, "reads": reads, "type": kind, "plain": plain, "array_fields": sorted(arrays),
+    record = {"phase": directory.name, "reads": reads, "inputs": prints, "type": kind, "plain": plain, "array_fields": sorted(arrays),
               "files": _file_digests(directory), "seconds": seconds,
               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     store.save_json(directory / RECORD, record)   # written last: a phase without it is not done
+    return record["files"]
 
   def _load_result(self, directory: pathlib.Path, record: dict):
     bad = _check_digests(directory, record.get("files", {}))
@@ -375,7 +400,7 @@ class Run:
     chunk_size = int(chunk_size)
     num_chunks = -(-len(S) // chunk_size)
     directory = self.dir / name
-    upstream = self._upstream_reads(inputs)
+    upstream, prints = self._upstream(inputs)
     subsets_digest = _digest_array(S)
     record = self._read_record(directory)
     if record is not None:
@@ -383,9 +408,12 @@ class Run:
       if record.get("subsets") != subsets_digest or record.get("chunk_size") != chunk_size:
         raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed for other subsets or "
                                    "chunking; use a new --workdir (or the stored settings)")
-    else:
-      record = {"phase": name, "reads": dict(upstream), "subsets": subsets_digest, "chunk_size": chunk_size,
-                "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0}
+      if self._inputs_changed(name, record, prints):
+        shutil.rmtree(directory, ignore_errors=True)
+        record = None
+    if record is None:
+      record = {"phase": name, "reads": dict(upstream), "inputs": prints, "subsets": subsets_digest,
+                "chunk_size": chunk_size, "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0}
     manager = ocp.CheckpointManager(
         (directory / "chunks").resolve(),
         # Synchronous saves: the record lists a chunk only once it is on disk. Temporary folders of
@@ -437,7 +465,7 @@ class Run:
     else:
       self.log(f"{name}: {status}; {num_chunks} chunks, {total:.1f} s of compute")
     result = jax.tree.map(lambda *t: np.concatenate(t), *[parts[i] for i in range(num_chunks)])
-    return self._track(result, reads)
+    return self._track(result, reads, prints, (name, _fingerprint({i: c["files"] for i, c in record["chunks"].items()})))
 
   def _load_chunk(self, manager, directory: pathlib.Path, i: int, entry: dict):
     step_dir = directory / "chunks" / str(i)

@@ -114,9 +114,10 @@ def design(c, s: Setup) -> Design:
 
 def exact_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -> dict:
   """Fine-tunes the meta-policy on each subset of the chunk with the seed design.seeds[seed_index]
-  (every subset of a seed shares its key: common random numbers) and evaluates every target."""
+  (design.random_seed for seed_index -1; every subset of a seed shares its key: common random
+  numbers) and evaluates every target."""
   del chunk   # subsets share the seed's key, so a chunk's numbers do not depend on its index
-  seed = c.design.seeds[seed_index]
+  seed = c.design.random_seed if seed_index < 0 else c.design.seeds[seed_index]
   t0 = time.perf_counter()
   F, R = ppo.outcomes(s.suite, meta.params, S_chunk, jax.random.key(seed), s.targets_T, meta.norm, cfg=s.ft_cfg,
                       ecfg=s.ecfg, chunk=c.finetune.chunk_size)
@@ -160,7 +161,7 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimate
   varying = metrics.varying_targets(F_real, 1e-4)
   # The paper's first-order error: logits at really fine-tuned params vs their expansion at theta0.
   n_fo = min(8, len(dsg.S_rand))
-  run = jax.jit(jax.vmap(lambda m: ppo.train(s.suite, s.ft_cfg, meta.params, m, jax.random.key(c.design.seeds[0]))))
+  run = jax.jit(jax.vmap(lambda m: ppo.train(s.suite, s.ft_cfg, meta.params, m, jax.random.key(c.design.random_seed))))
   P_S = run(jnp.asarray(dsg.S_rand[:n_fo]))
   obs = est.data["obs"][::7]
   errs = np.concatenate([np.asarray(est_lib.first_order_error(meta.params, jax.tree.map(lambda x: x[i], P_S), obs)[0])
@@ -235,8 +236,12 @@ def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates)
 
 
 def _split_half_ceiling(loo_SxKxT):
-  """Split-half reliability of leave-one-out effects across seeds, Spearman-Brown corrected:
-  every split of the seeds into two halves, the correlation of the halves' mean effects."""
+  """How well the seed-averaged leave-one-out effects can be predicted at all.
+
+  Reliability: every split of the seeds into two halves, the correlation of the halves' mean
+  effects, averaged, Spearman-Brown corrected to the full number of seeds. A predictor of the
+  noise-free effects correlates with the noisy average at most sqrt(reliability): that is the
+  ceiling each method's correlation is divided by. Returns (ceiling, reliability)."""
   n = len(loo_SxKxT)
   out = {k: [] for k in ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target")}
   for half in itertools.combinations(range(n), n // 2):
@@ -245,7 +250,8 @@ def _split_half_ceiling(loo_SxKxT):
     for k in out:
       out[k].append(r[k])
   brown = lambda r: 2 * r / (1 + r) if r > -1 else float("nan")  # noqa: E731
-  return {k: brown(float(np.nanmean(v))) for k, v in out.items()}
+  reliability = {k: brown(float(np.nanmean(v))) for k, v in out.items()}
+  return {k: float(np.sqrt(r)) if r > 0 else float("nan") for k, r in reliability.items()}, reliability
 
 
 def problems(config, run: runs.Run):
@@ -255,7 +261,7 @@ def problems(config, run: runs.Run):
   dsg = run.phase("design", design, c, s, store=False)
   struct = [run.outcomes(f"exact_structured_seed{i}", exact_chunk, c, dsg.S_struct, s, meta, i,
                          chunk_size=c.finetune.chunk_size) for i in range(len(c.design.seeds))]
-  exact_rand = run.outcomes("exact_random", exact_chunk, c, dsg.S_rand, s, meta, 0, chunk_size=c.finetune.chunk_size)
+  exact_rand = run.outcomes("exact_random", exact_chunk, c, dsg.S_rand, s, meta, -1, chunk_size=c.finetune.chunk_size)
   est = run.phase("estimate", estimate, c, s, meta, dsg, exact_rand)
   extra_loo = run.phase("baselines", run_baselines, c, s, meta)
   picks, surrogates = _selection_masks(c, s, dsg, exact_rand, est)
@@ -300,7 +306,7 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
   varying = metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold)
   if varying.sum() < 2:
     raise ValueError(f"normalized_error_threshold: only {int(varying.sum())} targets vary across subsets")
-  ceiling = _split_half_ceiling(loo_seeds[:, :, varying])
+  ceiling, reliability = _split_half_ceiling(loo_seeds[:, :, varying])
   # Exact pairwise interactions, seed by seed, next to the kernel surrogate's prediction.
   g = surrogates["kernel_exact"]
   inter_pred = np.asarray(ks.interactions(g))
@@ -324,7 +330,8 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
       loo_true=loo_true[:, varying], loo_ceiling=ceiling,
       extra_fit={"estimated": (dsg.S_many, est.F_many[:, varying])},
       extra_loo={k: v[:, varying] for k, v in extra_loo.items()},
-      info={"estimator": est.info, "ceiling": ceiling, "interactions_measured": measured,
+      info={"estimator": est.info, "ceiling": ceiling, "ground_truth_reliability": reliability,
+            "interactions_measured": measured,
             "selection": table, "selection_regret": mean_regret, "selection_gain": reduction,
             "meta_policy": {"return": dict(zip(s.suite.names, meta.meta_return.tolist())),
                             "random_return": dict(zip(s.suite.names, meta.random_return.tolist())),
