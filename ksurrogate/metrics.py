@@ -7,6 +7,8 @@ average (reported via `per_target=True` as NaN).
 """
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,31 @@ def loo_correlation(pred_loo, true_loo):
       "pearson_mean_target": pearson(P.mean(1), T.mean(1)),
       "spearman_mean_target": spearman(P.mean(1), T.mean(1)),
   }
+
+
+def split_half_ceiling(effects_SxKxT):
+  """How well seed-averaged effects (e.g. leave-one-out effects [seeds, K, T]) can be predicted.
+
+  Reliability: for every split of the seeds into two halves, the `loo_correlation` of the halves'
+  mean effects, averaged over splits and Spearman-Brown corrected to the full number of seeds
+  (2r / (1 + r)). A predictor of the noise-free effects correlates with the noisy seed average at
+  most sqrt(reliability): that is the ceiling. Returns (ceiling, reliability), dicts with
+  `loo_correlation`'s keys (NaN where the reliability is not positive).
+  """
+  E = np.asarray(effects_SxKxT, np.float64)
+  if E.ndim != 3 or E.shape[0] < 2:
+    raise ValueError(f"effects_SxKxT: expected [seeds >= 2, K, T], got shape {E.shape}")
+  n = E.shape[0]
+  rows = []
+  for half in itertools.combinations(range(n), n // 2):
+    rest = [i for i in range(n) if i not in half]
+    rows.append(loo_correlation(E[list(half)].mean(0), E[rest].mean(0)))
+  reliability = {}
+  for k in rows[0]:
+    r = float(np.nanmean([row[k] for row in rows]))
+    reliability[k] = 2 * r / (1 + r) if r > -1 else float("nan")
+  ceiling = {k: float(np.sqrt(r)) if r > 0 else float("nan") for k, r in reliability.items()}
+  return ceiling, reliability
 
 
 def relative_error(estimate, truth, *, eps: float = 1e-12):

@@ -49,3 +49,18 @@ def test_loo_correlation_and_relative_error(rng):
 def test_shape_mismatch_is_named():
   with pytest.raises(ValueError, match="^pred"):
     metrics.lds(np.zeros((5, 2)), np.zeros((5, 3)))
+
+
+def test_split_half_ceiling_of_noisy_seeds():
+  r = np.random.default_rng(0)
+  truth = r.normal(size=(20, 3))
+  noise = 0.5
+  seeds = truth[None] + noise * r.normal(size=(4, 20, 3))
+  ceiling, reliability = metrics.split_half_ceiling(seeds)
+  # Reliability of a 4-seed mean with noise variance 0.25 per seed: 1 / (1 + 0.25 / 4) ~ 0.94.
+  assert 0.85 < reliability["pearson"] < 0.99
+  assert ceiling["pearson"] == pytest.approx(np.sqrt(reliability["pearson"]))
+  same = np.repeat(truth[None], 3, 0)
+  assert metrics.split_half_ceiling(same)[1]["pearson"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="^effects_SxKxT"):
+    metrics.split_half_ceiling(truth[None])

@@ -10,7 +10,6 @@ the meta-policy scores -1, a uniform random policy 0.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 
 import flax.struct
@@ -235,25 +234,6 @@ def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates)
   return picks, surrogates
 
 
-def _split_half_ceiling(loo_SxKxT):
-  """How well the seed-averaged leave-one-out effects can be predicted at all.
-
-  Reliability: every split of the seeds into two halves, the correlation of the halves' mean
-  effects, averaged, Spearman-Brown corrected to the full number of seeds. A predictor of the
-  noise-free effects correlates with the noisy average at most sqrt(reliability): that is the
-  ceiling each method's correlation is divided by. Returns (ceiling, reliability)."""
-  n = len(loo_SxKxT)
-  out = {k: [] for k in ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target")}
-  for half in itertools.combinations(range(n), n // 2):
-    rest = [i for i in range(n) if i not in half]
-    r = metrics.loo_correlation(loo_SxKxT[list(half)].mean(0), loo_SxKxT[rest].mean(0))
-    for k in out:
-      out[k].append(r[k])
-  brown = lambda r: 2 * r / (1 + r) if r > -1 else float("nan")  # noqa: E731
-  reliability = {k: brown(float(np.nanmean(v))) for k, v in out.items()}
-  return {k: float(np.sqrt(r)) if r > 0 else float("nan") for k, r in reliability.items()}, reliability
-
-
 def problems(config, run: runs.Run):
   c = config
   s = run.phase("setup", setup, c, store=False)
@@ -306,7 +286,7 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
   varying = metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold)
   if varying.sum() < 2:
     raise ValueError(f"normalized_error_threshold: only {int(varying.sum())} targets vary across subsets")
-  ceiling, reliability = _split_half_ceiling(loo_seeds[:, :, varying])
+  ceiling, reliability = metrics.split_half_ceiling(loo_seeds[:, :, varying])
   # Exact pairwise interactions, seed by seed, next to the kernel surrogate's prediction.
   g = surrogates["kernel_exact"]
   inter_pred = np.asarray(ks.interactions(g))
