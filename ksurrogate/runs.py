@@ -405,12 +405,12 @@ class Run:
     record = self._read_record(directory)
     if record is not None:
       self._refuse_if_different(name, config, record)
-      if record.get("subsets") != subsets_digest or record.get("chunk_size") != chunk_size:
-        raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed for other subsets or "
-                                   "chunking; use a new --workdir (or the stored settings)")
-      if self._inputs_changed(name, record, prints):
+      if self._inputs_changed(name, record, prints):   # the subsets may come from a recomputed input too
         shutil.rmtree(directory, ignore_errors=True)
         record = None
+      elif record.get("subsets") != subsets_digest or record.get("chunk_size") != chunk_size:
+        raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed for other subsets or "
+                                   "chunking; use a new --workdir (or the stored settings)")
     if record is None:
       record = {"phase": name, "reads": dict(upstream), "inputs": prints, "subsets": subsets_digest,
                 "chunk_size": chunk_size, "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0}
