@@ -123,9 +123,10 @@ def exact_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -
   return {"F": F, "R": R, "seconds": np.full(len(S_chunk), (time.perf_counter() - t0) / len(S_chunk))}
 
 
-def selection_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -> dict:
-  """The same fine-tuning on a fresh selection seed."""
-  del chunk
+def selection_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int, *chosen_from) -> dict:
+  """The same fine-tuning on a fresh selection seed. `chosen_from` are the results the sets were
+  picked from (part of the phase's provenance, not used here)."""
+  del chunk, chosen_from
   F, R = ppo.outcomes(s.suite, meta.params, S_chunk, jax.random.key(c.selection.seeds[seed_index]), s.targets_T,
                       meta.norm, cfg=s.ft_cfg, ecfg=s.ecfg, chunk=c.finetune.chunk_size)
   return {"F": F, "R": R}
@@ -246,7 +247,7 @@ def problems(config, run: runs.Run):
   extra_loo = run.phase("baselines", run_baselines, c, s, meta)
   picks, surrogates = _selection_masks(c, s, dsg, exact_rand, est)
   masks = np.unique(np.stack([m for choice in picks.values() for m in choice.values()]), axis=0)
-  selected = [run.outcomes(f"selection_seed{i}", selection_chunk, c, masks, s, meta, i,
+  selected = [run.outcomes(f"selection_seed{i}", selection_chunk, c, masks, s, meta, i, exact_rand, est,
                            chunk_size=c.finetune.chunk_size) for i in range(len(c.selection.seeds))]
   yield _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, masks, selected, surrogates)
 
