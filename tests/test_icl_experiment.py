@@ -1,0 +1,103 @@
+"""The icl experiment end to end through the CLI on its tiny config, and its design helpers."""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.icl import config as C
+from experiments.icl import pipeline as P
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TASKS = ("sentiment", "coin_flip")
+METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("icl_tiny")
+  cmd = [sys.executable, "-m", "experiments.main", "--experiment=icl", "--config=tiny", f"--workdir={workdir}"]
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return workdir, json.loads((workdir / "summary.json").read_text()), cmd
+
+
+def _finite(d):
+  return all(isinstance(v, (int, float)) and math.isfinite(v) for v in d.values())
+
+
+def test_summary_holds_every_section(tiny_run):
+  _, s, _ = tiny_run
+  assert set(s["datasets"]) == set(TASKS)
+  for task in TASKS:
+    d = s["datasets"][task]
+    for m in METHODS:
+      assert math.isfinite(d[m]["lds"]) and math.isfinite(d[m]["normalized_error"]), (task, m)
+    est = s["estimator"][task]
+    for k in ("median_relative_error", "median_relative_error_anchor_value", "lds_vs_real",
+              "lds_vs_real_anchor_value", "speedup_per_prompt_excluding_gradients", "seconds_real_per_prompt"):
+      assert math.isfinite(est[k]), (task, k)
+    corr = s["swap_correlation"][task]
+    assert set(corr) == set(METHODS) | {"estimator_first_order"}
+    for m, row in corr.items():
+      assert set(row) == {"pearson", "spearman", "pearson_mean_target", "spearman_mean_target"}
+      assert _finite(row), (task, m, row)
+    sel = s["selection"][task]
+    assert set(sel) == set(METHODS) | {"best_sampled", "similarity", "random"}
+    for m, row in sel.items():
+      assert math.isfinite(row["loss"]) and 0.0 <= row["accuracy"] <= 1.0, (task, m)
+      if m != "random":
+        assert len(set(row["demos"])) == 4
+    assert sel["random"]["num_sets"] == 4
+    gain = s["selection_gain"][task]
+    lo, hi = gain["interval_95"]
+    assert lo <= hi and math.isfinite(gain["kernel_vs_linear_relative_loss_reduction"])
+    assert s["prompts"][task]["swap_pairs_per_demo"] == 2
+    for what in ("swap_real_vs_predicted", "top_demonstrations", "selection", "predicted_vs_true", "top_tasks",
+                 "interactions"):
+      assert pathlib.Path(s["files"][f"{task}/{what}"]).stat().st_size > 1000, (task, what)
+
+
+def test_rerun_reuses_every_phase(tiny_run):
+  workdir, s, cmd = tiny_run
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  again = json.loads((workdir / "summary.json").read_text())
+  status = {row["phase"]: row["status"] for row in again["timing"]}
+  for task in TASKS:
+    for phase in ("design", "exact", "estimate", "swap", "selection"):
+      assert status[f"{phase}_{task}"] == "reused", (phase, task, status)
+    assert again["datasets"][task]["kernel_exact"]["lds"] == s["datasets"][task]["kernel_exact"]["lds"]
+    assert again["selection"][task] == s["selection"][task]
+
+
+def test_swaps_replace_the_demo_in_place():
+  rng = np.random.default_rng(0)
+  prompts = np.stack([rng.choice(10, 4, replace=False) for _ in range(12)]).astype(np.int32)
+  demo, base, new = P._swaps(np.random.default_rng(1), prompts, 10, 3)
+  assert len(demo) == 30 and np.array_equal(np.bincount(demo, minlength=10), np.full(10, 3))
+  for k, b, n in zip(demo, base, new):
+    assert k in b and k not in n                 # k swapped out ...
+    assert (b != n).sum() == 1                   # ... in its own slot, the rest kept in order
+    assert n[b == k][0] not in b                 # for a demo not already in the prompt
+
+
+def test_all_sets_and_config_errors():
+  sets = P.all_sets(7, 3)
+  assert sets.shape == (math.comb(7, 3), 3) and len({tuple(r) for r in sets}) == len(sets)
+  c = C.get_config("tiny")
+  C.validate(c)
+  c.tasks = ("sentiment", "nope")
+  with pytest.raises(ValueError, match="^tasks: unknown task 'nope'"):
+    C.validate(c)
+  c = C.get_config("tiny")
+  c.data.shots = 12
+  with pytest.raises(ValueError, match="^data.shots:"):
+    C.validate(c)
+  with pytest.raises(ValueError, match="^config: unknown config 'big'"):
+    C.get_config("big")
+  with pytest.raises(ValueError, match="^tasks: unknown task 'nope'"):
+    P._raw_data(C.get_config("tiny"), "nope")
