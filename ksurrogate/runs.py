@@ -388,7 +388,10 @@ class Run:
         arrays = _checkpointer().restore((directory / "result").resolve())
       except Exception as e:  # orbax/tensorstore raise many types for unreadable data
         raise _Damaged(f"{directory / 'result'} cannot be read ({type(e).__name__})") from None
-    return _join(record["type"], arrays, record["plain"])
+    try:
+      return _join(record["type"], arrays, record["plain"])
+    except (TypeError, AttributeError, ImportError) as e:   # stored by code whose result type has changed
+      raise _Damaged(f"{directory / RECORD} holds a result of another shape than the code makes now ({e})") from None
 
   # -- chunked outcomes ------------------------------------------------------------------------
   def outcomes(self, name: str, fn: Callable, config, S, *inputs, chunk_size: int):

@@ -25,7 +25,7 @@ def test_summary_holds_every_section(tiny_run):
   for m in ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated"):
     assert math.isfinite(d[m]["lds"]) and math.isfinite(d[m]["loo_pearson"])
     assert "loo_pearson_of_ceiling" in d[m]
-  assert math.isfinite(d["influence"]["loo_pearson"])
+  assert math.isfinite(d["influence"]["loo_pearson"]) and math.isfinite(d["tracin"]["loo_pearson"])
   assert set(s["ceiling"]["morl"]) == {"pearson", "spearman", "pearson_mean_target", "spearman_mean_target"}
   est = s["estimator"]["morl"]
   for k in ("median_relative_error", "lds_vs_finetune", "linearization_error", "speedup_per_subset"):

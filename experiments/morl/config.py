@@ -25,6 +25,7 @@ VARIANTS = {
         "top": dict(objectives=("balance", "short_pole", "coarse_time", "stay_left", "stay_right"), progress=False,
                     smoke_test=True),
         "meta": dict(num_envs=8, num_steps=32, num_updates=10),
+        "baselines": dict(tracin_checkpoints=2),
         "finetune": dict(num_envs=8, num_steps=16, num_updates=4, chunk_size=8),
         "design": dict(num_random=20, num_fit=14, seeds=(0, 1), pairs=((1, 2), (3, 4))),
         "estimate": dict(num_envs=2, num_steps=50, dim=16, num_subsets=64),
@@ -62,7 +63,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       pairs=((1, 2), (5, 6), (7, 8), (1, 3), (2, 4), (8, 9)),
   )
   c.estimate = dict(num_envs=16, num_steps=200, dim=128, ridge=1.0, solver="quadratic", num_subsets=2048)
-  c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, states_per_objective=256)
+  c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, states_per_objective=256,
+                     tracin_checkpoints=5)
   c.selection = dict(seeds=(100, 101, 102), num_random=4)
   c.surrogates = dict(cv=5)
   for section, values in VARIANTS[arg].items():
@@ -105,5 +107,8 @@ def validate(c) -> None:
     raise ValueError(f"estimate.solver: must be 'quadratic' or 'newton', got {c.estimate.solver!r}")
   if not c.estimate.ridge > 0 or not c.baselines.damping >= 0:
     raise ValueError("estimate.ridge: must be positive (and baselines.damping non-negative)")
+  if not isinstance(c.baselines.tracin_checkpoints, int) or c.baselines.tracin_checkpoints < 1 or \
+      c.meta.num_updates % c.baselines.tracin_checkpoints:
+    raise ValueError(f"baselines.tracin_checkpoints: must be a positive divisor of meta.num_updates={c.meta.num_updates}")
   if not c.selection.seeds:
     raise ValueError("selection.seeds: need at least one fresh seed")

@@ -55,6 +55,7 @@ def setup(c) -> Setup:
 class Meta:
   params: dict
   curve: np.ndarray          # mean reward per env slot of each PPO update's rollout
+  checkpoints: dict          # params at evenly spaced updates (stacked), for TracIn
   random_return: np.ndarray  # [T] greedy-evaluation return of a uniform random policy
   meta_return: np.ndarray    # [T] of the meta-policy
   seconds: float
@@ -66,11 +67,12 @@ class Meta:
 
 def meta_policy(c, s: Setup) -> Meta:
   t0 = time.perf_counter()
-  params, curve = ppo.train_meta(s.suite, s.meta_cfg, seed=c.seed, return_curve=True)
+  params, curve, ckpts = ppo.train_meta(s.suite, s.meta_cfg, seed=c.seed, return_curve=True,
+                                        checkpoints=c.baselines.tracin_checkpoints)
   params = jax.block_until_ready(params)
   seconds = time.perf_counter() - t0
   norm = ppo.make_normalizer(s.suite, params, s.targets_T, s.ecfg)
-  return Meta(params=params, curve=np.asarray(curve), random_return=np.asarray(norm.random_T),
+  return Meta(params=params, curve=np.asarray(curve), checkpoints=ckpts, random_return=np.asarray(norm.random_T),
               meta_return=np.asarray(norm.meta_T), seconds=seconds)
 
 
@@ -184,9 +186,11 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimate
 
 
 def run_baselines(c, s: Setup, meta: Meta) -> dict:
-  """Task-level influence functions on the policy's advantage-weighted log-likelihood loss at the
-  meta-policy (states and actions from its rollouts of each objective), read out per target
-  objective as the mean over that objective's states: predicted LOO [K, T]."""
+  """Task-level influence functions (at the meta-policy) and TracIn (over the meta-policy's
+  training checkpoints, each weighted by the learning rate in force there) on the policy's
+  advantage-weighted log-likelihood loss, with states and actions from the meta-policy's rollouts
+  of each objective; read out per target objective as the mean over that objective's states:
+  predicted LOO [K, T]."""
   est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
   obj = np.asarray(est.data["obj"])
   rng = np.random.default_rng(c.seed + 11)
@@ -203,8 +207,14 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
   per_state = baselines.influence(ppo.actor_logits, meta.params["actor"], X, y, obj[rows], X, y, num_tasks=s.K,
                                   curvature=c.baselines.curvature, damping=c.baselines.damping,
                                   cg_iters=c.baselines.cg_iters, loss_fn=policy_loss)   # [K, N]
-  loo = np.stack([per_state[:, obj[rows] == t].mean(1) for t in range(s.K)], 1)          # [K, T]
-  return {"influence": loo}
+  n_ck = c.baselines.tracin_checkpoints
+  every = s.meta_cfg.num_updates // n_ck
+  ckpts = [jax.tree.map(lambda a: a[i], meta.checkpoints["actor"]) for i in range(n_ck)]
+  rates = [ppo.learning_rate(s.meta_cfg, (i + 1) * every - 1) for i in range(n_ck)]
+  per_state_tracin = baselines.tracin(ppo.actor_logits, ckpts, rates, X, y, obj[rows], X, y, num_tasks=s.K,
+                                      loss_fn=policy_loss)
+  by_target = lambda a: np.stack([a[:, obj[rows] == t].mean(1) for t in range(s.K)], 1)  # noqa: E731
+  return {"influence": by_target(per_state), "tracin": by_target(per_state_tracin)}
 
 
 def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates):

@@ -156,12 +156,14 @@ def _gae(traj: Transition, last_value, cfg: PPOConfig):
   return adv, adv + traj.value
 
 
-def train(suite: Suite, cfg: PPOConfig, params0, mask_K, key, return_curve: bool = False):
+def train(suite: Suite, cfg: PPOConfig, params0, mask_K, key, return_curve: bool = False,
+          checkpoints: int = 0):
   """PPO from params0 on the objectives in mask_K (bool [K]) for cfg.total_steps env steps.
 
   Pure and traceable: jit it, or vmap it over masks. Returns the trained params (a fresh Adam
   state each call: fine-tuning does not inherit the meta-policy's optimizer moments), and with
-  `return_curve` also the mean reward per env slot of each update's rollout [num_updates]."""
+  `return_curve` also the mean reward per env slot of each update's rollout [num_updates], and
+  with `checkpoints` = n > 0 also the params after every num_updates / n updates (stacked [n])."""
   obj_N = assign_slots(mask_K, cfg.num_envs)
   tx = _optimizer(cfg)
   k_reset, k_loop = jax.random.split(key)
@@ -205,11 +207,27 @@ def train(suite: Suite, cfg: PPOConfig, params0, mask_K, key, return_curve: bool
 
     (params, opt_state, key), _ = jax.lax.scan(
         epoch, (params, opt_state, key), None, cfg.update_epochs)
-    return (params, opt_state, env_state, obs, key), traj.reward.sum() / cfg.num_envs
+    return (params, opt_state, env_state, obs, key), (traj.reward.sum() / cfg.num_envs,
+                                                       params if checkpoints else None)
 
   carry = (params0, tx.init(params0), env_state, obs_NxO, k_loop)
-  (params, *_), curve = jax.lax.scan(update, carry, None, cfg.num_updates)
-  return (params, curve) if return_curve else params
+  (params, *_), (curve, trace) = jax.lax.scan(update, carry, None, cfg.num_updates)
+  out = (params,)
+  if return_curve:
+    out += (curve,)
+  if checkpoints:
+    if cfg.num_updates % checkpoints:
+      raise ValueError(f"checkpoints: {checkpoints} does not divide num_updates={cfg.num_updates}")
+    every = cfg.num_updates // checkpoints
+    out += (jax.tree.map(lambda t: t[every - 1::every], trace),)
+  return out if len(out) > 1 else params
+
+
+def learning_rate(cfg: PPOConfig, update: int) -> float:
+  """The learning rate in force during PPO update `update` (0-based), as `_optimizer` sets it."""
+  if not cfg.anneal_lr:
+    return cfg.lr
+  return cfg.lr * (1.0 - update / cfg.num_updates)
 
 
 def make_finetune(suite: Suite, cfg: PPOConfig):
@@ -233,13 +251,16 @@ def make_finetune_one(suite: Suite, cfg: PPOConfig):
   return finetune_one
 
 
-def train_meta(suite: Suite, cfg: PPOConfig = META, seed: int = 0, return_curve: bool = False):
+def train_meta(suite: Suite, cfg: PPOConfig = META, seed: int = 0, return_curve: bool = False,
+               checkpoints: int = 0):
   """The meta-policy: PPO from a fresh init on all objectives (with `return_curve`, also its
-  learning curve: mean reward per env slot of each update's rollout)."""
+  learning curve: mean reward per env slot of each update's rollout; with `checkpoints`, also
+  the params at that many evenly spaced updates)."""
   key = jax.random.key(seed)
   k_init, k_train = jax.random.split(key)
   p0 = init_params(k_init, suite.obs_dim, suite.num_actions, cfg.hidden)
-  return jax.jit(lambda p, k: train(suite, cfg, p, jnp.ones((suite.K,), bool), k, return_curve))(p0, k_train)
+  return jax.jit(lambda p, k: train(suite, cfg, p, jnp.ones((suite.K,), bool), k, return_curve, checkpoints))(
+      p0, k_train)
 
 
 # ---------------------------------------------------------------- evaluation
