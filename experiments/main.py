@@ -111,11 +111,6 @@ def usage() -> str:
   return "\n".join(lines)
 
 
-def _terminate(signum, frame):
-  del signum, frame
-  raise KeyboardInterrupt
-
-
 def _fail(message: str):
   """A usage error in one line (absl's UsageError would print the whole module doc first)."""
   print(f"error: {message}", file=sys.stderr)
@@ -135,7 +130,8 @@ def main(argv):
     workdir = runs.check_workdir(_WORKDIR.value)
   except ValueError as e:
     _fail(str(e))
-  signal.signal(signal.SIGTERM, _terminate)
+  signal.signal(signal.SIGTERM, runs.request_stop)
+  signal.signal(signal.SIGINT, runs.request_stop)
   try:
     with runs.Run(workdir, name=_EXPERIMENT.value, progress=config.get("progress", True)) as run:
       driver.run(module.protocol(config), config, run)

@@ -58,6 +58,22 @@ class WorkdirInUse(ValueError):
   """Another process holds the run directory's lock."""
 
 
+_STOP = {"requested": False}
+
+
+def request_stop(signum=None, frame=None):
+  """Signal handler (SIGINT, SIGTERM): stop at once, and again at the next phase or chunk
+  boundary in case a library swallowed the first KeyboardInterrupt."""
+  del signum, frame
+  _STOP["requested"] = True
+  raise KeyboardInterrupt
+
+
+def _check_stop():
+  if _STOP["requested"]:
+    raise KeyboardInterrupt
+
+
 # ----------------------------------------------------------------------------------------------
 # Config views that record what a phase reads.
 
@@ -337,6 +353,7 @@ class Run:
     it read (and those behind its inputs) are unchanged. `inputs` are results of earlier phases
     (anything else is passed through, but its provenance is not part of the key). Stored results
     are dataclasses or dicts of arrays / parameter pytrees / JSON-able values."""
+    _check_stop()
     upstream, prints = self._upstream(inputs)
     directory = self.dir / name
     if store:
@@ -444,6 +461,7 @@ class Run:
     reads = record["reads"]
     bar = tqdm(total=len(todo), desc=name, unit="chunk", disable=not self.progress or not todo, leave=False)
     for i in todo:
+      _check_stop()
       t0 = time.perf_counter()
       out = jax.device_get(fn(ConfigView(config, reads), S[i * chunk_size:(i + 1) * chunk_size], i, *inputs))
       seconds = time.perf_counter() - t0
