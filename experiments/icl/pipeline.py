@@ -104,16 +104,21 @@ def make_data(c, model: Model, name: str) -> Setup:
 # ---------------------------------------------------------------------------------------------
 # Design
 
+# Each design is its own phase reading only its own fields, so changing e.g. the swap count
+# never invalidates the (expensive) exact outcomes of the sampled prompts.
+
 @dataclasses.dataclass(frozen=True)
 class Design:
   prompts: np.ndarray      # [m, shots] sampled ordered prompts (the attribution's subsets)
   S: np.ndarray            # [m, K] their indicators
-  many: np.ndarray         # [n, shots] prompts only the estimator scores
-  swap_demo: np.ndarray    # [K * n_swap] the demonstration swapped out
-  swap_base: np.ndarray    # [K * n_swap, shots] a prompt containing it
-  swap_new: np.ndarray     # [K * n_swap, shots] the same prompt with it replaced in place
-  swap_run: np.ndarray     # [r, shots] prompts of the swaps that are not among the sampled ones
-  random_sets: np.ndarray  # [num_random, shots] the random selection baseline
+
+
+@dataclasses.dataclass(frozen=True)
+class SwapDesign:
+  demo: np.ndarray         # [K * n_swap] the demonstration swapped out
+  base: np.ndarray         # [K * n_swap, shots] a prompt containing it
+  new: np.ndarray          # [K * n_swap, shots] the same prompt with it replaced in place
+  run: np.ndarray          # [r, shots] prompts of the swaps that are not among the sampled ones
 
 
 def _swaps(rng, prompts, K, per_demo):
@@ -135,20 +140,19 @@ def _swaps(rng, prompts, K, per_demo):
 
 
 def design(c, s: Setup) -> Design:
-  K, shots = s.K, c.data.shots
-  prompts = D.sample_prompts(jax.random.key(c.seed), c.design.num_prompts, K, shots)
-  many = D.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_prompts, K, shots)
-  demo, base, new = _swaps(np.random.default_rng(c.seed + 2), prompts, K, c.swap.prompts_per_demo)
-  known = {tuple(r) for r in prompts}
+  prompts = D.sample_prompts(jax.random.key(c.seed), c.design.num_prompts, s.K, c.data.shots)
+  return Design(prompts, D.indicators(prompts, s.K))
+
+
+def swap_design(c, s: Setup, dsg: Design) -> SwapDesign:
+  demo, base, new = _swaps(np.random.default_rng(c.seed + 2), dsg.prompts, s.K, c.swap.prompts_per_demo)
+  known = {tuple(r) for r in dsg.prompts}
   run = []
   for r in np.concatenate([base, new]):
-    if tuple(r) not in known:
+    if tuple(r) not in known:   # outcomes of sampled prompts are already known
       known.add(tuple(r))
       run.append(r)
-  rnd = np.random.default_rng(c.seed + 3)
-  random_sets = np.stack([rnd.choice(K, shots, replace=False) for _ in range(c.selection.num_random)]).astype(np.int32)
-  return Design(prompts, D.indicators(prompts, K), many, demo, base, new,
-                np.asarray(run, np.int32).reshape(-1, shots), random_sets)
+  return SwapDesign(demo, base, new, np.asarray(run, np.int32).reshape(-1, base.shape[1]))
 
 
 def exact_chunk(c, P_chunk, chunk: int, s: Setup, which: str) -> dict:
@@ -181,11 +185,17 @@ def _lookup(rows, *tables):
 
 @dataclasses.dataclass(frozen=True)
 class Estimates:
-  F_many: np.ndarray        # [n, T] estimated outcomes of the estimator prompts
+  many: np.ndarray          # [n, shots] prompts only the estimator scores
+  F_many: np.ndarray        # [n, T] their estimated outcomes
   F_prompts: np.ndarray     # [m, T] estimated outcomes of the sampled prompts
-  swap_base: np.ndarray     # [K * n_swap, T]
-  swap_new: np.ndarray      # [K * n_swap, T]
+  anchors: np.ndarray       # the Linearization, kept so later phases estimate any prompt
+  F0: np.ndarray
+  coef: np.ndarray
   info: dict
+
+  @property
+  def lin(self) -> X.Linearization:
+    return X.Linearization(self.anchors, self.F0, self.coef, ())
 
 
 def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
@@ -196,9 +206,10 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   A = c.estimate.num_anchors
   anchors = dsg.prompts[:A]
   lin = X.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
-  X.estimate(lin, dsg.many[:2])   # compile the gather outside the timing
+  many = D.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_prompts, s.K, c.data.shots)
+  X.estimate(lin, many[:2])   # compile the gather outside the timing
   t0 = time.perf_counter()
-  F_many = X.estimate(lin, dsg.many)
+  F_many = X.estimate(lin, many)
   t_many = time.perf_counter() - t0
   F_prompts = X.estimate(lin, dsg.prompts)
   F_real = exact["F"]
@@ -210,9 +221,9 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   fro = lambda x: float(np.linalg.norm(x))
   t_real = float(np.median(exact["seconds"]))        # median: the first chunk also compiled
   t_grad = float(np.mean(lin.seconds[1:])) if A > 1 else float(lin.seconds[0])
-  t_est = t_many / len(dsg.many)
+  t_est = t_many / len(many)
   info = {
-      "anchors": int(A), "num_estimated": int(len(dsg.many)),
+      "anchors": int(A), "num_estimated": int(len(many)),
       "median_relative_error": metrics.relative_error(F_prompts[rest], F_real[rest])["median"],
       "median_relative_error_anchor_value": metrics.relative_error(zeroth[rest], F_real[rest])["median"],
       "relative_frobenius_error": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest]),
@@ -225,10 +236,10 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
       "seconds_real_per_prompt": t_real, "seconds_estimate_per_prompt": t_est,
       "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": float(np.sum(lin.seconds)),
       "speedup_per_prompt_excluding_gradients": t_real / t_est,
-      "speedup_including_gradients": len(dsg.many) * t_real / (t_many + float(np.sum(lin.seconds))),
+      "speedup_including_gradients": len(many) * t_real / (t_many + float(np.sum(lin.seconds))),
   }
-  return Estimates(F_many=F_many, F_prompts=F_prompts, swap_base=X.estimate(lin, dsg.swap_base),
-                   swap_new=X.estimate(lin, dsg.swap_new), info=info)
+  return Estimates(many=many, F_many=F_many, F_prompts=F_prompts, anchors=lin.anchors_idx, F0=lin.F0,
+                   coef=lin.coef, info=info)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +256,7 @@ def _splits(c, m):
 def fit_surrogates(c, dsg: Design, exact: dict, est: Estimates) -> dict:
   """Surrogates on all sampled prompts (real outcomes) and on the estimator prompts (estimated
   outcomes). Swap pairs and held-out queries are never part of any fit."""
-  many_S = D.indicators(dsg.many, dsg.S.shape[1])
+  many_S = D.indicators(est.many, dsg.S.shape[1])
   cv = c.surrogates.cv
   return {"kernel_exact": ks.fit_kernel(dsg.S, exact["F"], cv=cv),
           "linear_exact": ks.fit_linear(dsg.S, exact["F"], cv=cv),
@@ -253,21 +264,21 @@ def fit_surrogates(c, dsg: Design, exact: dict, est: Estimates) -> dict:
           "linear_estimated": ks.fit_linear(many_S, est.F_many, cv=cv)}
 
 
-def swap_truth(dsg: Design, exact: dict, swapped: dict, K: int):
+def swap_truth(dsg: Design, sw: SwapDesign, exact: dict, swapped: dict, K: int):
   """[n_swap, K, T] real F(S) - F(S with k swapped out), pair i of every demonstration."""
-  tables = ((dsg.prompts, exact["F"]), (dsg.swap_run, swapped["F"]))
-  diff = _lookup(dsg.swap_base, *tables) - _lookup(dsg.swap_new, *tables)
-  order = np.argsort(dsg.swap_demo, kind="stable")
+  tables = ((dsg.prompts, exact["F"]), (sw.run, swapped["F"]))
+  diff = _lookup(sw.base, *tables) - _lookup(sw.new, *tables)
+  order = np.argsort(sw.demo, kind="stable")
   return diff[order].reshape(K, -1, diff.shape[1]).transpose(1, 0, 2)
 
 
-def swap_predictions(dsg: Design, surrogates: dict, est: Estimates, K: int) -> dict:
+def swap_predictions(sw: SwapDesign, surrogates: dict, est: Estimates, K: int) -> dict:
   """Each method's [K, T] predicted swap effect on the same pairs as the ground truth."""
-  order = np.argsort(dsg.swap_demo, kind="stable")
+  order = np.argsort(sw.demo, kind="stable")
   mean = lambda d: d[order].reshape(K, -1, d.shape[1]).mean(1)
-  out = {name: mean(np.asarray(g.predict(D.indicators(dsg.swap_base, K))) - np.asarray(g.predict(D.indicators(dsg.swap_new, K))))
+  out = {name: mean(np.asarray(g.predict(D.indicators(sw.base, K))) - np.asarray(g.predict(D.indicators(sw.new, K))))
          for name, g in surrogates.items()}
-  out["estimator_first_order"] = mean(est.swap_base - est.swap_new)
+  out["estimator_first_order"] = mean(X.estimate(est.lin, sw.base) - X.estimate(est.lin, sw.new))
   return out
 
 
@@ -284,6 +295,11 @@ def similarity_set(s: Setup, shots: int) -> np.ndarray:
   q = np.stack([E(t) for t in s.task.query_tokens]).mean(0)
   sim = demos @ q / (np.linalg.norm(demos, axis=1) * np.linalg.norm(q) + 1e-12)
   return np.argsort(sim)[-shots:].astype(np.int32)
+
+
+def random_sets(c, K: int) -> np.ndarray:
+  rng = np.random.default_rng(c.seed + 3)
+  return np.stack([rng.choice(K, c.data.shots, replace=False) for _ in range(c.selection.num_random)]).astype(np.int32)
 
 
 def select(c, s: Setup, dsg: Design, exact: dict, surrogates: dict) -> dict:
@@ -305,7 +321,7 @@ def _bootstrap(rng, n, B):
   return rng.integers(0, n, (B, n))
 
 
-def selection_summary(c, s: Setup, picks: dict, dsg: Design, F_sel: np.ndarray) -> tuple[dict, dict]:
+def selection_summary(c, picks: dict, F_sel: np.ndarray) -> tuple[dict, dict]:
   """Held-out loss and accuracy per method (bootstrap s.e. over queries; random: s.d. over sets)
   and the kernel-vs-linear relative loss reduction with a 95% bootstrap interval over queries."""
   names = list(picks)
@@ -374,22 +390,23 @@ def problems(config, run: runs.Run):
     cs = c.design.chunk_size
     exact = run.outcomes(f"exact_{name}", exact_chunk, c, dsg.prompts, s, "scoring", chunk_size=cs)
     est = run.phase(f"estimate_{name}", estimate, c, s, dsg, exact)
-    swapped = run.outcomes(f"swap_{name}", exact_chunk, c, dsg.swap_run, s, "scoring", chunk_size=cs)
+    sw = run.phase(f"swap_design_{name}", swap_design, c, s, dsg)
+    swapped = run.outcomes(f"swap_{name}", exact_chunk, c, sw.run, s, "scoring", chunk_size=cs)
     surrogates = fit_surrogates(c, dsg, exact, est)
     picks = select(c, s, dsg, exact, surrogates)
-    sel_prompts = np.concatenate([np.stack(list(picks.values())), dsg.random_sets]).astype(np.int32)
+    sel_prompts = np.concatenate([np.stack(list(picks.values())), random_sets(c, s.K)]).astype(np.int32)
     sel = run.outcomes(f"selection_{name}", exact_chunk, c, sel_prompts, s, "heldout", chunk_size=cs)
-    yield _problem(c, run, s, dsg, exact, est, swapped, surrogates, picks, sel)
+    yield _problem(c, run, s, dsg, sw, exact, est, swapped, surrogates, picks, sel)
 
 
-def _problem(c, run, s: Setup, dsg: Design, exact, est, swapped, surrogates, picks, sel):
+def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, surrogates, picks, sel):
   K = s.K
-  per_pair = swap_truth(dsg, exact, swapped, K)            # [n_swap, K, T]
+  per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]
   truth = per_pair.mean(0)
-  preds = swap_predictions(dsg, surrogates, est, K)
+  preds = swap_predictions(sw, surrogates, est, K)
   corr = {n: metrics.loo_correlation(p, truth) for n, p in preds.items()}
   ceiling, reliability = (metrics.split_half_ceiling(per_pair) if per_pair.shape[0] >= 2 else ({}, {}))
-  table, gain = selection_summary(c, s, picks, dsg, sel["F"])
+  table, gain = selection_summary(c, picks, sel["F"])
   out = run.dir / s.name
   swap_path, top_path, bars_path = out / "swap_real_vs_predicted.png", out / "top_demonstrations.png", out / "selection.png"
   plot_swaps(swap_path, truth, preds, corr, s.name)
@@ -405,13 +422,13 @@ def _problem(c, run, s: Setup, dsg: Design, exact, est, swapped, surrogates, pic
   prompt_loss = exact["F"].mean(1)
   return driver.Problem(
       name=s.name, S=dsg.S, F=exact["F"], splits=_splits(c, len(dsg.prompts)),
-      extra_fit={"estimated": (D.indicators(dsg.many, K), est.F_many)},
+      extra_fit={"estimated": (D.indicators(est.many, K), est.F_many)},
       info={"estimator": est.info, "swap_correlation": corr, "swap_ceiling": ceiling,
             "swap_reliability": reliability, "selection": table, "selection_gain": gain,
             "prompts": {"num_prompts": int(len(dsg.prompts)), "num_demos": K, "shots": int(dsg.prompts.shape[1]),
                         "num_queries": s.task.num_queries, "num_heldout_queries": s.heldout.num_queries,
                         "slot_len": s.task.slot_len, "swap_pairs_per_demo": int(per_pair.shape[0]),
-                        "swap_prompts_run": int(len(dsg.swap_run)), "model": s.model.description,
+                        "swap_prompts_run": int(len(sw.run)), "model": s.model.description,
                         "mean_loss": float(prompt_loss.mean()), "loss_sd_over_prompts": float(prompt_loss.std()),
                         "mean_accuracy": float((exact["F"] < LN2).mean())}},
       higher_is_better=False, outcome_name="query cross-entropy",
