@@ -90,6 +90,21 @@ class Protocol:
   plot_method: str = "kernel"                         # whose readouts are plotted
 
 
+def surrogate_methods(*, cv: int = 5, data: Sequence[str] = ("exact",), kernel: Optional[Callable] = None,
+                      linear: Optional[Callable] = None) -> dict:
+  """`kernel_<data>` and `linear_<data>` methods for each outcome source in `data` ("exact" and
+  the names of a problem's `extra_fit`), with CV'd `fit_kernel` / `fit_linear` unless other fits
+  are given."""
+  from ksurrogate import surrogates   # the driver itself never fits anything else
+  kernel = kernel or (lambda S, F: surrogates.fit_kernel(S, F, cv=cv))
+  linear = linear or (lambda S, F: surrogates.fit_linear(S, F, cv=cv))
+  out = {}
+  for source in data:
+    out[f"kernel_{source}"] = Method(f"kernel_{source}", kernel, data=source)
+    out[f"linear_{source}"] = Method(f"linear_{source}", linear, data=source)
+  return out
+
+
 def _view(problem: Problem, method: Method):
   if method.view == "sample":
     if problem.W is None:

@@ -12,7 +12,7 @@ from experiments.modular.config import get_config  # noqa: F401
 from experiments.modular.config import validate  # noqa: F401
 from experiments.modular.pipeline import problems
 from ksurrogate import driver, parity
-from ksurrogate.surrogates import fit_kernel, fit_linear
+from ksurrogate.surrogates import fit_kernel
 
 DEFAULT_CONFIG = "cpu"
 
@@ -23,15 +23,9 @@ def methods(config, problem: driver.Problem) -> dict:
   def kernel(S, F):
     return fit_kernel(S, F, cv=s.cv, num_inducing=s.num_inducing if len(S) > s.exact_krr_max else None)
 
-  def linear(S, F):
-    return fit_linear(S, F, cv=s.cv)
-
   del problem   # one problem; the same methods whatever its size
   return {
-      "kernel_exact": driver.Method("kernel_exact", kernel),
-      "linear_exact": driver.Method("linear_exact", linear),
-      "kernel_estimated": driver.Method("kernel_estimated", kernel, data="estimated"),
-      "linear_estimated": driver.Method("linear_estimated", linear, data="estimated"),
+      **driver.surrogate_methods(cv=s.cv, data=("exact", "estimated"), kernel=kernel),
       # The paper's own pair of surrogates (its released code's recipe, on task-level indicators):
       # fixed-gamma RBF KRR and minimum-norm least squares without intercept or ridge.
       "official_krr_exact": driver.Method("official_krr_exact", lambda S, F: parity.official_krr(S, F, ridge=1e-2)),

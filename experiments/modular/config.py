@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import common
+
 DESCRIPTIONS = {
     "tiny": "smoke test of every phase (p=11, 16 tasks, width 16); ~1 min, numbers meaningless",
     "cpu": "the paper's 25-task protocol on a 1-layer d=32 model (p=29); ~10 min on 2 cores",
@@ -56,13 +58,7 @@ VARIANTS = {
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  if arg not in VARIANTS:
-    raise ValueError(f"config: unknown config {arg!r} for experiment 'modular'; expected one of {list(VARIANTS)}")
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.progress = True
-  c.smoke_test = False
-  c.normalized_error_threshold = 1e-3
+  c = common.base_config("modular", arg, VARIANTS)
   c.data = dict(
       op="add",
       train_fraction=0.8,
@@ -101,12 +97,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # damping as a fraction of its mean eigenvalue.
   c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200)
   c.surrogates = dict(cv=5, num_inducing=1000, exact_krr_max=3000)   # Nystrom beyond exact_krr_max subsets
-  variant = VARIANTS[arg]
-  for section, values in variant.items():
-    target = c if section == "top" else c[section]
-    target.update(values)
-  # Fields without a base value are set by every variant.
-  return c
+  return common.apply_variant(c, VARIANTS[arg])   # fields without a base value are set by every variant
 
 
 def validate(c) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import common
+
 from experiments.morl import envs
 
 DESCRIPTIONS = {
@@ -38,13 +40,7 @@ VARIANTS = {
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  if arg not in VARIANTS:
-    raise ValueError(f"config: unknown config {arg!r} for experiment 'morl'; expected one of {list(VARIANTS)}")
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.progress = True
-  c.smoke_test = False
-  c.normalized_error_threshold = 1e-3
+  c = common.base_config("morl", arg, VARIANTS)
   c.objectives = envs.DEFAULT_NAMES
   c.max_steps = 200
   # The meta-policy: PPO on all objectives (env slots spread evenly), annealed learning rate.
@@ -67,9 +63,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
                      tracin_checkpoints=5)
   c.selection = dict(seeds=(100, 101, 102), num_random=4)
   c.surrogates = dict(cv=5)
-  for section, values in VARIANTS[arg].items():
-    (c if section == "top" else c[section]).update(values)
-  return c
+  return common.apply_variant(c, VARIANTS[arg])
 
 
 def validate(c) -> None:
