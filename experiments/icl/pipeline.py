@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import time
 
 import jax
@@ -25,7 +26,7 @@ from experiments.icl import estimate as X
 from experiments.icl import gguf_llama as G
 from experiments.icl import inference as I
 from experiments.icl import model as M
-from ksurrogate import driver, metrics, report, runs
+from ksurrogate import driver, metrics, report, runs  # noqa: F401  (report: headless matplotlib)
 
 LN2 = math.log(2.0)
 
@@ -349,8 +350,12 @@ def selection_summary(c, picks: dict, F_sel: np.ndarray) -> tuple[dict, dict]:
 # ---------------------------------------------------------------------------------------------
 # Plots
 
-def _short(s: Setup, k: int, width: int = 48) -> str:
-  text = s.data.demo_inputs[k]
+def _short(s: Setup, k: int, width: int = 56) -> str:
+  """'#k [label] text' with the words every demonstration starts with (coin flip's 'A coin is
+  heads up.') dropped, so a short label still shows what differs."""
+  common = os.path.commonprefix(list(s.data.demo_inputs))
+  common = common[:common.rfind(" ") + 1] if len(common) < len(s.data.demo_inputs[k]) else ""
+  text = s.data.demo_inputs[k][len(common):]
   text = text if len(text) <= width else text[:width - 3] + "..."
   return f"#{k} [{s.data.options[int(s.data.demo_labels[k])].strip()}] {text}"
 
@@ -372,8 +377,49 @@ def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
   for ax in axes.ravel()[len(names):]:
     ax.axis("off")
   fig.suptitle(f"{title}: F(S) - F(S, demo swapped out), mean query loss", fontsize=9)
-  fig.tight_layout()
+  _save(fig, path)
+
+
+def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
+  """The demonstrations whose real swap-out changes the mean query loss most, with their text."""
+  import matplotlib.pyplot as plt
+  effect = -truth.mean(1)            # F(S with k swapped out) - F(S): > 0 means k helped
+  order = np.argsort(-np.abs(effect))[:top][::-1]
+  fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(order) + 1.6))
+  ax.barh(range(len(order)), effect[order], color=np.where(effect[order] > 0, "tab:green", "tab:red"))
+  ax.set_yticks(range(len(order)), [labels[i] for i in order], fontsize=7)
+  ax.axvline(0, color="k", lw=0.6)
+  ax.set_xlabel("real change of mean query loss when the demonstration is swapped out\n"
+                "(green: it helps, red: it hurts)", fontsize=8)
+  ax.set_title(title, fontsize=9)
+  _save(fig, path)
+
+
+def plot_selection(path, table: dict, title: str) -> None:
+  """Held-out loss and accuracy of each method's chosen set; bars: bootstrap s.e. over queries
+  (random: s.d. over the random sets)."""
+  import matplotlib.pyplot as plt
+  methods = [m for m in table if m != "random"] + ["random"]
+  fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
+  for ax, metric in zip(axes, ("loss", "accuracy")):
+    err = [table[m].get(f"{metric}_se", table[m].get(f"{metric}_sd_over_sets")) for m in methods]
+    ax.bar(range(len(methods)), [table[m][metric] for m in methods], yerr=err, capsize=2,
+           color=["tab:blue" if m.startswith("kernel") else "tab:orange" if m.startswith("linear") else "0.6"
+                  for m in methods])
+    ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel(f"held-out query {metric}" + (" (2-way CE)" if metric == "loss" else ""), fontsize=8)
+    if metric == "loss":
+      ax.axhline(LN2, color="k", lw=0.6, ls="--")
+      lo = min(table[m][metric] for m in methods)
+      ax.set_ylim(max(0.0, lo - 0.15), None)
+  fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+
+
+def _save(fig, path) -> None:
+  import matplotlib.pyplot as plt
   path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -410,15 +456,9 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
   out = run.dir / s.name
   swap_path, top_path, bars_path = out / "swap_real_vs_predicted.png", out / "top_demonstrations.png", out / "selection.png"
   plot_swaps(swap_path, truth, preds, corr, s.name)
-  # top_tasks reads a removal effect (g(1 - e_k) - g(1)); swapping k out changes the loss by -truth.
-  report.top_tasks(top_path, -truth, f"{s.name}: real swap effect (top demonstrations)", top=12,
-                   labels=[_short(s, k) for k in range(K)], outcome_name="query loss")
-  methods = [m for m in table if m != "random"] + ["random"]
-  bars = {metric: {m: {"return": table[m][metric],
-                       "return_std": table[m].get(f"{metric}_se", table[m].get(f"{metric}_sd_over_sets", 0.0))}
-                   for m in methods} for metric in ("loss", "accuracy")}
-  report.selection_bars(bars_path, bars, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries",
-                        ylabel="mean over held-out queries\n(bars: bootstrap s.e.; random: s.d. over sets)")
+  plot_top_demos(top_path, truth, [_short(s, k) for k in range(K)], f"{s.name}: top demonstrations by real swap effect")
+  plot_selection(bars_path, table, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries"
+                 " (bars: bootstrap s.e.; random: s.d. over sets)")
   prompt_loss = exact["F"].mean(1)
   return driver.Problem(
       name=s.name, S=dsg.S, F=exact["F"], splits=_splits(c, len(dsg.prompts)),
