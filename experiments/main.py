@@ -65,13 +65,14 @@ def prepare_argv(argv):
       config = module.get_config(variant)
     except ValueError as e:
       _fail(str(e))
-    fields = {f for f, _, _ in _fields(config)}
-    sections = {f.rsplit(".", 1)[0] for f in fields if "." in f}
+    defaults = {f: v for f, _, v in _fields(config)}
+    sections = {f.rsplit(".", 1)[0] for f in defaults if "." in f}
     for arg in argv[1:]:
       if arg.startswith("--config."):
-        field = arg[len("--config."):].split("=", 1)[0]
-        if field not in fields and field not in sections:
+        field, _, text = arg[len("--config."):].partition("=")
+        if field not in defaults and field not in sections:
           _fail(f"--config.{field}: no such field in {name}'s config {variant!r} (--help lists them)")
+        _check_type(field, defaults.get(field), text)
   out = []
   for arg in argv:
     if arg.startswith("--config=") and ":" not in arg and "/" not in arg:
@@ -90,6 +91,21 @@ def _fields(config, prefix=""):
       yield from _fields(value, path + ".")
     else:
       yield path, type(value).__name__ if value is not None else "None (any)", value
+
+
+def _check_type(field, default, text):
+  """The type check config_flags makes, as a one-line error (absl's would be two lines, rc 1)."""
+  kind = type(default)
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+    elif kind is int:
+      int(text)
+    elif kind is float:
+      float(text)
+  except ValueError:
+    _fail(f"--config.{field}: expected {kind.__name__}, got {text!r}")
 
 
 def usage() -> str:

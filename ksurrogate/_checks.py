@@ -64,12 +64,16 @@ def check_fit_inputs(S, F, cv: int, dedupe: bool = True):
   return S, F
 
 
-def deduplicate(S: np.ndarray, F: np.ndarray):
+def deduplicate(S: np.ndarray, F: np.ndarray, *, warn: bool = True):
   """Merges repeated subsets, averaging their outcomes (a repeated row makes the Gram singular)."""
+  S, F = np.asarray(S), np.asarray(F, np.float64)
+  if F.ndim == 1:
+    F = F[:, None]
   uniq, inverse, counts = np.unique(S, axis=0, return_inverse=True, return_counts=True)
   if len(uniq) == len(S):
     return S, F
-  warnings.warn(f"S: {len(S) - len(uniq)} duplicate subsets found; averaging their outcomes", stacklevel=3)
+  if warn:
+    warnings.warn(f"S: {len(S) - len(uniq)} duplicate subsets found; averaging their outcomes", stacklevel=3)
   inverse = inverse.ravel()
   F_sum = np.zeros((len(uniq), F.shape[1]))
   np.add.at(F_sum, inverse, F)

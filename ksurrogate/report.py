@@ -37,7 +37,7 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
   keep = np.arange(t.size)
   if t.size > max_points:
     keep = np.sort(np.random.default_rng(seed).choice(t.size, max_points, replace=False))
-  names = sorted(preds)
+  names = list(preds)   # the summary table's order
   fig, axes = _grid(len(names))
   lo, hi = np.percentile(t, [0.5, 99.5])
   for ax, name in zip(axes, names):
@@ -60,6 +60,11 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_i
   coloured by whether the task helps the target (removing it makes the outcome worse)."""
   effect = np.asarray(loo_KxT).mean(axis=1)          # g(1 - e_k) - g(1)
   helps = effect < 0 if higher_is_better else effect > 0
+  # Tiny effects get their power of ten in the axis label, not as a multiplier over the label.
+  peak = np.abs(effect).max()
+  power = int(np.floor(np.log10(peak))) if peak > 0 and (peak < 1e-2 or peak >= 1e4) else 0
+  effect = effect / 10.0 ** power
+  unit = f" (x 1e{power})" if power else ""
   order = np.argsort(-np.abs(effect))[:top][::-1]
   fig, ax = plt.subplots(figsize=(6.2, 0.3 * len(order) + 1.6))
   colors = np.where(helps[order], "tab:green", "tab:red")
@@ -67,7 +72,7 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_i
   names = [str(labels[i]) if labels is not None else f"task {i}" for i in order]
   ax.set_yticks(range(len(order)), names, fontsize=7)
   ax.axvline(0, color="k", lw=0.6)
-  ax.set(xlabel=f"predicted change of mean {outcome_name} when the task is removed", title=title)
+  ax.set(xlabel=f"predicted change of mean {outcome_name} when the task is removed{unit}", title=title)
   ax.title.set_fontsize(9)
   _plain_axes(ax)
   from matplotlib.patches import Patch
@@ -81,7 +86,7 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
   """Real vs predicted leave-one-out effect of each task on the mean target, one panel per method.
   Each panel names two scores: `loo_pearson` (the table's: Pearson per target, averaged) and the
   Pearson of the plotted points (mean target), which can differ a lot."""
-  names = sorted(loos)
+  names = list(loos)   # the summary table's order
   fig, axes = _grid(len(names))
   t = np.asarray(loo_true).mean(axis=1)
   for ax, name in zip(axes, names):

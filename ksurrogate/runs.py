@@ -277,6 +277,16 @@ class Run:
     f.write(f"pid {os.getpid()}")
     f.flush()
     self._lock_file = f
+    owner = self.dir / "run.json"
+    if owner.exists():
+      try:
+        stored = store.load_json(owner).get("name")
+      except (ValueError, OSError, AttributeError):
+        stored = None
+      if stored not in (None, self.name):
+        self.__exit__()
+        raise DifferentConfigError(f"workdir: {self.dir} holds a {stored!r} run, not {self.name!r}; use another --workdir")
+    store.save_json(owner, {"name": self.name})
     return self
 
   def __exit__(self, *exc):

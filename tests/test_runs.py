@@ -193,3 +193,12 @@ def test_a_recomputed_input_recomputes_what_was_computed_from_it(tmp_path):
   _run_all(tmp_path, c, log=messages.append)
   assert CALLS[:2] == ["model", "scale"] and sorted(CALLS[2:]) == [0, 1, 2]
   assert any("scale: its input model was recomputed since it was stored" in m for m in messages)
+
+
+def test_a_workdir_of_another_experiment_is_refused(tmp_path):
+  with runs.Run(tmp_path, name="modular", log=lambda m: None):
+    pass
+  with pytest.raises(runs.DifferentConfigError, match=r"^workdir: .* holds a 'modular' run, not 'reference'"):
+    runs.Run(tmp_path, name="reference", log=lambda m: None).__enter__()
+  with runs.Run(tmp_path, name="modular", log=lambda m: None):   # the lock was released by the refusal
+    pass
