@@ -329,8 +329,9 @@ class Run:
     return result
 
   def _inputs_changed(self, name: str, record: dict, prints: dict) -> bool:
-    """True (and says so) when a stored phase this one was computed from has been recomputed since."""
-    if record.get("inputs", {}) == prints:
+    """True (and says so) when a stored phase this one was computed from has been recomputed since.
+    Records written before fingerprints were kept have no "inputs" and are taken as they are."""
+    if "inputs" not in record or record["inputs"] == prints:
       return False
     changed = sorted(k for k in set(prints) | set(record.get("inputs", {}))
                      if prints.get(k) != record.get("inputs", {}).get(k))
