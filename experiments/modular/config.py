@@ -6,9 +6,9 @@
   cpu:    python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu
           p=29, bar=6 (25 tasks: the paper's protocol), 1 layer d=32; ~10 min on 2 CPU cores.
           Measured (CRN recipe: cosine schedule, common random numbers, Adam fine-tunes):
-          LOO Pearson kernel_exact 0.723, linear_exact 0.726, influence 0.719 (the kernel's +25 %
-          is not reproduced); estimator median relative error 20.1 % vs Adam fine-tunes
-          (no-change 34.1 %), linearization error 0.40 %, 989x faster.
+          LOO Pearson kernel_exact 0.731, linear_exact 0.734, influence (Gauss-Newton) 0.736 (the
+          kernel's +25 % is not reproduced); estimator median relative error 22.4 % vs Adam
+          fine-tunes (no-change 34.3 %), linearization error 0.39 %, 1054x faster per subset.
   paper:  python -m experiments.main --experiment=modular --config=paper --workdir=/tmp/mod_paper
           p=97, bar=20, 2 layers d=128, 4 heads, MLP 512; needs a GPU (OUT=/tmp/out bash
           benchmarks/device_paper.sh). The constant-lr recipe (constant lr, independent minibatch
