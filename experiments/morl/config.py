@@ -5,7 +5,7 @@
   cpu:   python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu
          10 CartPole objectives, a 1M-step PPO meta-policy, 82k-step fine-tunes: 11 leave-one-out
          masks x 3 seeds, 100 random subsets, 6 measured pairs, objective selection for every
-         target on 3 fresh seeds. Runtime and results: BUILD_NOTES.md (MORL).
+         target on 3 fresh seeds. ~4.5 min of compute on 2 shared cores; results: BUILD_NOTES.md (MORL).
 
 Override any field with --config.SECTION.FIELD=VALUE (e.g. --config.finetune.num_updates=40).
 """
@@ -19,7 +19,7 @@ from experiments.morl import envs
 
 DESCRIPTIONS = {
     "tiny": "smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
-    "cpu": "10 CartPole objectives, PPO meta-policy, 100 random + leave-one-out fine-tunes, selection; ~20 min",
+    "cpu": "10 CartPole objectives, PPO meta-policy, 100 random + leave-one-out fine-tunes, selection; ~5 min (quiet 2 cores)",
 }
 
 VARIANTS = {
