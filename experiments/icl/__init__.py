@@ -19,7 +19,6 @@ from experiments.icl.config import DESCRIPTIONS  # noqa: F401
 from experiments.icl.config import get_config  # noqa: F401
 from experiments.icl.config import validate  # noqa: F401
 from ksurrogate import driver
-from ksurrogate.surrogates import fit_kernel, fit_linear
 
 DEFAULT_CONFIG = "cpu"
 
@@ -31,15 +30,7 @@ def problems(config, run):
 
 def methods(config, problem: driver.Problem) -> dict:
   del problem
-  cv = config.surrogates.cv
-  kernel = lambda S, F: fit_kernel(S, F, cv=cv)  # noqa: E731
-  linear = lambda S, F: fit_linear(S, F, cv=cv)  # noqa: E731
-  return {
-      "kernel_exact": driver.Method("kernel_exact", kernel),
-      "linear_exact": driver.Method("linear_exact", linear),
-      "kernel_estimated": driver.Method("kernel_estimated", kernel, data="estimated"),
-      "linear_estimated": driver.Method("linear_estimated", linear, data="estimated"),
-  }
+  return driver.surrogate_methods(cv=config.surrogates.cv, data=("exact", "estimated"))
 
 
 def protocol(config) -> driver.Protocol:

