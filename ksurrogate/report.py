@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+import textwrap
 
 import matplotlib
 
@@ -72,7 +73,8 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_i
   names = [str(labels[i]) if labels is not None else f"task {i}" for i in order]
   ax.set_yticks(range(len(order)), names, fontsize=7)
   ax.axvline(0, color="k", lw=0.6)
-  ax.set(xlabel=f"predicted change of mean {outcome_name} when the task is removed{unit}", title=title)
+  ax.set(xlabel=textwrap.fill(f"predicted change of mean {outcome_name} when the task is removed{unit}", 60),
+         title=title)
   ax.title.set_fontsize(9)
   _plain_axes(ax)
   from matplotlib.patches import Patch
