@@ -21,3 +21,25 @@ def apply_variant(c: ml_collections.ConfigDict, variant: dict) -> ml_collections
   for section, values in variant.items():
     (c if section == "top" else c[section]).update(values)
   return c
+
+
+def surrogate_experiment(name: str, pipeline: str):
+  """(problems, methods, protocol) of an experiment whose phases live in the module `pipeline`
+  (imported only when it runs, so `--help` and config loading stay light) and which compares
+  kernel and linear surrogates on exact and on estimated outcomes."""
+  import importlib
+
+  from ksurrogate import driver
+
+  def problems(config, run):
+    yield from importlib.import_module(pipeline).problems(config, run)
+
+  def methods(config, problem):
+    del problem
+    return driver.surrogate_methods(cv=config.surrogates.cv, data=("exact", "estimated"))
+
+  def protocol(config):
+    del config
+    return driver.Protocol(name=name, problems=problems, methods=methods, plot_method="kernel_exact")
+
+  return problems, methods, protocol

@@ -18,21 +18,9 @@ from __future__ import annotations
 from experiments.icl.config import DESCRIPTIONS  # noqa: F401
 from experiments.icl.config import get_config  # noqa: F401
 from experiments.icl.config import validate  # noqa: F401
-from ksurrogate import driver
+from experiments import common
 
 DEFAULT_CONFIG = "cpu"
 
-
-def problems(config, run):
-  from experiments.icl import pipeline   # the model stack is imported only when the experiment runs
-  yield from pipeline.problems(config, run)
-
-
-def methods(config, problem: driver.Problem) -> dict:
-  del problem
-  return driver.surrogate_methods(cv=config.surrogates.cv, data=("exact", "estimated"))
-
-
-def protocol(config) -> driver.Protocol:
-  del config
-  return driver.Protocol(name="icl", problems=problems, methods=methods, plot_method="kernel_exact")
+# The pipeline (and the model stack) is imported only when the experiment runs.
+problems, methods, protocol = common.surrogate_experiment("icl", "experiments.icl.pipeline")

@@ -12,21 +12,9 @@ from __future__ import annotations
 from experiments.morl.config import DESCRIPTIONS  # noqa: F401
 from experiments.morl.config import get_config  # noqa: F401
 from experiments.morl.config import validate  # noqa: F401
-from ksurrogate import driver
+from experiments import common
 
 DEFAULT_CONFIG = "cpu"
 
-
-def problems(config, run):
-  from experiments.morl import pipeline   # gymnax is imported only when the experiment runs
-  yield from pipeline.problems(config, run)
-
-
-def methods(config, problem: driver.Problem) -> dict:
-  del problem
-  return driver.surrogate_methods(cv=config.surrogates.cv, data=("exact", "estimated"))
-
-
-def protocol(config) -> driver.Protocol:
-  del config
-  return driver.Protocol(name="morl", problems=problems, methods=methods, plot_method="kernel_exact")
+# The pipeline (and gymnax) is imported only when the experiment runs.
+problems, methods, protocol = common.surrogate_experiment("morl", "experiments.morl.pipeline")
