@@ -14,3 +14,17 @@ def planted_xor(rng, m, K=12, T=4, pair=(3, 7), strength=1.5, noise=0.1):
   xor = (S[:, pair[0]] ^ S[:, pair[1]]).astype(float)
   F = S @ a + strength * xor[:, None] + noise * rng.normal(size=(m, T))
   return S, F
+
+
+def run_experiment(tmp_path_factory, experiment: str, config: str = "tiny"):
+  """Runs an experiment through the CLI into a fresh workdir: (workdir, summary, command)."""
+  import json
+  import pathlib
+  import subprocess
+  import sys
+  workdir = tmp_path_factory.mktemp(f"{experiment}_{config}")
+  cmd = [sys.executable, "-m", "experiments.main", f"--experiment={experiment}", f"--config={config}",
+         f"--workdir={workdir}"]
+  r = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return workdir, json.loads((workdir / "summary.json").read_text()), cmd

@@ -3,10 +3,10 @@ import json
 import math
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_experiment
 
 from experiments.icl import config as C
 from experiments.icl import pipeline as P
@@ -18,11 +18,7 @@ METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("icl_tiny")
-  cmd = [sys.executable, "-m", "experiments.main", "--experiment=icl", "--config=tiny", f"--workdir={workdir}"]
-  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return workdir, json.loads((workdir / "summary.json").read_text()), cmd
+  return run_experiment(tmp_path_factory, "icl")
 
 
 def _finite(d):

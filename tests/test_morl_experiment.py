@@ -3,20 +3,16 @@ import json
 import math
 import pathlib
 import subprocess
-import sys
 
 import pytest
+from conftest import run_experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("morl_tiny")
-  cmd = [sys.executable, "-m", "experiments.main", "--experiment=morl", "--config=tiny", f"--workdir={workdir}"]
-  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return workdir, json.loads((workdir / "summary.json").read_text()), cmd
+  return run_experiment(tmp_path_factory, "morl")
 
 
 def test_summary_holds_every_section(tiny_run):
