@@ -35,8 +35,7 @@ def surrogate_experiment(name: str, pipeline: str):
     yield from importlib.import_module(pipeline).problems(config, run)
 
   def methods(config, problem):
-    del problem
-    return driver.surrogate_methods(cv=config.surrogates.cv, data=("exact", "estimated"))
+    return driver.surrogate_methods(cv=config.surrogates.cv, data=("exact", *problem.extra_fit))
 
   def protocol(config):
     del config

@@ -100,12 +100,14 @@ def _greedy_max_variance(C, surr, n):
 
 @x64
 def suggest_subsets(surrogate, key, n: int, *, num_candidates: int = 4096, size: int | None = None,
-                    p: float | None = None):
+                    p: float | None = None, candidates=None):
   """Active sampling: the n candidate subsets whose outcome the surrogate is least sure of.
 
   Candidates are drawn like the fitted design (fixed size if every fitted subset had the same
-  size, else Bernoulli with the fitted density; override with `size` or `p`), minus subsets already
-  fitted. Returns (subsets bool [n, K], posterior variances [n] at the time each was picked).
+  size, else Bernoulli with the fitted density; override with `size` or `p`), or given as
+  `candidates` [c, K] (e.g. a pool of subsets whose outcomes exist already; `key` is then unused),
+  minus subsets already fitted. Returns (subsets bool [n, K], posterior variances [n] at the time
+  each was picked).
   """
   if not isinstance(surrogate, KernelSurrogate):
     raise ValueError(f"surrogate: suggest_subsets needs a KernelSurrogate (posterior variance), got {type(surrogate).__name__}")
@@ -113,12 +115,16 @@ def suggest_subsets(surrogate, key, n: int, *, num_candidates: int = 4096, size:
   K = surrogate.num_tasks
   basis = np.asarray(surrogate.basis) > 0.5
   sizes = basis.sum(1)
-  if size is None and p is None and np.all(sizes == sizes[0]):
-    size = int(sizes[0])
-  if size is not None:
-    cand = subsets_lib.fixed_size(key, num_candidates, K, size)
+  if candidates is not None:
+    cand = np.asarray(candidates)
+    if cand.ndim != 2 or cand.shape[1] != K:
+      raise ValueError(f"candidates: expected subsets [c, {K}], got shape {cand.shape}")
+    cand = cand > 0.5
   else:
-    cand = subsets_lib.bernoulli(key, num_candidates, K, float(p if p is not None else basis.mean()))
+    if size is None and p is None and np.all(sizes == sizes[0]):
+      size = int(sizes[0])
+    cand = (subsets_lib.fixed_size(key, num_candidates, K, size) if size is not None else
+            subsets_lib.bernoulli(key, num_candidates, K, float(p if p is not None else basis.mean())))
   cand = np.unique(np.asarray(cand), axis=0)
   seen = {row.tobytes() for row in basis}
   cand = cand[[row.tobytes() not in seen for row in cand]]

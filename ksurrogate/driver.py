@@ -58,6 +58,11 @@ class Problem:
   `loo_ceiling` is how well the ground truth agrees with itself (e.g. split-half reliability
   across training seeds, Spearman-Brown corrected); every LOO correlation is then also reported
   as a fraction of it (`loo_<key>_of_ceiling`).
+  `other_loo_truths` are further ground truths of the same leave-one-out effects, {name: (loo [K, T],
+  ceiling or None)} (e.g. leave-one-out by fine-tuning rather than retraining): every predicted LOO
+  is also scored against each as `loo_<name>_<key>` (and `_of_ceiling`).
+  `other_tests` are further held-out sets {name: (S, F)} (e.g. real fine-tunes of other subsets):
+  every surrogate is also scored on each as `lds_<name>` and `normalized_error_<name>` (first split).
   `figures` names extra figures the experiment wrote ({what: path}), listed with the run's files.
   `higher_is_better`: what an outcome means (a loss: False; a return or accuracy: True); plots
   and the sign of "helps the target" follow it.
@@ -76,6 +81,9 @@ class Problem:
   task_labels: Optional[Sequence[str]] = None
   figures: Mapping[str, str] = dataclasses.field(default_factory=dict)   # figures the experiment drew itself
   loo_ceiling: Optional[Mapping[str, float]] = None   # reliability of loo_true itself (same keys as loo_correlation)
+  other_loo_truths: Mapping[str, tuple[np.ndarray, Optional[Mapping[str, float]]]] = dataclasses.field(default_factory=dict)
+  other_tests: Mapping[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+  normalized_error_threshold: Optional[float] = None   # this problem's own target-variance cut (else the config's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +92,15 @@ class Protocol:
 
   problems(config, run) yields Problems (`run` is the `runs.Run` to store phases in);
   methods(config, problem) builds the methods to compare on that problem.
+  across(config, datasets, infos, out_dir), when given, runs once every problem is evaluated (its arrays
+  are in out_dir/<problem>/arrays.npz) to compare problems, e.g. a score against a design
+  parameter; it returns ({what: figure path}, {summary key: value}).
   """
   name: str
   problems: Callable[[object, runs.Run], Iterable[Problem]]
   methods: Callable[[object, Problem], Mapping[str, Method]]
   plot_method: str = "kernel"                         # whose readouts are plotted
+  across: Optional[Callable[[object, dict, dict, pathlib.Path], tuple[Mapping[str, str], Mapping]]] = None
 
 
 def surrogate_methods(*, cv: int = 5, data: Sequence[str] = ("exact",), kernel: Optional[Callable] = None,
@@ -112,6 +124,22 @@ def _view(problem: Problem, method: Method):
       raise ValueError(f"method: {method.name!r} needs sample-level indicators, problem {problem.name!r} has none")
     return problem.W
   return problem.S
+
+
+def _loo_scores(loo, problem: Problem) -> dict:
+  """LOO correlations of a predicted LOO [K, T] with every ground truth the problem has, each
+  also as a fraction of that truth's ceiling where it has one."""
+  truths = {"": (problem.loo_true, problem.loo_ceiling), **{f"{n}_": v for n, v in problem.other_loo_truths.items()}}
+  row = {}
+  for prefix, (truth, ceiling) in truths.items():
+    if truth is None:
+      continue
+    for k, v in metrics.loo_correlation(loo, truth).items():
+      row[f"loo_{prefix}{k}"] = v
+      if ceiling and k in ceiling:
+        c = ceiling[k]
+        row[f"loo_{prefix}{k}_of_ceiling"] = v / c if c and np.isfinite(c) else float("nan")
+  return row
 
 
 def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: float = 0.1):
@@ -140,30 +168,31 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
              "seconds": time.perf_counter() - t0, "duplicates_averaged": float(n_rows - len(S_fit))}
       if i == 0:
         arrays[f"{name}/heldout_pred"] = pred
+        for test, (S_test, F_test) in problem.other_tests.items():
+          p_test = np.asarray(surr.predict(np.asarray(S_test)))
+          row[f"lds_{test}"] = metrics.lds(p_test, F_test)
+          row[f"normalized_error_{test}"] = metrics.normalized_error(p_test, F_test, threshold=threshold)
         readouts = getattr(surr, "READOUTS", ("loo",))
         if method.view == "task" and "loo" in readouts:
           loo = np.asarray(attribution.predicted_loo(surr))
           arrays[f"{name}/predicted_loo"] = loo
-          if problem.loo_true is not None:
-            row.update({f"loo_{k}": v for k, v in metrics.loo_correlation(loo, problem.loo_true).items()})
+          row.update(_loo_scores(loo, problem))
           if "interactions" in readouts:
             arrays[f"{name}/interactions"] = np.asarray(attribution.interactions(surr))
       per_split.append(row)
-    summary[name] = {k: float(np.mean([r[k] for r in per_split])) for k in per_split[0]}
+    # first-split-only keys (LOO, other tests) average over the splits that have them
+    summary[name] = {k: float(np.mean([r[k] for r in per_split if k in r])) for k in per_split[0]}
     if len(per_split) > 1:
       summary[name].update({f"{k}_std": float(np.std([r[k] for r in per_split])) for k in ("lds", "normalized_error")})
   for name, loo in problem.extra_loo.items():
     if problem.loo_true is None:
       raise ValueError(f"problem: {problem.name!r} has predicted LOO for {name!r} but no loo_true to score it against")
     arrays[f"{name}/predicted_loo"] = np.asarray(loo)
-    summary[name] = {f"loo_{k}": v for k, v in metrics.loo_correlation(loo, problem.loo_true).items()}
-  if problem.loo_ceiling:
-    for row in summary.values():
-      for k, ceiling in problem.loo_ceiling.items():
-        if f"loo_{k}" in row:
-          row[f"loo_{k}_of_ceiling"] = row[f"loo_{k}"] / ceiling if ceiling and np.isfinite(ceiling) else float("nan")
+    summary[name] = _loo_scores(loo, problem)
   if problem.loo_true is not None:
     arrays["loo_true"] = problem.loo_true
+  for truth_name, (truth, _) in problem.other_loo_truths.items():
+    arrays[f"loo_true_{truth_name}"] = np.asarray(truth)
   arrays["heldout_true"] = problem.F[problem.splits[0][1]]
   return summary, arrays
 
@@ -177,7 +206,8 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
   for problem in protocol.problems(config, workdir_run):
     workdir_run.log(f"{problem.name}: {problem.S.shape[0]} subsets x {problem.F.shape[1]} targets,"
                     f" K={problem.S.shape[1]}, {len(problem.splits)} split(s)")
-    summary, arrays = evaluate(problem, protocol.methods(config, problem), threshold=threshold)
+    own = problem.normalized_error_threshold
+    summary, arrays = evaluate(problem, protocol.methods(config, problem), threshold=threshold if own is None else own)
     datasets[problem.name] = summary
     out = out_dir / problem.name
     store.save_arrays(out / "arrays.npz", **{k.replace("/", "__"): v for k, v in arrays.items()})
@@ -187,6 +217,10 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
     rows += [{"dataset": problem.name, "method": m, **s} for m, s in summary.items()]
     for key, value in problem.info.items():
       infos.setdefault(key, {})[problem.name] = value
+  if protocol.across is not None:
+    figures, across_info = protocol.across(config, datasets, infos, out_dir)
+    files.update({what: str(path) for what, path in figures.items()})
+    infos.update(across_info)
   result = {"experiment": protocol.name, "config": _config_dict(config), "datasets": datasets,
             "timing": workdir_run.timing_rows(), **infos}
   files["summary"] = str(out_dir / "summary.json")
@@ -195,6 +229,11 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
   columns = ["dataset", "method", "lds", "normalized_error", "seconds"]
   if any("loo_pearson" in r for r in rows):
     columns[4:4] = ["loo_pearson", "loo_spearman", "loo_pearson_mean_target"]
+  # the other ground truths and test sets, and the fraction of the ceiling, where a problem has them
+  extra = [k for r in rows for k in r if k == "loo_pearson_of_ceiling" or
+           (k.startswith("loo_") and k.endswith("_pearson") and k != "loo_pearson") or
+           (k.startswith("lds_") and not k.endswith("_std"))]
+  columns[-1:-1] = list(dict.fromkeys(extra))
   print(report.table(rows, columns), flush=True)
   if workdir_run.timings:
     print(report.table(workdir_run.timing_rows(), ["phase", "seconds", "status"]), flush=True)

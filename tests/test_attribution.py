@@ -87,3 +87,18 @@ def test_suggest_subsets_new_distinct_high_variance(rng):
   assert var[0] == pytest.approx(float(np.asarray(kern.predict_variance(cand)).max()))
   with pytest.raises(ValueError, match="^surrogate"):
     ks.suggest_subsets(ks.fit_linear(S, F), jax.random.key(0), 2)
+
+
+def test_suggest_subsets_from_a_given_pool(rng):
+  S = np.unique(np.asarray(ks.subsets.bernoulli(jax.random.key(0), 40, 10, 0.7)), axis=0)
+  kern = ks.fit_kernel(S, S @ rng.normal(size=(10, 2)))
+  pool = np.concatenate([S[:5], np.unique(np.asarray(ks.subsets.bernoulli(jax.random.key(3), 60, 10, 0.7)), axis=0)])
+  picked, var = ks.suggest_subsets(kern, None, 6, candidates=pool)
+  picked = np.asarray(picked)
+  pool_rows = {r.tobytes() for r in pool.astype(bool)}
+  assert all(r.tobytes() in pool_rows for r in picked)                            # only pool members
+  assert not {r.tobytes() for r in picked} & {r.tobytes() for r in S.astype(bool)}  # never a fitted one
+  fresh = np.array([r for r in np.unique(pool.astype(bool), axis=0) if r.tobytes() not in {x.tobytes() for x in S.astype(bool)}])
+  assert float(np.asarray(var)[0]) == pytest.approx(float(np.asarray(kern.predict_variance(fresh)).max()))
+  with pytest.raises(ValueError, match="^candidates"):
+    ks.suggest_subsets(kern, None, 2, candidates=pool[:, :5])

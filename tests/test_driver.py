@@ -77,3 +77,24 @@ def test_a_method_on_missing_outcomes_is_one_line_error():
   p = _problem("a", 0)
   with pytest.raises(ValueError, match="^method: 'm' fits on 'estimated' outcomes, which problem 'a' lacks"):
     driver.evaluate(p, {"m": driver.Method("m", ks.fit_linear, data="estimated")})
+
+
+def test_other_ground_truths_and_test_sets_are_scored_beside_the_primary_ones():
+  import dataclasses
+  base = _problem("a", 0)
+  r = np.random.default_rng(5)
+  noisy = base.loo_true + r.normal(size=base.loo_true.shape)        # a second, noisier truth
+  S_test = r.random((30, K)) < 0.5
+  F_test = base.F[:30] * 0 + (S_test @ np.ones((K, T)))             # another held-out set
+  problem = dataclasses.replace(base, loo_ceiling={"pearson": 0.5},
+                                other_loo_truths={"alt": (noisy, {"pearson": 0.25}), "same": (base.loo_true, None)},
+                                other_tests={"extra": (S_test, F_test)})
+  summary, arrays = driver.evaluate(problem, _methods(None, problem), threshold=0.0)
+  o = summary["oracle"]
+  assert o["loo_same_pearson"] == pytest.approx(1.0) and o["loo_pearson_of_ceiling"] == pytest.approx(2.0)
+  assert o["loo_alt_pearson"] < 0.99
+  assert o["loo_alt_pearson_of_ceiling"] == pytest.approx(o["loo_alt_pearson"] / 0.25)
+  assert "loo_same_pearson_of_ceiling" not in o                        # no ceiling given for it
+  k = summary["kernel"]
+  assert {"lds_extra", "normalized_error_extra", "loo_alt_spearman", "loo_pearson_of_ceiling"} <= set(k)
+  assert np.array_equal(arrays["loo_true_alt"], noisy)

@@ -13,7 +13,8 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated", "official_krr_exact",
+METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated", "kernel_finetuned",
+           "linear_finetuned", "kernel_estimated_same", "linear_estimated_same", "official_krr_exact",
            "official_lstsq_exact")
 ESTIMATOR_KEYS = ("median_relative_error", "mean_relative_error", "linearization_error", "lds_vs_retrain",
                   "seconds_estimate", "seconds_finetune", "speedup", "speedup_per_subset")
@@ -47,22 +48,30 @@ def test_tiny_summary_keys_finite(full_run):
   d = s["datasets"]["modular"]
   for m in METHODS:
     assert math.isfinite(d[m]["lds"]) and math.isfinite(d[m]["normalized_error"])
-  for m in METHODS + ("influence", "tracin", "trak"):
+  for m in METHODS + ("influence", "tracin", "trak", "estimator_direct"):
     assert math.isfinite(d[m]["loo_pearson"]) and math.isfinite(d[m]["loo_spearman"])
+    # the second ground truth (LOO by fine-tuning from theta0) scores every method too
+    assert math.isfinite(d[m]["loo_finetune_pearson"]) and "loo_pearson_of_ceiling" in d[m]
+  for m in METHODS:   # and every surrogate predicts held-out real fine-tunes
+    assert math.isfinite(d[m]["lds_finetune"])
+  truth = s["ground_truth"]["modular"]
+  assert truth["training_seeds"] == 2 and truth["finetuned_subsets"] == {"calibration": 4, "fit": 5, "heldout": 3}
+  assert set(s["ceiling"]["modular"]) >= {"pearson", "spearman", "pearson_mean_target"}
   for k in ESTIMATOR_KEYS:
     assert math.isfinite(s["estimator"]["modular"][k]), k
   assert s["config"]["data"]["p"] == 11
   retrains = s["retrain_final_train_loss"]["modular"]
   # 40 steps cannot fit the tiny task to loss 0.1, so every retrain takes the retry path once,
   # and the warning says the tiny config is a smoke test.
-  assert retrains["retried"] == 16 + 14 and 0 <= retrains["unconverged"] <= 16 + 14
+  assert retrains["retried"] == 14 + 2 * 17 and 0 <= retrains["unconverged"] <= 14 + 2 * 17   # random + 2 seeds x (LOO + full)
   assert "the tiny config is a smoke test" in r.stderr
   assert s["estimator"]["modular"]["attribution_ridge_selection"] == "retrain"
   for what in ("loo_real_vs_predicted", "interactions", "predicted_vs_true", "training_curves", "top_tasks"):
     path = pathlib.Path(s["files"][f"modular/{what}"])
     assert path.parent == workdir / "modular" and path.stat().st_size > 1000
     assert str(path) in r.stdout            # the run says where every file is
-  assert {row["phase"] for row in s["timing"]} >= {"theta0", "retrain", "features", "finetune", "estimate", "baselines"}
+  assert {row["phase"] for row in s["timing"]} >= {"theta0", "retrain", "truth_seed0", "truth_seed1", "features", "finetune",
+                                                    "finetune_loo", "estimate", "baselines"}
   assert "kernel_estimated" in r.stdout and "status" in r.stdout
 
 
@@ -155,3 +164,29 @@ def test_cpu_config_end_to_end(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   s = json.loads((tmp_path / "summary.json").read_text())
   assert all(math.isfinite(s["datasets"]["modular"][m]["lds"]) for m in METHODS)
+
+
+STUDY_TINY = ("--config.study.enabled=True", "--config.study.budgets=(8,12)", "--config.study.other_budget=8",
+              "--config.study.num_heldout=4", "--config.study.num_estimated=60", "--config.study.num_pairs=2",
+              "--config.study.active_seeds=2", "--config.study.active_base=4", "--config.study.active_more=4")
+
+
+def test_regime_study_end_to_end(tmp_path):
+  """The study's cells share one ground truth and ceiling; the cross-cell figure and readouts exist."""
+  r = subprocess.run(_cmd(tmp_path, "tiny", *STUDY_TINY), cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  s = json.loads((tmp_path / "summary.json").read_text())
+  cells = {"p0.5_m8", "p0.7_m8", "p0.7_m12", "p0.9_m8"}
+  assert set(s["datasets"]) == cells
+  for name in cells:
+    d = s["datasets"][name]
+    assert math.isfinite(d["kernel_exact"]["loo_pearson"]) and math.isfinite(d["influence"]["loo_pearson"])
+    assert ("kernel_estimated" in d) == name.endswith("_m8")          # estimates fit where m = other_budget
+  # one ground truth for all cells: influence (not fitted on the cell) scores the same everywhere
+  assert len({s["datasets"][n]["influence"]["loo_pearson"] for n in cells}) == 1
+  across = s["study_across"]
+  assert set(across["linear_bias_relative_rms"]) == {"0.5", "0.7", "0.9"}
+  assert len(across["interactions_exact_mean_target"]) == 2 and set(across["interactions_kernel_mean_target"]) == cells
+  active = s["study"]["p0.5_m8"]["active_sampling"]
+  assert len(active["suggested"]["lds_per_seed"]) == 2 and active["setting"]["candidates"] == 12 - 4   # pool 16 - 4 held out, minus the base 4
+  assert pathlib.Path(s["files"]["study"]).stat().st_size > 10000

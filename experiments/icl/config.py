@@ -67,6 +67,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # Selection over all C(K, shots) demonstration sets; random baseline: num_random sets.
   c.selection = dict(num_random=20, num_bootstrap=2000, predict_chunk=8192)
   c.surrogates = dict(cv=5)
+  # Also score the surrogates on the paper's released Qwen2-7B coin-flip outcomes (seconds).
+  c.released_coin_flip = True
   return common.apply_variant(c, VARIANTS[arg])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from experiments.modular.config import DESCRIPTIONS  # noqa: F401
 from experiments.modular.config import get_config  # noqa: F401
 from experiments.modular.config import validate  # noqa: F401
+from experiments.modular import study
 from experiments.modular.pipeline import problems
 from ksurrogate import driver, parity
 from ksurrogate.surrogates import fit_kernel
@@ -23,9 +24,9 @@ def methods(config, problem: driver.Problem) -> dict:
   def kernel(S, F):
     return fit_kernel(S, F, cv=s.cv, num_inducing=s.num_inducing if len(S) > s.exact_krr_max else None)
 
-  del problem   # one problem; the same methods whatever its size
   return {
-      **driver.surrogate_methods(cv=s.cv, data=("exact", "estimated"), kernel=kernel),
+      # one pair per outcome source: exact retrains, estimates, real fine-tunes, estimates of those
+      **driver.surrogate_methods(cv=s.cv, data=("exact", *problem.extra_fit), kernel=kernel),
       # The paper's own pair of surrogates (its released code's recipe, on task-level indicators):
       # fixed-gamma RBF KRR and minimum-norm least squares without intercept or ridge.
       "official_krr_exact": driver.Method("official_krr_exact", lambda S, F: parity.official_krr(S, F, ridge=1e-2)),
@@ -34,5 +35,7 @@ def methods(config, problem: driver.Problem) -> dict:
 
 
 def protocol(config) -> driver.Protocol:
-  del config
+  if config.study.enabled:   # the regime study: one problem per (rate, budget) cell, compared across cells
+    return driver.Protocol(name="modular", problems=study.problems, methods=methods, plot_method="kernel_exact",
+                           across=study.across)
   return driver.Protocol(name="modular", problems=problems, methods=methods, plot_method="kernel_exact")

@@ -1,7 +1,7 @@
 """Modular-arithmetic attribution pipeline: short named phases composed by `problems`.
 
-setup -> design -> theta0 -> retrain (chunked) -> features -> finetune (chunked) -> estimate
--> baselines -> one driver.Problem. Each phase is a pure function of the config view it reads and
+setup -> design -> theta0 -> retrain (chunked) -> truth_seed<r> (chunked) -> features -> finetune
+(chunked) -> finetune_loo (chunked) -> estimate -> baselines -> one driver.Problem. Each phase is a pure function of the config view it reads and
 the results it is given; `ksurrogate.runs.Run` stores, checks and reuses them, so a killed run
 resumes with the same numbers: every random choice is a function of (config.seed, chunk index),
 never of timing.
@@ -9,6 +9,7 @@ never of timing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable
 
@@ -72,6 +73,13 @@ class Setup:
   def train_data(self):
     return (self.d.X_train, self.d.y_train)
 
+  def train_keys(self, train_seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(init key, data key) of a training seed: seed 0 is theta0's (and, with common random
+    numbers, every retrain's); seed r > 0 folds r into both, changing init and data order."""
+    if train_seed == 0:
+      return self.init_key, self.data_key
+    return jax.random.fold_in(self.init_key, train_seed), jax.random.fold_in(self.data_key, train_seed)
+
 
 def setup(c) -> Setup:
   d = data_lib.make(c.data.p, c.data.op, c.data.bar, c.data.train_fraction, c.seed)
@@ -98,20 +106,21 @@ def setup(c) -> Setup:
 
 @dataclasses.dataclass(frozen=True)
 class Design:
-  S_exact: np.ndarray   # [K + num_random, K]: the K leave-one-out masks, then the random subsets
+  S_rand: np.ndarray    # [num_random, K]: random subsets, retrained (the first num_fit fit the surrogates)
   S_est: np.ndarray     # [num_estimated, K]: estimated subsets; the first finetune.num_subsets are also fine-tuned
   K: int
 
   @property
-  def S_rand(self):
-    return self.S_exact[self.K:]
+  def S_truth(self):
+    """[K + 1, K]: the K leave-one-out masks, then the full set (retrained once per training seed)."""
+    return np.concatenate([np.asarray(ks.subsets.leave_one_out(self.K)), np.ones((1, self.K), bool)])
 
 
 def design(c, s: Setup) -> Design:
   K = s.K
   S_rand = np.asarray(ks.subsets.fixed_size(jax.random.key(c.seed + 2), c.subsets.num_random, K, c.subsets.size))
   S_est = np.asarray(ks.subsets.sized(jax.random.key(c.seed + 4), c.estimate.num_subsets, K, *c.estimate.sizes))
-  return Design(np.concatenate([np.asarray(ks.subsets.leave_one_out(K)), S_rand]), S_est, K)
+  return Design(S_rand, S_est, K)
 
 
 @flax.struct.dataclass
@@ -128,17 +137,19 @@ def theta0(c, s: Setup) -> Theta0:
   return Theta0(params=params, checkpoints=ckpts, curve=np.asarray(curve))
 
 
-def retrain_chunk(c, S_chunk, chunk: int, s: Setup) -> dict:
-  """Retrains one chunk of subsets from theta0's init; rows whose training loss over all of their
-  subset's examples stays above train.converged_loss are redone on a fresh minibatch stream, up to
-  train.retries times. Every key is a function of (seed, chunk, attempt): resumes reproduce it."""
+def retrain_chunk(c, S_chunk, chunk: int, s: Setup, train_seed: int = 0) -> dict:
+  """Retrains one chunk of subsets from the init of `train_seed` (0: theta0's); rows whose
+  training loss over all of their subset's examples stays above train.converged_loss are redone on
+  a fresh minibatch stream, up to train.retries times. Every key is a function of (seed, train
+  seed, chunk, attempt): resumes reproduce it."""
   t = c.train
+  init_key, data_key = s.train_keys(train_seed)
 
   def attempt_rows(S_rows, attempt):
     shared = s.common_random_numbers and attempt == 0
-    key = s.data_key if shared else jax.random.fold_in(jax.random.fold_in(s.data_key, chunk), attempt)
+    key = data_key if shared else jax.random.fold_in(jax.random.fold_in(data_key, chunk), attempt)
     stacked, _ = training.retrain_subsets(s.retrain, s.init_fn, s.train_data, s.d.task_train, S_rows,
-                                          init_key=s.init_key, key=key, chunk_size=t.chunk_size,
+                                          init_key=init_key, key=key, chunk_size=t.chunk_size,
                                           common_random_numbers=s.common_random_numbers)
     loss = training.subset_losses(s.loss_fn, stacked, s.train_data, s.d.task_train, S_rows)
     return np.array(s.val_loss(stacked)), np.array(loss)
@@ -211,7 +222,7 @@ class Targets:
 
 
 def targets(c, s: Setup, th: Theta0, retrains: dict, dsg: Design) -> Targets:
-  F_rand = retrains["F"][dsg.K:]
+  F_rand = retrains["F"]
   keep = metrics.varying_targets(F_rand, c.data.target_variance_threshold)
   if keep.sum() < 2:
     raise ValueError(f"data.target_variance_threshold: only {int(keep.sum())} targets vary more than "
@@ -223,26 +234,29 @@ def targets(c, s: Setup, th: Theta0, retrains: dict, dsg: Design) -> Targets:
 @flax.struct.dataclass
 class Estimates:
   F_est: np.ndarray          # [num_estimated, T] at the attribution ridge
+  F_est_ft: np.ndarray       # [finetune.num_subsets, T]: the fine-tuned subsets at the fine-tune ridge
+  F_est_truth: np.ndarray    # [K + 1, T]: the LOO masks and the full set at the fine-tune ridge
   info: dict                 # estimator accuracy and timing figures for the summary
 
 
 def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict, tg: Targets) -> Estimates:
-  """Calibrates the ridge on half the fine-tunes, scores the estimate on the other half (both
-  error definitions), then estimates every subset at the attribution ridge."""
+  """Calibrates the ridge on the first finetune.num_calibration fine-tunes, scores the estimate
+  on all the others (both error definitions), then estimates every subset at the attribution
+  ridge, and the fine-tuned subsets and LOO masks at the calibrated one."""
   e = c.estimate
   train_f, target_f, task = fs.train, fs.target, s.d.task_train
   stats = ks.task_statistics(train_f, task, dsg.K)
   est = dict(method=e.method, stats=stats) if e.method == "onestep" else dict(method=e.method)
   grid = 10.0 ** np.arange(-1.0, 8.0)
   S_ft, F_ft = dsg.S_est[:c.finetune.num_subsets], ft["F"]
-  half = len(S_ft) // 2
+  half = c.finetune.num_calibration
   ridge, table = ks.calibrate_ridge(train_f, task, target_f, S_ft[:half], F_ft[:half], grid=grid, **est)
   ks.estimate(train_f, task, S_ft[half:], target_f, ridge=ridge, **est)   # compile outside the timing
   t0 = time.perf_counter()
   F_hat_ft = ks.estimate(train_f, task, S_ft[half:], target_f, ridge=ridge, **est)
   t_est_ft = time.perf_counter() - t0
   keep = tg.keep
-  F_rand = retrains["F"][dsg.K:]
+  F_rand = retrains["F"]
   fit, held = np.arange(c.subsets.num_fit), np.arange(c.subsets.num_fit, len(dsg.S_rand))
   if e.attribution_ridge == "retrain":
     kept_target = features.Features(target_f.phi[keep], target_f.offsets[keep], target_f.labels[keep], target_f.output)
@@ -254,6 +268,8 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
   F_est = ks.estimate(train_f, task, dsg.S_est, target_f, ridge=ridge_attr, **est)
   t_est_all = time.perf_counter() - t0
   F_est_exact = ks.estimate(train_f, task, dsg.S_rand, target_f, ridge=ridge_attr, **est)
+  F_est_ft = ks.estimate(train_f, task, S_ft, target_f, ridge=ridge, **est)
+  F_est_truth = ks.estimate(train_f, task, dsg.S_truth, target_f, ridge=ridge, **est)
   report_ = diagnostics.error_report(F_hat_ft, F_ft[half:], F_base=tg.F_full,
                                      linearization_errors=ft["linearization_error"][half:])
   ft_per_subset = float(np.mean(ft["seconds"]))
@@ -274,7 +290,7 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
       "ridge_calibration": {str(k): v for k, v in table.items()}, "method": e.method,
       "finetuned_subsets_calibration": int(half), "finetuned_subsets_scored": int(len(S_ft) - half),
   }
-  return Estimates(F_est=F_est, info=info)
+  return Estimates(F_est=F_est, F_est_ft=F_est_ft, F_est_truth=F_est_truth, info=info)
 
 
 def run_baselines(c, s: Setup, th: Theta0, fs: FeatureSet, tg: Targets) -> dict:
@@ -306,22 +322,35 @@ def problems(config, run: runs.Run):
   s = run.phase("setup", setup, c, store=False)
   dsg = run.phase("design", design, c, s, store=False)
   th = run.phase("theta0", theta0, c, s)
-  retrains = run.outcomes("retrain", retrain_chunk, c, dsg.S_exact, s, chunk_size=c.train.chunk_size)
+  retrains = run.outcomes("retrain", retrain_chunk, c, dsg.S_rand, s, chunk_size=c.train.chunk_size)
+  truths = truth_retrains(c, run, s, dsg)
   tg = run.phase("targets", targets, c, s, th, retrains, dsg, store=False)
   fs = run.phase("features", featurize, c, s, th)
   recipe = run.phase("finetune_recipe", finetune_recipe, c, s, store=False)
   ft = run.outcomes("finetune", finetune_chunk, c, dsg.S_est[:c.finetune.num_subsets], s, th, recipe,
                     chunk_size=c.train.chunk_size)
+  ft_loo = run.outcomes("finetune_loo", finetune_chunk, c, dsg.S_truth, s, th, recipe, chunk_size=c.train.chunk_size)
   est = run.phase("estimate", estimate, c, s, dsg, fs, ft, retrains, tg)
   extra_loo = run.phase("baselines", run_baselines, c, s, th, fs, tg)
-  yield _problem(c, run, s, dsg, th, retrains, tg, est, extra_loo)
+  yield _problem(c, run, s, dsg, th, retrains, truths, tg, ft, ft_loo, est, extra_loo)
 
 
-def _problem(c, run, s: Setup, dsg: Design, th: Theta0, retrains: dict, tg: Targets, est: Estimates,
-             extra_loo: dict) -> driver.Problem:
+def truth_retrains(c, run: runs.Run, s: Setup, dsg: Design) -> list:
+  """The leave-one-out and full-set retrains of every training seed (phases truth_seed<r>)."""
+  return [run.outcomes(f"truth_seed{r}", functools.partial(retrain_chunk, train_seed=r), c, dsg.S_truth, s,
+                       chunk_size=c.train.chunk_size) for r in range(c.truth.seeds)]
+
+
+def loo_effects(truths: list, K: int) -> np.ndarray:
+  """[seeds, K, T]: F_r(1 - e_k) - F_r(1) per training seed."""
+  return np.stack([t["F"][:K] - t["F"][K][None] for t in truths])
+
+
+def _problem(c, run, s: Setup, dsg: Design, th: Theta0, retrains: dict, truths: list, tg: Targets, ft: dict,
+             ft_loo: dict, est: Estimates, extra_loo: dict) -> driver.Problem:
   K, keep = dsg.K, tg.keep
-  F_exact = retrains["F"]
-  losses = retrains["final_train_loss"]
+  losses = np.concatenate([retrains["final_train_loss"]] + [t["final_train_loss"] for t in truths])
+  attempts = np.concatenate([retrains["attempts"]] + [t["attempts"] for t in truths])
   unconverged = int(np.sum(losses > c.train.converged_loss))
   if unconverged:
     why = ("the tiny config is a smoke test: its retrains are too short to fit" if c.smoke_test else
@@ -329,19 +358,44 @@ def _problem(c, run, s: Setup, dsg: Design, th: Theta0, retrains: dict, tg: Targ
     run.warn(f"{unconverged} of {len(losses)} retrains end with training loss above {c.train.converged_loss} after "
              f"{c.train.retries} retries (max {losses.max():.3f}); {why}")
   fit, held = np.arange(c.subsets.num_fit), np.arange(c.subsets.num_fit, len(dsg.S_rand))
+  # Ground truths: LOO by retraining from scratch, averaged over training seeds (its split-half
+  # reliability across seeds is the ceiling), and LOO by the fine-tuning from theta0 that the
+  # estimator approximates (full-batch and deterministic: no seed noise, no ceiling).
+  effects = loo_effects(truths, K)[:, :, keep]
+  ceiling, reliability = metrics.split_half_ceiling(effects) if len(effects) >= 2 else (None, None)
+  loo_ft = (ft_loo["F"][:K] - ft_loo["F"][K][None])[:, keep]
+  # Fine-tuned subsets beyond the estimator's calibration: the first num_fit fit surrogates (on
+  # the real fine-tunes, and on the estimates of the same subsets), the rest are held out.
+  ncal, nfit = c.finetune.num_calibration, c.finetune.num_fit
+  S_ft = dsg.S_est[:c.finetune.num_subsets]
+  ft_fit, ft_held = np.arange(ncal, ncal + nfit), np.arange(ncal + nfit, len(S_ft))
+  F_ft = ft["F"][:, keep]
+  single_seed = metrics.loo_correlation(effects[0], effects.mean(0)) if len(effects) >= 2 else {}
   curves_path = run.dir / "modular" / "training_curves.png"
   report.curves(curves_path, {"theta0 (all tasks)": th.curve}, f"p={c.data.p} {c.data.op}: full-data training loss")
   side = int(np.sqrt(K))
   return driver.Problem(
-      name="modular", S=dsg.S_rand, F=F_exact[K:][:, keep], splits=[(fit, held)],
-      loo_true=(F_exact[:K] - tg.F_full[None])[:, keep],   # [K, T]: F(1 - e_k) - F(1)
-      extra_fit={"estimated": (dsg.S_est, est.F_est[:, keep])}, extra_loo=extra_loo,
+      name="modular", S=dsg.S_rand, F=retrains["F"][:, keep], splits=[(fit, held)],
+      loo_true=effects.mean(0), loo_ceiling=ceiling,   # [K, T]: F(1 - e_k) - F(1), seed mean
+      other_loo_truths={"finetune": (loo_ft, None)},
+      other_tests={"finetune": (S_ft[ft_held], F_ft[ft_held])},
+      extra_fit={"estimated": (dsg.S_est, est.F_est[:, keep]),
+                 "finetuned": (S_ft[ft_fit], F_ft[ft_fit]),
+                 "estimated_same": (S_ft[ft_fit], est.F_est_ft[ft_fit][:, keep])},
+      extra_loo={**extra_loo, "estimator_direct": (est.F_est_truth[:K] - est.F_est_truth[K][None])[:, keep]},
       info={"estimator": est.info,
+            "ceiling": ceiling or {}, "reliability": reliability or {},
+            "ground_truth": {"training_seeds": int(len(effects)),
+                             "single_seed_vs_mean": single_seed,
+                             "loo_effect_sd": float(effects.mean(0).std()),
+                             "seed_noise_sd": float(effects.std(0, ddof=1).mean()) if len(effects) >= 2 else float("nan"),
+                             "finetune_loo_effect_sd": float(loo_ft.std()),
+                             "finetuned_subsets": {"calibration": int(ncal), "fit": int(len(ft_fit)), "heldout": int(len(ft_held))}},
             "targets": {"kept": int(keep.sum()), "total": int(len(keep)),
                         "variance_threshold": c.data.target_variance_threshold},
             "retrain_final_train_loss": {"mean": float(losses.mean()), "max": float(losses.max()),
                                          "unconverged": unconverged, "threshold": c.train.converged_loss,
-                                         "retried": int(np.sum(retrains["attempts"] > 1))},
+                                         "retried": int(np.sum(attempts > 1))},
             "theta0": {"final_train_loss": float(np.asarray(th.curve)[-1]), "val_loss": float(tg.F_full.mean()),
                        "val_accuracy": float(np.mean(np.argmax(np.asarray(s.apply_fn(th.params, s.X_val)), -1) == s.y_val))}},
       figures={"training_curves": str(curves_path)},

@@ -1,0 +1,289 @@
+"""The regime study (`--config=study`): where along the inclusion rate p and the exact budget m
+the kernel surrogate beats the linear one and influence functions.
+
+Every cell is one driver problem `p<rate>_m<m>`: kernel / linear surrogates fitted on the first m
+retrains of a pool of distinct Bernoulli(rate) subsets, scored on the pool's last
+`study.num_heldout` retrains and against the multi-seed leave-one-out ground truth (and its
+ceiling) shared by every cell. Cells: each rate in `study.rates` at m = `study.other_budget`, and
+each m in `study.budgets` at rate `study.budget_rate`. The m = other_budget cells also fit on
+`study.num_estimated` estimated outcomes of the same rate. Beside the cells:
+  * exact pairwise interactions F(1) - F(1 - e_i) - F(1 - e_j) + F(1 - e_i - e_j) for
+    `study.num_pairs` seeded pairs, over the ground truth's training seeds, against the kernel
+    surrogates' predicted interactions;
+  * the linear surrogate's bias against Proposition 3.1 of the paper: with diag H = 0 for a set
+    function, beta(p) ~ grad F(1) + (p - 1) H 1, so its LOO readout's distance from the true LOO
+    should shrink like (1 - p) as p -> 1;
+  * pool-based active sampling at the budget rate: from `study.active_base` random pool subsets,
+    `study.active_more` more chosen by `suggest_subsets` among the remaining pool vs as many at
+    random, over `study.active_seeds` draws (no retrain beyond the pool).
+Nothing is chosen on the ground truth or the held-out retrains: pairs are seeded, the estimator's
+ridge is calibrated on fit rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+
+import flax.struct
+import jax
+import numpy as np
+
+import ksurrogate as ks
+from experiments.modular import pipeline as P
+from ksurrogate import driver, features, metrics, runs
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyDesign:
+  rates: tuple
+  pools: tuple          # per rate: distinct Bernoulli(rate) subsets [n, K], neither empty nor full
+  S_est: tuple          # per rate: [num_estimated, K] Bernoulli(rate) subsets to estimate
+  pairs: np.ndarray     # [num_pairs, 2] task pairs whose exact interaction is measured
+  K: int
+
+  @property
+  def S_pairs(self) -> np.ndarray:
+    S = np.ones((len(self.pairs), self.K), bool)
+    S[np.arange(len(self.pairs))[:, None], self.pairs] = False
+    return S
+
+
+def cells(c) -> list[tuple[float, int]]:
+  st = c.study
+  out = {(float(r), int(st.other_budget)) for r in st.rates} | {(float(st.budget_rate), int(m)) for m in st.budgets}
+  return sorted(out)
+
+
+def cell_name(rate: float, m: int) -> str:
+  return f"p{rate:g}_m{m}"
+
+
+def pool_size(c, rate: float) -> int:
+  st = c.study
+  ms = [m for r, m in cells(c) if r == rate]
+  if rate == st.budget_rate:
+    ms.append(st.active_base + 2 * st.active_more)   # active sampling needs room for both arms
+  return max(ms) + st.num_heldout
+
+
+def distinct_bernoulli(key, n: int, K: int, rate: float) -> np.ndarray:
+  """n distinct Bernoulli(rate) subsets in draw order, without the empty and the full set."""
+  rows, seen = [], set()
+  for i in range(64):
+    for r in np.asarray(ks.subsets.bernoulli(jax.random.fold_in(key, i), 4 * n, K, rate)):
+      if 0 < r.sum() < K and r.tobytes() not in seen:
+        seen.add(r.tobytes())
+        rows.append(r)
+    if len(rows) >= n:
+      return np.stack(rows[:n])
+  raise ValueError(f"study.rates: cannot draw {n} distinct subsets of {K} tasks at rate {rate}")
+
+
+def study_design(c, s: P.Setup) -> StudyDesign:
+  K, st = s.K, c.study
+  rates = tuple(float(r) for r in st.rates)
+  pools = tuple(distinct_bernoulli(jax.random.key(c.seed + 20 + i), pool_size(c, r), K, r) for i, r in enumerate(rates))
+  S_est = tuple(np.asarray(ks.subsets.bernoulli(jax.random.key(c.seed + 40 + i), st.num_estimated, K, r))
+                for i, r in enumerate(rates))
+  rng = np.random.default_rng(c.seed + 60)
+  all_pairs = np.array([(i, j) for i in range(K) for j in range(i + 1, K)])
+  pairs = all_pairs[np.sort(rng.choice(len(all_pairs), min(st.num_pairs, len(all_pairs)), replace=False))]
+  return StudyDesign(rates, pools, S_est, pairs, K)
+
+
+@flax.struct.dataclass
+class StudyEstimates:
+  F: tuple              # per rate: [num_estimated, T] estimated outcomes
+  ridges: np.ndarray    # per rate: the ridge, calibrated by LDS on the rate's first fit rows
+  seconds: np.ndarray   # per rate: estimator wall time
+
+
+def estimate_pools(c, s: P.Setup, sd: StudyDesign, fs: P.FeatureSet, pools: list, tg: P.Targets) -> StudyEstimates:
+  """Estimated outcomes of every rate's S_est; each rate's ridge is the best LDS against the exact
+  retrains of the rows every cell of that rate fits on (never held-out rows or LOO)."""
+  import time
+  e, keep, task = c.estimate, tg.keep, s.d.task_train
+  train_f, target_f = fs.train, fs.target
+  kept = features.Features(target_f.phi[keep], target_f.offsets[keep], target_f.labels[keep], target_f.output)
+  est = dict(method=e.method, stats=ks.task_statistics(train_f, task, sd.K)) if e.method == "onestep" else dict(method=e.method)
+  grid = 10.0 ** np.arange(-1.0, 8.0)
+  Fs, ridges, seconds = [], [], []
+  for rate, S_pool, pool in zip(sd.rates, sd.pools, pools):
+    n_fit = min(m for r, m in cells(c) if r == rate)
+    ridge, _ = ks.calibrate_ridge(train_f, task, kept, S_pool[:n_fit], pool["F"][:n_fit][:, keep], grid=grid,
+                                  criterion="lds", **est)
+    t0 = time.perf_counter()
+    Fs.append(np.asarray(ks.estimate(train_f, task, sd.S_est[sd.rates.index(rate)], target_f, ridge=ridge, **est)))
+    seconds.append(time.perf_counter() - t0)
+    ridges.append(ridge)
+  return StudyEstimates(F=tuple(Fs), ridges=np.asarray(ridges), seconds=np.asarray(seconds))
+
+
+def interactions_exact(truths: list, pairs_out: list, sd: StudyDesign, keep) -> np.ndarray:
+  """[seeds, num_pairs, T]: F_r(1) - F_r(1 - e_i) - F_r(1 - e_j) + F_r(1 - e_i - e_j), kept targets."""
+  K = sd.K
+  rows = []
+  for t, pr in zip(truths, pairs_out):
+    F_loo, F_full = t["F"][:K], t["F"][K]
+    i, j = sd.pairs[:, 0], sd.pairs[:, 1]
+    rows.append((F_full[None] - F_loo[i] - F_loo[j] + pr["F"])[:, keep])
+  return np.stack(rows)
+
+
+def active_sampling(c, sd: StudyDesign, pool: dict, loo_true, keep) -> dict:
+  """Pool-based active sampling at the budget rate, over study.active_seeds draws: kernel surrogate
+  on base + suggested vs base + random, scored on the pool's held-out rows and the LOO truth."""
+  st = c.study
+  S, F = sd.pools[sd.rates.index(float(st.budget_rate))], pool["F"][:, keep]
+  n = len(S) - st.num_heldout
+  held = np.arange(n, len(S))
+  rows = {"random": [], "suggested": []}
+  for a in range(st.active_seeds):
+    rng = np.random.default_rng(c.seed + 80 + a)
+    order = rng.permutation(n)
+    base, rest = order[:st.active_base], order[st.active_base:]
+    kern = ks.fit_kernel(S[base], F[base], cv=c.surrogates.cv)
+    picked, _ = ks.suggest_subsets(kern, None, st.active_more, candidates=S[rest])
+    index = {r.tobytes(): i for i, r in zip(rest, S[rest])}
+    chosen = {"random": rest[:st.active_more],
+              "suggested": np.array([index[r.tobytes()] for r in np.asarray(picked).astype(S.dtype)])}
+    for arm, more in chosen.items():
+      rows_ = np.concatenate([base, more])
+      g = ks.fit_kernel(S[rows_], F[rows_], cv=c.surrogates.cv)
+      loo = np.asarray(ks.predicted_loo(g))
+      rows[arm].append({"lds": metrics.lds(np.asarray(g.predict(S[held])), F[held]),
+                        **{f"loo_{k}": v for k, v in metrics.loo_correlation(loo, loo_true).items()}})
+  out = {}
+  for arm, rs in rows.items():
+    for k in rs[0]:
+      vals = [r[k] for r in rs]
+      out.setdefault(arm, {})[k] = float(np.mean(vals))
+      out[arm][f"{k}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+      out[arm][f"{k}_per_seed"] = [float(v) for v in vals]
+  out["setting"] = {"rate": float(st.budget_rate), "base": int(st.active_base), "more": int(st.active_more),
+                    "candidates": int(n - st.active_base), "seeds": int(st.active_seeds), "heldout": int(st.num_heldout)}
+  return out
+
+
+def problems(config, run: runs.Run):
+  c, st = config, config.study
+  s = run.phase("setup", P.setup, c, store=False)
+  dsg = run.phase("design", P.design, c, s, store=False)
+  sd = run.phase("study_design", study_design, c, s, store=False)
+  th = run.phase("theta0", P.theta0, c, s)
+  cs = c.train.chunk_size
+  truths = P.truth_retrains(c, run, s, dsg)
+  pools = [run.outcomes(f"pool_p{r:g}", P.retrain_chunk, c, S, s, chunk_size=cs) for r, S in zip(sd.rates, sd.pools)]
+  pairs_out = [run.outcomes(f"pairs_seed{r}", functools.partial(P.retrain_chunk, train_seed=r), c, sd.S_pairs, s,
+                            chunk_size=cs) for r in range(c.truth.seeds)]
+  budget_pool = pools[sd.rates.index(float(st.budget_rate))]
+  tg = run.phase("targets", P.targets, c, s, th, budget_pool, dsg, store=False)
+  fs = run.phase("features", P.featurize, c, s, th)
+  est = run.phase("study_estimate", estimate_pools, c, s, sd, fs, pools, tg)
+  extra_loo = run.phase("baselines", P.run_baselines, c, s, th, fs, tg)
+  keep, K = tg.keep, sd.K
+  effects = P.loo_effects(truths, K)[:, :, keep]
+  loo_true = effects.mean(0)
+  ceiling, reliability = metrics.split_half_ceiling(effects) if len(effects) >= 2 else (None, None)
+  inter = interactions_exact(truths, pairs_out, sd, keep)
+  active = run.phase("active_sampling", active_sampling, c, sd, budget_pool, loo_true, keep)
+  losses = np.concatenate([o["final_train_loss"] for o in truths + pools + pairs_out])
+  unconverged = int(np.sum(losses > c.train.converged_loss))
+  if unconverged:
+    run.warn(f"{unconverged} of {len(losses)} retrains end with training loss above {c.train.converged_loss}")
+  shared = {
+      "ceiling": ceiling or {}, "reliability": reliability or {},
+      "study": {"interactions_exact": {"pairs": sd.pairs.tolist(),
+                                       "mean_target": inter.mean(2).mean(0).tolist(),
+                                       "mean_target_se": (inter.mean(2).std(0, ddof=1) / np.sqrt(len(inter))).tolist()
+                                       if len(inter) > 1 else [],
+                                       "per_target_abs_mean": np.abs(inter.mean(0)).mean(1).tolist()},
+                "active_sampling": active,
+                "estimator_ridges": {f"{r:g}": float(x) for r, x in zip(sd.rates, est.ridges)},
+                "estimator_seconds": {f"{r:g}": float(x) for r, x in zip(sd.rates, est.seconds)},
+                "retrains": {"total": int(len(losses)), "unconverged": unconverged, "max_final_train_loss": float(losses.max())},
+                "ground_truth": {"training_seeds": int(len(effects)), "loo_effect_sd": float(loo_true.std()),
+                                 "seed_noise_sd": float(effects.std(0, ddof=1).mean()) if len(effects) > 1 else float("nan")}},
+  }
+  side = int(np.sqrt(K))
+  for rate, m in cells(c):
+    i = sd.rates.index(rate)
+    S_pool, F_pool = sd.pools[i], pools[i]["F"][:, keep]
+    n, h = len(S_pool), st.num_heldout
+    rows = np.r_[0:m, n - h:n]
+    extra_fit = {"estimated": (sd.S_est[i], est.F[i][:, keep])} if m == st.other_budget else {}
+    yield driver.Problem(
+        name=cell_name(rate, m), S=S_pool[rows], F=F_pool[rows], splits=[(np.arange(m), np.arange(m, m + h))],
+        loo_true=loo_true, loo_ceiling=ceiling, extra_fit=extra_fit, extra_loo=extra_loo,
+        info={**shared, "cell": {"rate": rate, "budget": int(m), "heldout": int(h)}} if (rate, m) == cells(c)[0]
+        else {"ceiling": shared["ceiling"], "cell": {"rate": rate, "budget": int(m), "heldout": int(h)}},
+        outcome_name="validation loss", task_labels=[f"({k // side},{k % side})" for k in range(K)])
+
+
+# method -> line style; kernel and linear lines often coincide, so they differ in marker and dash
+PLOTTED = {"kernel_exact": dict(marker="o", ls="-"), "linear_exact": dict(marker="s", ls="--", mfc="none"),
+           "influence": dict(marker="^", ls=":"), "kernel_estimated": dict(marker="o", ls="-", alpha=0.6),
+           "linear_estimated": dict(marker="s", ls="--", mfc="none", alpha=0.6)}
+
+
+def across(config, datasets: dict, infos: dict, out_dir: pathlib.Path):
+  """The study's figure (LOO correlation against p and against m) and its cross-cell readouts:
+  the linear surrogate's bias against Proposition 3.1 and predicted vs exact interactions."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  c, st = config, config.study
+  first = cell_name(*cells(c)[0])
+  ceiling = infos.get("ceiling", {}).get(first) or {}
+  by_rate = [(r, cell_name(r, st.other_budget)) for r in sorted({float(x) for x in st.rates})]
+  by_m = [(m, cell_name(float(st.budget_rate), m)) for m in sorted({int(x) for x in st.budgets})]
+  fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharey="row")
+  for row, (key, what) in enumerate((("loo_pearson", "LOO Pearson per target"),
+                                     ("loo_pearson_mean_target", "LOO Pearson, mean target"))):
+    for col, (xs, xlabel) in enumerate(((by_rate, f"inclusion rate p (m = {st.other_budget} exact subsets)"),
+                                         (by_m, f"exact subsets m (p = {st.budget_rate:g})"))):
+      ax = axes[row, col]
+      for method, style in PLOTTED.items():
+        pts = [(x, datasets[name][method][key]) for x, name in xs if key in datasets.get(name, {}).get(method, {})]
+        if pts:
+          ax.plot(*zip(*pts), label=method, **style)
+      ax.set_xticks([x for x, _ in xs])
+      top = ceiling.get(key[len("loo_"):])
+      top = float("nan") if top is None else float(top)
+      if np.isfinite(top):
+        ax.axhline(top, color="grey", lw=1.0, ls="--", label="ceiling (seed split-half)")
+      ax.set_title(f"ceiling {top:.3f}" if np.isfinite(top) else "ceiling not measurable (reliability <= 0)", fontsize=9)
+      ax.set_xlabel(xlabel)
+      ax.set_ylabel(what)
+      ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=8)
+  fig.suptitle(f"Where the kernel surrogate pays off: p={c.data.p} {c.data.op}, {c.truth.seeds}-seed LOO truth")
+  fig.tight_layout()
+  path = out_dir / "study.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+  # Proposition 3.1: distance of each surrogate's LOO readout from the truth, by rate.
+  prop = {}
+  for rate, name in by_rate:
+    arrays = np.load(out_dir / name / "arrays.npz")
+    truth = arrays["loo_true"]
+    scale = float(np.sqrt(np.mean(truth ** 2)))
+    prop[f"{rate:g}"] = {m: float(np.sqrt(np.mean((arrays[f"{m}__predicted_loo"] - truth) ** 2)) / scale)
+                         for m in ("linear_exact", "kernel_exact") if f"{m}__predicted_loo" in arrays}
+    prop[f"{rate:g}"]["one_minus_p"] = 1.0 - rate
+  # Exact interactions of the measured pairs against each cell's kernel surrogate.
+  exact = infos["study"][first]["interactions_exact"]
+  pairs = np.asarray(exact["pairs"])
+  predicted = {}
+  for rate, m in cells(c):
+    arrays = np.load(out_dir / cell_name(rate, m) / "arrays.npz")
+    if "kernel_exact__interactions" in arrays:
+      inter = arrays["kernel_exact__interactions"][pairs[:, 0], pairs[:, 1]]   # [pairs, T]
+      predicted[cell_name(rate, m)] = inter.mean(1).tolist()
+  return {"study": path}, {"study_across": {"linear_bias_relative_rms": prop,
+                                            "interactions_kernel_mean_target": predicted,
+                                            "interactions_exact_mean_target": exact["mean_target"],
+                                            "interactions_exact_se": exact["mean_target_se"], "pairs": pairs.tolist()}}
