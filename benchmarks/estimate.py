@@ -13,6 +13,11 @@
 """
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
+
 
 import jax
 import jax.numpy as jnp

@@ -9,6 +9,11 @@ arrays the design says dominate.
 """
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
+
 import resource
 import time
 

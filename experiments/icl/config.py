@@ -8,6 +8,10 @@
          prompts, 50 queries (+50 held-out queries for selection), 80/120 fit/test over 5 seeds.
          Long on 2 CPU cores (hours): run it with nohup; it resumes where it stopped.
 
+  paper: python -m experiments.main --experiment=icl --config=paper --workdir=/tmp/icl_paper
+         the cpu protocol with 200 + 200 queries, 8 anchors, 5000 estimated prompts, 16 prompts
+         per vmapped call: for a GPU; not run yet.
+
 Override any field with --config.SECTION.FIELD=VALUE (e.g. --config.swap.prompts_per_demo=4).
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ TASKS = ("sentiment", "coin_flip")
 DESCRIPTIONS = {
     "tiny": "smoke test of every phase on a random-init tiny Llama (K=12, 40 prompts); < 1 min, numbers meaningless",
     "cpu": "SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; hours on 2 cores",
+    "paper": "the cpu protocol with 200+200 queries and larger batches, for a GPU (not yet run)",
 }
 
 VARIANTS = {
@@ -37,6 +42,13 @@ VARIANTS = {
         "surrogates": dict(cv=3),
     },
     "cpu": {},
+    # For a GPU: four times the queries of the cpu config, larger vmapped prompt batches. Not run
+    # yet (no device lent); its shapes are the cpu config's buckets.
+    "paper": {
+        "data": dict(num_queries=200, num_heldout_queries=200),
+        "inference": dict(prompt_batch=16),
+        "estimate": dict(num_anchors=8, num_prompts=5000),
+    },
 }
 
 
