@@ -97,8 +97,9 @@ def _project_streamed(G, key, dim, projection, chunk):
 
 def make_featurizer(apply_fn: Callable, params0, *, key, dim: int, output: str = "margin",
                     projection: str = "gaussian", chunk: int = 16384, materialize_bytes: int = 1 << 30):
-  """`materialize_bytes`: form P once when it is at most this large (faster), else stream it."""
-  """Returns a jitted fn(x_batch, y_batch) -> (phi [B, C, d], offsets [B, C])."""
+  """Returns a jitted fn(x_batch, y_batch) -> (phi [B, C, d], offsets [B, C]).
+
+  `materialize_bytes`: form P once when it is at most this large (faster), else stream it."""
   _checks.choice(projection, PROJECTIONS, "projection")
   _checks.positive_int(dim, "dim")
   flat0, unravel = ravel_pytree(params0)
