@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import time
 
 import flax.struct
 import jax
@@ -102,7 +103,6 @@ class StudyEstimates:
 def estimate_pools(c, s: P.Setup, sd: StudyDesign, fs: P.FeatureSet, pools: list, tg: P.Targets) -> StudyEstimates:
   """Estimated outcomes of every rate's S_est; each rate's ridge is the best LDS against the exact
   retrains of the rows every cell of that rate fits on (never held-out rows or LOO)."""
-  import time
   e, keep, task = c.estimate, tg.keep, s.d.task_train
   train_f, target_f = fs.train, fs.target
   kept = features.Features(target_f.phi[keep], target_f.offsets[keep], target_f.labels[keep], target_f.output)
@@ -216,8 +216,9 @@ def problems(config, run: runs.Run):
     yield driver.Problem(
         name=cell_name(rate, m), S=S_pool[rows], F=F_pool[rows], splits=[(np.arange(m), np.arange(m, m + h))],
         loo_true=loo_true, loo_ceiling=ceiling, extra_fit=extra_fit, extra_loo=extra_loo,
-        info={**shared, "cell": {"rate": rate, "budget": int(m), "heldout": int(h)}} if (rate, m) == cells(c)[0]
-        else {"ceiling": shared["ceiling"], "cell": {"rate": rate, "budget": int(m), "heldout": int(h)}},
+        # the study-wide readouts once, under the first cell; the ceiling and the cell's own setting in each
+        info={**(shared if (rate, m) == cells(c)[0] else {"ceiling": shared["ceiling"]}),
+              "cell": {"rate": rate, "budget": int(m), "heldout": int(h)}},
         outcome_name="validation loss", task_labels=[f"({k // side},{k % side})" for k in range(K)])
 
 
