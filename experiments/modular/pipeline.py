@@ -1,8 +1,8 @@
 """Modular-arithmetic attribution pipeline: short named phases composed by `problems`.
 
 setup -> design -> theta0 -> retrain (chunked) -> truth_seed<r> (chunked) -> features -> finetune
-(chunked) -> finetune_loo (chunked) -> estimate -> baselines -> one driver.Problem. Each phase is a pure function of the config view it reads and
-the results it is given; `ksurrogate.runs.Run` stores, checks and reuses them, so a killed run
+(chunked) -> finetune_loo (chunked) -> estimate -> baselines -> one driver.Problem. Each phase is a
+pure function of the config view it reads and the results it is given; `ksurrogate.runs.Run` stores, checks and reuses them, so a killed run
 resumes with the same numbers: every random choice is a function of (config.seed, chunk index),
 never of timing.
 """
@@ -186,6 +186,10 @@ class FeatureSet:
   def target(self) -> features.Features:
     return features.Features(self.target_phi, self.target_offsets, self.target_labels, self.output)
 
+  def target_rows(self, keep) -> features.Features:
+    """The target features of the kept targets only."""
+    return features.Features(self.target_phi[keep], self.target_offsets[keep], self.target_labels[keep], self.output)
+
 
 def featurize(c, s: Setup, th: Theta0) -> FeatureSet:
   key = jax.random.key(c.seed + 5)
@@ -259,8 +263,7 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
   F_rand = retrains["F"]
   fit, held = np.arange(c.subsets.num_fit), np.arange(c.subsets.num_fit, len(dsg.S_rand))
   if e.attribution_ridge == "retrain":
-    kept_target = features.Features(target_f.phi[keep], target_f.offsets[keep], target_f.labels[keep], target_f.output)
-    ridge_attr, table_attr = ks.calibrate_ridge(train_f, task, kept_target, dsg.S_rand[fit], F_rand[fit][:, keep],
+    ridge_attr, table_attr = ks.calibrate_ridge(train_f, task, fs.target_rows(keep), dsg.S_rand[fit], F_rand[fit][:, keep],
                                                 grid=grid, criterion="lds", **est)
   else:
     ridge_attr, table_attr = ridge, {}
@@ -268,7 +271,8 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
   F_est = ks.estimate(train_f, task, dsg.S_est, target_f, ridge=ridge_attr, **est)
   t_est_all = time.perf_counter() - t0
   F_est_exact = ks.estimate(train_f, task, dsg.S_rand, target_f, ridge=ridge_attr, **est)
-  F_est_ft = ks.estimate(train_f, task, S_ft, target_f, ridge=ridge, **est)
+  # the scored fine-tuned subsets were estimated above at this ridge; only the calibration rows are new
+  F_est_ft = np.concatenate([ks.estimate(train_f, task, S_ft[:half], target_f, ridge=ridge, **est), F_hat_ft])
   F_est_truth = ks.estimate(train_f, task, dsg.S_truth, target_f, ridge=ridge, **est)
   report_ = diagnostics.error_report(F_hat_ft, F_ft[half:], F_base=tg.F_full,
                                      linearization_errors=ft["linearization_error"][half:])
@@ -302,8 +306,7 @@ def run_baselines(c, s: Setup, th: Theta0, fs: FeatureSet, tg: Targets) -> dict:
   every = t.num_steps // n_ck
   # TracIn weighs each checkpoint by the learning rate in force when it was saved.
   rates = [float(s.schedule((i + 1) * every - 1)) for i in range(n_ck)]
-  target_f = fs.target
-  kept = features.Features(target_f.phi[keep], target_f.offsets[keep], target_f.labels[keep], target_f.output)
+  kept = fs.target_rows(keep)
   return {
       "influence": baselines.influence(s.apply_fn, th.params, s.d.X_train, s.d.y_train, s.d.task_train, Xt, yt,
                                        num_tasks=K, curvature=c.baselines.curvature, damping=c.baselines.damping,

@@ -32,7 +32,7 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments.modular import pipeline as P
-from ksurrogate import driver, features, metrics, runs
+from ksurrogate import driver, metrics, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,16 +105,16 @@ def estimate_pools(c, s: P.Setup, sd: StudyDesign, fs: P.FeatureSet, pools: list
   retrains of the rows every cell of that rate fits on (never held-out rows or LOO)."""
   e, keep, task = c.estimate, tg.keep, s.d.task_train
   train_f, target_f = fs.train, fs.target
-  kept = features.Features(target_f.phi[keep], target_f.offsets[keep], target_f.labels[keep], target_f.output)
+  kept = fs.target_rows(keep)
   est = dict(method=e.method, stats=ks.task_statistics(train_f, task, sd.K)) if e.method == "onestep" else dict(method=e.method)
   grid = 10.0 ** np.arange(-1.0, 8.0)
   Fs, ridges, seconds = [], [], []
-  for rate, S_pool, pool in zip(sd.rates, sd.pools, pools):
+  for rate, S_pool, S_est, pool in zip(sd.rates, sd.pools, sd.S_est, pools):
     n_fit = min(m for r, m in cells(c) if r == rate)
     ridge, _ = ks.calibrate_ridge(train_f, task, kept, S_pool[:n_fit], pool["F"][:n_fit][:, keep], grid=grid,
                                   criterion="lds", **est)
     t0 = time.perf_counter()
-    Fs.append(np.asarray(ks.estimate(train_f, task, sd.S_est[sd.rates.index(rate)], target_f, ridge=ridge, **est)))
+    Fs.append(np.asarray(ks.estimate(train_f, task, S_est, target_f, ridge=ridge, **est)))
     seconds.append(time.perf_counter() - t0)
     ridges.append(ridge)
   return StudyEstimates(F=tuple(Fs), ridges=np.asarray(ridges), seconds=np.asarray(seconds))
