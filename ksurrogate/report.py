@@ -52,7 +52,7 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
   axes[0].legend(fontsize=7, loc="upper left")
   shown = f"{len(keep)} of {t.size}" if len(keep) < t.size else f"all {t.size}"
   fig.suptitle(f"{title}: held-out subsets ({shown} subset-target pairs)", fontsize=10)
-  _save(fig, path)
+  save(fig, path)
 
 
 def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_is_better: bool = False,
@@ -80,7 +80,7 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_i
   from matplotlib.patches import Patch
   ax.legend(handles=[Patch(color="tab:green", label="helps the target (removing it hurts)"),
                      Patch(color="tab:red", label="hurts the target (removing it helps)")], fontsize=7, loc="best")
-  _save(fig, path)
+  save(fig, path)
 
 
 def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None = None,
@@ -100,7 +100,7 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
     ax.set(xlabel="real LOO effect", ylabel="predicted LOO effect")
     _plain_axes(ax)
   fig.suptitle(f"{title}: leave-one-out effect on the mean {outcome_name}", fontsize=10)
-  _save(fig, path)
+  save(fig, path)
 
 
 def curves(path, named_curves: dict, title: str, ylabel: str = "training loss", *, log_scale: bool = True,
@@ -111,7 +111,7 @@ def curves(path, named_curves: dict, title: str, ylabel: str = "training loss", 
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log_scale else "linear")
   ax.title.set_fontsize(9)
   ax.legend(fontsize=7)
-  _save(fig, path)
+  save(fig, path)
 
 
 def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> None:
@@ -130,7 +130,7 @@ def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> 
   ax.set(ylabel=ylabel, xlabel="target objective")
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7, ncol=min(3, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.28))
-  _save(fig, path)
+  save(fig, path)
 
 
 def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_name: str = "target loss") -> None:
@@ -150,13 +150,14 @@ def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_n
   ax.set_yticks(ticks, names, fontsize=6)
   ax.set(xlabel="task k", ylabel="task j")
   ax.set_title(f"{title}\npairwise interactions", fontsize=9)
-  _save(fig, path)
+  save(fig, path)
 
 
-def _save(fig, path) -> None:
+def save(fig, path) -> None:
+  """Writes a figure (folders made as needed) and closes it; long tick labels are never clipped."""
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
 

@@ -26,7 +26,7 @@ from experiments.icl import estimate as X
 from experiments.icl import gguf_llama as G
 from experiments.icl import inference as I
 from experiments.icl import model as M
-from ksurrogate import driver, metrics, report, runs  # noqa: F401  (report: headless matplotlib)
+from ksurrogate import driver, metrics, report, runs
 
 LN2 = math.log(2.0)
 
@@ -379,7 +379,7 @@ def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
   for ax in axes.ravel()[len(names):]:
     ax.axis("off")
   fig.suptitle(f"{title}: F(S) - F(S, demo swapped out), mean query loss", fontsize=9)
-  _save(fig, path)
+  report.save(fig, path)
 
 
 def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
@@ -394,7 +394,7 @@ def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
   ax.set_xlabel("real change of mean query loss when the demonstration is swapped out\n"
                 "(green: it helps, red: it hurts)", fontsize=8)
   ax.set_title(title, fontsize=9)
-  _save(fig, path)
+  report.save(fig, path)
 
 
 def plot_selection(path, table: dict, title: str) -> None:
@@ -415,15 +415,7 @@ def plot_selection(path, table: dict, title: str) -> None:
       lo = min(table[m][metric] for m in methods)
       ax.set_ylim(max(0.0, lo - 0.15), None)
   fig.suptitle(title, fontsize=9)
-  _save(fig, path)
-
-
-def _save(fig, path) -> None:
-  import matplotlib.pyplot as plt
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

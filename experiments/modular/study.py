@@ -32,7 +32,7 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments.modular import pipeline as P
-from ksurrogate import driver, metrics, runs
+from ksurrogate import driver, metrics, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,9 +231,7 @@ PLOTTED = {"kernel_exact": dict(marker="o", ls="-"), "linear_exact": dict(marker
 def across(config, datasets: dict, infos: dict, out_dir: pathlib.Path):
   """The study's figure (LOO correlation against p and against m) and its cross-cell readouts:
   the linear surrogate's bias against Proposition 3.1 and predicted vs exact interactions."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt   # headless: ksurrogate.report selected the Agg backend
 
   c, st = config, config.study
   first = cell_name(*cells(c)[0])
@@ -261,10 +259,8 @@ def across(config, datasets: dict, infos: dict, out_dir: pathlib.Path):
       ax.grid(alpha=0.3)
   axes[0, 0].legend(fontsize=8)
   fig.suptitle(f"Where the kernel surrogate pays off: p={c.data.p} {c.data.op}, {c.truth.seeds}-seed LOO truth")
-  fig.tight_layout()
   path = out_dir / "study.png"
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.save(fig, path)
 
   # Proposition 3.1: distance of each surrogate's LOO readout from the truth, by rate.
   prop = {}
