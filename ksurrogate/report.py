@@ -29,6 +29,11 @@ def _plain_axes(ax):
       formatter.set_useOffset(False)
 
 
+def score_text(v) -> str:
+  """A score for a title or a table: 3 decimals, "n/a" when it is absent (undefined on the data)."""
+  return "n/a" if v is None else f"{v:.3f}"
+
+
 def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | None = None,
                       outcome_name: str = "outcome", max_points: int = 4000, seed: int = 0) -> None:
   """Predicted vs true outcome on held-out (subset, target) pairs, one panel per method, each
@@ -45,7 +50,7 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
     p = np.asarray(preds[name]).ravel()
     ax.scatter(t[keep], p[keep], s=3, alpha=0.35)
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-    score = "".join(f"\n{k} = {v:.3f}" for k, v in (scores or {}).get(name, {}).items())
+    score = "".join(f"\n{k} = {score_text(v)}" for k, v in (scores or {}).get(name, {}).items())
     ax.set(xlabel=f"true {outcome_name}", ylabel=f"predicted {outcome_name}", title=f"{name}{score}")
     ax.title.set_fontsize(9)
     _plain_axes(ax)
@@ -94,7 +99,7 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
   for ax, name in zip(axes, names):
     p = np.asarray(loos[name]).mean(axis=1)
     r = np.corrcoef(p, t)[0, 1] if np.std(p) > 0 and np.std(t) > 0 else float("nan")
-    head = f"loo_pearson = {scores[name]:.3f}\n" if scores and name in scores else ""
+    head = f"loo_pearson = {score_text(scores[name])}\n" if scores and name in scores else ""
     ax.scatter(t, p, s=10)
     ax.set_title(f"{name}\n{head}loo_pearson_mean_target (plotted) = {r:.3f}", fontsize=8)
     ax.set(xlabel="real LOO effect", ylabel="predicted LOO effect")
@@ -164,8 +169,8 @@ def save(fig, path) -> None:
 def table(rows: list[dict], columns: list[str]) -> str:
   """Plain fixed-width table for the console."""
   def fmt(v):
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-  cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    return score_text(v) if v is None or isinstance(v, float) else str(v)
+  cells = [[fmt(r[c]) if c in r else "" for c in columns] for r in rows]
   widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
   line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
   return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])

@@ -32,7 +32,7 @@ def test_normalized_error_by_hand(rng):
   expect = np.mean(((P - T) ** 2).mean(0)[keep] / var[keep])
   assert metrics.normalized_error(P, T, threshold=0.1) == pytest.approx(expect, rel=1e-12)
   assert metrics.normalized_error(np.tile(T.mean(0), (20, 1)), T, threshold=0.1) == pytest.approx(19 / 20)
-  with pytest.raises(ValueError, match="^threshold"):
+  with pytest.raises(metrics.Undefined, match="^threshold: no target has variance >= 100 across the 20 rows"):
     metrics.normalized_error(P, T, threshold=100.0)
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
+from experiments import common
 from experiments.icl import data as D
 from experiments.icl import estimate as X
 from experiments.icl import gguf_llama as G
@@ -223,21 +224,27 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   t_real = float(np.median(exact["seconds"]))        # median: the first chunk also compiled
   t_grad = float(np.mean(lin.seconds[1:])) if A > 1 else float(lin.seconds[0])
   t_est = t_many / len(many)
+  skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
+  score = lambda key, fn, *a: metrics.attempt(skipped, key, fn, *a)  # noqa: E731
+  median = lambda r: None if r is None else r["median"]  # noqa: E731
   info = {
       "anchors": int(A), "num_estimated": int(len(many)),
-      "median_relative_error": metrics.relative_error(F_prompts[rest], F_real[rest])["median"],
-      "median_relative_error_anchor_value": metrics.relative_error(zeroth[rest], F_real[rest])["median"],
+      "median_relative_error": median(score("median_relative_error", metrics.relative_error, F_prompts[rest],
+                                            F_real[rest])),
+      "median_relative_error_anchor_value": median(score("median_relative_error_anchor_value", metrics.relative_error,
+                                                         zeroth[rest], F_real[rest])),
       "relative_frobenius_error": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest]),
       "relative_frobenius_error_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest]),
       "error_over_spread": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
       "error_over_spread_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
-      "lds_vs_real": metrics.lds(F_prompts[held], F_real[held]),
-      "lds_vs_real_anchor_value": metrics.lds(zeroth[held], F_real[held]),
+      "lds_vs_real": score("lds_vs_real", metrics.lds, F_prompts[held], F_real[held]),
+      "lds_vs_real_anchor_value": score("lds_vs_real_anchor_value", metrics.lds, zeroth[held], F_real[held]),
       "first_order_beats_anchor_value": bool(fro(F_prompts[rest] - F_real[rest]) < fro(zeroth[rest] - F_real[rest])),
       "seconds_real_per_prompt": t_real, "seconds_estimate_per_prompt": t_est,
       "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": float(np.sum(lin.seconds)),
       "speedup_per_prompt_excluding_gradients": t_real / t_est,
       "speedup_including_gradients": len(many) * t_real / (t_many + float(np.sum(lin.seconds))),
+      "skipped": skipped,
   }
   return Estimates(many=many, F_many=F_many, F_prompts=F_prompts, anchors=lin.anchors_idx, F0=lin.F0,
                    coef=lin.coef, info=info)
@@ -371,8 +378,9 @@ def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
   t = truth.mean(1)
   for ax, n in zip(axes.ravel(), names):
     ax.scatter(t, preds[n].mean(1), s=10)
-    ax.set_title(f"{n}\npearson_mean_query = {corr[n]['pearson_mean_target']:.3f}\n"
-                 f"spearman_mean_query = {corr[n]['spearman_mean_target']:.3f}", fontsize=7)
+    row = corr[n] or {}
+    ax.set_title(f"{n}\npearson_mean_query = {report.score_text(row.get('pearson_mean_target'))}\n"
+                 f"spearman_mean_query = {report.score_text(row.get('spearman_mean_target'))}", fontsize=7)
     ax.set(xlabel="real swap effect", ylabel="predicted swap effect")
     ax.axhline(0, color="0.7", lw=0.5)
     ax.axvline(0, color="0.7", lw=0.5)
@@ -429,6 +437,9 @@ def problems(config, run: runs.Run):
     dsg = run.phase(f"design_{name}", design, c, s)
     cs = c.design.chunk_size
     exact = run.outcomes(f"exact_{name}", exact_chunk, c, dsg.prompts, s, "scoring", chunk_size=cs)
+    # Every query is a target (none is left out by a threshold): the run stops here when fewer than
+    # min_varying_targets of them vary at all across the prompts.
+    common.require_varying(exact["F"], 0.0, c.min_varying_targets, phase=f"exact_{name}", threshold_field=None)
     est = run.phase(f"estimate_{name}", estimate, c, s, dsg, exact)
     sw = run.phase(f"swap_design_{name}", swap_design, c, s, dsg)
     swapped = run.outcomes(f"swap_{name}", exact_chunk, c, sw.run, s, "scoring", chunk_size=cs)
@@ -470,7 +481,8 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
   per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]
   truth = per_pair.mean(0)
   preds = swap_predictions(sw, surrogates, est, K)
-  corr = {n: metrics.loo_correlation(p, truth) for n, p in preds.items()}
+  why = {}   # a method whose swap correlation is undefined (e.g. constant predictions): None, and why
+  corr = {n: metrics.attempt(why, n, metrics.loo_correlation, p, truth) for n, p in preds.items()}
   ceiling, reliability = (metrics.split_half_ceiling(per_pair) if per_pair.shape[0] >= 2 else ({}, {}))
   table, gain = selection_summary(c, picks, sel["F"])
   out = run.dir / s.name
@@ -483,7 +495,8 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
   return driver.Problem(
       name=s.name, S=dsg.S, F=exact["F"], splits=_splits(c, len(dsg.prompts)),
       extra_fit={"estimated": (D.indicators(est.many, K), est.F_many)},
-      info={"estimator": estimator_summary(est.info), "swap_correlation": corr, "swap_ceiling": ceiling,
+      info={"estimator": estimator_summary(est.info), "swap_correlation": corr, "swap_correlation_skipped": why,
+            "swap_ceiling": ceiling,
             "swap_reliability": reliability, "selection": table, "selection_gain": gain,
             "prompts": {"num_prompts": int(len(dsg.prompts)), "num_demos": K, "shots": int(dsg.prompts.shape[1]),
                         "num_queries": s.task.num_queries, "num_heldout_queries": s.heldout.num_queries,
