@@ -73,6 +73,7 @@ class Problem:
   `other_tests` are further held-out sets {name: (S, F)} (e.g. real fine-tunes of other subsets):
   every surrogate is also scored on each as `lds_<name>` and `normalized_error_<name>` (first split).
   `figures` names extra figures the experiment wrote ({what: path}), listed with the run's files.
+  `task_noun` names a task in the plots (ICL: "demonstration").
   `higher_is_better`: what an outcome means (a loss: False; a return or accuracy: True); plots
   and the sign of "helps the target" follow it.
   """
@@ -93,6 +94,7 @@ class Problem:
   other_loo_truths: Mapping[str, tuple[np.ndarray, Optional[Mapping[str, float]]]] = dataclasses.field(default_factory=dict)
   other_tests: Mapping[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
   normalized_error_threshold: Optional[float] = None   # this problem's own target-variance cut (else the config's)
+  task_noun: str = "task"   # what a task is here ("demonstration", "objective"), for plot labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +175,8 @@ def _merge(rows: list[dict], why: list[dict], name: str, problem: Problem, skipp
     if reasons:
       note = "" if not defined else f" (on {len(reasons)} of {len(values)} splits; the value averages the others)"
       skipped.append({"dataset": problem.name, "method": name, "metric": k, "reason": reasons[0] + note})
+  for k in dict.fromkeys(k for w in why for k in w if k not in out):   # readouts that are absent, not metrics
+    skipped.append({"dataset": problem.name, "method": name, "metric": k, "reason": next(w[k] for w in why if k in w)})
   if len(rows) > 1:
     for k in ("lds", "normalized_error"):
       defined = [r[k] for r in rows if r.get(k) is not None]
@@ -228,8 +232,10 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
           loo = np.asarray(attribution.predicted_loo(surr))
           arrays[f"{name}/predicted_loo"] = loo
           row.update(_loo_scores(loo, problem, w))
-          if "interactions" in readouts:
+          if "interactions" in readouts and X.shape[1] >= 2:
             arrays[f"{name}/interactions"] = np.asarray(attribution.interactions(surr))
+          elif "interactions" in readouts:
+            w["interactions"] = "a single task has no pairs to interact"
       per_split.append(row)
       why.append(w)
     # first-split-only keys (LOO, other tests) average over the splits that have them
@@ -322,7 +328,8 @@ def _plots(protocol: Protocol, problem: Problem, summary: dict, arrays: dict, ou
   preds = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/heldout_pred")}
   path = out / "predicted_vs_true.png"
   report.predicted_vs_true(path, preds, arrays["heldout_true"], problem.name,
-                           scores={m: {k: summary[m][k] for k in ("lds", "normalized_error")} for m in preds}, outcome_name=problem.outcome_name)
+                           scores={m: {k: summary[m][k] for k in ("lds", "normalized_error")} for m in preds},
+                           outcome_name=problem.outcome_name, num_splits=len(problem.splits))
   written["predicted_vs_true"] = path
   loos = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/predicted_loo")}
   if "loo_true" in arrays and loos:
@@ -334,12 +341,13 @@ def _plots(protocol: Protocol, problem: Problem, summary: dict, arrays: dict, ou
   if f"{m}/predicted_loo" in arrays:
     path = out / "top_tasks.png"
     report.top_tasks(path, arrays[f"{m}/predicted_loo"], f"{problem.name}: {m}", labels=problem.task_labels,
-                     higher_is_better=problem.higher_is_better, outcome_name=problem.outcome_name)
+                     higher_is_better=problem.higher_is_better, outcome_name=problem.outcome_name,
+                     task_noun=problem.task_noun)
     written["top_tasks"] = path
   if f"{m}/interactions" in arrays:
     path = out / "interactions.png"
     report.interaction_heatmap(path, arrays[f"{m}/interactions"], f"{problem.name}: {m}", labels=problem.task_labels,
-                               outcome_name=problem.outcome_name)
+                               outcome_name=problem.outcome_name, task_noun=problem.task_noun)
     written["interactions"] = path
   return written
 

@@ -339,5 +339,5 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
             "full_set_outcome": dict(zip(s.suite.names, full.tolist())),
             "targets": [n for n, v in zip(s.suite.names, varying) if v]},
       higher_is_better=False, outcome_name="normalized negative return",
-      task_labels=list(s.suite.names),
+      task_labels=list(s.suite.names), task_noun="objective",
       figures={"meta_policy_curve": str(curve_path), "selection": str(bars_path)})
