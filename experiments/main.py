@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pathlib
+import shlex
 import signal
 import sys
 import warnings
@@ -91,7 +92,8 @@ def prepare_argv(argv, flag_values=flags.FLAGS):
       if field not in defaults and field not in sections:
         _fail(f"--config.{field}: no such field in {name}'s config {variant!r} (--help lists them)")
       if field in defaults:
-        text = parse_override(config, field, text)
+        rule = rules(module).get(field)
+        text = parse_override(config, field, text, nullable=rule is not None and rule.ok(None))
         if text is None:
           _NONE_OVERRIDES.append(field)
           continue
@@ -147,13 +149,18 @@ def _convert_items(items: list, default) -> list:
   return out
 
 
-def parse_override(config, field: str, text: str):
+def rules(module) -> dict:
+  """The experiment's range rules ({field: common.Rule}), kept next to its get_config."""
+  return getattr(sys.modules[module.get_config.__module__], "RULES", {})
+
+
+def parse_override(config, field: str, text: str, *, nullable: bool = False):
   """The text config_flags should parse for `--config.FIELD=text`, after the type check it would
   make (as a one-line error: absl's is two lines with rc 1); None for a None override of a field
-  whose default is None."""
+  that may be None."""
   kind = _field_type(config, field)
   default = common.value(config, field)
-  if text == "None" and default is None:
+  if text == "None" and (nullable or default is None):
     return None
   try:
     if kind is bool:
@@ -200,10 +207,13 @@ def usage() -> str:
 
 
 def _shown(value) -> str:
-  """A default as it is typed on the command line (a tuple of plain items comma-separated)."""
+  """A value as it is typed in a shell (quoted where needed; a tuple of plain items
+  comma-separated, a nested one as a literal without spaces)."""
   if isinstance(value, tuple) and value and all(isinstance(x, (str, int, float)) for x in value):
-    return ",".join(str(x) for x in value)
-  return repr(value)
+    return shlex.quote(",".join(str(x) for x in value))
+  if isinstance(value, tuple):
+    return shlex.quote(repr(value).replace(" ", ""))
+  return shlex.quote(value) if isinstance(value, str) else str(value)
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
