@@ -277,4 +277,8 @@ def validate(c, *, memory_available=None) -> None:
   req(c.surrogates.cv <= fit_sets[smallest], "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the {fit_sets[smallest]} subsets of the smallest fit set ({smallest})")
   req(st.budget_rate in tuple(st.rates), "study.budget_rate", f"{st.budget_rate} must be one of study.rates {tuple(st.rates)}")
+  if st.enabled:   # the largest pool of distinct subsets (neither empty nor full) the study retrains
+    pool = max(*st.budgets, st.other_budget, st.active_base + 2 * st.active_more) + st.num_heldout
+    req(pool <= 2 ** K - 2, "study.budgets", f"a pool of {pool} distinct subsets (largest budget, active sampling and "
+        f"study.num_heldout) exceeds the {2 ** K - 2} subsets of {K} tasks")
   common.check_memory(memory(c), available=memory_available)
