@@ -248,7 +248,8 @@ def across(config, datasets: dict, infos: dict, out_dir: pathlib.Path):
                                          (by_m, f"exact subsets m (p = {st.budget_rate:g})"))):
       ax = axes[row, col]
       for method, style in PLOTTED.items():
-        pts = [(x, datasets[name][method][key]) for x, name in xs if key in datasets.get(name, {}).get(method, {})]
+        pts = [(x, datasets[name][method][key]) for x, name in xs
+               if datasets.get(name, {}).get(method, {}).get(key) is not None]   # absent scores are left out
         if pts:
           ax.plot(*zip(*pts), label=method, **style)
       ax.set_xticks([x for x, _ in xs])
