@@ -179,7 +179,7 @@ def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_n
   ax.set_xticks(ticks, names, fontsize=6, rotation=90)
   ax.set_yticks(ticks, names, fontsize=6)
   ax.set(xlabel=f"{task_noun} k", ylabel=f"{task_noun} j")
-  ax.set_title(f"{title}\npairwise interactions" + (f" (every {step}th {task_noun} labelled)" if step > 1 else ""),
+  ax.set_title(f"{title}\npairwise interactions" + (f" (one {task_noun} in {step} labelled)" if step > 1 else ""),
                fontsize=9)
   save(fig, path)
 

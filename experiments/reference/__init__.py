@@ -101,7 +101,8 @@ def problems(config, run=None):
       S, _ = subsets.collapse_columns(W)
       n_fit = len(d["train_w"])
       splits = [(np.arange(n_fit), np.arange(n_fit, len(W)))]
-    yield driver.Problem(name=name, S=S, F=F, W=W, splits=splits)
+    yield driver.Problem(name=name, S=S, F=F, W=W, splits=splits,
+                         task_noun="demonstration" if name == "coin_flip" else "task")
 
 
 def methods(config, problem: driver.Problem) -> dict:
