@@ -8,7 +8,9 @@ arrays, plots and `summary.json`. It never looks at which experiment it runs.
 Summary schema (the same whatever the number of problems):
   experiment, config, timing [{phase, seconds, status}], files {what: path},
   datasets.<problem>.<method>.{lds, normalized_error, seconds, loo_pearson, loo_spearman,
-                               loo_pearson_mean_target, loo_spearman_mean_target, ...},
+                               loo_pearson_mean_target, loo_spearman_mean_target, ...}
+    (a metric undefined on the data is null, and listed in `skipped`),
+  skipped [{dataset, metric, methods, reason}],
   <info key>.<problem> = whatever the problem's `info` holds under that key.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
+import warnings
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -28,6 +31,12 @@ from ksurrogate import store
 from ksurrogate import subsets
 
 LOO_KEYS = ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target")
+
+
+class Unmeasurable(ValueError):
+  """A protocol's design cannot measure anything (e.g. too few targets' outcomes vary after its
+  first exact outcomes): raised by `problems` right after that phase, it stops the run with its
+  one line (which names the field to change) instead of computing the rest."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +73,7 @@ class Problem:
   `other_tests` are further held-out sets {name: (S, F)} (e.g. real fine-tunes of other subsets):
   every surrogate is also scored on each as `lds_<name>` and `normalized_error_<name>` (first split).
   `figures` names extra figures the experiment wrote ({what: path}), listed with the run's files.
+  `task_noun` names a task in the plots (ICL: "demonstration").
   `higher_is_better`: what an outcome means (a loss: False; a return or accuracy: True); plots
   and the sign of "helps the target" follow it.
   """
@@ -84,6 +94,7 @@ class Problem:
   other_loo_truths: Mapping[str, tuple[np.ndarray, Optional[Mapping[str, float]]]] = dataclasses.field(default_factory=dict)
   other_tests: Mapping[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
   normalized_error_threshold: Optional[float] = None   # this problem's own target-variance cut (else the config's)
+  task_noun: str = "task"   # what a task is here ("demonstration", "objective"), for plot labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,34 +137,72 @@ def _view(problem: Problem, method: Method):
   return problem.S
 
 
-def _loo_scores(loo, problem: Problem) -> dict:
+def _loo_scores(loo, problem: Problem, skipped: dict) -> dict:
   """LOO correlations of a predicted LOO [K, T] with every ground truth the problem has, each
-  also as a fraction of that truth's ceiling where it has one."""
+  also as a fraction of that truth's ceiling where it has one. A correlation that is undefined
+  (e.g. a single task, or a constant prediction) is None, its reason in `skipped`."""
   truths = {"": (problem.loo_true, problem.loo_ceiling), **{f"{n}_": v for n, v in problem.other_loo_truths.items()}}
   row = {}
   for prefix, (truth, ceiling) in truths.items():
     if truth is None:
       continue
-    for k, v in metrics.loo_correlation(loo, truth).items():
+    why = {}
+    scores = metrics.attempt(why, "loo", metrics.loo_correlation, loo, truth)
+    for k in LOO_KEYS:
+      v = None if scores is None else scores[k]
       row[f"loo_{prefix}{k}"] = v
+      if scores is None:
+        skipped[f"loo_{prefix}{k}"] = why["loo"]
       if ceiling and k in ceiling:
         c = ceiling[k]
-        row[f"loo_{prefix}{k}_of_ceiling"] = v / c if c and np.isfinite(c) else float("nan")
+        measurable = c is not None and np.isfinite(c) and c > 0
+        row[f"loo_{prefix}{k}_of_ceiling"] = v / c if v is not None and measurable else None
+        if v is not None and not measurable:
+          skipped[f"loo_{prefix}{k}_of_ceiling"] = (f"ceiling: not measurable ({c}): the ground truth's split-half "
+                                                    "reliability is not positive")
   return row
 
 
-def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: float = 0.1):
+def _merge(rows: list[dict], why: list[dict], name: str, problem: Problem, skipped: list) -> dict:
+  """One summary entry from per-split rows: each key averaged over the splits that have it and
+  where it is defined (None where it is defined on none); undefined ones listed in `skipped`."""
+  out = {}
+  for k in dict.fromkeys(k for r in rows for k in r):
+    values = [r[k] for r in rows if k in r]
+    defined = [v for v in values if v is not None]
+    out[k] = float(np.mean(defined)) if defined else None
+    reasons = [w[k] for w in why if k in w]
+    if reasons:
+      note = "" if not defined else f" (on {len(reasons)} of {len(values)} splits; the value averages the others)"
+      skipped.append({"dataset": problem.name, "method": name, "metric": k, "reason": reasons[0] + note})
+  for k in dict.fromkeys(k for w in why for k in w if k not in out):   # readouts that are absent, not metrics
+    skipped.append({"dataset": problem.name, "method": name, "metric": k, "reason": next(w[k] for w in why if k in w)})
+  if len(rows) > 1:
+    for k in ("lds", "normalized_error"):
+      defined = [r[k] for r in rows if r.get(k) is not None]
+      out[f"{k}_std"] = float(np.std(defined)) if len(defined) > 1 else None
+  return out
+
+
+def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: float = 0.1,
+             skipped: Optional[list] = None):
   """Fits and scores every method on every split. Returns (summary dict, arrays dict).
 
   Readouts on the first split: predicted LOO for task-level methods, pairwise interactions for
   surrogates that declare them (`READOUTS`); LOO correlation where the problem has `loo_true`.
+  A metric that is undefined on the data (`metrics.Undefined`: too few rows, no target varying
+  above the threshold, a constant or non-finite test set) is None in the summary; one
+  {dataset, method, metric, reason} entry per such metric is appended to `skipped` (or warned, when
+  no list is given). Bad input still raises.
   """
+  own = skipped is None
+  skipped = [] if own else skipped
   summary, arrays = {}, {}
   for name, method in methods.items():
     X = _view(problem, method)
     if method.data != "exact" and method.data not in problem.extra_fit:
       raise ValueError(f"method: {name!r} fits on {method.data!r} outcomes, which problem {problem.name!r} lacks")
-    per_split = []
+    per_split, why = [], []
     fitted = None   # a method fitted on other outcomes than the split's fits once for every split
     for i, (fit_rows, test_rows) in enumerate(problem.splits):
       t0 = time.perf_counter()
@@ -166,38 +215,62 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
         fitted = surr
       pred = np.asarray(surr.predict(X[test_rows]))
       true = problem.F[test_rows]
-      row = {"lds": metrics.lds(pred, true),
-             "normalized_error": metrics.normalized_error(pred, true, threshold=threshold),
+      w = {}
+      row = {"lds": metrics.attempt(w, "lds", metrics.lds, pred, true),
+             "normalized_error": metrics.attempt(w, "normalized_error", metrics.normalized_error, pred, true,
+                                                 threshold=threshold),
              "seconds": time.perf_counter() - t0, "duplicates_averaged": float(n_rows - len(S_fit))}
       if i == 0:
         arrays[f"{name}/heldout_pred"] = pred
         for test, (S_test, F_test) in problem.other_tests.items():
           p_test = np.asarray(surr.predict(np.asarray(S_test)))
-          row[f"lds_{test}"] = metrics.lds(p_test, F_test)
-          row[f"normalized_error_{test}"] = metrics.normalized_error(p_test, F_test, threshold=threshold)
+          row[f"lds_{test}"] = metrics.attempt(w, f"lds_{test}", metrics.lds, p_test, F_test)
+          row[f"normalized_error_{test}"] = metrics.attempt(w, f"normalized_error_{test}", metrics.normalized_error,
+                                                            p_test, F_test, threshold=threshold)
         readouts = getattr(surr, "READOUTS", ("loo",))
         if method.view == "task" and "loo" in readouts:
           loo = np.asarray(attribution.predicted_loo(surr))
           arrays[f"{name}/predicted_loo"] = loo
-          row.update(_loo_scores(loo, problem))
-          if "interactions" in readouts:
+          row.update(_loo_scores(loo, problem, w))
+          if "interactions" in readouts and X.shape[1] >= 2:
             arrays[f"{name}/interactions"] = np.asarray(attribution.interactions(surr))
+          elif "interactions" in readouts:
+            w["interactions"] = "a single task has no pairs to interact"
       per_split.append(row)
+      why.append(w)
     # first-split-only keys (LOO, other tests) average over the splits that have them
-    summary[name] = {k: float(np.mean([r[k] for r in per_split if k in r])) for k in per_split[0]}
-    if len(per_split) > 1:
-      summary[name].update({f"{k}_std": float(np.std([r[k] for r in per_split])) for k in ("lds", "normalized_error")})
+    summary[name] = _merge(per_split, why, name, problem, skipped)
   for name, loo in problem.extra_loo.items():
     if problem.loo_true is None:
       raise ValueError(f"problem: {problem.name!r} has predicted LOO for {name!r} but no loo_true to score it against")
     arrays[f"{name}/predicted_loo"] = np.asarray(loo)
-    summary[name] = _loo_scores(loo, problem)
+    w = {}
+    summary[name] = _merge([_loo_scores(loo, problem, w)], [w], name, problem, skipped)
   if problem.loo_true is not None:
     arrays["loo_true"] = problem.loo_true
   for truth_name, (truth, _) in problem.other_loo_truths.items():
     arrays[f"loo_true_{truth_name}"] = np.asarray(truth)
   arrays["heldout_true"] = problem.F[problem.splits[0][1]]
+  if own:
+    for line in skipped_lines(skipped):
+      warnings.warn(line, stacklevel=2)
   return summary, arrays
+
+
+def skipped_lines(skipped: list) -> list[str]:
+  """One line per (dataset, metric, reason): the metrics a run could not compute, and why."""
+  return [f"{e['dataset']}: {e['metric']} not computed for {', '.join(e['methods'])}: {e['reason']}"
+          for e in group_skipped(skipped)]
+
+
+def group_skipped(skipped: list) -> list[dict]:
+  """The skipped entries grouped by (dataset, metric, reason), the methods they concern listed."""
+  groups = {}
+  for e in skipped:
+    key = (e["dataset"], e["metric"], e["reason"])
+    groups.setdefault(key, {"dataset": e["dataset"], "metric": e["metric"], "methods": [], "reason": e["reason"]})
+    groups[key]["methods"].append(e["method"])
+  return list(groups.values())
 
 
 def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
@@ -205,12 +278,13 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
   Returns the summary."""
   out_dir = workdir_run.dir
   threshold = float(config.get("normalized_error_threshold", 0.1)) if hasattr(config, "get") else 0.1
-  datasets, rows, infos, files = {}, [], {}, {}
+  datasets, rows, infos, files, skipped = {}, [], {}, {}, []
   for problem in protocol.problems(config, workdir_run):
     workdir_run.log(f"{problem.name}: {problem.S.shape[0]} subsets x {problem.F.shape[1]} targets,"
                     f" K={problem.S.shape[1]}, {len(problem.splits)} split(s)")
     own = problem.normalized_error_threshold
-    summary, arrays = evaluate(problem, protocol.methods(config, problem), threshold=threshold if own is None else own)
+    summary, arrays = evaluate(problem, protocol.methods(config, problem), threshold=threshold if own is None else own,
+                               skipped=skipped)
     datasets[problem.name] = summary
     out = out_dir / problem.name
     store.save_arrays(out / "arrays.npz", **{k.replace("/", "__"): v for k, v in arrays.items()})
@@ -225,7 +299,7 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
     files.update({what: str(path) for what, path in figures.items()})
     infos.update(across_info)
   result = {"experiment": protocol.name, "config": _config_dict(config), "datasets": datasets,
-            "timing": workdir_run.timing_rows(), **infos}
+            "skipped": group_skipped(skipped), "timing": workdir_run.timing_rows(), **infos}
   files["summary"] = str(out_dir / "summary.json")
   result["files"] = files
   store.save_json(out_dir / "summary.json", result)
@@ -238,6 +312,8 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
            (k.startswith("lds_") and not k.endswith("_std"))]
   columns[-1:-1] = list(dict.fromkeys(extra))
   print(report.table(rows, columns), flush=True)
+  for line in skipped_lines(skipped):   # n/a in the table: why
+    print(f"n/a: {line}", flush=True)
   if workdir_run.timings:
     print(report.table(workdir_run.timing_rows(), ["phase", "seconds", "status"]), flush=True)
   print(f"results in {out_dir}:", flush=True)
@@ -252,7 +328,8 @@ def _plots(protocol: Protocol, problem: Problem, summary: dict, arrays: dict, ou
   preds = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/heldout_pred")}
   path = out / "predicted_vs_true.png"
   report.predicted_vs_true(path, preds, arrays["heldout_true"], problem.name,
-                           scores={m: {k: summary[m][k] for k in ("lds", "normalized_error")} for m in preds}, outcome_name=problem.outcome_name)
+                           scores={m: {k: summary[m][k] for k in ("lds", "normalized_error")} for m in preds},
+                           outcome_name=problem.outcome_name, num_splits=len(problem.splits))
   written["predicted_vs_true"] = path
   loos = {k.split("/")[0]: v for k, v in arrays.items() if k.endswith("/predicted_loo")}
   if "loo_true" in arrays and loos:
@@ -264,12 +341,13 @@ def _plots(protocol: Protocol, problem: Problem, summary: dict, arrays: dict, ou
   if f"{m}/predicted_loo" in arrays:
     path = out / "top_tasks.png"
     report.top_tasks(path, arrays[f"{m}/predicted_loo"], f"{problem.name}: {m}", labels=problem.task_labels,
-                     higher_is_better=problem.higher_is_better, outcome_name=problem.outcome_name)
+                     higher_is_better=problem.higher_is_better, outcome_name=problem.outcome_name,
+                     task_noun=problem.task_noun)
     written["top_tasks"] = path
   if f"{m}/interactions" in arrays:
     path = out / "interactions.png"
     report.interaction_heatmap(path, arrays[f"{m}/interactions"], f"{problem.name}: {m}", labels=problem.task_labels,
-                               outcome_name=problem.outcome_name)
+                               outcome_name=problem.outcome_name, task_noun=problem.task_noun)
     written["interactions"] = path
   return written
 

@@ -29,11 +29,18 @@ def _plain_axes(ax):
       formatter.set_useOffset(False)
 
 
+def score_text(v) -> str:
+  """A score for a title or a table: 3 decimals, "n/a" when it is absent (undefined on the data)."""
+  return "n/a" if v is None else f"{v:.3f}"
+
+
 def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | None = None,
-                      outcome_name: str = "outcome", max_points: int = 4000, seed: int = 0) -> None:
+                      outcome_name: str = "outcome", max_points: int = 4000, seed: int = 0,
+                      num_splits: int = 1) -> None:
   """Predicted vs true outcome on held-out (subset, target) pairs, one panel per method, each
-  titled with its scores as the summary table names them (`scores[method] = {name: value}`) (a random sample of at most `max_points`
-  pairs is drawn, the same pairs for every method)."""
+  titled with its scores as the summary table names them (`scores[method] = {name: value}`, None:
+  n/a) (a random sample of at most `max_points` pairs is drawn, the same pairs for every method).
+  With `num_splits` > 1 the points are the first split's and the scores the mean over splits."""
   t = np.asarray(true).ravel()
   keep = np.arange(t.size)
   if t.size > max_points:
@@ -45,41 +52,50 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
     p = np.asarray(preds[name]).ravel()
     ax.scatter(t[keep], p[keep], s=3, alpha=0.35)
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-    score = "".join(f"\n{k} = {v:.3f}" for k, v in (scores or {}).get(name, {}).items())
+    score = "".join(f"\n{k} = {score_text(v)}" for k, v in (scores or {}).get(name, {}).items())
     ax.set(xlabel=f"true {outcome_name}", ylabel=f"predicted {outcome_name}", title=f"{name}{score}")
     ax.title.set_fontsize(9)
     _plain_axes(ax)
   axes[0].legend(fontsize=7, loc="upper left")
   shown = f"{len(keep)} of {t.size}" if len(keep) < t.size else f"all {t.size}"
-  fig.suptitle(f"{title}: held-out subsets ({shown} subset-target pairs)", fontsize=10)
+  splits = f"; first of {num_splits} splits, scores: mean over splits" if num_splits > 1 else ""
+  fig.suptitle(f"{title}: held-out subsets ({shown} subset-target pairs{splits})", fontsize=10)
   save(fig, path)
 
 
+def power_of_ten(values) -> tuple[int, str]:
+  """(power, label suffix) that put small or large values on a readable axis: values / 10**power,
+  with " (x 1e<power>)" in the axis label, rather than an offset or multiplier drawn over the axes
+  where it crowds the labels. Power 0 (no suffix) for values of ordinary size."""
+  values = np.asarray(values, np.float64)
+  finite = values[np.isfinite(values)]
+  peak = float(np.abs(finite).max()) if finite.size else 0.0
+  power = int(np.floor(np.log10(peak))) if peak > 0 and (peak < 1e-2 or peak >= 1e4) else 0
+  return power, (f" (x 1e{power})" if power else "")
+
+
 def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_is_better: bool = False,
-              outcome_name: str = "target loss") -> None:
+              outcome_name: str = "target loss", task_noun: str = "task") -> None:
   """Bar chart of the tasks with the largest predicted leave-one-out effect on the mean target,
   coloured by whether the task helps the target (removing it makes the outcome worse)."""
   effect = np.asarray(loo_KxT).mean(axis=1)          # g(1 - e_k) - g(1)
   helps = effect < 0 if higher_is_better else effect > 0
-  # Tiny effects get their power of ten in the axis label, not as a multiplier over the label.
-  peak = np.abs(effect).max()
-  power = int(np.floor(np.log10(peak))) if peak > 0 and (peak < 1e-2 or peak >= 1e4) else 0
+  power, unit = power_of_ten(effect)
   effect = effect / 10.0 ** power
-  unit = f" (x 1e{power})" if power else ""
   order = np.argsort(-np.abs(effect))[:top][::-1]
-  fig, ax = plt.subplots(figsize=(6.2, 0.3 * len(order) + 1.6))
+  fig, ax = plt.subplots(figsize=(6.2, 0.3 * len(order) + 1.9))
   colors = np.where(helps[order], "tab:green", "tab:red")
   ax.barh(range(len(order)), effect[order], color=colors)
-  names = [str(labels[i]) if labels is not None else f"task {i}" for i in order]
+  names = [str(labels[i]) if labels is not None else f"{task_noun} {i}" for i in order]
   ax.set_yticks(range(len(order)), names, fontsize=7)
   ax.axvline(0, color="k", lw=0.6)
-  ax.set(xlabel=textwrap.fill(f"predicted change of mean {outcome_name} when the task is removed{unit}", 60),
-         title=title)
-  ax.title.set_fontsize(9)
+  # The colours are explained under the axis (a legend inside would cover bars).
+  ax.set_xlabel(textwrap.fill(f"predicted change of mean {outcome_name} when the {task_noun} is removed{unit}", 60)
+                + f"\n(green: the {task_noun} helps the target, red: it hurts)", fontsize=8)
+  shown = f"the {len(order)} of {len(effect)} {task_noun}s with the largest |effect|" if len(order) < len(effect) \
+      else f"all {len(effect)} {task_noun}s"
+  ax.set_title(f"{title}\n{shown}", fontsize=9)
   _plain_axes(ax)
-  from matplotlib.patches import Patch
-  ax.legend(handles=[Patch(color="tab:green", label="helps the target (removing it hurts)"),
-                     Patch(color="tab:red", label="hurts the target (removing it helps)")], fontsize=7, loc="best")
   save(fig, path)
 
 
@@ -94,7 +110,7 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
   for ax, name in zip(axes, names):
     p = np.asarray(loos[name]).mean(axis=1)
     r = np.corrcoef(p, t)[0, 1] if np.std(p) > 0 and np.std(t) > 0 else float("nan")
-    head = f"loo_pearson = {scores[name]:.3f}\n" if scores and name in scores else ""
+    head = f"loo_pearson = {score_text(scores[name])}\n" if scores and name in scores else ""
     ax.scatter(t, p, s=10)
     ax.set_title(f"{name}\n{head}loo_pearson_mean_target (plotted) = {r:.3f}", fontsize=8)
     ax.set(xlabel="real LOO effect", ylabel="predicted LOO effect")
@@ -105,11 +121,20 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
 
 def curves(path, named_curves: dict, title: str, ylabel: str = "training loss", *, log_scale: bool = True,
            xlabel: str = "step") -> None:
+  """Curves over steps; a log y axis (when asked) only where the values span a decade or more:
+  over a narrower range it shows few, crowded tick labels and no more than a linear axis."""
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  values = []
   for name, c in named_curves.items():
-    ax.plot(np.asarray(c), label=name, lw=1)
-  ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log_scale else "linear")
+    c = np.asarray(c, np.float64)
+    ax.plot(c, label=name, lw=1)
+    values.append(c[np.isfinite(c)])
+  values = np.concatenate(values) if values else np.zeros(0)
+  log = log_scale and values.size and values.min() > 0 and values.max() / values.min() >= 10
+  ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log else "linear")
   ax.title.set_fontsize(9)
+  if not log:
+    _plain_axes(ax)
   ax.legend(fontsize=7)
   save(fig, path)
 
@@ -133,23 +158,29 @@ def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> 
   save(fig, path)
 
 
-def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_name: str = "target loss") -> None:
+def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_name: str = "target loss",
+                        task_noun: str = "task") -> None:
   """Pairwise interactions I_jk on the mean target (the diagonal is undefined and left blank)."""
   mat = np.asarray(inter_KxKxT, np.float64).mean(axis=2)
   K = mat.shape[0]
   mat[np.arange(K), np.arange(K)] = np.nan
+  power, unit = power_of_ten(mat)
+  mat = mat / 10.0 ** power
   v = np.nanmax(np.abs(mat)) if np.isfinite(mat).any() else 1.0
+  v = v if v > 0 else 1.0
   fig, ax = plt.subplots(figsize=(6.0, 5.2))
   im = ax.imshow(mat, cmap="RdBu_r", vmin=-v, vmax=v)
   cbar = fig.colorbar(im, ax=ax, shrink=0.8)
-  cbar.set_label(f"g(1) - g(1-e_j) - g(1-e_k) + g(1-e_j-e_k)\n(mean {outcome_name})", fontsize=7)
+  cbar.formatter.set_useOffset(False)
+  cbar.set_label(f"g(1) - g(1-e_j) - g(1-e_k) + g(1-e_j-e_k)\n(mean {outcome_name}){unit}", fontsize=7)
   step = max(1, K // 25)
   ticks = np.arange(0, K, step)
   names = [str(labels[i]) if labels is not None else str(i) for i in ticks]
   ax.set_xticks(ticks, names, fontsize=6, rotation=90)
   ax.set_yticks(ticks, names, fontsize=6)
-  ax.set(xlabel="task k", ylabel="task j")
-  ax.set_title(f"{title}\npairwise interactions", fontsize=9)
+  ax.set(xlabel=f"{task_noun} k", ylabel=f"{task_noun} j")
+  ax.set_title(f"{title}\npairwise interactions" + (f" (one {task_noun} in {step} labelled)" if step > 1 else ""),
+               fontsize=9)
   save(fig, path)
 
 
@@ -164,8 +195,8 @@ def save(fig, path) -> None:
 def table(rows: list[dict], columns: list[str]) -> str:
   """Plain fixed-width table for the console."""
   def fmt(v):
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-  cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    return score_text(v) if v is None or isinstance(v, float) else str(v)
+  cells = [[fmt(r[c]) if c in r else "" for c in columns] for r in rows]
   widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
   line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
   return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])

@@ -36,10 +36,10 @@ def test_unknown_experiment_config_and_field_are_one_line_errors(tmp_path):
                     (["--experiment=modular", "--config=tiny", "--config.train.nosuch=1"],
                      "error: --config.train.nosuch: no such field in modular's config 'tiny'"),
                     (["--experiment=modular", "--config=tiny", "--config.train.num_steps=-5"],
-                     "error: train.num_steps: must be a positive integer, got -5"),
+                     "error: train.num_steps: must be an integer >= 1, got -5"),
                     (["--experiment=modular", "--config=tiny", "--config.data.train_fraction=1.5"],
-                     "error: data.train_fraction: must be in (0, 1), got 1.5"),
-                    (["--experiment=reference", "--config.cv=1"], "error: cv: need at least 2 folds, got 1")):
+                     "error: data.train_fraction: must be a finite number in (0, 1), got 1.5"),
+                    (["--experiment=reference", "--config.cv=1"], "error: cv: must be an integer >= 2, got 1")):
     r = _main(*args, f"--workdir={tmp_path}")
     assert r.returncode == 2 and r.stderr.strip() == msg or r.stderr.strip().startswith(msg), (args, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr

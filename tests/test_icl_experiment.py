@@ -31,10 +31,16 @@ def test_summary_holds_every_section(tiny_run):
   released = s["datasets"]["coin_flip_qwen2_7b_released"]
   assert set(s["datasets"]) == set(TASKS) | {"coin_flip_qwen2_7b_released"}
   assert released["kernel_exact"]["lds"] == pytest.approx(0.527, abs=0.002)   # the reference experiment's figure
+  # With the cpu config's threshold (1e-3) no query's loss varies enough under the random-init
+  # tiny model for a normalized error: it is absent with its reason, the run still ends in a summary.
+  assert s["config"]["normalized_error_threshold"] == 1e-3
+  skipped = {(e["dataset"], e["metric"]): e for e in s["skipped"]}
   for task in TASKS:
     d = s["datasets"][task]
     for m in METHODS:
-      assert math.isfinite(d[m]["lds"]) and math.isfinite(d[m]["normalized_error"]), (task, m)
+      assert math.isfinite(d[m]["lds"]) and d[m]["normalized_error"] is None, (task, m)
+    entry = skipped[(task, "normalized_error")]
+    assert entry["methods"] == list(METHODS) and entry["reason"].startswith("threshold: no target has variance >= 0.001")
     est = s["estimator"][task]
     for k in ("median_relative_error", "median_relative_error_anchor_value", "lds_vs_real",
               "lds_vs_real_anchor_value", "speedup_per_prompt_excluding_gradients", "seconds_real_per_prompt",
@@ -91,7 +97,7 @@ def test_all_sets_and_config_errors():
   c = C.get_config("tiny")
   C.validate(c)
   c.tasks = ("sentiment", "nope")
-  with pytest.raises(ValueError, match="^tasks: unknown task 'nope'"):
+  with pytest.raises(ValueError, match="^tasks: .* item 'nope' is not one of 'sentiment', 'coin_flip'"):
     C.validate(c)
   c = C.get_config("tiny")
   c.data.shots = 12

@@ -73,6 +73,24 @@ def test_tiny_summary_keys_finite(full_run):
   assert {row["phase"] for row in s["timing"]} >= {"theta0", "retrain", "truth_seed0", "truth_seed1", "features", "finetune",
                                                     "finetune_loo", "estimate", "baselines"}
   assert "kernel_estimated" in r.stdout and "status" in r.stdout
+  # every warning is one line (Python's default adds the source line under it, indented)
+  assert not [line for line in r.stderr.splitlines() if line.startswith(" ")], r.stderr
+  # the tiny config runs with the cpu config's thresholds
+  assert s["config"]["normalized_error_threshold"] == 1e-3 and s["config"]["data"]["target_variance_threshold"] == 1e-3
+
+
+def test_a_design_whose_retrains_do_not_vary_stops_after_retrain(tmp_path):
+  """A model that barely trains (lr 1e-7) gives retrains whose outcomes do not vary: with the cpu
+  config's threshold nothing can be measured, so the run stops right after `retrain` with one
+  line instead of computing the truth, fine-tunes and estimates (issue 16)."""
+  r = subprocess.run(_cmd(tmp_path, "tiny", "--config.train.lr=1e-7"), cwd=ROOT, capture_output=True, text=True,
+                     timeout=900)
+  assert r.returncode == 1, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("stopped: data.target_variance_threshold: after phase 'retrain' only 0 of 24 targets vary by "
+                         "more than 0.001 across its 14 subsets"), last
+  assert "Traceback" not in r.stderr
+  assert (tmp_path / "retrain" / "record.json").exists() and not (tmp_path / "truth_seed0").exists()
 
 
 def test_rerun_reuses_every_stored_phase(full_run, tmp_path):

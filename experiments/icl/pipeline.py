@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
+from experiments import common
 from experiments.icl import data as D
 from experiments.icl import estimate as X
 from experiments.icl import gguf_llama as G
@@ -223,21 +224,27 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   t_real = float(np.median(exact["seconds"]))        # median: the first chunk also compiled
   t_grad = float(np.mean(lin.seconds[1:])) if A > 1 else float(lin.seconds[0])
   t_est = t_many / len(many)
+  skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
+  score = lambda key, fn, *a: metrics.attempt(skipped, key, fn, *a)  # noqa: E731
+  median = lambda r: None if r is None else r["median"]  # noqa: E731
   info = {
       "anchors": int(A), "num_estimated": int(len(many)),
-      "median_relative_error": metrics.relative_error(F_prompts[rest], F_real[rest])["median"],
-      "median_relative_error_anchor_value": metrics.relative_error(zeroth[rest], F_real[rest])["median"],
+      "median_relative_error": median(score("median_relative_error", metrics.relative_error, F_prompts[rest],
+                                            F_real[rest])),
+      "median_relative_error_anchor_value": median(score("median_relative_error_anchor_value", metrics.relative_error,
+                                                         zeroth[rest], F_real[rest])),
       "relative_frobenius_error": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest]),
       "relative_frobenius_error_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest]),
       "error_over_spread": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
       "error_over_spread_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
-      "lds_vs_real": metrics.lds(F_prompts[held], F_real[held]),
-      "lds_vs_real_anchor_value": metrics.lds(zeroth[held], F_real[held]),
+      "lds_vs_real": score("lds_vs_real", metrics.lds, F_prompts[held], F_real[held]),
+      "lds_vs_real_anchor_value": score("lds_vs_real_anchor_value", metrics.lds, zeroth[held], F_real[held]),
       "first_order_beats_anchor_value": bool(fro(F_prompts[rest] - F_real[rest]) < fro(zeroth[rest] - F_real[rest])),
       "seconds_real_per_prompt": t_real, "seconds_estimate_per_prompt": t_est,
       "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": float(np.sum(lin.seconds)),
       "speedup_per_prompt_excluding_gradients": t_real / t_est,
       "speedup_including_gradients": len(many) * t_real / (t_many + float(np.sum(lin.seconds))),
+      "skipped": skipped,
   }
   return Estimates(many=many, F_many=F_many, F_prompts=F_prompts, anchors=lin.anchors_idx, F0=lin.F0,
                    coef=lin.coef, info=info)
@@ -364,16 +371,22 @@ def _short(s: Setup, k: int, width: int = 56) -> str:
 
 def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   names = list(preds)
   cols = min(3, len(names))
   rows = -(-len(names) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
   t = truth.mean(1)
+  px, ux = report.power_of_ten(t)
   for ax, n in zip(axes.ravel(), names):
-    ax.scatter(t, preds[n].mean(1), s=10)
-    ax.set_title(f"{n}\npearson_mean_query = {corr[n]['pearson_mean_target']:.3f}\n"
-                 f"spearman_mean_query = {corr[n]['spearman_mean_target']:.3f}", fontsize=7)
-    ax.set(xlabel="real swap effect", ylabel="predicted swap effect")
+    p = preds[n].mean(1)
+    py, uy = report.power_of_ten(p)
+    ax.scatter(t / 10.0 ** px, p / 10.0 ** py, s=10)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))   # short labels that never run together
+    row = corr[n] or {}
+    ax.set_title(f"{n}\npearson_mean_query = {report.score_text(row.get('pearson_mean_target'))}\n"
+                 f"spearman_mean_query = {report.score_text(row.get('spearman_mean_target'))}", fontsize=7)
+    ax.set(xlabel=f"real swap effect{ux}", ylabel=f"predicted swap effect{uy}")
     ax.axhline(0, color="0.7", lw=0.5)
     ax.axvline(0, color="0.7", lw=0.5)
   for ax in axes.ravel()[len(names):]:
@@ -410,8 +423,12 @@ def plot_selection(path, table: dict, title: str) -> None:
                   for m in methods])
     ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel(f"held-out query {metric}" + (" (2-way CE)" if metric == "loss" else ""), fontsize=8)
+    chance = LN2 if metric == "loss" else 0.5
+    ax.axhline(chance, color="k", lw=0.6, ls="--")
+    # named beside the axes, where it can cover no bar
+    ax.annotate("chance" + (" (ln 2)" if metric == "loss" else ""), xy=(1, chance),
+                xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     if metric == "loss":
-      ax.axhline(LN2, color="k", lw=0.6, ls="--")
       lo = min(table[m][metric] for m in methods)
       ax.set_ylim(max(0.0, lo - 0.15), None)
   fig.suptitle(title, fontsize=9)
@@ -429,6 +446,9 @@ def problems(config, run: runs.Run):
     dsg = run.phase(f"design_{name}", design, c, s)
     cs = c.design.chunk_size
     exact = run.outcomes(f"exact_{name}", exact_chunk, c, dsg.prompts, s, "scoring", chunk_size=cs)
+    # Every query is a target (none is left out by a threshold): the run stops here when fewer than
+    # min_varying_targets of them vary at all across the prompts.
+    common.require_varying(exact["F"], 0.0, c.min_varying_targets, phase=f"exact_{name}", threshold_field=None)
     est = run.phase(f"estimate_{name}", estimate, c, s, dsg, exact)
     sw = run.phase(f"swap_design_{name}", swap_design, c, s, dsg)
     swapped = run.outcomes(f"swap_{name}", exact_chunk, c, sw.run, s, "scoring", chunk_size=cs)
@@ -450,7 +470,7 @@ def released_coin_flip() -> driver.Problem:
   rc.datasets = ("coin_flip",)
   (p,) = list(reference.problems(rc))
   return driver.Problem(name="coin_flip_qwen2_7b_released", S=p.S, F=p.F, splits=p.splits,
-                        higher_is_better=False, outcome_name="query cross-entropy",
+                        higher_is_better=False, outcome_name="query cross-entropy", task_noun="demonstration",
                         normalized_error_threshold=0.1)   # the paper's cut, so the figures compare
 
 
@@ -470,7 +490,8 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
   per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]
   truth = per_pair.mean(0)
   preds = swap_predictions(sw, surrogates, est, K)
-  corr = {n: metrics.loo_correlation(p, truth) for n, p in preds.items()}
+  why = {}   # a method whose swap correlation is undefined (e.g. constant predictions): None, and why
+  corr = {n: metrics.attempt(why, n, metrics.loo_correlation, p, truth) for n, p in preds.items()}
   ceiling, reliability = (metrics.split_half_ceiling(per_pair) if per_pair.shape[0] >= 2 else ({}, {}))
   table, gain = selection_summary(c, picks, sel["F"])
   out = run.dir / s.name
@@ -483,7 +504,8 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
   return driver.Problem(
       name=s.name, S=dsg.S, F=exact["F"], splits=_splits(c, len(dsg.prompts)),
       extra_fit={"estimated": (D.indicators(est.many, K), est.F_many)},
-      info={"estimator": estimator_summary(est.info), "swap_correlation": corr, "swap_ceiling": ceiling,
+      info={"estimator": estimator_summary(est.info), "swap_correlation": corr, "swap_correlation_skipped": why,
+            "swap_ceiling": ceiling,
             "swap_reliability": reliability, "selection": table, "selection_gain": gain,
             "prompts": {"num_prompts": int(len(dsg.prompts)), "num_demos": K, "shots": int(dsg.prompts.shape[1]),
                         "num_queries": s.task.num_queries, "num_heldout_queries": s.heldout.num_queries,
@@ -492,6 +514,6 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
                         "mean_loss": float(prompt_loss.mean()), "loss_sd_over_prompts": float(prompt_loss.std()),
                         "mean_accuracy": float((exact["F"] < LN2).mean())}},
       higher_is_better=False, outcome_name="query cross-entropy",
-      task_labels=[_short(s, k, 28) for k in range(K)],
+      task_labels=[_short(s, k, 28) for k in range(K)], task_noun="demonstration",
       figures={"swap_real_vs_predicted": str(swap_path), "top_demonstrations": str(top_path),
                "selection": str(bars_path)})

@@ -22,7 +22,9 @@ def methods(config, problem: driver.Problem) -> dict:
   s = config.surrogates
 
   def kernel(S, F):
-    return fit_kernel(S, F, cv=s.cv, num_inducing=s.num_inducing if len(S) > s.exact_krr_max else None)
+    if s.num_inducing is not None and len(S) > s.num_inducing:   # the user's own Nystrom size
+      return fit_kernel(S, F, cv=s.cv, num_inducing=s.num_inducing)
+    return fit_kernel(S, F, cv=s.cv)   # exact or Nystrom: fit_kernel chooses by memory
 
   return {
       # one pair per outcome source: exact retrains, estimates, real fine-tunes, estimates of those

@@ -37,7 +37,7 @@ DESCRIPTIONS = {
 # What differs between variants; everything else is the base config below.
 VARIANTS = {
     "tiny": {
-        "data": dict(p=11, bar=3, num_targets=30, target_variance_threshold=0.0),
+        "data": dict(p=11, bar=3, num_targets=30),
         "model": dict(d_model=16, num_layers=1, num_heads=2, mlp_dim=32),
         "train": dict(num_steps=40, warmup_steps=2, chunk_size=8, tracin_checkpoints=2),
         "subsets": dict(num_random=14, num_fit=10, size=13),
@@ -46,7 +46,8 @@ VARIANTS = {
         "estimate": dict(proj_dim=32, num_subsets=60, sizes=(13, 15)),
         "baselines": dict(cg_iters=20),
         "surrogates": dict(cv=3),
-        "top": dict(normalized_error_threshold=0.0, progress=False, smoke_test=True),
+        # the cpu config's thresholds, so the tests see what a real run meets
+        "top": dict(progress=False, smoke_test=True),
     },
     "cpu": {
         "data": dict(p=29, bar=6, num_targets=168),
@@ -84,7 +85,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       # Linear warmup over the first updates (Power et al.'s grokking recipe), then cosine decay to
       # 0: a constant rate left some paper-size retrains on a loss spike at their last step.
       lr_schedule="cosine", warmup_steps=10,
-      batch_size=None,   # full batch
+      batch_size=common.optional_int(),   # None: full batch
       # Every retrain (and theta0) draws the same minibatch stream masked by its subset, so outcomes
       # differ by data, not data order; a retrain whose full-data training loss stays above
       # converged_loss is redone on a fresh stream up to `retries` times.
@@ -115,7 +116,9 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # Influence functions: Gauss-Newton curvature (PSD, so CG converges on this non-convex model),
   # damping as a fraction of its mean eigenvalue.
   c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200)
-  c.surrogates = dict(cv=5, num_inducing=1000, exact_krr_max=3000)   # Nystrom beyond exact_krr_max subsets
+  # num_inducing None: fit_kernel chooses exact or Nystrom KRR by itself; M: Nystrom on M inducing
+  # subsets for every fit set larger than M.
+  c.surrogates = dict(cv=5, num_inducing=common.optional_int())
   # The regime study (experiments/modular/study.py), run instead of the one-problem protocol when
   # enabled: cells over inclusion rates at other_budget exact subsets and over budgets at
   # budget_rate, num_heldout held-out retrains per rate, num_estimated estimated subsets per rate,
@@ -125,66 +128,157 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   return common.apply_variant(c, VARIANTS[arg])   # fields without a base value are set by every variant
 
 
-def validate(c) -> None:
-  """Range checks a type check cannot make; each error names the field."""
-  positive = ["data.p", "data.bar", "data.num_targets", "model.d_model", "model.num_layers", "model.num_heads",
-              "model.mlp_dim", "train.num_steps", "train.chunk_size", "train.tracin_checkpoints", "subsets.num_random",
-              "subsets.num_fit", "subsets.size", "finetune.steps", "finetune.num_subsets", "finetune.num_calibration",
-              "finetune.num_fit", "truth.seeds", "estimate.proj_dim",
-              "estimate.feature_batch", "estimate.num_subsets", "baselines.cg_iters", "surrogates.cv",
-              "surrogates.num_inducing", "surrogates.exact_krr_max"]
-  for path in positive:
-    _require(c, path, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
-  for path in ("train.lr", "finetune.lr"):
-    _require(c, path, lambda v: v > 0, "positive")
-  for path in ("train.weight_decay", "baselines.damping", "data.target_variance_threshold",
-               "train.warmup_steps", "train.retries", "train.converged_loss"):
-    _require(c, path, lambda v: v >= 0, "non-negative")
-  _require(c, "data.train_fraction", lambda v: 0 < v < 1, "in (0, 1)")
-  _require(c, "train.b2", lambda v: 0 < v < 1, "in (0, 1)")
-  _require(c, "train.batch_size", lambda v: v is None or (isinstance(v, int) and v >= 1), "None or a positive integer")
-  _require(c, "data.op", lambda v: v in ("add", "quad"), "'add' or 'quad'")
-  _require(c, "model.activation", lambda v: v in ("relu", "gelu"), "'relu' or 'gelu'")
-  _require(c, "train.lr_schedule", lambda v: v in ("constant", "cosine"), "'constant' or 'cosine'")
-  _require(c, "finetune.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'")
-  _require(c, "baselines.curvature", lambda v: v in ("gauss_newton", "hessian"), "'gauss_newton' or 'hessian'")
-  _require(c, "estimate.method", lambda v: v in ("onestep", "newton"), "'onestep' or 'newton'")
-  _require(c, "estimate.attribution_ridge", lambda v: v in ("retrain", "finetune"), "'retrain' or 'finetune'")
-  if c.train.lr_schedule == "cosine" and c.train.warmup_steps >= c.train.num_steps:
-    raise ValueError(f"train.warmup_steps: {c.train.warmup_steps} leaves no decay in train.num_steps={c.train.num_steps}")
-  if c.train.num_steps % c.train.tracin_checkpoints:
-    raise ValueError(f"train.tracin_checkpoints: {c.train.tracin_checkpoints} must divide train.num_steps={c.train.num_steps}")
-  st = c.study
-  for path in ("study.num_heldout", "study.num_estimated", "study.num_pairs", "study.active_seeds",
-               "study.active_base", "study.active_more", "study.other_budget"):
-    _require(c, path, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
-  _require(c, "study.rates", lambda v: len(v) >= 1 and all(0 < r < 1 for r in v), "rates in (0, 1)")
-  _require(c, "study.budgets", lambda v: len(v) >= 1 and all(isinstance(m, int) and m >= 2 for m in v), "integers >= 2")
-  _require(c, "study.budget_rate", lambda v: v in tuple(st.rates), f"one of study.rates {tuple(st.rates)}")
-  _require(c, "study.num_heldout", lambda v: v >= 2, "at least 2")
-  K = (-(-c.data.p // c.data.bar)) ** 2
-  if not 1 <= c.subsets.size < K:
-    raise ValueError(f"subsets.size: must lie in [1, {K - 1}] for {K} tasks, got {c.subsets.size}")
+def network_size(c) -> int:
+  """Parameters of the model `c.model` builds for `c.data` (pipeline.network)."""
+  d, L, mlp, p = c.model.d_model, c.model.num_layers, c.model.mlp_dim, c.data.p
+  per_layer = 4 * d * d + 4 * d + 2 * d * mlp + mlp + d + 4 * d   # attention, MLP, two norms
+  return (p + 2 + 4) * d + L * per_layer + 2 * d + d * p + p
+
+
+def memory(c) -> dict:
+  """The largest arrays the settings imply, in bytes, keyed by the field that sets their size
+  (float32 unless said; rough, but of the right order): what `validate` checks against memory."""
+  K = num_tasks(c)
+  n_train = int(round(c.data.train_fraction * c.data.p ** 2))
+  T = min(c.data.num_targets, c.data.p ** 2 - n_train)
+  d, D = c.estimate.proj_dim, network_size(c)
+  t = c.train
+  def per_example(seq=4):   # activations kept for the backward pass, per example
+    m = c.model
+    return m.num_layers * (seq * (12 * m.d_model + 2 * m.mlp_dim) + m.num_heads * seq * seq)
+  batch = t.batch_size or n_train
+  estimated = [c.estimate.num_subsets] + ([c.study.num_estimated] if c.study.enabled else [])
+  out = {
+      "train.chunk_size": (4 * t.chunk_size * (4 * D + max(batch, n_train) * per_example()),
+                           f"{t.chunk_size} vmapped trainings (parameters, Adam state, activations)"),
+      "estimate.proj_dim": (8 * K * d * d + 4 * (n_train + T) * d,
+                            f"the one-step statistics ({K} x {d} x {d} float64) and the projected features"),
+      "estimate.feature_batch": (4 * c.estimate.feature_batch * D,
+                                 f"the per-example gradients of {c.estimate.feature_batch} examples x {D} parameters"),
+      "estimate.num_subsets": (4 * max(estimated) * (K + d + T),
+                               f"{max(estimated)} estimated subsets (indicators, solutions, outcomes)"),
+      "subsets.num_random": (4 * c.subsets.num_random * (K + T), f"{c.subsets.num_random} retrained subsets"),
+  }
+  if c.surrogates.num_inducing is not None:
+    n = max(estimated)
+    m = min(n, c.surrogates.num_inducing)
+    out["surrogates.num_inducing"] = (8 * n * m, f"the Nystrom features of {n} subsets x {m} inducing subsets (float64)")
+  return out
+
+
+def num_tasks(c) -> int:
+  return (-(-c.data.p // c.data.bar)) ** 2
+
+
+RULES = {
+    "seed": common.integer(0, common.SEED_MAX),
+    "progress": common.boolean(),
+    "smoke_test": common.boolean(),
+    "normalized_error_threshold": common.number(0.0),
+    "min_varying_targets": common.integer(1),
+    "data.p": common.integer(3),
+    "data.bar": common.integer(1),
+    "data.op": common.choice("add", "quad"),
+    "data.train_fraction": common.fraction(),
+    "data.num_targets": common.integer(2),
+    "data.target_variance_threshold": common.number(0.0),
+    "model.d_model": common.integer(1),
+    "model.num_layers": common.integer(1),
+    "model.num_heads": common.integer(1),
+    "model.mlp_dim": common.integer(1),
+    "model.activation": common.choice("relu", "gelu"),
+    "train.lr": common.positive(),
+    "train.weight_decay": common.number(0.0),
+    "train.b2": common.fraction(),
+    "train.lr_schedule": common.choice("constant", "cosine"),
+    "train.warmup_steps": common.integer(0),
+    "train.batch_size": common.optional(common.integer(1)),
+    "train.common_random_numbers": common.boolean(),
+    "train.retries": common.integer(0),
+    "train.converged_loss": common.number(0.0),
+    "train.tracin_checkpoints": common.integer(1),
+    "train.num_steps": common.integer(1),
+    "train.chunk_size": common.integer(1),
+    "subsets.num_random": common.integer(3),
+    "subsets.num_fit": common.integer(2),
+    "subsets.size": common.integer(1),
+    "finetune.optimizer": common.choice("sgd", "adam"),
+    "finetune.lr": common.positive(),
+    "finetune.steps": common.integer(1),
+    "finetune.num_subsets": common.integer(6),
+    "finetune.num_calibration": common.integer(2),
+    "finetune.num_fit": common.integer(2),
+    "truth.seeds": common.integer(1),
+    "estimate.proj_dim": common.integer(1),
+    "estimate.feature_batch": common.integer(1),
+    "estimate.method": common.choice("onestep", "newton"),
+    "estimate.num_subsets": common.integer(1),
+    "estimate.sizes": common.sequence(common.integer(1), min_len=2, max_len=2),
+    "estimate.attribution_ridge": common.choice("retrain", "finetune"),
+    "baselines.curvature": common.choice("gauss_newton", "hessian"),
+    "baselines.damping": common.number(0.0),
+    "baselines.cg_iters": common.integer(1),
+    "surrogates.cv": common.integer(2),
+    "surrogates.num_inducing": common.optional(common.integer(1)),
+    "study.enabled": common.boolean(),
+    "study.rates": common.sequence(common.fraction(), distinct=True),
+    "study.budget_rate": common.fraction(),
+    "study.budgets": common.sequence(common.integer(2), distinct=True),
+    "study.other_budget": common.integer(2),
+    "study.num_heldout": common.integer(2),
+    "study.num_estimated": common.integer(1),
+    "study.num_pairs": common.integer(1),
+    "study.active_seeds": common.integer(1),
+    "study.active_base": common.integer(2),
+    "study.active_more": common.integer(1),
+}
+
+
+def validate(c, *, memory_available=None) -> None:
+  """Every field's range (RULES), then the checks across fields and against this machine's
+  memory; each error is one line naming the field to change."""
+  common.check(c, RULES)
+  req = common.require
+  K = num_tasks(c)
+  req(c.data.bar < c.data.p, "data.bar", f"{c.data.bar} must be below data.p={c.data.p} (one block would be the "
+      "only task)")
+  req(c.model.d_model % c.model.num_heads == 0, "model.num_heads",
+      f"{c.model.num_heads} must divide model.d_model={c.model.d_model}")
+  n_train = int(round(c.data.train_fraction * c.data.p ** 2))
+  n_val = c.data.p ** 2 - n_train
+  req(n_train >= K and n_val >= 2, "data.train_fraction", f"{c.data.train_fraction} leaves {n_train} training and "
+      f"{n_val} validation pairs for {K} tasks")
+  req(c.min_varying_targets <= min(c.data.num_targets, n_val), "min_varying_targets",
+      f"{c.min_varying_targets} exceeds the {min(c.data.num_targets, n_val)} targets")
+  t = c.train
+  req(t.batch_size is None or t.batch_size <= n_train, "train.batch_size",
+      f"{t.batch_size} exceeds the {n_train} training examples (None: full batch)")
+  req(t.lr_schedule != "cosine" or t.warmup_steps < t.num_steps, "train.warmup_steps",
+      f"{t.warmup_steps} leaves no decay in train.num_steps={t.num_steps}")
+  req(t.tracin_checkpoints <= t.num_steps and t.num_steps % t.tracin_checkpoints == 0, "train.tracin_checkpoints",
+      f"{t.tracin_checkpoints} must divide train.num_steps={t.num_steps}")
+  req(c.subsets.size < K, "subsets.size", f"must lie in [1, {K - 1}] for {K} tasks, got {c.subsets.size}")
+  req(c.subsets.num_fit < c.subsets.num_random - 1, "subsets.num_fit",
+      f"{c.subsets.num_fit} leaves fewer than 2 held-out subsets of subsets.num_random={c.subsets.num_random}")
   lo, hi = c.estimate.sizes
-  if not 1 <= lo <= hi <= K:
-    raise ValueError(f"estimate.sizes: expected 1 <= low <= high <= {K}, got {tuple(c.estimate.sizes)}")
-  if c.subsets.num_fit >= c.subsets.num_random:
-    raise ValueError(f"subsets.num_fit: {c.subsets.num_fit} leaves no held-out subset of {c.subsets.num_random}")
-  if c.finetune.num_subsets > c.estimate.num_subsets:
-    raise ValueError(f"finetune.num_subsets: {c.finetune.num_subsets} exceeds estimate.num_subsets={c.estimate.num_subsets}")
+  req(lo <= hi <= K, "estimate.sizes", f"expected low <= high <= {K} (the number of tasks), got {tuple(c.estimate.sizes)}")
   ft = c.finetune
-  if ft.num_calibration < 2 or ft.num_fit < 2 or ft.num_subsets - ft.num_calibration - ft.num_fit < 2:
-    raise ValueError(f"finetune.num_subsets: {ft.num_subsets} must hold num_calibration={ft.num_calibration} >= 2, "
-                     f"num_fit={ft.num_fit} >= 2 and at least 2 held-out fine-tunes")
-
-
-def _require(c, path, ok, what):
-  node = c
-  for part in path.split("."):
-    node = node[part]
-  try:
-    good = ok(node)
-  except TypeError:
-    good = False
-  if not good:
-    raise ValueError(f"{path}: must be {what}, got {node!r}")
+  req(ft.num_subsets <= c.estimate.num_subsets, "finetune.num_subsets",
+      f"{ft.num_subsets} exceeds estimate.num_subsets={c.estimate.num_subsets}")
+  req(ft.num_subsets - ft.num_calibration - ft.num_fit >= 2, "finetune.num_subsets",
+      f"{ft.num_subsets} must hold num_calibration={ft.num_calibration}, num_fit={ft.num_fit} and at least 2 "
+      "held-out fine-tunes")
+  fit_sets = {"subsets.num_fit": c.subsets.num_fit, "finetune.num_fit": ft.num_fit}
+  st = c.study
+  if st.enabled:
+    fit_sets.update({"study.budgets": min(st.budgets), "study.other_budget": st.other_budget,
+                     "study.active_base": st.active_base})
+  smallest = min(fit_sets, key=fit_sets.get)
+  req(c.surrogates.cv <= fit_sets[smallest], "surrogates.cv",
+      f"{c.surrogates.cv} folds exceed the {fit_sets[smallest]} subsets of the smallest fit set ({smallest})")
+  req(st.budget_rate in tuple(st.rates), "study.budget_rate", f"{st.budget_rate} must be one of study.rates {tuple(st.rates)}")
+  if st.enabled:   # the largest pool of distinct subsets (neither empty nor full) the study retrains
+    pool = max(*st.budgets, st.other_budget, st.active_base + 2 * st.active_more) + st.num_heldout
+    req(pool <= 2 ** K - 2, "study.budgets", f"a pool of {pool} distinct subsets (largest budget, active sampling and "
+        f"study.num_heldout) exceeds the {2 ** K - 2} subsets of {K} tasks")
+  common.check_memory(memory(c), available=memory_available)

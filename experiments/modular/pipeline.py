@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 import ksurrogate as ks
+from experiments import common
 from experiments.modular import data as data_lib
 from experiments.modular import model as model_lib
 from ksurrogate import baselines, diagnostics, driver, features, metrics, report, runs, training
@@ -225,12 +226,11 @@ class Targets:
   F_full: np.ndarray  # [T]: theta0's own validation losses, F(1)
 
 
-def targets(c, s: Setup, th: Theta0, retrains: dict, dsg: Design) -> Targets:
-  F_rand = retrains["F"]
-  keep = metrics.varying_targets(F_rand, c.data.target_variance_threshold)
-  if keep.sum() < 2:
-    raise ValueError(f"data.target_variance_threshold: only {int(keep.sum())} targets vary more than "
-                     f"{c.data.target_variance_threshold} across subsets; lower it or train longer")
+def targets(c, s: Setup, th: Theta0, retrains: dict, dsg: Design, phase: str = "retrain") -> Targets:
+  """The targets whose outcome varies across the retrained subsets; the run stops here (one line,
+  `driver.Unmeasurable`) when fewer than min_varying_targets do."""
+  keep = common.require_varying(retrains["F"], c.data.target_variance_threshold, c.min_varying_targets, phase=phase,
+                                threshold_field="data.target_variance_threshold")
   F_full = np.asarray(s.val_loss(jax.tree.map(lambda a: a[None], th.params)))[0]
   return Targets(keep=np.asarray(keep), F_full=F_full)
 
@@ -278,10 +278,13 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
                                      linearization_errors=ft["linearization_error"][half:])
   ft_per_subset = float(np.mean(ft["seconds"]))
   est_per_subset = t_est_all / len(dsg.S_est)
+  skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
   info = {
       **report_,
-      "lds_vs_retrain": metrics.lds(F_est_exact[held][:, keep], F_rand[held][:, keep]),
-      "lds_vs_retrain_fit": metrics.lds(F_est_exact[fit][:, keep], F_rand[fit][:, keep]),
+      "lds_vs_retrain": metrics.attempt(skipped, "lds_vs_retrain", metrics.lds, F_est_exact[held][:, keep],
+                                        F_rand[held][:, keep]),
+      "lds_vs_retrain_fit": metrics.attempt(skipped, "lds_vs_retrain_fit", metrics.lds, F_est_exact[fit][:, keep],
+                                            F_rand[fit][:, keep]),
       "attribution_ridge": ridge_attr, "attribution_ridge_selection": e.attribution_ridge,
       "attribution_ridge_lds_fit": {str(k): v for k, v in table_attr.items()},
       # Seconds for the same scored fine-tuned subsets both ways, and per subset: the estimator
@@ -293,6 +296,7 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
       "seconds_estimate_all": t_est_all, "num_estimated": int(len(dsg.S_est)), "ridge": ridge,
       "ridge_calibration": {str(k): v for k, v in table.items()}, "method": e.method,
       "finetuned_subsets_calibration": int(half), "finetuned_subsets_scored": int(len(S_ft) - half),
+      "skipped": skipped,
   }
   return Estimates(F_est=F_est, F_est_ft=F_est_ft, F_est_truth=F_est_truth, info=info)
 
@@ -326,8 +330,8 @@ def problems(config, run: runs.Run):
   dsg = run.phase("design", design, c, s, store=False)
   th = run.phase("theta0", theta0, c, s)
   retrains = run.outcomes("retrain", retrain_chunk, c, dsg.S_rand, s, chunk_size=c.train.chunk_size)
+  tg = run.phase("targets", targets, c, s, th, retrains, dsg, store=False)   # stops here if nothing varies
   truths = truth_retrains(c, run, s, dsg)
-  tg = run.phase("targets", targets, c, s, th, retrains, dsg, store=False)
   fs = run.phase("features", featurize, c, s, th)
   recipe = run.phase("finetune_recipe", finetune_recipe, c, s, store=False)
   ft = run.outcomes("finetune", finetune_chunk, c, dsg.S_est[:c.finetune.num_subsets], s, th, recipe,
@@ -373,7 +377,8 @@ def _problem(c, run, s: Setup, dsg: Design, th: Theta0, retrains: dict, truths: 
   S_ft = dsg.S_est[:c.finetune.num_subsets]
   ft_fit, ft_held = np.arange(ncal, ncal + nfit), np.arange(ncal + nfit, len(S_ft))
   F_ft = ft["F"][:, keep]
-  single_seed = metrics.loo_correlation(effects[0], effects.mean(0)) if len(effects) >= 2 else {}
+  single_seed = (metrics.attempt({}, "single_seed", metrics.loo_correlation, effects[0], effects.mean(0))
+                 if len(effects) >= 2 else None) or {}
   curves_path = run.dir / "modular" / "training_curves.png"
   report.curves(curves_path, {"theta0 (all tasks)": th.curve}, f"p={c.data.p} {c.data.op}: full-data training loss")
   side = int(np.sqrt(K))

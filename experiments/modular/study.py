@@ -152,15 +152,17 @@ def active_sampling(c, sd: StudyDesign, pool: dict, loo_true, keep) -> dict:
       rows_ = np.concatenate([base, more])
       g = ks.fit_kernel(S[rows_], F[rows_], cv=c.surrogates.cv)
       loo = np.asarray(ks.predicted_loo(g))
-      rows[arm].append({"lds": metrics.lds(np.asarray(g.predict(S[held])), F[held]),
-                        **{f"loo_{k}": v for k, v in metrics.loo_correlation(loo, loo_true).items()}})
+      why = {}   # an undefined score (metrics.Undefined) is left out of the means, counted below
+      lds = metrics.attempt(why, "lds", metrics.lds, np.asarray(g.predict(S[held])), F[held])
+      corr = metrics.attempt(why, "loo", metrics.loo_correlation, loo, loo_true) or {}
+      rows[arm].append({"lds": lds, **{f"loo_{k}": corr.get(k) for k in driver.LOO_KEYS}})
   out = {}
   for arm, rs in rows.items():
     for k in rs[0]:
-      vals = [r[k] for r in rs]
-      out.setdefault(arm, {})[k] = float(np.mean(vals))
-      out[arm][f"{k}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
-      out[arm][f"{k}_per_seed"] = [float(v) for v in vals]
+      vals = [r[k] for r in rs if r[k] is not None]
+      out.setdefault(arm, {})[k] = float(np.mean(vals)) if vals else None
+      out[arm][f"{k}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+      out[arm][f"{k}_per_seed"] = [None if r[k] is None else float(r[k]) for r in rs]
   out["setting"] = {"rate": float(st.budget_rate), "base": int(st.active_base), "more": int(st.active_more),
                     "candidates": int(n - st.active_base), "seeds": int(st.active_seeds), "heldout": int(st.num_heldout)}
   return out
@@ -175,10 +177,11 @@ def problems(config, run: runs.Run):
   cs = c.train.chunk_size
   truths = P.truth_retrains(c, run, s, dsg)
   pools = [run.outcomes(f"pool_p{r:g}", P.retrain_chunk, c, S, s, chunk_size=cs) for r, S in zip(sd.rates, sd.pools)]
+  budget_pool = pools[sd.rates.index(float(st.budget_rate))]
+  # stops here when too few targets vary across the budget rate's pool
+  tg = run.phase("targets", P.targets, c, s, th, budget_pool, dsg, f"pool_p{float(st.budget_rate):g}", store=False)
   pairs_out = [run.outcomes(f"pairs_seed{r}", functools.partial(P.retrain_chunk, train_seed=r), c, sd.S_pairs, s,
                             chunk_size=cs) for r in range(c.truth.seeds)]
-  budget_pool = pools[sd.rates.index(float(st.budget_rate))]
-  tg = run.phase("targets", P.targets, c, s, th, budget_pool, dsg, store=False)
   fs = run.phase("features", P.featurize, c, s, th)
   est = run.phase("study_estimate", estimate_pools, c, s, sd, fs, pools, tg)
   extra_loo = run.phase("baselines", P.run_baselines, c, s, th, fs, tg)
@@ -245,7 +248,8 @@ def across(config, datasets: dict, infos: dict, out_dir: pathlib.Path):
                                          (by_m, f"exact subsets m (p = {st.budget_rate:g})"))):
       ax = axes[row, col]
       for method, style in PLOTTED.items():
-        pts = [(x, datasets[name][method][key]) for x, name in xs if key in datasets.get(name, {}).get(method, {})]
+        pts = [(x, datasets[name][method][key]) for x, name in xs
+               if datasets.get(name, {}).get(method, {}).get(key) is not None]   # absent scores are left out
         if pts:
           ax.plot(*zip(*pts), label=method, **style)
       ax.set_xticks([x for x, _ in xs])

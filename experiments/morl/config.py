@@ -66,43 +66,93 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   return common.apply_variant(c, VARIANTS[arg])
 
 
-def validate(c) -> None:
-  """Range checks a type check cannot make; each error names the field."""
-  for name in c.objectives:
-    if name not in envs.OBJECTIVES:
-      raise ValueError(f"objectives: unknown objective {name!r}; known: {', '.join(envs.OBJECTIVES)}")
+POLICY_PARAMS = 4 * 64 + 64 + 64 * 64 + 64 + 64 * 2 + 2   # the actor MLP (ppo.init_params), differentiated
+
+
+def memory(c) -> dict:
+  """The largest arrays the settings imply, in bytes (float32; rough, of the right order), keyed by
+  the field that sets their size: what `validate` checks against memory."""
+  K, e, b = len(c.objectives), c.estimate, c.baselines
+  states = K * e.num_envs * e.num_steps
+  return {
+      "estimate.dim": (4 * (states * 2 * e.dim + POLICY_PARAMS * e.dim) + 8 * K * e.dim * e.dim,
+                       f"the estimator's projected gradients ({states} states x 2 actions x {e.dim}), projection and "
+                       "per-objective curvature"),
+      "estimate.num_envs": (4 * states * (2 * e.dim + 16), f"the estimator's rollouts ({states} states)"),
+      "estimate.num_subsets": (4 * e.num_subsets * (2 * K + e.dim), f"{e.num_subsets} estimated subsets"),
+      "baselines.states_per_objective": (4 * K * b.states_per_objective * POLICY_PARAMS,
+                                         f"per-state gradients of {K * b.states_per_objective} states"),
+      "finetune.chunk_size": (4 * c.finetune.chunk_size * c.finetune.num_envs * c.finetune.num_steps * 64,
+                              f"{c.finetune.chunk_size} vmapped fine-tunes' rollouts"),
+      "meta.num_envs": (4 * c.meta.num_envs * c.meta.num_steps * 64, "the meta-policy's rollouts"),
+  }
+
+
+def _objectives() -> common.Rule:
+  return common.sequence(common.choice(*envs.OBJECTIVES), min_len=3, distinct=True)
+
+
+RULES = {
+    "seed": common.integer(0, common.SEED_MAX),
+    "progress": common.boolean(),
+    "smoke_test": common.boolean(),
+    "normalized_error_threshold": common.number(0.0),
+    "min_varying_targets": common.integer(1),
+    "objectives": _objectives(),
+    "max_steps": common.integer(1),
+    **{f"{section}.{f}": common.integer(1) for section in ("meta", "finetune") for f in ("num_envs", "num_steps",
+                                                                                         "num_updates")},
+    "meta.lr": common.positive(),
+    "meta.anneal_lr": common.boolean(),
+    "finetune.lr": common.positive(),
+    "finetune.chunk_size": common.integer(1),
+    "evaluation.num_episodes": common.integer(1),
+    "evaluation.seed": common.integer(0, common.SEED_MAX),
+    "design.num_random": common.integer(3),
+    "design.num_fit": common.integer(2),
+    "design.random_seed": common.integer(0, common.SEED_MAX),
+    "design.seeds": common.sequence(common.integer(0, common.SEED_MAX), min_len=2, distinct=True),
+    "design.pairs": common.sequence(common.sequence(common.integer(0), min_len=2, max_len=2), min_len=0),
+    "estimate.num_envs": common.integer(1),
+    "estimate.num_steps": common.integer(1),
+    "estimate.dim": common.integer(1),
+    "estimate.ridge": common.positive(),
+    "estimate.solver": common.choice("quadratic", "newton"),
+    "estimate.num_subsets": common.integer(2),
+    "baselines.curvature": common.choice("gauss_newton", "hessian"),
+    "baselines.damping": common.number(0.0),
+    "baselines.cg_iters": common.integer(1),
+    "baselines.states_per_objective": common.integer(1),
+    "baselines.tracin_checkpoints": common.integer(1),
+    "selection.seeds": common.sequence(common.integer(0, common.SEED_MAX), distinct=True),
+    "selection.num_random": common.integer(1),
+    "surrogates.cv": common.integer(2),
+}
+
+
+def validate(c, *, memory_available=None) -> None:
+  """Every field's range (RULES), then the checks across fields and against this machine's
+  memory; each error is one line naming the field to change."""
+  common.check(c, RULES)
+  req = common.require
   K = len(c.objectives)
-  if K < 3 or len(set(c.objectives)) != K:
-    raise ValueError(f"objectives: need at least 3 distinct objectives, got {tuple(c.objectives)}")
+  req(c.min_varying_targets <= K, "min_varying_targets", f"{c.min_varying_targets} exceeds the {K} target objectives")
   for section in ("meta", "finetune"):
-    for f in ("num_envs", "num_steps", "num_updates"):
-      if not isinstance(c[section][f], int) or c[section][f] < 1:
-        raise ValueError(f"{section}.{f}: must be a positive integer, got {c[section][f]!r}")
-    if not c[section].lr > 0:
-      raise ValueError(f"{section}.lr: must be positive, got {c[section].lr}")
-    if (c[section].num_envs * c[section].num_steps) % 4:
-      raise ValueError(f"{section}.num_envs: num_envs x num_steps must be a multiple of 4 (PPO minibatches)")
-  for path, value in (("finetune.chunk_size", c.finetune.chunk_size), ("design.num_random", c.design.num_random),
-                      ("estimate.dim", c.estimate.dim), ("estimate.num_subsets", c.estimate.num_subsets),
-                      ("evaluation.num_episodes", c.evaluation.num_episodes), ("surrogates.cv", c.surrogates.cv),
-                      ("baselines.cg_iters", c.baselines.cg_iters)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{path}: must be a positive integer, got {value!r}")
-  if c.design.num_random > 2 ** K - 1:
-    raise ValueError(f"design.num_random: {c.design.num_random} exceeds the {2 ** K - 1} non-empty subsets of {K} objectives")
-  if not 2 <= c.design.num_fit < c.design.num_random:
-    raise ValueError(f"design.num_fit: must lie in [2, design.num_random), got {c.design.num_fit}")
-  if len(c.design.seeds) < 2:
-    raise ValueError(f"design.seeds: the ceiling needs at least 2 seeds, got {tuple(c.design.seeds)}")
+    s = c[section]
+    req((s.num_envs * s.num_steps) % 4 == 0, f"{section}.num_envs",
+        f"{section}.num_envs x {section}.num_steps = {s.num_envs * s.num_steps} must be a multiple of 4 (PPO minibatches)")
+    req(s.num_envs >= K, f"{section}.num_envs", f"{s.num_envs} env slots leave some of the {K} objectives without one")
+  req(c.design.num_random <= 2 ** K - 1, "design.num_random",
+      f"{c.design.num_random} exceeds the {2 ** K - 1} non-empty subsets of {K} objectives")
+  req(c.design.num_fit <= c.design.num_random - 2, "design.num_fit",
+      f"{c.design.num_fit} leaves fewer than 2 held-out subsets of design.num_random={c.design.num_random}")
+  req(c.design.random_seed not in tuple(c.design.seeds), "design.random_seed",
+      f"{c.design.random_seed} is one of design.seeds {tuple(c.design.seeds)}: the surrogates would share fine-tuning "
+      "noise with the ground truth")
   for i, j in c.design.pairs:
-    if not (0 <= i < K and 0 <= j < K and i != j):
-      raise ValueError(f"design.pairs: ({i}, {j}) is not a pair of distinct objective indices in [0, {K})")
-  if c.estimate.solver not in ("quadratic", "newton"):
-    raise ValueError(f"estimate.solver: must be 'quadratic' or 'newton', got {c.estimate.solver!r}")
-  if not c.estimate.ridge > 0 or not c.baselines.damping >= 0:
-    raise ValueError("estimate.ridge: must be positive (and baselines.damping non-negative)")
-  if not isinstance(c.baselines.tracin_checkpoints, int) or c.baselines.tracin_checkpoints < 1 or \
-      c.meta.num_updates % c.baselines.tracin_checkpoints:
-    raise ValueError(f"baselines.tracin_checkpoints: must be a positive divisor of meta.num_updates={c.meta.num_updates}")
-  if not c.selection.seeds:
-    raise ValueError("selection.seeds: need at least one fresh seed")
+    req(i < K and j < K and i != j, "design.pairs", f"({i}, {j}) is not a pair of distinct objective indices in [0, {K})")
+  req(c.meta.num_updates % c.baselines.tracin_checkpoints == 0, "baselines.tracin_checkpoints",
+      f"{c.baselines.tracin_checkpoints} must divide meta.num_updates={c.meta.num_updates}")
+  req(c.surrogates.cv <= c.design.num_fit, "surrogates.cv",
+      f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted subsets")
+  common.check_memory(memory(c), available=memory_available)

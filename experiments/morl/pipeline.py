@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
+from experiments import common
 from experiments.morl import envs, estimate as est_lib, ppo
 from ksurrogate import baselines, driver, metrics, report, runs
 
@@ -169,18 +170,25 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimate
   errs = np.concatenate([np.asarray(est_lib.first_order_error(meta.params, jax.tree.map(lambda x: x[i], P_S), obs)[0])
                          for i in range(n_fo)])
   t_ft = float(np.mean(exact_rand["seconds"]))
+  skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
+  score = lambda key, fn, *a, **kw: metrics.attempt(skipped, key, fn, *a, **kw)  # noqa: E731
+  median = lambda r: None if r is None else r["median"]  # noqa: E731
   info = {
-      "median_relative_error": metrics.relative_error(F_rand[:, varying], F_real[:, varying])["median"],
-      "median_relative_error_rollout": metrics.relative_error(F_roll[:, varying], F_real[:n_roll][:, varying])["median"],
-      "lds_vs_finetune": metrics.lds(F_rand[:, varying], F_real[:, varying]),
-      "lds_vs_finetune_rollout": metrics.lds(F_roll[:, varying], F_real[:n_roll][:, varying]),
-      "normalized_error": metrics.normalized_error(F_rand[:, varying], F_real[:, varying], threshold=0.0),
+      "median_relative_error": median(score("median_relative_error", metrics.relative_error, F_rand[:, varying],
+                                            F_real[:, varying])),
+      "median_relative_error_rollout": median(score("median_relative_error_rollout", metrics.relative_error,
+                                                    F_roll[:, varying], F_real[:n_roll][:, varying])),
+      "lds_vs_finetune": score("lds_vs_finetune", metrics.lds, F_rand[:, varying], F_real[:, varying]),
+      "lds_vs_finetune_rollout": score("lds_vs_finetune_rollout", metrics.lds, F_roll[:, varying],
+                                       F_real[:n_roll][:, varying]),
+      "normalized_error": score("normalized_error", metrics.normalized_error, F_rand[:, varying], F_real[:, varying],
+                                threshold=0.0),
       "linearization_error": float(np.median(errs)), "linearization_error_mean": float(np.mean(errs)),
       "seconds_estimate_per_subset": t_many, "seconds_estimate_rollout_per_subset": t_roll,
       "seconds_finetune_per_subset": t_ft, "speedup_per_subset": t_ft / t_many,
       "speedup_per_subset_rollout": t_ft / t_roll, "seconds_setup": t_setup,
       "num_estimated": int(len(dsg.S_many)), "solver": s.est_cfg.solver, "dim": s.est_cfg.dim,
-      "targets_scored": [n for n, v in zip(s.suite.names, varying) if v],
+      "targets_scored": [n for n, v in zip(s.suite.names, varying) if v], "skipped": skipped,
   }
   return Estimates(F_many=F_many, F_rand=F_rand, info=info)
 
@@ -250,9 +258,12 @@ def problems(config, run: runs.Run):
   s = run.phase("setup", setup, c, store=False)
   meta = run.phase("meta_policy", meta_policy, c, s)
   dsg = run.phase("design", design, c, s, store=False)
+  exact_rand = run.outcomes("exact_random", exact_chunk, c, dsg.S_rand, s, meta, -1, chunk_size=c.finetune.chunk_size)
+  # The surrogates fit these targets only: the run stops here when too few of them vary.
+  common.require_varying(exact_rand["F"], c.normalized_error_threshold, c.min_varying_targets, phase="exact_random",
+                         threshold_field="normalized_error_threshold")
   struct = [run.outcomes(f"exact_structured_seed{i}", exact_chunk, c, dsg.S_struct, s, meta, i,
                          chunk_size=c.finetune.chunk_size) for i in range(len(c.design.seeds))]
-  exact_rand = run.outcomes("exact_random", exact_chunk, c, dsg.S_rand, s, meta, -1, chunk_size=c.finetune.chunk_size)
   est = run.phase("estimate", estimate, c, s, meta, dsg, exact_rand)
   extra_loo = run.phase("baselines", run_baselines, c, s, meta)
   picks, surrogates = _selection_masks(c, s, dsg, exact_rand, est)
@@ -294,9 +305,7 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
   loo_seeds = F_struct[:, 1:K + 1] - F_struct[:, :1]        # [seeds, K, T]
   full = F_struct[:, 0].mean(0)
   loo_true = loo_seeds.mean(0)
-  varying = metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold)
-  if varying.sum() < 2:
-    raise ValueError(f"normalized_error_threshold: only {int(varying.sum())} targets vary across subsets")
+  varying = metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold)   # >= min_varying_targets
   ceiling, reliability = metrics.split_half_ceiling(loo_seeds[:, :, varying])
   # Exact pairwise interactions, seed by seed, next to the kernel surrogate's prediction.
   g = surrogates["kernel_exact"]
@@ -330,5 +339,5 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
             "full_set_outcome": dict(zip(s.suite.names, full.tolist())),
             "targets": [n for n, v in zip(s.suite.names, varying) if v]},
       higher_is_better=False, outcome_name="normalized negative return",
-      task_labels=list(s.suite.names),
+      task_labels=list(s.suite.names), task_noun="objective",
       figures={"meta_policy_curve": str(curve_path), "selection": str(bars_path)})

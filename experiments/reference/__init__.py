@@ -13,6 +13,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
+from experiments import common
 from ksurrogate import driver
 from ksurrogate import parity
 from ksurrogate import subsets
@@ -57,14 +58,26 @@ def _load(data_dir: pathlib.Path, name: str) -> dict:
     return {k: d[k] for k in d.files}
 
 
+RULES = {
+    "data_dir": common.existing_dir(),
+    "datasets": common.sequence(common.choice(*DATASETS), distinct=True),
+    "coin_flip_seeds": common.sequence(common.integer(0, common.SEED_MAX), distinct=True),
+    "coin_flip_num_fit": common.integer(2, 198),
+    "normalized_error_threshold": common.number(0.0),
+    "cv": common.integer(2),
+    "progress": common.boolean(),
+}
+
+
 def validate(c) -> None:
+  """Every field's range (RULES), then the data files and the folds; one line naming the field."""
+  common.check(c, RULES)
   for name in c.datasets:
-    if name not in DATASETS:
-      raise ValueError(f"datasets: unknown reference dataset {name!r}; expected one of {list(DATASETS)}")
-  if not 1 <= c.coin_flip_num_fit < 200:
-    raise ValueError(f"coin_flip_num_fit: must lie in [1, 199], got {c.coin_flip_num_fit}")
-  if c.cv < 2:
-    raise ValueError(f"cv: need at least 2 folds, got {c.cv}")
+    path = pathlib.Path(c.data_dir).expanduser() / f"{name}.npz"
+    common.require(path.is_file(), "data_dir", f"{path} is missing (see experiments/reference/data/PROVENANCE.md)")
+  # the smallest fit set: 40 released modular subsets, coin_flip_num_fit coin-flip prompts
+  fit = min([40] * any(n != "coin_flip" for n in c.datasets) + [c.coin_flip_num_fit] * ("coin_flip" in c.datasets))
+  common.require(c.cv <= fit, "cv", f"{c.cv} folds exceed the {fit} subsets of the smallest fit set")
 
 
 def problems(config, run=None):
@@ -88,7 +101,8 @@ def problems(config, run=None):
       S, _ = subsets.collapse_columns(W)
       n_fit = len(d["train_w"])
       splits = [(np.arange(n_fit), np.arange(n_fit, len(W)))]
-    yield driver.Problem(name=name, S=S, F=F, W=W, splits=splits)
+    yield driver.Problem(name=name, S=S, F=F, W=W, splits=splits,
+                         task_noun="demonstration" if name == "coin_flip" else "task")
 
 
 def methods(config, problem: driver.Problem) -> dict:
