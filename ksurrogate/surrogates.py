@@ -50,7 +50,7 @@ MIN_AUTO_INDUCING = 100
 
 
 def exact_krr_bytes(num_subsets: int, num_targets: int = 1) -> int:
-  """Peak bytes of exact KRR with CV on m subsets: 8 (6.5 m^2 + 4 m T) (measured: see above)."""
+  """Peak bytes of exact KRR with CV on m subsets: 8 (8.5 m^2 + 4 m T) (measured: see above)."""
   m, T = int(num_subsets), int(num_targets)
   return int(8 * (EXACT_M2_DOUBLES * m * m + 4 * m * T))
 
@@ -136,7 +136,6 @@ class KernelSurrogate:
     return (f"KernelSurrogate(solver={solver}, kernel={self.kernel!r}, num_tasks={self.num_tasks}, "
             f"num_targets={self.alpha.shape[1]}, basis={self.basis.shape[0]}, gamma={_num(self.gamma)}, "
             f"ridge={_num(self.ridge)})")
-
 
   def gram(self, X):
     """k(X, basis) [n, r] for float subsets X [n, K]."""
@@ -390,9 +389,10 @@ def fit_kernel(S, F, *, kernel: str = "rbf", gamma: float | None = None, ridge: 
   KRR on r = min(1000, m) seeded inducing subsets (`nystrom_bytes`: 8 (3 m r + 2.5 cv r^2 + 4 m T);
   r shrinks to what fits the budget, refused below 100). An int forces Nystrom with that r; None
   forces exact KRR; either refuses, in one line, when it cannot fit. The default budget is a fixed
-  figure (1/24 of a 24 GiB machine, 1/128 of a 128 GiB one), not a fraction of the RAM found, so the same call picks the same solver, hence the same surrogate, on every
-  machine; pass a larger `memory_budget` (bytes) on a big one. The fitted surrogate's `solver`
-  ("exact" | "nystrom") and `num_inducing` record the choice.
+  figure (1/24 of a 24 GiB machine, 1/128 of a 128 GiB one), not a fraction of the RAM found, so
+  the same call picks the same solver, hence the same surrogate, on every machine; pass a larger
+  `memory_budget` (bytes) on a big one. The fitted surrogate's `solver` ("exact" | "nystrom") and
+  `num_inducing` record the choice.
   """
   _check_kernel_params(kernel, degree, coef0)
   _checks.choice(cv_metric, CV_METRICS, "cv_metric")
