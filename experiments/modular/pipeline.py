@@ -311,10 +311,11 @@ def run_baselines(c, s: Setup, th: Theta0, fs: FeatureSet, tg: Targets) -> dict:
   # TracIn weighs each checkpoint by the learning rate in force when it was saved.
   rates = [float(s.schedule((i + 1) * every - 1)) for i in range(n_ck)]
   kept = fs.target_rows(keep)
+  influence, influence_solve = baselines.influence(
+      s.apply_fn, th.params, s.d.X_train, s.d.y_train, s.d.task_train, Xt, yt, num_tasks=K,
+      curvature=c.baselines.curvature, damping=c.baselines.damping, cg_iters=c.baselines.cg_iters, return_info=True)
   return {
-      "influence": baselines.influence(s.apply_fn, th.params, s.d.X_train, s.d.y_train, s.d.task_train, Xt, yt,
-                                       num_tasks=K, curvature=c.baselines.curvature, damping=c.baselines.damping,
-                                       cg_iters=c.baselines.cg_iters),
+      "influence": influence, "influence_solve": influence_solve,   # the damping CG converged at
       "tracin": baselines.tracin(s.apply_fn, [jax.tree.map(lambda a: a[i], th.checkpoints) for i in range(n_ck)], rates,
                                  s.d.X_train, s.d.y_train, s.d.task_train, Xt, yt, num_tasks=K),
       "trak": baselines.trak(fs.train, s.d.task_train, kept, num_tasks=K),
@@ -390,8 +391,9 @@ def _problem(c, run, s: Setup, dsg: Design, th: Theta0, retrains: dict, truths: 
       extra_fit={"estimated": (dsg.S_est, est.F_est[:, keep]),
                  "finetuned": (S_ft[ft_fit], F_ft[ft_fit]),
                  "estimated_same": (S_ft[ft_fit], est.F_est_ft[ft_fit][:, keep])},
-      extra_loo={**extra_loo, "estimator_direct": (est.F_est_truth[:K] - est.F_est_truth[K][None])[:, keep]},
-      info={"estimator": est.info,
+      extra_loo={**{k: v for k, v in extra_loo.items() if k != "influence_solve"},
+                 "estimator_direct": (est.F_est_truth[:K] - est.F_est_truth[K][None])[:, keep]},
+      info={"estimator": est.info, "influence_solve": extra_loo.get("influence_solve"),
             "ceiling": ceiling or {}, "reliability": reliability or {},
             "ground_truth": {"training_seeds": int(len(effects)),
                              "single_seed_vs_mean": single_seed,

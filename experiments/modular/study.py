@@ -184,7 +184,8 @@ def problems(config, run: runs.Run):
                             chunk_size=cs) for r in range(c.truth.seeds)]
   fs = run.phase("features", P.featurize, c, s, th)
   est = run.phase("study_estimate", estimate_pools, c, s, sd, fs, pools, tg)
-  extra_loo = run.phase("baselines", P.run_baselines, c, s, th, fs, tg)
+  extra_loo = dict(run.phase("baselines", P.run_baselines, c, s, th, fs, tg))
+  influence_solve = extra_loo.pop("influence_solve", None)   # the damping influence's CG converged at
   keep, K = tg.keep, sd.K
   effects = P.loo_effects(truths, K)[:, :, keep]
   loo_true = effects.mean(0)
@@ -196,7 +197,7 @@ def problems(config, run: runs.Run):
   if unconverged:
     run.warn(f"{unconverged} of {len(losses)} retrains end with training loss above {c.train.converged_loss}")
   shared = {
-      "ceiling": ceiling or {}, "reliability": reliability or {},
+      "ceiling": ceiling or {}, "reliability": reliability or {}, "influence_solve": influence_solve,
       "study": {"interactions_exact": {"pairs": sd.pairs.tolist(),
                                        "mean_target": inter.mean(2).mean(0).tolist(),
                                        "mean_target_se": (inter.mean(2).std(0, ddof=1) / np.sqrt(len(inter))).tolist()

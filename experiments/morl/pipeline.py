@@ -212,9 +212,9 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
     logp = jax.nn.log_softmax(logits)
     return -y_[:, 1] * jnp.take_along_axis(logp, y_[:, :1].astype(jnp.int32), 1)[:, 0]
 
-  per_state = baselines.influence(ppo.actor_logits, meta.params["actor"], X, y, obj[rows], X, y, num_tasks=s.K,
-                                  curvature=c.baselines.curvature, damping=c.baselines.damping,
-                                  cg_iters=c.baselines.cg_iters, loss_fn=policy_loss)   # [K, N]
+  per_state, influence_solve = baselines.influence(
+      ppo.actor_logits, meta.params["actor"], X, y, obj[rows], X, y, num_tasks=s.K, curvature=c.baselines.curvature,
+      damping=c.baselines.damping, cg_iters=c.baselines.cg_iters, loss_fn=policy_loss, return_info=True)   # [K, N]
   n_ck = c.baselines.tracin_checkpoints
   every = s.meta_cfg.num_updates // n_ck
   ckpts = [jax.tree.map(lambda a: a[i], meta.checkpoints["actor"]) for i in range(n_ck)]
@@ -222,7 +222,7 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
   per_state_tracin = baselines.tracin(ppo.actor_logits, ckpts, rates, X, y, obj[rows], X, y, num_tasks=s.K,
                                       loss_fn=policy_loss)
   by_target = lambda a: np.stack([a[:, obj[rows] == t].mean(1) for t in range(s.K)], 1)  # noqa: E731
-  return {"influence": by_target(per_state), "tracin": by_target(per_state_tracin)}
+  return {"influence": by_target(per_state), "tracin": by_target(per_state_tracin), "influence_solve": influence_solve}
 
 
 def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates):
@@ -329,8 +329,8 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
       name="morl", S=dsg.S_rand, F=exact_rand["F"][:, varying], splits=[(fit, held)],
       loo_true=loo_true[:, varying], loo_ceiling=ceiling,
       extra_fit={"estimated": (dsg.S_many, est.F_many[:, varying])},
-      extra_loo={k: v[:, varying] for k, v in extra_loo.items()},
-      info={"estimator": est.info, "ceiling": ceiling, "ground_truth_reliability": reliability,
+      extra_loo={k: v[:, varying] for k, v in extra_loo.items() if k != "influence_solve"},
+      info={"estimator": est.info, "influence_solve": extra_loo.get("influence_solve"), "ceiling": ceiling, "ground_truth_reliability": reliability,
             "interactions_measured": measured,
             "selection": table, "selection_regret": mean_regret, "selection_gain": reduction,
             "meta_policy": {"return": dict(zip(s.suite.names, meta.meta_return.tolist())),
