@@ -193,7 +193,9 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
   A metric that is undefined on the data (`metrics.Undefined`: too few rows, no target varying
   above the threshold, a constant or non-finite test set) is None in the summary; one
   {dataset, method, metric, reason} entry per such metric is appended to `skipped` (or warned, when
-  no list is given). Bad input still raises.
+  no list is given). A method whose fit refuses the problem's data (a ValueError, e.g. too few
+  distinct subsets to cross-validate) is skipped the same way, with metric "fit". Other bad input
+  still raises.
   """
   own = skipped is None
   skipped = [] if own else skipped
@@ -210,7 +212,11 @@ def evaluate(problem: Problem, methods: Mapping[str, Method], *, threshold: floa
       # Repeated subsets are expected in sampled designs: averaged here once, counted in the summary.
       n_rows = len(S_fit)
       S_fit, F_fit = subsets.deduplicate(S_fit, F_fit, warn=False)
-      surr = fitted or method.fit(S_fit, F_fit)
+      try:
+        surr = fitted or method.fit(S_fit, F_fit)
+      except ValueError as e:   # a method that cannot be fitted to this problem is reported, not fatal
+        per_split, why = [{"lds": None, "normalized_error": None}], [{"fit": str(e).splitlines()[0]}]
+        break
       if method.data != "exact":
         fitted = surr
       pred = np.asarray(surr.predict(X[test_rows]))

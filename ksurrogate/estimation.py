@@ -287,8 +287,13 @@ def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, g
   if kwargs.get("method", "onestep") == "onestep" and kwargs.get("stats") is None:
     # Statistics once for the whole grid.
     kwargs["stats"] = task_statistics(train, task_ids, S_checked.shape[1], loss=kwargs.get("loss"))
-  score = ((lambda F: metrics.relative_error(F, F_real)["median"]) if criterion == "relative_error"
-           else (lambda F: metrics.lds(F, F_real)))
+  def score(F):
+    # A ridge whose estimates (or the real outcomes) do not vary has no LDS: it cannot be chosen.
+    try:
+      return metrics.relative_error(F, F_real)["median"] if criterion == "relative_error" else metrics.lds(F, F_real)
+    except metrics.Undefined:
+      return float("nan")
+
   table = {float(r): score(estimate(train, task_ids, S, target, ridge=float(r), **kwargs)) for r in grid}
   finite = [r for r in table if np.isfinite(table[r])]
   if not finite:

@@ -83,13 +83,26 @@ def test_non_finite_and_constant_test_sets_are_absent_with_their_reason(tmp_path
 @pytest.mark.parametrize("K", [1, 2])
 def test_one_and_two_tasks_go_through_the_driver(tmp_path, K):
   """K = 1: no leave-one-out correlation exists (one task); K = 2: it is defined on two points."""
-  s = _run(tmp_path, [_problem(K=K, m=30)])
+  def methods(config, problem):   # K = 1 has 2 distinct subsets: too few to cross-validate, so fixed settings
+    fixed = {"kernel": driver.Method("kernel", lambda S, F: ks.fit_kernel(S, F, gamma=1.0, ridge=1e-3, cv=None)),
+             "linear": driver.Method("linear", lambda S, F: ks.fit_linear(S, F, ridge=1e-3, cv=None)),
+             "kernel_cv": driver.Method("kernel_cv", lambda S, F: ks.fit_kernel(S, F, cv=2))}
+    return fixed if K == 1 else _methods(config, problem)
+
+  protocol = driver.Protocol("synthetic", problems=lambda c, run: iter([_problem(K=K, m=30)]), methods=methods,
+                             plot_method="kernel")
+  with runs.Run(tmp_path, progress=False, log=lambda m: None) as run:
+    s = driver.run(protocol, ml_collections.ConfigDict({"normalized_error_threshold": PRODUCTION_THRESHOLD}), run)
   k = s["datasets"]["p"]["kernel"]
   assert np.isfinite(k["lds"])
   if K == 1:
     assert k["loo_pearson"] is None
     assert any(e["metric"] == "loo_pearson" and "need at least 2 rows" in e["reason"] for e in s["skipped"])
     assert any(e["metric"] == "interactions" and e["methods"] == ["kernel"] for e in s["skipped"])
+    # a method that cannot be fitted is reported with its reason; the run still ends in a summary
+    assert s["datasets"]["p"]["kernel_cv"]["lds"] is None
+    assert any(e["metric"] == "fit" and e["methods"] == ["kernel_cv"] and "cross-validation needs at least 2" in e["reason"]
+               for e in s["skipped"])
   else:
     assert abs(k["loo_pearson"]) == pytest.approx(1.0)
   for png in ("predicted_vs_true", "loo_real_vs_predicted", "top_tasks") + (("interactions",) if K > 1 else ()):
