@@ -143,25 +143,26 @@ def stopwatch():
     _WATCHES.remove(watch)
 
 
-def steady(work: Callable[[], Any], repeats: int = 1) -> tuple[Any, float, float]:
+def steady(work: Callable[[], Any], min_seconds: float = 0.5, max_calls: int = 50) -> tuple[Any, float, float]:
   """(result, steady seconds, one-time seconds) of `work()` (its result is blocked on).
 
   When the first call compiles anything it is not timed: the first call of a program also pays,
   besides the compilation `jax.monitoring` reports, for its first execution (on CPU, XLA
   finishes preparing the program then), which no event reports; a first run can take several
-  times a steady one. The steady seconds are the median of `repeats` timed calls after it (for
-  work of milliseconds, where one call is mostly noise on a shared machine); the one-time
-  seconds are what the first call cost beyond that. `work` must be deterministic (the last
-  result is returned); with repeats=1 a call that compiles nothing runs once."""
+  times a steady one. Work that takes less than `min_seconds` is called again until the timed
+  calls add up to it (at most `max_calls`), and the least time counts (as timeit does: load on a
+  shared machine only ever adds time; a call of a few milliseconds varies several-fold). The
+  one-time seconds are what the first call cost beyond the steady time. `work` must be
+  deterministic (the last result is returned)."""
   with stopwatch() as first:
     result = jax.block_until_ready(work())
   compiled = first.compile_seconds > 0.0
   times = [] if compiled else [first.seconds]
-  while len(times) < repeats:
+  while not times or (sum(times) < min_seconds and len(times) < max_calls):
     with stopwatch() as again:
       result = jax.block_until_ready(work())
     times.append(again.steady_seconds)   # a work that compiles on every call: the events are all that can be taken out
-  seconds = float(np.median(times))
+  seconds = min(times)
   return result, seconds, max(first.seconds - seconds, 0.0) if compiled else 0.0
 
 
@@ -572,10 +573,10 @@ class Run:
       fcntl.flock(self._lock_file, fcntl.LOCK_UN)
       self._lock_file.close()
       self._lock_file = None
-    # A full disk or a permission error anywhere in the run (a phase, the driver's summary and
-    # plots) ends in one line; what was stored before it stays.
+    # A full disk anywhere in the run, or a permission error inside the workdir (a phase, the
+    # driver's summary and plots), ends in one line; what was stored before it stays.
     if isinstance(exc, Exception) and not isinstance(exc, StorageError):
-      failure = store.storage_error(exc, self.dir)
+      failure = store.storage_error(exc, self.dir, within=self.dir)
       if failure is not None:
         raise failure from None
     return False
@@ -585,7 +586,8 @@ class Run:
     (every stored phase is checked, also those this run may not reach). Damaged records are left
     to the phase that reads them (recomputed there with a warning)."""
     differ = []
-    for path in sorted(self.dir.glob(f"*/{RECORD}")):
+    # in the order they were stored, so the first phase named is the one a lazy check would meet
+    for path in sorted(self.dir.glob(f"*/{RECORD}"), key=lambda p: (p.stat().st_mtime, p.parent.name)):
       record, _ = _inspect_record(path)
       if record is not None:
         diff = _config_difference(config, record["reads"])

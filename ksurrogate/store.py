@@ -36,6 +36,11 @@ def _existing(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+def _inside(path: pathlib.Path, directory) -> bool:
+  path, directory = os.path.abspath(path), os.path.abspath(directory)
+  return os.path.commonpath([path, directory]) == directory
+
+
 def _mib(n: int) -> str:
   return f"{n / 2**20:.1f} MiB"
 
@@ -76,9 +81,11 @@ _OS_CODE = re.compile(r"os_error_code='?(\d+)")
 _TS_PATH = re.compile(r'(?:Failed writing|Error opening|local file): "([^"]+)"')
 
 
-def storage_error(exc: BaseException, path=None) -> Optional[StorageError]:
+def storage_error(exc: BaseException, path=None, within=None) -> Optional[StorageError]:
   """A StorageError for `exc` (or an exception it was raised from) when it is a failed write for
-  want of space or permission, else None. `path` names the target when the error does not."""
+  want of space or permission, else None. `path` names the target when the error does not. With
+  `within`, a permission error on a path outside that directory is not taken for a failed write
+  (it may be an input that cannot be read) and gets None."""
   seen = set()
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
@@ -94,7 +101,10 @@ def storage_error(exc: BaseException, path=None) -> Optional[StorageError]:
         found = _TS_PATH.search(str(exc))
         where = found.group(1) if found else None
     if code is not None:
-      return StorageError(storage_message(where or path or ".", code))
+      target = pathlib.Path(where or path or ".")
+      if within is not None and code in _NO_PERMISSION and code != errno.EROFS and not _inside(target, within):
+        return None
+      return StorageError(storage_message(target, code))
     exc = exc.__cause__ or exc.__context__
   return None
 
