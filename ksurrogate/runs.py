@@ -385,6 +385,16 @@ def _record_problem(record, kind: Optional[str] = None) -> Optional[str]:
   return None
 
 
+def _started(record: dict, path: pathlib.Path) -> float:
+  """When a stored phase was started (records of earlier versions: finished, or the file's time)."""
+  if _is_number(record.get("started")):
+    return float(record["started"])
+  try:
+    return datetime.datetime.fromisoformat(record["finished"]).timestamp()
+  except (KeyError, TypeError, ValueError):
+    return path.stat().st_mtime
+
+
 def _inspect_record(path: pathlib.Path, kind: Optional[str] = None) -> tuple[Optional[dict], Optional[str]]:
   """(record, None) for a trustworthy record, (None, why) for a damaged one, (None, None) for none."""
   if not path.exists():
@@ -400,7 +410,7 @@ def _inspect_record(path: pathlib.Path, kind: Optional[str] = None) -> tuple[Opt
 # ----------------------------------------------------------------------------------------------
 # Outcome checks.
 
-_RATE = re.compile(r"(^|[._])(lr|learning_rate|step_size)([._]|$)")
+_RATE = re.compile(r"(^|[._])(lr|learning_rate|step_size)$")
 
 
 def _likely_causes(reads: dict, own: set, phase: str, limit: int = 4) -> str:
@@ -457,17 +467,18 @@ class _HeldErrors(pylogging.Filter):
 
 
 @contextlib.contextmanager
-def _writing(path: pathlib.Path, partial: Callable[[], list] = lambda: []):
+def _writing(path: pathlib.Path, partial: Callable[[], list] = lambda: [], name_path: bool = True):
   """Turns a failed write for want of space or permission into one StorageError naming `path`
-  (unless the error names its own); the paths `partial()` lists (what the write left half-done)
-  are removed first so their space is free again."""
+  (what was being written, not a file deep inside it; name_path=False: the file the error names);
+  the paths `partial()` lists (what the write left half-done) are removed so their space is free
+  again."""
   logger = pylogging.getLogger("absl")
   held = _HeldErrors()
   logger.addFilter(held)
   try:
     yield
   except Exception as e:
-    failure = store.storage_error(e, path)
+    failure = store.storage_error(e, path, name_path=name_path)
     if failure is None:
       raise
     held.records.clear()
@@ -508,7 +519,7 @@ def check_workdir(workdir) -> pathlib.Path:
 def _remove(directory: pathlib.Path) -> None:
   """Removes a stored phase (to recompute it); a failure to is a StorageError, never ignored (a
   half-removed phase would be mixed with the new one)."""
-  with _writing(directory):
+  with _writing(directory, name_path=False):   # the entry that could not be removed
     try:
       shutil.rmtree(directory)
     except FileNotFoundError:
@@ -586,15 +597,15 @@ class Run:
     (every stored phase is checked, also those this run may not reach). Damaged records are left
     to the phase that reads them (recomputed there with a warning)."""
     differ = []
-    # in the order they were stored, so the first phase named is the one a lazy check would meet
-    for path in sorted(self.dir.glob(f"*/{RECORD}"), key=lambda p: (p.stat().st_mtime, p.parent.name)):
+    for path in self.dir.glob(f"*/{RECORD}"):
       record, _ = _inspect_record(path)
       if record is not None:
         diff = _config_difference(config, record["reads"])
         if diff is not None:
-          differ.append((path.parent.name, diff))
+          differ.append((_started(record, path), path.parent.name, diff))
     if differ:
-      name, diff = differ[0]
+      # the phase computed first is named: the one a check at each phase would have met first
+      _, name, diff = min(differ)
       more = f" (and {len(differ) - 1} more stored phase(s) differ)" if len(differ) > 1 else ""
       raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed with {diff}{more}; "
                                  "use a new --workdir (or the stored settings)")
@@ -691,16 +702,18 @@ class Run:
         _remove(directory)
     reads = dict(upstream)
     self.log(f"{name}: computing ...")
+    started = time.time()
     with stopwatch() as sw:
       result = fn(ConfigView(config, reads), *inputs)
     own = None
     if store:
-      own = (name, _fingerprint(self._save_result(directory, result, reads, prints, sw)))
+      own = (name, _fingerprint(self._save_result(directory, result, reads, prints, sw, started)))
     self.timings[name] = PhaseTiming(sw.seconds, "computed", sw.compile_seconds)
     self.log(f"{name}: computed in {sw.seconds:.1f} s")
     return self._track(result, reads, prints, own)
 
-  def _save_result(self, directory: pathlib.Path, result, reads: dict, prints: dict, sw: Stopwatch) -> dict:
+  def _save_result(self, directory: pathlib.Path, result, reads: dict, prints: dict, sw: Stopwatch,
+                   started: float) -> dict:
     _remove(directory)
     kind, arrays, plain = _split(result)
     with _writing(directory, partial=lambda: [directory]):
@@ -711,7 +724,8 @@ class Run:
         ck.wait_until_finished()
       record = {"kind": "phase", "phase": directory.name, "reads": reads, "inputs": prints, "type": kind, "plain": plain,
                 "array_fields": sorted(arrays), "files": _file_digests(directory), "seconds": sw.seconds,
-                "seconds_compile": sw.compile_seconds, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+                "seconds_compile": sw.compile_seconds, "started": started,
+                "finished": datetime.datetime.now().isoformat(timespec="seconds")}
       store.save_json(directory / RECORD, _seal(record))   # written last: a phase without it is not done
     return record["files"]
 
@@ -759,7 +773,7 @@ class Run:
     sealed = record is None or "checksum" in record
     if record is None:
       record = {"kind": "outcomes", "phase": name, "reads": dict(upstream), "inputs": prints, "subsets": subsets_digest,
-                "chunk_size": chunk_size, "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0}
+                "chunk_size": chunk_size, "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0, "started": time.time()}
     with _writing(directory / "chunks"):
       manager = ocp.CheckpointManager(
           (directory / "chunks").resolve(),
@@ -849,8 +863,8 @@ class Run:
       what = (f"{name}: stored chunk {i} ({rows}) holds non-finite outcomes ({'; '.join(found)}), stored before "
               f"outcomes were checked; delete {self.dir / name} once the cause is fixed")
     else:
-      what = (f"{name}: chunk {i} ({rows}) has non-finite outcomes ({'; '.join(found)}); it was not stored "
-              f"({kept} chunks stored before it are kept)")
+      what = (f"{name}: chunk {i} ({rows}) has non-finite outcomes ({'; '.join(found)}); it was not stored"
+              + (f" (the {kept} chunk(s) stored before it are kept)" if kept else ""))
     raise NonFiniteOutcomes(f"{what}. Likely cause, among the settings this phase read: {_likely_causes(reads, own, name)}")
 
   def _load_chunk(self, manager, directory: pathlib.Path, i: int, entry: dict):

@@ -41,23 +41,34 @@ def _inside(path: pathlib.Path, directory) -> bool:
   return os.path.commonpath([path, directory]) == directory
 
 
-def _mib(n: int) -> str:
-  return f"{n / 2**20:.1f} MiB"
+def _size(n: int) -> str:
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if n >= scale:
+      return f"{n / scale:.1f} {unit}"
+  return f"{n} B"
+
+
+def _mount_point(path: pathlib.Path) -> pathlib.Path:
+  """The top of the filesystem that holds `path` (what has to be freed)."""
+  path = _existing(path).resolve()
+  device = path.stat().st_dev
+  while path != path.parent and path.parent.stat().st_dev == device:
+    path = path.parent
+  return path
 
 
 def storage_message(path, code: int) -> str:
   """The one line a failed write of `path` with OS error `code` (ENOSPC, EDQUOT, EACCES, EPERM, EROFS) gets."""
   path = pathlib.Path(path)
   if code in _NO_SPACE:
-    where = _existing(path)
     try:
+      where = _mount_point(path)
       usage = shutil.disk_usage(where)
-      room = f"{_mib(usage.free)} free of {_mib(usage.total)}"
+      room = f"{_size(usage.free)} free of {_size(usage.total)} on {where}"
     except OSError:
       room = "free space unknown"
     what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on device"
-    return (f"workdir: {what} writing {path} ({room} on the filesystem holding {where}); free space there "
-            f"or use another --workdir, {_RESUME}")
+    return f"workdir: {what} writing {path} ({room}); free space there or use another --workdir, {_RESUME}"
   if code == errno.EROFS:
     return (f"workdir: {path} is on a read-only filesystem; remount it read-write or use another --workdir, {_RESUME}")
   target = _not_writable(path)
@@ -81,11 +92,12 @@ _OS_CODE = re.compile(r"os_error_code='?(\d+)")
 _TS_PATH = re.compile(r'(?:Failed writing|Error opening|local file): "([^"]+)"')
 
 
-def storage_error(exc: BaseException, path=None, within=None) -> Optional[StorageError]:
+def storage_error(exc: BaseException, path=None, within=None, name_path: bool = False) -> Optional[StorageError]:
   """A StorageError for `exc` (or an exception it was raised from) when it is a failed write for
-  want of space or permission, else None. `path` names the target when the error does not. With
-  `within`, a permission error on a path outside that directory is not taken for a failed write
-  (it may be an input that cannot be read) and gets None."""
+  want of space or permission, else None. `path` names the target when the error does not (or
+  always, with name_path: what was being stored rather than a file deep inside a checkpoint).
+  With `within`, a permission error on a path outside that directory is not taken for a failed
+  write (it may be an input that cannot be read) and gets None."""
   seen = set()
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
@@ -101,7 +113,7 @@ def storage_error(exc: BaseException, path=None, within=None) -> Optional[Storag
         found = _TS_PATH.search(str(exc))
         where = found.group(1) if found else None
     if code is not None:
-      target = pathlib.Path(where or path or ".")
+      target = pathlib.Path((path if name_path and path else where) or path or ".")
       if within is not None and code in _NO_PERMISSION and code != errno.EROFS and not _inside(target, within):
         return None
       return StorageError(storage_message(target, code))

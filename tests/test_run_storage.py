@@ -207,7 +207,7 @@ def test_stored_chunks_of_code_returning_other_fields_are_recomputed(tmp_path, c
 def test_storage_errors_are_one_line_naming_the_path_and_the_fix(tmp_path):
   path = tmp_path / "a" / "record.json"
   full = str(store.storage_error(OSError(errno.ENOSPC, "No space left on device", str(path))))
-  assert full.startswith(f"workdir: no space left on device writing {path} (") and "MiB free of" in full
+  assert full.startswith(f"workdir: no space left on device writing {path} (") and " free of " in full
   assert "free space there or use another --workdir" in full and "\n" not in full
   denied = str(store.storage_error(PermissionError(errno.EACCES, "Permission denied", str(path))))
   assert denied.startswith(f"workdir: permission denied writing {path}; make {tmp_path} writable") and "chmod u+w" in denied
@@ -286,8 +286,8 @@ def test_a_real_full_disk_keeps_stored_phases_and_resumes(tmp_path, caplog):
         run.outcomes("outcomes", chunk_outcomes, c, S, model, chunk_size=3)
         run.phase("big", big_result, c, model)
     message = str(e.value)
-    assert message.startswith(f"workdir: no space left on device writing {workdir}/big") and "\n" not in message
-    assert "MiB free of 0.5 MiB" in message
+    assert message.startswith(f"workdir: no space left on device writing {workdir}/big (") and "\n" not in message
+    assert f"free of 512.0 KiB on {disk})" in message
     assert not [r.getMessage()[:80] for r in caplog.records if r.levelno >= logging.ERROR]   # orbax's held back
     assert not (workdir / "big").exists()                              # the half-written phase is removed
     subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
@@ -388,6 +388,16 @@ def test_a_changed_setting_is_refused_on_entry_before_any_phase(tmp_path):
   _run_all(tmp_path, c2, config=c2)
 
 
+def test_the_phase_named_is_the_first_computed_also_in_a_copied_workdir(tmp_path):
+  _run_all(tmp_path / "w")
+  later = (tmp_path / "w" / "outcomes" / "record.json").stat().st_mtime + 60
+  os.utime(tmp_path / "w" / "model" / "record.json", (later, later))   # file times say nothing (a copy without them)
+  c = _config()
+  c.seed = 3                                             # read by every phase
+  with pytest.raises(runs.DifferentConfigError, match=r"^workdir: phase 'model' .* \(and 2 more stored phase"):
+    runs.Run(tmp_path / "w", name="t", config=c).__enter__()
+
+
 def test_damaged_records_do_not_stop_the_check_on_entry(tmp_path, capsys):
   _run_all(tmp_path)
   (tmp_path / "scale" / "record.json").write_text("{")
@@ -430,7 +440,7 @@ def test_non_finite_outcomes_are_refused_before_they_are_stored(tmp_path):
     _run_all(tmp_path, chunk_fn=diverging)
   message = str(e.value)
   assert message.startswith("outcomes: chunk 1 (subsets 3-5) has non-finite outcomes (F: 2 of 3 rows, 2 of 5 targets); "
-                            "it was not stored (1 chunks stored before it are kept). "
+                            "it was not stored (the 1 chunk(s) stored before it are kept). "
                             "Likely cause, among the settings this phase read: train.lr=0.1, "), message
   assert "\n" not in message
   assert list(_record(tmp_path, "outcomes")["chunks"]) == ["0"]
