@@ -519,11 +519,13 @@ def check_workdir(workdir) -> pathlib.Path:
 def _remove(directory: pathlib.Path) -> None:
   """Removes a stored phase (to recompute it); a failure to is a StorageError, never ignored (a
   half-removed phase would be mixed with the new one)."""
+  def failed(function, path, exc_info):
+    del function
+    if not isinstance(exc_info[1], FileNotFoundError):   # name the entry by its full path (rmtree may not)
+      raise OSError(exc_info[1].errno, exc_info[1].strerror, path) from None
+
   with _writing(directory, name_path=False):   # the entry that could not be removed
-    try:
-      shutil.rmtree(directory)
-    except FileNotFoundError:
-      pass
+    shutil.rmtree(directory, onerror=failed)
 
 
 class Run:

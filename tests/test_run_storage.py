@@ -340,24 +340,25 @@ def _give_away(path: pathlib.Path):
       os.chown(p, 65534, 65534)
 
 
-@pytest.mark.parametrize("read_only", ["run.log", "outcomes directory"])
+@pytest.mark.parametrize("read_only", ["run.log", "outcomes/chunks", "scale"])
 def test_read_only_files_in_a_writable_workdir_are_one_line(shared_dir, read_only):
   workdir = shared_dir / "w"
   _run_all(workdir)
   record = _record(workdir, "outcomes")
   del record["chunks"]["2"]                   # so the rerun must store a chunk
   _write_record(workdir, "outcomes", runs._seal(record))
+  (workdir / "scale" / "record.json").unlink()   # so the rerun must replace the phase
   _give_away(workdir)
-  victim = workdir / "run.log" if read_only == "run.log" else workdir / "outcomes" / "chunks"
+  victim = workdir / read_only
   victim.chmod(0o444 if victim.is_file() else 0o555)
   done = _run_unprivileged(workdir)
   assert "Traceback" not in done.stderr, done.stderr[-2000:]
   line = done.stdout.strip().splitlines()[-1]
-  assert line.startswith(f"STORAGE workdir: permission denied writing {victim}") and "chmod u+w" in line, line
+  assert line.startswith(f"STORAGE workdir: permission denied writing {victim}") and f"chmod u+w {victim})" in line, line
   victim.chmod(0o755 if victim.is_dir() else 0o644)
   done = _run_unprivileged(workdir)             # fixed: resumes
   assert done.returncode == 0 and "STORAGE" not in done.stdout, done.stdout + done.stderr[-2000:]
-  assert sorted(_record(workdir, "outcomes")["chunks"]) == ["0", "1", "2"]
+  assert sorted(_record(workdir, "outcomes")["chunks"]) == ["0", "1", "2"] and (workdir / "scale" / "record.json").exists()
 
 
 def test_a_read_only_workdir_is_refused_before_anything_runs(shared_dir):
