@@ -243,12 +243,12 @@ def main(argv):
   signal.signal(signal.SIGTERM, runs.request_stop)
   signal.signal(signal.SIGINT, runs.request_stop)
   try:
-    with runs.Run(workdir, name=_EXPERIMENT.value, progress=config.get("progress", True)) as run:
+    with runs.Run(workdir, name=_EXPERIMENT.value, progress=config.get("progress", True), config=config) as run:
       driver.run(module.protocol(config), config, run)
   except KeyboardInterrupt:
     print(f"\ninterrupted: finished phases in {workdir} are kept; rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
-  except (runs.DifferentConfigError, runs.WorkdirInUse) as e:
+  except (runs.DifferentConfigError, runs.WorkdirInUse, runs.StorageError, runs.NonFiniteOutcomes) as e:
     _fail(str(e))
   except driver.Unmeasurable as e:   # the design cannot measure anything: stopped after its first outcomes
     print(f"stopped: {e}", file=sys.stderr)

@@ -14,26 +14,35 @@ An experiment is a few named phase functions composed in a few lines:
 - `outcomes` is the resumable map over subsets: any outcome source `S_chunk -> F_chunk` (retraining,
   fine-tuning, an estimate, real inference) runs chunk by chunk, each chunk stored as one step of
   an orbax `CheckpointManager`; a killed run recomputes only the missing chunks.
-- Every stored file's SHA-256 goes into the phase's record, and each artefact is checked on load: a
-  missing or corrupt result, chunk or record is recomputed with one warning line naming it.
+- Every stored file's SHA-256 goes into the phase's record, and the record carries a checksum of
+  its own content; each artefact is checked on load: a missing, corrupt, edited or malformed
+  result, chunk or record is recomputed with one warning line naming it.
 - Each record also holds a fingerprint of the stored phases it was computed from: when one of them
   is recomputed (repaired, or deleted by hand), everything computed from it is recomputed too.
-- A lock refuses a second process on the same directory; timings (computed vs reused) and one line
-  per phase go to the console, to absl logging and to DIR/run.log.
+- A lock refuses a second process on the same directory; timings (computed vs reused, with the JAX
+  compile time apart: `stopwatch`) and one line per phase go to the console, to absl logging and
+  to DIR/run.log.
+- `Run(..., config=config)` checks every stored phase's settings on entry, so a changed setting
+  is refused before anything is computed. A full disk or a permission error anywhere inside the
+  run ends in one `StorageError` line naming the path and what to free or fix; chunked outcomes
+  with NaN/inf values are refused (`NonFiniteOutcomes`) before they are stored.
 
 Layout: DIR/.lock, DIR/run.log, DIR/<phase>/record.json, DIR/<phase>/result/ (orbax),
 DIR/<phase>/chunks/<i>/ (orbax steps).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import fcntl
 import hashlib
 import importlib
 import json
+import logging as pylogging
 import os
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -58,6 +67,13 @@ class WorkdirInUse(ValueError):
   """Another process holds the run directory's lock."""
 
 
+class NonFiniteOutcomes(ValueError):
+  """A chunk of outcomes holds NaN or inf (refused before it is stored)."""
+
+
+StorageError = store.StorageError   # a write failed for want of space or permission (one-line message)
+
+
 _STOP = {"requested": False}
 
 
@@ -72,6 +88,82 @@ def request_stop(signum=None, frame=None):
 def _check_stop():
   if _STOP["requested"]:
     raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile time apart from steady-state time.
+
+class Stopwatch:
+  """Wall time of a block and the part of it JAX spent compiling (tracing, lowering to MLIR and
+  XLA compilation, as `jax.monitoring` reports them). `steady_seconds` is the rest: what the block
+  costs once its programs are compiled, the same whichever phase or chunk happened to compile."""
+
+  def __init__(self):
+    self.seconds = 0.0
+    self._spans: list[tuple[float, float]] = []
+
+  @property
+  def compile_seconds(self) -> float:
+    total, end = 0.0, -float("inf")
+    for a, b in sorted(self._spans):   # union: nested or overlapping events count once
+      if b > end:
+        total += b - max(a, end)
+        end = b
+    return min(total, self.seconds)
+
+  @property
+  def steady_seconds(self) -> float:
+    return self.seconds - self.compile_seconds
+
+
+_WATCHES: list[Stopwatch] = []
+
+
+def _on_time_span(event: str, start: float, end: float, **kwargs) -> None:
+  del kwargs
+  if _WATCHES and event.startswith("/jax/core/compile/"):
+    for watch in _WATCHES:
+      watch._spans.append((start, end))
+
+
+jax.monitoring.register_event_time_span_listener(_on_time_span)
+
+
+@contextlib.contextmanager
+def stopwatch():
+  """`with stopwatch() as sw: ...` times the block (block on its results inside it): sw.seconds,
+  sw.compile_seconds, sw.steady_seconds. Stopwatches nest."""
+  watch = Stopwatch()
+  _WATCHES.append(watch)
+  t0 = time.perf_counter()
+  try:
+    yield watch
+  finally:
+    watch.seconds = time.perf_counter() - t0
+    _WATCHES.remove(watch)
+
+
+def steady(work: Callable[[], Any], min_seconds: float = 0.5, max_calls: int = 50) -> tuple[Any, float, float]:
+  """(result, steady seconds, one-time seconds) of `work()` (its result is blocked on).
+
+  When the first call compiles anything it is not timed: the first call of a program also pays,
+  besides the compilation `jax.monitoring` reports, for its first execution (on CPU, XLA
+  finishes preparing the program then), which no event reports; a first run can take several
+  times a steady one. Work that takes less than `min_seconds` is called again until the timed
+  calls add up to it (at most `max_calls`), and the least time counts (as timeit does: load on a
+  shared machine only ever adds time; a call of a few milliseconds varies several-fold). The
+  one-time seconds are what the first call cost beyond the steady time. `work` must be
+  deterministic (the last result is returned)."""
+  with stopwatch() as first:
+    result = jax.block_until_ready(work())
+  compiled = first.compile_seconds > 0.0
+  times = [] if compiled else [first.seconds]
+  while not times or (sum(times) < min_seconds and len(times) < max_calls):
+    with stopwatch() as again:
+      result = jax.block_until_ready(work())
+    times.append(again.steady_seconds)   # a work that compiles on every call: the events are all that can be taken out
+  seconds = min(times)
+  return result, seconds, max(first.seconds - seconds, 0.0) if compiled else 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,12 +317,188 @@ class _Damaged(Exception):
 
 
 # ----------------------------------------------------------------------------------------------
+# Records: the JSON that says a phase is done. Each carries a checksum of its own content and is
+# checked for the fields and types its kind needs before anything in it is trusted.
+
+def _checksum(record: dict) -> str:
+  return hashlib.sha256(store.dumps({k: v for k, v in record.items() if k != "checksum"}).encode()).hexdigest()
+
+
+def _seal(record: dict) -> dict:
+  record = {k: v for k, v in record.items() if k != "checksum"}
+  record["checksum"] = _checksum(record)
+  return record
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_digests(x) -> bool:
+  return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in x.items())
+
+
+_FIELDS = {
+    "phase": {"reads": dict, "type": str, "plain": dict, "array_fields": list, "files": _is_digests, "seconds": _is_number},
+    "outcomes": {"reads": dict, "subsets": str, "chunk_size": int, "num_chunks": int, "chunks": dict, "seconds": _is_number},
+}
+
+
+def _record_kind(record: dict) -> str:
+  return record.get("kind") or ("outcomes" if "chunks" in record else "phase")
+
+
+def _record_problem(record, kind: Optional[str] = None) -> Optional[str]:
+  """Why `record` cannot be trusted as a record of a `kind` phase ("phase" / "outcomes"; None:
+  either), else None: not an object, a missing field or one of the wrong type, a checksum that
+  does not match its content. Records without a checksum (written before records had one) pass."""
+  if not isinstance(record, dict):
+    return f"it holds a {type(record).__name__}, not a phase record"
+  found = _record_kind(record)
+  if found not in _FIELDS:
+    return f"unknown kind {found!r}"
+  if kind is not None and found != kind:
+    return f"it is a record of kind {found!r}, not {kind!r}"
+  for field, want in _FIELDS[found].items():
+    if field not in record:
+      return f"no field {field!r}"
+    value = record[field]
+    ok = want(value) if callable(want) and not isinstance(want, type) else (
+        isinstance(value, want) and not isinstance(value, bool))
+    if not ok:
+      return f"field {field!r} holds {type(value).__name__} {str(value)[:40]!r}"
+  if "inputs" in record and not _is_digests(record["inputs"]):
+    return "field 'inputs' is not a map of phase names to fingerprints"
+  if found == "phase":
+    if not all(isinstance(f, str) for f in record["array_fields"]):
+      return "field 'array_fields' is not a list of names"
+    if record["type"] != "dict" and ":" not in record["type"]:
+      return f"field 'type' holds {record['type']!r}, not module:class"
+  else:
+    for key, chunk in record["chunks"].items():
+      if not (key.isdigit() and int(key) < record["num_chunks"]):
+        return f"it lists a chunk {key!r} outside 0..{record['num_chunks'] - 1}"
+      if not (isinstance(chunk, dict) and _is_digests(chunk.get("files")) and _is_number(chunk.get("seconds"))):
+        return f"chunk {key} has no files or seconds"
+  if "checksum" in record and record["checksum"] != _checksum(record):
+    return "it does not match its checksum: edited by hand or corrupted"
+  return None
+
+
+def _started(record: dict, path: pathlib.Path) -> float:
+  """When a stored phase was started (records of earlier versions: finished, or the file's time)."""
+  if _is_number(record.get("started")):
+    return float(record["started"])
+  try:
+    return datetime.datetime.fromisoformat(record["finished"]).timestamp()
+  except (KeyError, TypeError, ValueError):
+    return path.stat().st_mtime
+
+
+def _inspect_record(path: pathlib.Path, kind: Optional[str] = None) -> tuple[Optional[dict], Optional[str]]:
+  """(record, None) for a trustworthy record, (None, why) for a damaged one, (None, None) for none."""
+  if not path.exists():
+    return None, None
+  try:
+    record = store.load_json(path)
+  except (ValueError, OSError) as e:   # json.JSONDecodeError is a ValueError
+    return None, f"{type(e).__name__}: {str(e)[:80]}"
+  problem = _record_problem(record, kind)
+  return (None, problem) if problem else (record, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Outcome checks.
+
+_RATE = re.compile(r"(^|[._])(lr|learning_rate|step_size)$")
+
+
+def _likely_causes(reads: dict, own: set, phase: str, limit: int = 4) -> str:
+  """The settings a phase read, most likely cause of diverging numbers first: learning rates,
+  those of the phase's own config section, those it read itself, then the rest."""
+  section = phase.split("_")[0]
+
+  def rank(k):
+    return (not _RATE.search(k), k.split(".")[0] != section, k not in own, k)
+
+  keys = sorted(reads, key=rank)
+  shown = ", ".join(f"{k}={reads[k]!r}" for k in keys[:limit])
+  return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _nonfinite(out) -> list[str]:
+  """'leaf: r of R rows, t of T targets' for every float leaf of a chunk holding NaN or inf."""
+  found = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(out):
+    a = np.asarray(leaf)
+    if not np.issubdtype(a.dtype, np.inexact):
+      continue
+    bad = ~np.isfinite(a)
+    if not bad.any():
+      continue
+    name = jax.tree_util.keystr(path, simple=True, separator=".") or "outcomes"
+    if a.ndim == 0:
+      found.append(f"{name}: {a.item()}")
+      continue
+    per_row = bad.reshape(len(a), -1)
+    text = f"{name}: {int(per_row.any(1).sum())} of {len(a)} rows"
+    if a.ndim >= 2:
+      text += f", {int(per_row.any(0).sum())} of {per_row.shape[1]} targets"
+    found.append(text)
+  return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Failed writes: one StorageError line, and no orbax tracebacks on the console for them.
+
+class _HeldErrors(pylogging.Filter):
+  """Holds back the ERROR records orbax logs (with tracebacks) from its save threads while a save
+  runs: a failure that becomes one StorageError line drops them, any other failure re-emits them."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record):
+    if record.levelno >= pylogging.ERROR and "orbax" in record.pathname:
+      self.records.append(record)
+      return False
+    return True
+
+
+@contextlib.contextmanager
+def _writing(path: pathlib.Path, partial: Callable[[], list] = lambda: [], name_path: bool = True):
+  """Turns a failed write for want of space or permission into one StorageError naming `path`
+  (what was being written, not a file deep inside it; name_path=False: the file the error names);
+  the paths `partial()` lists (what the write left half-done) are removed so their space is free
+  again."""
+  logger = pylogging.getLogger("absl")
+  held = _HeldErrors()
+  logger.addFilter(held)
+  try:
+    yield
+  except Exception as e:
+    failure = store.storage_error(e, path, name_path=name_path)
+    if failure is None:
+      raise
+    held.records.clear()
+    for leftover in partial():
+      shutil.rmtree(leftover, ignore_errors=True)
+    raise failure from None
+  finally:
+    logger.removeFilter(held)
+    for record in held.records:
+      logger.handle(record)
+
+
+# ----------------------------------------------------------------------------------------------
 # The run.
 
 @dataclasses.dataclass
 class PhaseTiming:
   seconds: float          # compute time (of the run that computed it, when reused)
   status: str             # "computed", "reused", "resumed" (some chunks reused) or "repaired"
+  compile_seconds: float = 0.0   # the part of `seconds` JAX spent compiling
 
 
 def check_workdir(workdir) -> pathlib.Path:
@@ -248,14 +516,31 @@ def check_workdir(workdir) -> pathlib.Path:
   return path
 
 
-class Run:
-  """One run directory (see the module doc). Use as a context manager: it holds the lock."""
+def _remove(directory: pathlib.Path) -> None:
+  """Removes a stored phase (to recompute it); a failure to is a StorageError, never ignored (a
+  half-removed phase would be mixed with the new one)."""
+  def failed(function, path, exc_info):
+    del function
+    if not isinstance(exc_info[1], FileNotFoundError):   # name the entry by its full path (rmtree may not)
+      raise OSError(exc_info[1].errno, exc_info[1].strerror, path) from None
 
-  def __init__(self, workdir, *, name: str = "run", progress: bool = True, log: Callable[[str], None] = print):
+  with _writing(directory, name_path=False):   # the entry that could not be removed
+    shutil.rmtree(directory, onerror=failed)
+
+
+class Run:
+  """One run directory (see the module doc). Use as a context manager: it holds the lock.
+
+  With `config`, entering checks every stored phase's recorded settings against it first, so a
+  changed setting is refused (DifferentConfigError) before any phase runs."""
+
+  def __init__(self, workdir, *, name: str = "run", progress: bool = True, log: Callable[[str], None] = print,
+               config=None):
     self.dir = check_workdir(workdir)
     self.name = name
     self.progress = progress
     self._print = log
+    self._config = config
     self.timings: dict[str, PhaseTiming] = {}
     # id(result) -> (result, config reads behind it, {stored phase: content fingerprint} behind it)
     self._lineage: dict[int, tuple[Any, dict, dict]] = {}
@@ -263,8 +548,9 @@ class Run:
 
   # -- lifetime --------------------------------------------------------------------------------
   def __enter__(self):
-    self.dir.mkdir(parents=True, exist_ok=True)
-    f = open(self.dir / ".lock", "a+")
+    with _writing(self.dir / ".lock"):
+      self.dir.mkdir(parents=True, exist_ok=True)
+      f = open(self.dir / ".lock", "a+")
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -272,43 +558,76 @@ class Run:
       holder = f.read().strip() or "another process"
       f.close()
       raise WorkdirInUse(f"workdir: {self.dir} is in use by another run ({holder}); wait for it or use another --workdir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}")
-    f.flush()
     self._lock_file = f
-    owner = self.dir / "run.json"
-    if owner.exists():
-      try:
-        stored = store.load_json(owner).get("name")
-      except (ValueError, OSError, AttributeError):
-        stored = None
-      if stored not in (None, self.name):
-        self.__exit__()
-        raise DifferentConfigError(f"workdir: {self.dir} holds a {stored!r} run, not {self.name!r}; use another --workdir")
-    store.save_json(owner, {"name": self.name})
+    try:
+      with _writing(self.dir / ".lock"):
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+      owner = self.dir / "run.json"
+      if owner.exists():
+        try:
+          stored = store.load_json(owner).get("name")
+        except (ValueError, OSError, AttributeError):
+          stored = None
+        if stored not in (None, self.name):
+          raise DifferentConfigError(f"workdir: {self.dir} holds a {stored!r} run, not {self.name!r}; use another --workdir")
+      if self._config is not None:
+        self.check_config(self._config)
+      store.save_json(owner, {"name": self.name})
+    except BaseException:
+      self.__exit__()
+      raise
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type=None, exc=None, tb=None):
     if self._lock_file is not None:
       fcntl.flock(self._lock_file, fcntl.LOCK_UN)
       self._lock_file.close()
       self._lock_file = None
+    # A full disk anywhere in the run, or a permission error inside the workdir (a phase, the
+    # driver's summary and plots), ends in one line; what was stored before it stays.
+    if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+      failure = store.storage_error(exc, self.dir, within=self.dir)
+      if failure is not None:
+        raise failure from None
     return False
+
+  def check_config(self, config) -> None:
+    """Refuses, in one line, a config that differs from a stored phase's in a field that phase read
+    (every stored phase is checked, also those this run may not reach). Damaged records are left
+    to the phase that reads them (recomputed there with a warning)."""
+    differ = []
+    for path in self.dir.glob(f"*/{RECORD}"):
+      record, _ = _inspect_record(path)
+      if record is not None:
+        diff = _config_difference(config, record["reads"])
+        if diff is not None:
+          differ.append((_started(record, path), path.parent.name, diff))
+    if differ:
+      # the phase computed first is named: the one a check at each phase would have met first
+      _, name, diff = min(differ)
+      more = f" (and {len(differ) - 1} more stored phase(s) differ)" if len(differ) > 1 else ""
+      raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed with {diff}{more}; "
+                                 "use a new --workdir (or the stored settings)")
+
+  def _append_log(self, line: str) -> None:
+    path = self.dir / "run.log"
+    with _writing(path), open(path, "a") as f:
+      f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
 
   def log(self, message: str) -> None:
     line = f"[{self.name}] {message}"
     self._print(line)
     logging.info(line)
-    with open(self.dir / "run.log", "a") as f:
-      f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
+    self._append_log(line)
 
   def warn(self, message: str) -> None:
     line = f"[{self.name}] WARNING: {message}"
     print(line, file=sys.stderr, flush=True)
     logging.info(line)
-    with open(self.dir / "run.log", "a") as f:
-      f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
+    self._append_log(line)
 
   # -- bookkeeping -----------------------------------------------------------------------------
   def _upstream(self, inputs) -> tuple[dict, dict]:
@@ -338,19 +657,21 @@ class Run:
     self.log(f"{name}: its input {', '.join(changed)} was recomputed since it was stored; recomputing it")
     return True
 
-  def _read_record(self, directory: pathlib.Path) -> Optional[dict]:
+  def _read_record(self, directory: pathlib.Path, kind: str) -> Optional[dict]:
+    """The phase's record, or None (none stored, or damaged: then the phase is removed, with one
+    warning line). A record written before records carried a checksum is accepted as it is: its
+    files are still checked against their digests, and it is sealed once it has been reused."""
     path = directory / RECORD
-    if not path.exists():
-      return None
-    try:
-      record = store.load_json(path)
-      if not isinstance(record, dict) or "reads" not in record:
-        raise ValueError("not a phase record")
-      return record
-    except (ValueError, OSError) as e:   # json.JSONDecodeError is a ValueError
-      self.warn(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); recomputing {directory.name}")
-      shutil.rmtree(directory, ignore_errors=True)
-      return None
+    record, problem = _inspect_record(path, kind)
+    if problem is not None:
+      self.warn(f"{path} is damaged ({problem}); recomputing {directory.name}")
+      _remove(directory)
+    return record
+
+  def _seal_legacy(self, directory: pathlib.Path, record: dict) -> None:
+    if "checksum" not in record:
+      store.save_json(directory / RECORD, _seal({**record, "kind": _record_kind(record)}))
+      self.log(f"{directory.name}: its record predates record checksums; accepted as stored and sealed")
 
   def _refuse_if_different(self, name: str, config, record: dict) -> None:
     diff = _config_difference(config, record["reads"])
@@ -368,90 +689,101 @@ class Run:
     upstream, prints = self._upstream(inputs)
     directory = self.dir / name
     if store:
-      record = self._read_record(directory)
+      record = self._read_record(directory, "phase")
       if record is not None:
         self._refuse_if_different(name, config, record)
         if not self._inputs_changed(name, record, prints):
           try:
             result = self._load_result(directory, record)
-            self.timings[name] = PhaseTiming(record["seconds"], "reused")
+            self._seal_legacy(directory, record)
+            self.timings[name] = PhaseTiming(record["seconds"], "reused", record.get("seconds_compile", 0.0))
             self.log(f"{name}: reused (computed in {record['seconds']:.1f} s)")
             return self._track(result, record["reads"], prints, (name, _fingerprint(record["files"])))
           except _Damaged as e:
             self.warn(f"{name}: {e}; recomputing it")
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove(directory)
     reads = dict(upstream)
-    t0 = time.perf_counter()
     self.log(f"{name}: computing ...")
-    result = fn(ConfigView(config, reads), *inputs)
-    seconds = time.perf_counter() - t0
+    started = time.time()
+    with stopwatch() as sw:
+      result = fn(ConfigView(config, reads), *inputs)
     own = None
     if store:
-      own = (name, _fingerprint(self._save_result(directory, result, reads, prints, seconds)))
-    self.timings[name] = PhaseTiming(seconds, "computed")
-    self.log(f"{name}: computed in {seconds:.1f} s")
+      own = (name, _fingerprint(self._save_result(directory, result, reads, prints, sw, started)))
+    self.timings[name] = PhaseTiming(sw.seconds, "computed", sw.compile_seconds)
+    self.log(f"{name}: computed in {sw.seconds:.1f} s")
     return self._track(result, reads, prints, own)
 
-  def _save_result(self, directory: pathlib.Path, result, reads: dict, prints: dict, seconds: float) -> dict:
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+  def _save_result(self, directory: pathlib.Path, result, reads: dict, prints: dict, sw: Stopwatch,
+                   started: float) -> dict:
+    _remove(directory)
     kind, arrays, plain = _split(result)
-    if arrays:
-      ck = _checkpointer()
-      ck.save((directory / "result").resolve(), jax.device_get(arrays), force=True)
-      ck.wait_until_finished()
-    record = {"phase": directory.name, "reads": reads, "inputs": prints, "type": kind, "plain": plain, "array_fields": sorted(arrays),
-              "files": _file_digests(directory), "seconds": seconds,
-              "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-    store.save_json(directory / RECORD, record)   # written last: a phase without it is not done
+    with _writing(directory, partial=lambda: [directory]):
+      directory.mkdir(parents=True)
+      if arrays:
+        ck = _checkpointer()
+        ck.save((directory / "result").resolve(), jax.device_get(arrays), force=True)
+        ck.wait_until_finished()
+      record = {"kind": "phase", "phase": directory.name, "reads": reads, "inputs": prints, "type": kind, "plain": plain,
+                "array_fields": sorted(arrays), "files": _file_digests(directory), "seconds": sw.seconds,
+                "seconds_compile": sw.compile_seconds, "started": started,
+                "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+      store.save_json(directory / RECORD, _seal(record))   # written last: a phase without it is not done
     return record["files"]
 
   def _load_result(self, directory: pathlib.Path, record: dict):
-    bad = _check_digests(directory, record.get("files", {}))
+    bad = _check_digests(directory, record["files"])
     if bad:
       raise _Damaged(bad)
     arrays = {}
-    if record.get("array_fields"):
+    if record["array_fields"]:
       try:
         arrays = _checkpointer().restore((directory / "result").resolve())
       except Exception as e:  # orbax/tensorstore raise many types for unreadable data
         raise _Damaged(f"{directory / 'result'} cannot be read ({type(e).__name__})") from None
     try:
       return _join(record["type"], arrays, record["plain"])
-    except (TypeError, AttributeError, ImportError) as e:   # stored by code whose result type has changed
+    except (TypeError, AttributeError, ImportError, ValueError) as e:   # stored by code whose result type has changed
       raise _Damaged(f"{directory / RECORD} holds a result of another shape than the code makes now ({e})") from None
 
   # -- chunked outcomes ------------------------------------------------------------------------
-  def outcomes(self, name: str, fn: Callable, config, S, *inputs, chunk_size: int):
+  def outcomes(self, name: str, fn: Callable, config, S, *inputs, chunk_size: int, allow_nonfinite: bool = False):
     """Stacked fn(config_view, S_chunk, chunk_index, *inputs) over row chunks of S [m, K]:
     any outcome source (a pytree with one row per subset), stored chunk by chunk so a killed run
     resumes where it stopped. Every random choice inside fn must depend on the chunk index (and
-    the config), never on timing, so a resumed run computes the same numbers."""
+    the config), never on timing, so a resumed run computes the same numbers.
+
+    A chunk holding NaN or inf in any float leaf is refused before it is stored
+    (NonFiniteOutcomes: the phase, the chunk, how many rows and targets, and the settings it read,
+    likeliest cause first); the chunks stored before it are kept. `allow_nonfinite=True` is for
+    sources where a non-finite value is a legitimate outcome that later code handles."""
     S = np.asarray(S)
     chunk_size = int(chunk_size)
     num_chunks = -(-len(S) // chunk_size)
     directory = self.dir / name
     upstream, prints = self._upstream(inputs)
     subsets_digest = _digest_array(S)
-    record = self._read_record(directory)
+    record = self._read_record(directory, "outcomes")
     if record is not None:
       self._refuse_if_different(name, config, record)
       if self._inputs_changed(name, record, prints):   # the subsets may come from a recomputed input too
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove(directory)
         record = None
-      elif record.get("subsets") != subsets_digest or record.get("chunk_size") != chunk_size:
+      elif record["subsets"] != subsets_digest or record["chunk_size"] != chunk_size:
         raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed for other subsets or "
                                    "chunking; use a new --workdir (or the stored settings)")
+    sealed = record is None or "checksum" in record
     if record is None:
-      record = {"phase": name, "reads": dict(upstream), "inputs": prints, "subsets": subsets_digest,
-                "chunk_size": chunk_size, "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0}
-    manager = ocp.CheckpointManager(
-        (directory / "chunks").resolve(),
-        # Synchronous saves: the record lists a chunk only once it is on disk. Temporary folders of
-        # a save killed midway are cleaned up when the manager opens.
-        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True, max_to_keep=None,
-                                             cleanup_tmp_directories=True),
-        item_handlers=ocp.StandardCheckpointHandler())
+      record = {"kind": "outcomes", "phase": name, "reads": dict(upstream), "inputs": prints, "subsets": subsets_digest,
+                "chunk_size": chunk_size, "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0, "started": time.time()}
+    with _writing(directory / "chunks"):
+      manager = ocp.CheckpointManager(
+          (directory / "chunks").resolve(),
+          # Synchronous saves: the record lists a chunk only once it is on disk. Temporary folders of
+          # a save killed midway are cleaned up when the manager opens.
+          options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True, max_to_keep=None,
+                                               cleanup_tmp_directories=True),
+          item_handlers=ocp.StandardCheckpointHandler())
     parts, reused, repaired = {}, 0, 0
     for i in range(num_chunks):
       entry = record["chunks"].get(str(i))
@@ -464,40 +796,78 @@ class Run:
         self.warn(f"{name}: chunk {i} is damaged ({e}); recomputing it")
         del record["chunks"][str(i)]
         repaired += 1
+    if not allow_nonfinite:
+      for i, part in parts.items():
+        self._refuse_nonfinite(name, i, part, record["reads"], set(), chunk_size, len(S), stored=True)
     todo = [i for i in range(num_chunks) if i not in parts]
     if reused and todo:
       self.log(f"{name}: {reused} of {num_chunks} chunks reused, computing {len(todo)}")
     elif todo:
       self.log(f"{name}: computing {num_chunks} chunks of {chunk_size} subsets ...")
     reads = record["reads"]
+
+    def compute(i):
+      _check_stop()
+      own = {}
+      with stopwatch() as sw:
+        out = jax.device_get(fn(ConfigView(config, own), S[i * chunk_size:(i + 1) * chunk_size], i, *inputs))
+      reads.update(own)
+      if not allow_nonfinite:
+        self._refuse_nonfinite(name, i, out, reads, set(own), chunk_size, len(S), stored=False,
+                               kept=len(record["chunks"]))
+      step_dir = directory / "chunks" / str(i)
+      with _writing(step_dir, partial=lambda: [step_dir, *step_dir.parent.glob(f"{i}.orbax-checkpoint-tmp*")]):
+        if i in manager.all_steps():
+          manager.delete(i)
+        shutil.rmtree(step_dir, ignore_errors=True)   # a step orbax never finalized
+        manager.save(i, args=ocp.args.StandardSave(out), force=True)
+        manager.wait_until_finished()
+      record["chunks"][str(i)] = {"files": _file_digests(step_dir), "seconds": sw.seconds,
+                                  "seconds_compile": sw.compile_seconds}
+      record["seconds"] = sum(c["seconds"] for c in record["chunks"].values())
+      store.save_json(directory / RECORD, _seal(record))
+      return out
+
     bar = tqdm(total=len(todo), desc=name, unit="chunk", disable=not self.progress or not todo, leave=False)
     for i in todo:
-      _check_stop()
-      t0 = time.perf_counter()
-      out = jax.device_get(fn(ConfigView(config, reads), S[i * chunk_size:(i + 1) * chunk_size], i, *inputs))
-      seconds = time.perf_counter() - t0
-      step_dir = directory / "chunks" / str(i)
-      if i in manager.all_steps():
-        manager.delete(i)
-      shutil.rmtree(step_dir, ignore_errors=True)   # a step orbax never finalized
-      manager.save(i, args=ocp.args.StandardSave(out), force=True)
-      manager.wait_until_finished()
-      record["chunks"][str(i)] = {"files": _file_digests(step_dir), "seconds": seconds}
-      record["seconds"] = sum(c["seconds"] for c in record["chunks"].values())
-      store.save_json(directory / RECORD, record)
-      parts[i] = out
+      parts[i] = compute(i)
       bar.update(1)
     bar.close()
+    if todo:
+      # Chunks stored by code whose chunk function returned other fields cannot be stacked with
+      # the new ones: recomputed, so every chunk comes from the code that runs now.
+      shape = jax.tree.structure(parts[todo[-1]])
+      stale = [i for i in sorted(parts) if jax.tree.structure(parts[i]) != shape]
+      if stale:
+        self.warn(f"{name}: chunks {', '.join(map(str, stale))} were stored by code returning other fields; recomputing them")
+        for i in stale:
+          parts[i] = compute(i)
     manager.close()
+    if not sealed and not todo:
+      self._seal_legacy(directory, record)
     total = record["seconds"]
+    compile_total = sum(c.get("seconds_compile", 0.0) for c in record["chunks"].values())
     status = "reused" if not todo else ("repaired" if repaired else ("resumed" if reused else "computed"))
-    self.timings[name] = PhaseTiming(total, status)
+    self.timings[name] = PhaseTiming(total, status, compile_total)
     if not todo:
       self.log(f"{name}: reused {num_chunks} chunks (computed in {total:.1f} s)")
     else:
       self.log(f"{name}: {status}; {num_chunks} chunks, {total:.1f} s of compute")
     result = jax.tree.map(lambda *t: np.concatenate(t), *[parts[i] for i in range(num_chunks)])
     return self._track(result, reads, prints, (name, _fingerprint({i: c["files"] for i, c in record["chunks"].items()})))
+
+  def _refuse_nonfinite(self, name, i, out, reads, own, chunk_size, m, *, stored, kept=0):
+    found = _nonfinite(out)
+    if not found:
+      return
+    rows = f"subsets {i * chunk_size}-{min((i + 1) * chunk_size, m) - 1}"
+    if stored:
+      what = (f"{name}: stored chunk {i} ({rows}) holds non-finite outcomes ({'; '.join(found)}), stored before "
+              f"outcomes were checked; delete {self.dir / name} once the cause is fixed")
+    else:
+      what = (f"{name}: chunk {i} ({rows}) has non-finite outcomes ({'; '.join(found)}); it was not stored"
+              + (f" (the {kept} chunk(s) stored before it are kept)" if kept else ""))
+    raise NonFiniteOutcomes(f"{what}. Likely cause, among the settings this phase read: {_likely_causes(reads, own, name)}")
 
   def _load_chunk(self, manager, directory: pathlib.Path, i: int, entry: dict):
     step_dir = directory / "chunks" / str(i)
@@ -511,7 +881,8 @@ class Run:
 
   # -- outputs ---------------------------------------------------------------------------------
   def timing_rows(self) -> list[dict]:
-    return [{"phase": k, "seconds": v.seconds, "status": v.status} for k, v in self.timings.items()]
+    return [{"phase": k, "seconds": v.seconds, "seconds_compile": v.compile_seconds, "status": v.status}
+            for k, v in self.timings.items()]
 
 
 def _flatten_inputs(inputs):

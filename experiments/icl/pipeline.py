@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -167,10 +166,11 @@ def exact_chunk(c, P_chunk, chunk: int, s: Setup, which: str) -> dict:
   # so every chunk runs the one compiled batch shape instead of compiling a smaller one.
   nb = c.inference.prompt_batch
   P_full = np.concatenate([P, np.repeat(P[-1:], -len(P) % nb, axis=0)])
-  t0 = time.perf_counter()
-  F = I.outcomes(P_full, params=s.model.params, cfg=s.model.cfg, task=task, prompt_batch=nb,
-                 query_multiple=c.inference.query_multiple)[:len(P)]
-  return {"F": F, "seconds": np.full(len(P), (time.perf_counter() - t0) / len(P))}
+  # steady-state seconds (the same whichever chunk compiled), one-time seconds apart
+  F, seconds, one_time = runs.steady(lambda: I.outcomes(P_full, params=s.model.params, cfg=s.model.cfg, task=task,
+                                                        prompt_batch=nb, query_multiple=c.inference.query_multiple))
+  return {"F": F[:len(P)], "seconds": np.full(len(P), seconds / len(P)),
+          "seconds_compile": np.full(len(P), one_time)}
 
 
 def _lookup(rows, *tables):
@@ -207,12 +207,11 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   next to it: for whole-demonstration swaps the expansion is measured to be less accurate."""
   A = c.estimate.num_anchors
   anchors = dsg.prompts[:A]
-  lin = X.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
+  with runs.stopwatch() as lin_sw:
+    lin = X.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
   many = D.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_prompts, s.K, c.data.shots)
-  X.estimate(lin, many[:2])   # compile the gather outside the timing
-  t0 = time.perf_counter()
-  F_many = X.estimate(lin, many)
-  t_many = time.perf_counter() - t0
+  # compile (and a program's first run) timed apart from the steady figure
+  F_many, t_many, compile_many = runs.steady(lambda: X.estimate(lin, many))
   F_prompts = X.estimate(lin, dsg.prompts)
   F_real = exact["F"]
   rest = np.arange(A, len(dsg.prompts))
@@ -221,7 +220,7 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   held = _splits(c, len(dsg.prompts))[0][1]
   held = held[held >= A]
   fro = lambda x: float(np.linalg.norm(x))
-  t_real = float(np.median(exact["seconds"]))        # median: the first chunk also compiled
+  t_real = float(np.mean(exact["seconds"]))          # steady-state: compile excluded per chunk
   t_grad = float(np.mean(lin.seconds[1:])) if A > 1 else float(lin.seconds[0])
   t_est = t_many / len(many)
   skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
@@ -241,9 +240,12 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
       "lds_vs_real_anchor_value": score("lds_vs_real_anchor_value", metrics.lds, zeroth[held], F_real[held]),
       "first_order_beats_anchor_value": bool(fro(F_prompts[rest] - F_real[rest]) < fro(zeroth[rest] - F_real[rest])),
       "seconds_real_per_prompt": t_real, "seconds_estimate_per_prompt": t_est,
-      "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": float(np.sum(lin.seconds)),
+      "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": lin_sw.steady_seconds,
+      "seconds_compile_linearize": lin_sw.compile_seconds,
+      "seconds_compile_estimate": compile_many,
+      "seconds_compile_inference": (float(np.max(exact["seconds_compile"])) if "seconds_compile" in exact else None),
       "speedup_per_prompt_excluding_gradients": t_real / t_est,
-      "speedup_including_gradients": len(many) * t_real / (t_many + float(np.sum(lin.seconds))),
+      "speedup_including_gradients": len(many) * t_real / (t_many + lin_sw.steady_seconds),
       "skipped": skipped,
   }
   return Estimates(many=many, F_many=F_many, F_prompts=F_prompts, anchors=lin.anchors_idx, F0=lin.F0,

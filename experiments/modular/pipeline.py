@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Callable
 
 import flax.struct
@@ -208,16 +207,16 @@ def finetune_recipe(c, s: Setup) -> Callable:
 
 def finetune_chunk(c, S_chunk, chunk: int, s: Setup, th: Theta0, recipe: Callable) -> dict:
   """Real fine-tunes from theta0 (what the estimator approximates), their validation losses, the
-  first-order error of their outputs, and the compute time per subset."""
-  t0 = time.perf_counter()
-  stacked, _ = training.finetune_subsets(recipe, th.params, s.train_data, s.d.task_train, S_chunk,
-                                         key=jax.random.fold_in(s.data_key, 10_000 + chunk),
-                                         chunk_size=c.train.chunk_size)
-  jax.block_until_ready(stacked)
-  seconds = time.perf_counter() - t0
+  first-order error of their outputs, and the compute time per subset: steady-state (compilation
+  and a program's first run excluded, so the figure does not depend on which chunk ran first)
+  and those one-time seconds apart."""
+  (stacked, _), seconds, one_time = runs.steady(lambda: training.finetune_subsets(
+      recipe, th.params, s.train_data, s.d.task_train, S_chunk, key=jax.random.fold_in(s.data_key, 10_000 + chunk),
+      chunk_size=c.train.chunk_size))
   return {"F": np.asarray(s.val_loss(stacked)),
           "linearization_error": diagnostics.linearization_error(s.apply_fn, th.params, stacked, s.X_val),
-          "seconds": np.full(len(S_chunk), seconds / len(S_chunk))}
+          "seconds": np.full(len(S_chunk), seconds / len(S_chunk)),
+          "seconds_compile": np.full(len(S_chunk), one_time)}
 
 
 @flax.struct.dataclass
@@ -255,10 +254,9 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
   S_ft, F_ft = dsg.S_est[:c.finetune.num_subsets], ft["F"]
   half = c.finetune.num_calibration
   ridge, table = ks.calibrate_ridge(train_f, task, target_f, S_ft[:half], F_ft[:half], grid=grid, **est)
-  ks.estimate(train_f, task, S_ft[half:], target_f, ridge=ridge, **est)   # compile outside the timing
-  t0 = time.perf_counter()
-  F_hat_ft = ks.estimate(train_f, task, S_ft[half:], target_f, ridge=ridge, **est)
-  t_est_ft = time.perf_counter() - t0
+  # compile (and a program's first run) timed apart from the steady figures
+  F_hat_ft, t_est_ft, compile_ft = runs.steady(
+      lambda: ks.estimate(train_f, task, S_ft[half:], target_f, ridge=ridge, **est))
   keep = tg.keep
   F_rand = retrains["F"]
   fit, held = np.arange(c.subsets.num_fit), np.arange(c.subsets.num_fit, len(dsg.S_rand))
@@ -267,9 +265,8 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
                                                 grid=grid, criterion="lds", **est)
   else:
     ridge_attr, table_attr = ridge, {}
-  t0 = time.perf_counter()
-  F_est = ks.estimate(train_f, task, dsg.S_est, target_f, ridge=ridge_attr, **est)
-  t_est_all = time.perf_counter() - t0
+  F_est, t_est_all, compile_all = runs.steady(
+      lambda: ks.estimate(train_f, task, dsg.S_est, target_f, ridge=ridge_attr, **est))
   F_est_exact = ks.estimate(train_f, task, dsg.S_rand, target_f, ridge=ridge_attr, **est)
   # the scored fine-tuned subsets were estimated above at this ridge; only the calibration rows are new
   F_est_ft = np.concatenate([ks.estimate(train_f, task, S_ft[:half], target_f, ridge=ridge, **est), F_hat_ft])
@@ -277,6 +274,8 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
   report_ = diagnostics.error_report(F_hat_ft, F_ft[half:], F_base=tg.F_full,
                                      linearization_errors=ft["linearization_error"][half:])
   ft_per_subset = float(np.mean(ft["seconds"]))
+  # chunks stored before compile time was measured apart have no "seconds_compile"
+  ft_compile = float(np.max(ft["seconds_compile"])) if "seconds_compile" in ft else None
   est_per_subset = t_est_all / len(dsg.S_est)
   skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
   info = {
@@ -294,6 +293,10 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, ft: dict, retrains: dict,
       "seconds_estimate_per_subset": est_per_subset, "seconds_finetune_per_subset": ft_per_subset,
       "speedup_per_subset": ft_per_subset / est_per_subset,
       "seconds_estimate_all": t_est_all, "num_estimated": int(len(dsg.S_est)), "ridge": ridge,
+      # one-time seconds (compilation and a program's first run), apart from the steady-state
+      # figures above: the estimator's, and one fine-tuning chunk's (the first a process runs)
+      "seconds_compile_estimate": compile_ft + compile_all,
+      "seconds_compile_finetune": ft_compile,
       "ridge_calibration": {str(k): v for k, v in table.items()}, "method": e.method,
       "finetuned_subsets_calibration": int(half), "finetuned_subsets_scored": int(len(S_ft) - half),
       "skipped": skipped,

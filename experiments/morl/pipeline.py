@@ -120,10 +120,12 @@ def exact_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -
   numbers) and evaluates every target."""
   del chunk   # subsets share the seed's key, so a chunk's numbers do not depend on its index
   seed = c.design.random_seed if seed_index < 0 else c.design.seeds[seed_index]
-  t0 = time.perf_counter()
-  F, R = ppo.outcomes(s.suite, meta.params, S_chunk, jax.random.key(seed), s.targets_T, meta.norm, cfg=s.ft_cfg,
-                      ecfg=s.ecfg, chunk=c.finetune.chunk_size)
-  return {"F": F, "R": R, "seconds": np.full(len(S_chunk), (time.perf_counter() - t0) / len(S_chunk))}
+  # steady-state seconds (the same whichever phase or chunk compiled), one-time seconds apart
+  (F, R), seconds, one_time = runs.steady(lambda: ppo.outcomes(
+      s.suite, meta.params, S_chunk, jax.random.key(seed), s.targets_T, meta.norm, cfg=s.ft_cfg, ecfg=s.ecfg,
+      chunk=c.finetune.chunk_size))
+  return {"F": F, "R": R, "seconds": np.full(len(S_chunk), seconds / len(S_chunk)),
+          "seconds_compile": np.full(len(S_chunk), one_time)}
 
 
 def selection_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int, *chosen_from) -> dict:
@@ -142,24 +144,23 @@ class Estimates:
   info: dict
 
 
-def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimates:
+def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict, struct: tuple = ()) -> Estimates:
   """The first-order policy estimator on many subsets, scored against real fine-tuning on the
-  random subsets; both error definitions and the per-subset speed-up."""
-  t0 = time.perf_counter()
-  est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
-  jax.block_until_ready(est.arrays)
-  t_setup = time.perf_counter() - t0
+  random subsets; both error definitions and the per-subset speed-up. `struct` (the structured
+  fine-tunes) only serves the fine-tuning's one-time seconds: whichever exact phase a process
+  runs first compiles the fine-tuning program."""
+  with runs.stopwatch() as setup_sw:
+    est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
+    jax.block_until_ready(est.arrays)
+  t_setup = setup_sw.steady_seconds
   chunk = min(256, len(dsg.S_many))
-  est.outcome(dsg.S_many[:2], "surrogate", chunk)   # compile outside the timing
-  t0 = time.perf_counter()
-  F_many = est.outcome(dsg.S_many, "surrogate", chunk)
-  t_many = (time.perf_counter() - t0) / len(dsg.S_many)
+  # compile (and a program's first run) timed apart from the steady figures
+  F_many, t_many, compile_many = runs.steady(lambda: est.outcome(dsg.S_many, "surrogate", chunk))
+  t_many /= len(dsg.S_many)
   F_rand = est.outcome(dsg.S_rand, "surrogate", chunk)
   n_roll = min(len(dsg.S_rand), 64)
-  est.outcome(dsg.S_rand[:2], "rollout", n_roll)
-  t0 = time.perf_counter()
-  F_roll = est.outcome(dsg.S_rand[:n_roll], "rollout", n_roll)
-  t_roll = (time.perf_counter() - t0) / n_roll
+  F_roll, t_roll, compile_roll = runs.steady(lambda: est.outcome(dsg.S_rand[:n_roll], "rollout", n_roll))
+  t_roll /= n_roll
   F_real = exact_rand["F"]
   varying = metrics.varying_targets(F_real, 1e-4)
   # The paper's first-order error: logits at really fine-tuned params vs their expansion at theta0.
@@ -187,6 +188,13 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimate
       "seconds_estimate_per_subset": t_many, "seconds_estimate_rollout_per_subset": t_roll,
       "seconds_finetune_per_subset": t_ft, "speedup_per_subset": t_ft / t_many,
       "speedup_per_subset_rollout": t_ft / t_roll, "seconds_setup": t_setup,
+      # one-time seconds (compilation and a program's first run), apart from the steady-state
+      # figures above: the estimator's (its setup's compilation included), and one fine-tuning
+      # chunk's (the first a process runs)
+      "seconds_compile_estimate": setup_sw.compile_seconds + compile_many,
+      "seconds_compile_estimate_rollout": compile_roll,
+      "seconds_compile_finetune": (float(max(np.max(r["seconds_compile"]) for r in (exact_rand, *struct)))
+                                   if all("seconds_compile" in r for r in (exact_rand, *struct)) else None),
       "num_estimated": int(len(dsg.S_many)), "solver": s.est_cfg.solver, "dim": s.est_cfg.dim,
       "targets_scored": [n for n, v in zip(s.suite.names, varying) if v], "skipped": skipped,
   }
@@ -264,7 +272,7 @@ def problems(config, run: runs.Run):
                          threshold_field="normalized_error_threshold")
   struct = [run.outcomes(f"exact_structured_seed{i}", exact_chunk, c, dsg.S_struct, s, meta, i,
                          chunk_size=c.finetune.chunk_size) for i in range(len(c.design.seeds))]
-  est = run.phase("estimate", estimate, c, s, meta, dsg, exact_rand)
+  est = run.phase("estimate", estimate, c, s, meta, dsg, exact_rand, tuple(struct))
   extra_loo = run.phase("baselines", run_baselines, c, s, meta)
   picks, surrogates = _selection_masks(c, s, dsg, exact_rand, est)
   masks = np.unique(np.stack([m for choice in picks.values() for m in choice.values()]), axis=0)
