@@ -71,8 +71,8 @@ def _pair(pred, true, *, min_rows: int = 2):
   return jnp.asarray(P), jnp.asarray(T)
 
 
-def _ranks(x):
-  """Average ranks (ties share the mean rank, as scipy.stats.rankdata) along axis 0."""
+def rank_columns(x):
+  """Average ranks (ties share the mean rank, as scipy.stats.rankdata) down each column of x [n, T]."""
   def col(v):
     s = jnp.sort(v)
     lo = jnp.searchsorted(s, v, side="left")
@@ -82,7 +82,8 @@ def _ranks(x):
 
 
 @jax.jit
-def _pearson_cols(P, T):
+def pearson_columns(P, T):
+  """Pearson correlation of each column of P [n, T] with the same column of T (NaN if constant)."""
   Pc, Tc = P - P.mean(0), T - T.mean(0)
   denom = jnp.sqrt(jnp.sum(Pc ** 2, 0) * jnp.sum(Tc ** 2, 0))
   return jnp.where(denom > 0, jnp.sum(Pc * Tc, 0) / jnp.where(denom > 0, denom, 1.0), jnp.nan)
@@ -91,7 +92,7 @@ def _pearson_cols(P, T):
 @jax.jit
 def spearman_columns(P, T):
   """Spearman correlation of each column of P [n, T] with the same column of T (NaN if constant)."""
-  return _pearson_cols(_ranks(P), _ranks(T))
+  return pearson_columns(rank_columns(P), rank_columns(T))
 
 
 def _reduce(values, per_target, P, T):
@@ -110,7 +111,7 @@ def _reduce(values, per_target, P, T):
 def pearson(pred, true, *, per_target: bool = False):
   """Pearson correlation down each column, averaged over columns."""
   P, T = _pair(pred, true)
-  return _reduce(_pearson_cols(P, T), per_target, P, T)
+  return _reduce(pearson_columns(P, T), per_target, P, T)
 
 
 @x64

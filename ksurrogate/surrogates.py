@@ -191,14 +191,20 @@ def _fold_means(Y, train_w, center: bool):
 CV_METRICS = ("mse", "lds")
 
 
-def _cv_score(Y, resid, idx, norm, cv_metric):
+def _truth_ranks(Y, cv_metric):
+  """Ranks of the outcomes down each column, computed once per fit for the "lds" criterion (they
+  are the same at every grid point); None for "mse"."""
+  return metrics.rank_columns(Y) if cv_metric == "lds" else None
+
+
+def _cv_score(Y, resid, idx, norm, cv_metric, Y_ranks=None):
   """CV criterion (lower is better) from out-of-fold residuals [cv, b, T]: the mean over targets of
-  held-out MSE / variance ("mse"), or minus the out-of-fold LDS ("lds"; sorting makes it ~10x
-  dearer on CPU, hence computed only when asked for)."""
+  held-out MSE / variance ("mse"), or minus the out-of-fold LDS ("lds", from the outcomes' ranks
+  `Y_ranks`; sorting makes it several times dearer on CPU, hence computed only when asked for)."""
   if cv_metric == "mse":
     return jnp.mean(jnp.sum(resid ** 2, axis=(0, 1)) / norm)
   R = jnp.zeros_like(Y).at[idx.reshape(-1)].add(resid.reshape(-1, Y.shape[1]))
-  return -jnp.nanmean(metrics.spearman_columns(Y - R, Y))
+  return -jnp.nanmean(metrics.pearson_columns(metrics.rank_columns(Y - R), Y_ranks))
 
 
 def _select(scores, *grids):
@@ -216,6 +222,7 @@ def _select(scores, *grids):
 def _kernel_cv(X, Y, gammas, ridges, idx, valid, train_w, *, kind, degree, coef0, center, cv_metric):
   m = X.shape[0]
   norm = m * jnp.var(Y, axis=0)
+  Y_ranks = _truth_ranks(Y, cv_metric)
   mu = _fold_means(Y, train_w, center)            # [cv, T]
   block_eye = jnp.eye(idx.shape[1])
 
@@ -234,7 +241,7 @@ def _kernel_cv(X, Y, gammas, ridges, idx, valid, train_w, *, kind, degree, coef0
         return jnp.linalg.solve(Ginv_bb, rhs * ok[:, None])
 
       resid = jax.vmap(per_fold)(idx, valid, mu)    # [cv, b, T]; padded rows are exactly 0
-      return _cv_score(Y, resid, idx, norm, cv_metric)
+      return _cv_score(Y, resid, idx, norm, cv_metric, Y_ranks)
 
     return jax.lax.map(per_ridge, ridges)
 
@@ -291,6 +298,7 @@ def _nystrom_cv(X, Y, Z, gammas, ridges, idx, valid, train_w, *, kind, degree, c
   the held-out block (Phi_T^T Phi_T = Phi^T Phi - Phi_B^T Phi_B), and for the MSE criterion each
   ridge costs O(r^2) from per-fold quadratic forms instead of an O(b r T) prediction."""
   norm = X.shape[0] * jnp.var(Y, axis=0)
+  Y_ranks = _truth_ranks(Y, cv_metric)
   omega = 1.0 / norm
   mu = _fold_means(Y, train_w, center)
 
@@ -321,7 +329,7 @@ def _nystrom_cv(X, Y, Z, gammas, ridges, idx, valid, train_w, *, kind, degree, c
     out = jax.vmap(per_fold, out_axes=1)(idx, valid, mu)
     if cv_metric == "mse":
       return out.sum(1) / Y.shape[1]
-    return jax.vmap(lambda r: _cv_score(Y, r, idx, norm, cv_metric))(out)
+    return jax.vmap(lambda r: _cv_score(Y, r, idx, norm, cv_metric, Y_ranks))(out)
 
   return jax.lax.map(per_gamma, gammas)
 
@@ -457,6 +465,7 @@ def fit_kernel(S, F, *, kernel: str = "rbf", gamma: float | None = None, ridge: 
 @functools.partial(jax.jit, static_argnames=("cv_metric",))
 def _linear_cv(X, Y, ridges, idx, valid, train_w, *, cv_metric):
   norm = X.shape[0] * jnp.var(Y, axis=0)
+  Y_ranks = _truth_ranks(Y, cv_metric)
 
   def per_fold(ix, ok, tw):
     n = tw.sum()
@@ -473,7 +482,7 @@ def _linear_cv(X, Y, ridges, idx, valid, train_w, *, cv_metric):
     return jax.vmap(per_ridge)(ridges)
 
   resid = jax.vmap(per_fold, out_axes=1)(idx, valid, train_w)         # [L, cv, b, T]
-  return jax.vmap(lambda r: _cv_score(Y, r, idx, norm, cv_metric))(resid)
+  return jax.vmap(lambda r: _cv_score(Y, r, idx, norm, cv_metric, Y_ranks))(resid)
 
 
 @jax.jit
