@@ -37,7 +37,6 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
-import importlib
 import json
 import logging as pylogging
 import os
@@ -242,16 +241,24 @@ def _lookup(config, path: str):
   return node.to_dict() if _is_config(node) else node
 
 
+_USE_ANOTHER = "use a new --workdir (or the stored settings)"
+_RENAMED = ("use a new --workdir: a workdir made by a version with other config field names cannot be reused "
+            "(the field was renamed or removed)")
+
+
 def _config_difference(config, reads: dict) -> Optional[str]:
-  """'path: stored vs now' for the first recorded read whose value changed, else None."""
+  """'path=stored when stored, now now; what to do' for the recorded read to report (a field the
+  config no longer has first: then no setting of this config reproduces the stored phase), else
+  None."""
+  changed = None
   for path, stored in sorted(reads.items()):
     try:
       now = _canonical(_lookup(config, path))
     except KeyError:
-      return f"{path}: {stored!r} when stored, absent from this config"
-    if now != stored:
-      return f"{path}={stored!r} when stored, {now!r} now"
-  return None
+      return f"{path}={stored!r} when stored, a field this config does not have; {_RENAMED}"
+    if now != stored and changed is None:
+      changed = f"{path}={stored!r} when stored, {now!r} now; {_USE_ANOTHER}"
+  return changed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,11 +272,44 @@ def _has_arrays(value) -> bool:
   return any(isinstance(x, (np.ndarray, jax.Array, np.generic)) for x in jax.tree.leaves(value))
 
 
+# Stored result types by stable name: a record names its result's type by the name the class was
+# registered under (`stored`), never by its Python module path, so moving or renaming a class does
+# not invalidate what is on disk.
+_STORED: dict[str, type] = {}
+
+
+def stored(name: str):
+  """Class decorator: results of this dataclass are stored (and restored) under `name`, a stable
+  key of the form "experiment.thing" (e.g. "modular.theta0"). Changing the name makes stored
+  records of it unreadable: they are recomputed, with one warning line."""
+  if not isinstance(name, str) or not name or ":" in name:
+    raise ValueError(f"name: a stored-result name is a non-empty string without ':', got {name!r}")
+
+  def register(cls):
+    if not dataclasses.is_dataclass(cls):
+      raise TypeError(f"stored: {cls.__name__} is not a dataclass")
+    known = _STORED.get(name)
+    if known is not None and _qualified(known) != _qualified(cls):
+      raise ValueError(f"name: {name!r} is already the stored name of {_qualified(known)}")
+    _STORED[name] = cls
+    cls.STORED_AS = name
+    return cls
+  return register
+
+
+def _qualified(cls) -> str:
+  return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def _split(result):
   """(type name, {field: arrays pytree}, {field: JSON value}) of a dataclass or dict result."""
   if dataclasses.is_dataclass(result):
+    cls = type(result)
+    kind = getattr(cls, "STORED_AS", None)
+    if kind is None or _STORED.get(kind) is not cls:
+      raise TypeError(f"result: {cls.__name__} is not registered for storage; decorate it with "
+                      "@runs.stored(\"<experiment>.<name>\") (the stable name its records are kept under)")
     fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
-    kind = f"{type(result).__module__}:{type(result).__qualname__}"
   elif isinstance(result, dict):
     fields, kind = dict(result), "dict"
   else:
@@ -279,14 +319,22 @@ def _split(result):
   return kind, arrays, plain
 
 
+def _stored_type(kind: str) -> tuple[Optional[type], bool]:
+  """(class, named by a legacy module:qualname) of a record's type; (None, ...) when none is
+  registered under it. Records written before stable names (module:qualname) map to the
+  registered class that has that qualified name now."""
+  if ":" not in kind:
+    return _STORED.get(kind), False
+  return next((cls for cls in _STORED.values() if _qualified(cls) == kind), None), True
+
+
 def _join(kind: str, arrays: dict, plain: dict):
   fields = {**plain, **arrays}
   if kind == "dict":
     return fields
-  module, qualname = kind.split(":")
-  cls = importlib.import_module(module)
-  for part in qualname.split("."):
-    cls = getattr(cls, part)
+  cls, _ = _stored_type(kind)
+  if cls is None:
+    raise _Damaged(f"it holds a result stored as {kind!r}, a type no registered result has now")
   return cls(**fields)
 
 
@@ -379,8 +427,8 @@ def _record_problem(record, kind: Optional[str] = None) -> Optional[str]:
   if found == "phase":
     if not all(isinstance(f, str) for f in record["array_fields"]):
       return "field 'array_fields' is not a list of names"
-    if record["type"] != "dict" and ":" not in record["type"]:
-      return f"field 'type' holds {record['type']!r}, not module:class"
+    if not record["type"]:
+      return "field 'type' is empty"
   else:
     for key, chunk in record["chunks"].items():
       if not (key.isdigit() and int(key) < record["num_chunks"]):
@@ -616,8 +664,8 @@ class Run:
       # the phase computed first is named: the one a check at each phase would have met first
       _, name, diff = min(differ)
       more = f" (and {len(differ) - 1} more stored phase(s) differ)" if len(differ) > 1 else ""
-      raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed with {diff}{more}; "
-                                 "use a new --workdir (or the stored settings)")
+      what, _, todo = diff.partition("; ")
+      raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed with {what}{more}; {todo}")
 
   def _append_log(self, line: str) -> None:
     path = self.dir / "run.log"
@@ -680,11 +728,18 @@ class Run:
       store.save_json(directory / RECORD, _seal({**record, "kind": _record_kind(record)}))
       self.log(f"{directory.name}: its record predates record checksums; accepted as stored and sealed")
 
+  def _rekey(self, directory: pathlib.Path, record: dict) -> None:
+    """A record naming its result's type by module:qualname (written before stable names) is
+    rewritten with the stable name of the class it was restored as, once."""
+    cls, legacy = _stored_type(record["type"])
+    if legacy and cls is not None:
+      store.save_json(directory / RECORD, _seal({**record, "type": cls.STORED_AS}))
+      self.log(f"{directory.name}: its record named its result type {record['type']!r}; re-keyed as {cls.STORED_AS!r}")
+
   def _refuse_if_different(self, name: str, config, record: dict) -> None:
     diff = _config_difference(config, record["reads"])
     if diff is not None:
-      raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed with {diff}; "
-                                 "use a new --workdir (or the stored settings)")
+      raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed with {diff}")
 
   # -- phases ----------------------------------------------------------------------------------
   def phase(self, name: str, fn: Callable, config, *inputs, store: bool = True):
@@ -703,6 +758,7 @@ class Run:
           try:
             result = self._load_result(directory, record)
             self._seal_legacy(directory, record)
+            self._rekey(directory, record)
             self.timings[name] = PhaseTiming(record["seconds"], "reused", record.get("seconds_compile", 0.0))
             self.log(f"{name}: reused (computed in {record['seconds']:.1f} s)")
             return self._track(result, record["reads"], prints, (name, _fingerprint(record["files"])))
@@ -764,11 +820,12 @@ class Run:
     (NonFiniteOutcomes: the phase, the chunk, how many rows and targets, and the settings it read,
     likeliest cause first); the chunks stored before it are kept. `allow_nonfinite=True` is for
     sources where a non-finite value is a legitimate outcome that later code handles."""
+    # Subsets returned by an earlier phase (e.g. sets chosen from its outcomes) carry its lineage.
+    upstream, prints = self._upstream((S, *inputs))
     S = np.asarray(S)
     chunk_size = int(chunk_size)
     num_chunks = -(-len(S) // chunk_size)
     directory = self.dir / name
-    upstream, prints = self._upstream(inputs)
     subsets_digest = _digest_array(S)
     record = self._read_record(directory, "outcomes")
     if record is not None:
