@@ -38,17 +38,50 @@ def _plain_axes(ax):
 
 
 def score_text(v) -> str:
-  """A score for a title or a table: 3 decimals, "n/a" when it is absent (undefined on the data)."""
+  """A score for a title or a table: 3 decimals, "n/a" when it is absent (undefined on the data);
+  a (mean, standard error) pair as "mean ± s.e." (the s.e. left out where it is absent)."""
+  if isinstance(v, tuple):
+    mean, se = v
+    return score_text(mean) if se is None or mean is None else f"{mean:.3f} ± {se:.3f}"
   return "n/a" if v is None else f"{v:.3f}"
+
+
+def score_intervals(path, scores: dict, ceiling: dict, title: str, *, keys: list) -> None:
+  """One panel per score key (lds, loo_pearson, ...): every method's mean with its 95 % interval
+  (`<key>_ci95`) as an error bar, and the ground truth's ceiling with its interval as a band where
+  the summary has one. Methods without the score are left out of its panel."""
+  keys = keys or ["lds"]
+  fig, axes = subplots(1, len(keys), figsize=(4.6 * len(keys), 0.28 * len(scores) + 1.8), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    names = [m for m, s in scores.items() if s.get(key) is not None]
+    y = np.arange(len(names))
+    mean = np.array([scores[m][key] for m in names], np.float64)
+    ci = [scores[m].get(f"{key}_ci95") or [scores[m][key]] * 2 for m in names]
+    err = np.abs(np.array(ci, np.float64).reshape(-1, 2).T - mean) if names else None
+    ax.errorbar(mean, y, xerr=err, fmt="o", ms=3, capsize=2, lw=1)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    top, band = ceiling.get(key), ceiling.get(f"{key}_ci95")
+    if top is not None:
+      ax.axvline(top, color="grey", lw=1, ls="--", label="ceiling")
+      if band:
+        ax.axvspan(*band, color="grey", alpha=0.15, label="ceiling 95 % interval")
+      ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel(f"{key} (mean, 95 % interval)", fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    _plain_axes(ax)
+  fig.suptitle(f"{title}: scores with 95 % intervals", fontsize=10)
+  save(fig, path)
 
 
 def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | None = None,
                       outcome_name: str = "outcome", max_points: int = 4000, seed: int = 0,
-                      num_splits: int = 1) -> None:
+                      resplits: int = 0) -> None:
   """Predicted vs true outcome on held-out (subset, target) pairs, one panel per method, each
-  titled with its scores as the summary table names them (`scores[method] = {name: value}`, None:
-  n/a) (a random sample of at most `max_points` pairs is drawn, the same pairs for every method).
-  With `num_splits` > 1 the points are the first split's and the scores the mean over splits."""
+  titled with its scores as the summary table names them (`scores[method] = {name: value or
+  (mean, s.e.)}`, None: n/a) (a random sample of at most `max_points` pairs is drawn, the same
+  pairs for every method). The points are the declared split's; with `resplits` the scores are
+  means ± s.e. over that many re-splits."""
   t = np.asarray(true).ravel()
   keep = np.arange(t.size)
   if t.size > max_points:
@@ -66,7 +99,7 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
     _plain_axes(ax)
   axes[0].legend(fontsize=7, loc="upper left")
   shown = f"{len(keep)} of {t.size}" if len(keep) < t.size else f"all {t.size}"
-  splits = f"; first of {num_splits} splits, scores: mean over splits" if num_splits > 1 else ""
+  splits = f"; points: the declared split, scores: mean ± s.e. over {resplits} re-splits" if resplits else ""
   fig.suptitle(f"{title}: held-out subsets ({shown} subset-target pairs{splits})", fontsize=10)
   save(fig, path)
 
@@ -203,7 +236,7 @@ def save(fig, path) -> None:
 def table(rows: list[dict], columns: list[str]) -> str:
   """Plain fixed-width table for the console."""
   def fmt(v):
-    return score_text(v) if v is None or isinstance(v, float) else str(v)
+    return score_text(v) if v is None or isinstance(v, (float, tuple)) else str(v)
   cells = [[fmt(r[c]) if c in r else "" for c in columns] for r in rows]
   widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
   line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
