@@ -21,8 +21,12 @@ from ml_collections import config_dict
 SEED_MAX = 2 ** 31 - 1000   # seeds are offset by small constants before they become PRNG keys
 
 
+FAMILIES = ("kernel", "kernel_lds", "kernel_official", "linear", "linear_official")   # ksurrogate.families.standard
+
+
 def base_config(experiment: str, arg: str, variants: dict) -> ml_collections.ConfigDict:
-  """A config holding the fields every experiment has, once `arg` is known to name a variant."""
+  """A config holding the fields and sections every experiment has, with the same names, once
+  `arg` is known to name a variant. Their rules are `SHARED_RULES`."""
   if arg not in variants:
     raise ValueError(f"config: unknown config {arg!r} for experiment {experiment!r}; expected one of {list(variants)}")
   c = ml_collections.ConfigDict()
@@ -33,6 +37,14 @@ def base_config(experiment: str, arg: str, variants: dict) -> ml_collections.Con
   # A design whose first exact outcomes vary on fewer targets than this cannot measure anything:
   # the run stops right after that phase instead of computing the rest.
   c.min_varying_targets = 2
+  # How the driver scores: LDS and normalized error over `resplits` seeded random fit / held-out
+  # re-splits of each problem's exact subsets (the declared split's sizes), correlations and
+  # ceilings with `bootstrap` resamples (of targets, and of the truth's seeds).
+  c.eval = dict(resplits=20, bootstrap=1000)
+  # The surrogate families compared (ksurrogate.families.standard): CV folds of the tuned ones;
+  # num_inducing None: fit_kernel chooses exact or Nystrom KRR by memory, M: Nystrom on M inducing
+  # subsets for every fit set larger than M; official_ridge: the released code's fixed ridge.
+  c.surrogates = dict(cv=5, num_inducing=optional_int(), official_ridge=1e-2, families=FAMILIES)
   return c
 
 
@@ -166,6 +178,21 @@ def file_with_magic(magic: bytes, kind: str, *, allow_empty: bool = False) -> Ru
               problem)
 
 
+SHARED_RULES = {
+    "seed": integer(0, SEED_MAX),
+    "progress": boolean(),
+    "smoke_test": boolean(),
+    "normalized_error_threshold": number(0.0),
+    "min_varying_targets": integer(1),
+    "eval.resplits": integer(2),
+    "eval.bootstrap": integer(100),
+    "surrogates.cv": integer(2),
+    "surrogates.num_inducing": optional(integer(1)),
+    "surrogates.official_ridge": number(0.0),
+    "surrogates.families": sequence(choice(*FAMILIES), distinct=True),
+}
+
+
 def fields(config, prefix: str = ""):
   """(dotted path, value) of every leaf of a (nested) ConfigDict, in sorted order."""
   for key in sorted(config.keys()):
@@ -228,27 +255,6 @@ def check_memory(estimates: Mapping[str, tuple[float, str]], *, available: Optio
   for path, (n_bytes, what) in estimates.items():
     if n_bytes > available:
       raise ValueError(f"{path}: {what} needs {gib(n_bytes)}, more than this machine's {gib(available)} of memory")
-
-
-def surrogate_experiment(name: str, pipeline: str):
-  """(problems, methods, protocol) of an experiment whose phases live in the module `pipeline`
-  (imported only when it runs, so `--help` and config loading stay light) and which compares
-  kernel and linear surrogates on exact and on estimated outcomes."""
-  import importlib
-
-  from ksurrogate.harness import driver
-
-  def problems(config, run):
-    yield from importlib.import_module(pipeline).problems(config, run)
-
-  def methods(config, problem):
-    return driver.surrogate_methods(cv=config.surrogates.cv, data=("exact", *problem.extra_fit))
-
-  def protocol(config):
-    del config
-    return driver.Protocol(name=name, problems=problems, methods=methods, plot_method="kernel_exact")
-
-  return problems, methods, protocol
 
 
 def require_varying(F, threshold: float, minimum: int, *, phase: str, threshold_field: Optional[str]) -> np.ndarray:

@@ -16,7 +16,6 @@ finished phases when rerun with the same command.
 from __future__ import annotations
 
 import ast
-import importlib
 import pathlib
 import shlex
 import signal
@@ -29,24 +28,25 @@ from absl import logging
 from ml_collections import config_flags
 
 from experiments import common
+from experiments import contract
 
-EXPERIMENTS = {"reference": "experiments.reference", "modular": "experiments.modular", "morl": "experiments.morl", "icl": "experiments.icl"}
-DEFAULT_EXPERIMENT = "reference"
 DEFAULT_WORKDIR = "runs/default"
 
-_EXPERIMENT = flags.DEFINE_string("experiment", DEFAULT_EXPERIMENT, f"one of {sorted(EXPERIMENTS)}")
+_EXPERIMENT = flags.DEFINE_string("experiment", contract.DEFAULT, f"one of {sorted(contract.REGISTRY)}")
 _WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "where summary.json, arrays and plots go")
 
 
-def load_experiment(name: str):
-  if name not in EXPERIMENTS:
-    _fail(f"--experiment: unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}")
-  return importlib.import_module(EXPERIMENTS[name])
+def load_experiment(name: str) -> contract.Experiment:
+  """The registered experiment (its config module only; a usage error for an unknown name)."""
+  try:
+    return contract.load(name)
+  except ValueError as e:
+    _fail(str(e))
 
 
-def config_file(module) -> str:
+def config_file(experiment: contract.Experiment) -> str:
   """The file that defines the experiment's get_config (what config_flags loads)."""
-  return str(pathlib.Path(module.get_config.__code__.co_filename).resolve())
+  return str(pathlib.Path(experiment.get_config.__code__.co_filename).resolve())
 
 
 def _flag_value(argv, name):
@@ -68,16 +68,14 @@ def prepare_argv(argv, flag_values=flags.FLAGS):
   """Defines --config for the chosen experiment and rewrites `--config=NAME` into config_flags'
   `--config=FILE:NAME` form and tuple overrides into Python literals. Every override is
   type-checked here, one line per error. Returns the new argv."""
-  name = _flag_value(argv, "experiment") or DEFAULT_EXPERIMENT
-  if name not in EXPERIMENTS:
-    _fail(f"--experiment: unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}")
-  module = importlib.import_module(EXPERIMENTS[name])
-  path = config_file(module)
-  variant = _flag_value(argv, "config") or module.DEFAULT_CONFIG
+  name = _flag_value(argv, "experiment") or contract.DEFAULT
+  experiment = load_experiment(name)
+  path = config_file(experiment)
+  variant = _flag_value(argv, "config") or experiment.default_config
   config = None
   if ":" not in variant and "/" not in variant:
     try:
-      config = module.get_config(variant)
+      config = experiment.get_config(variant)
     except ValueError as e:
       _fail(str(e))
   _NONE_OVERRIDES.clear()
@@ -92,14 +90,14 @@ def prepare_argv(argv, flag_values=flags.FLAGS):
       if field not in defaults and field not in sections:
         _fail(f"--config.{field}: no such field in {name}'s config {variant!r} (--help lists them)")
       if field in defaults:
-        rule = rules(module).get(field)
+        rule = experiment.rules.get(field)
         text = parse_override(config, field, text, nullable=rule is not None and rule.ok(None))
         if text is None:
           _NONE_OVERRIDES.append(field)
           continue
         arg = f"--config.{field}={text}"
     out.append(arg)
-  config_flags.DEFINE_config_file("config", f"{path}:{module.DEFAULT_CONFIG}",
+  config_flags.DEFINE_config_file("config", f"{path}:{experiment.default_config}",
                                   "a config name of the experiment (see --help)", flag_values=flag_values,
                                   lock_config=True, sys_argv=out)
   return out
@@ -149,11 +147,6 @@ def _convert_items(items: list, default) -> list:
   return out
 
 
-def rules(module) -> dict:
-  """The experiment's range rules ({field: common.Rule}), kept next to its get_config."""
-  return getattr(sys.modules[module.get_config.__module__], "RULES", {})
-
-
 def parse_override(config, field: str, text: str, *, nullable: bool = False):
   """The text config_flags should parse for `--config.FIELD=text`, after the type check it would
   make (as a one-line error: absl's is two lines with rc 1); None for a None override of a field
@@ -184,19 +177,21 @@ def parse_override(config, field: str, text: str, *, nullable: bool = False):
 
 def usage() -> str:
   lines = [__doc__.strip(), "", "flags:",
-           f"  --experiment   one of {sorted(EXPERIMENTS)} (default {DEFAULT_EXPERIMENT})",
+           f"  --experiment   one of {sorted(contract.REGISTRY)} (default {contract.DEFAULT})",
            f"  --workdir      results directory (default {DEFAULT_WORKDIR})",
            "  --config       a config name below (each experiment's default is marked)",
            "  --config.F=V   override field F (tuples: a,b,c or a Python literal; None-valued fields: a value or None)",
            ""]
-  for name, path in EXPERIMENTS.items():
-    module = importlib.import_module(path)
+  for name in contract.REGISTRY:
+    experiment = contract.load(name)
     lines.append(f"experiment {name}:")
-    for cname, text in module.DESCRIPTIONS.items():
-      mark = " (default)" if cname == module.DEFAULT_CONFIG else ""
-      lines.append(f"  --config={cname}{mark}: {text}")
-    lines.append(f"  fields (defaults of --config={module.DEFAULT_CONFIG}):")
-    config = module.get_config(module.DEFAULT_CONFIG)
+    for cname, v in experiment.configs.items():
+      mark = " (default)" if cname == experiment.default_config else ""
+      lines.append(f"  --config={cname}{mark}: {v.description}")
+      lines.append(f"      command: {v.command}  [{v.runtime}]")
+      lines.append(f"      result:  {v.result}")
+    lines.append(f"  fields (defaults of --config={experiment.default_config}):")
+    config = experiment.get_config(experiment.default_config)
     for field, value in common.fields(config):
       kind = _field_type(config, field).__name__
       if isinstance(value, tuple) and value:
@@ -234,8 +229,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
   from ksurrogate.harness import driver, runs  # imported here so --help stays fast
-  module = load_experiment(_EXPERIMENT.value)
-  config = finish_config(module, flags.FLAGS.config)
+  experiment = load_experiment(_EXPERIMENT.value)
+  config = finish_config(experiment, flags.FLAGS.config)
   try:
     workdir = runs.check_workdir(_WORKDIR.value)
   except ValueError as e:
@@ -244,7 +239,7 @@ def main(argv):
   signal.signal(signal.SIGINT, runs.request_stop)
   try:
     with runs.Run(workdir, name=_EXPERIMENT.value, progress=config.get("progress", True), config=config) as run:
-      driver.run(module.protocol(config), config, run)
+      driver.run(experiment.protocol(config), config, run)
   except KeyboardInterrupt:
     print(f"\ninterrupted: finished phases in {workdir} are kept; rerun the same command to resume", file=sys.stderr)
     sys.exit(130)
@@ -255,27 +250,27 @@ def main(argv):
     sys.exit(1)
 
 
-def finish_config(module, config):
+def finish_config(experiment: contract.Experiment, config):
   """The parsed config with its None overrides applied, range-checked by the experiment's
   `validate` (a bad setting exits 2 with its one line, before anything runs)."""
   for field in _NONE_OVERRIDES:
     section, _, key = field.rpartition(".")
     (common.value(config, section) if section else config)[key] = None
   try:
-    module.validate(config)
+    experiment.validate(config)
   except ValueError as e:
     _fail(str(e))
   return config
 
 
 def configure(argv):
-  """(experiment module, checked config) for a command line, built exactly as the CLI builds them
-  but on a fresh flag set: for tests and scripts. A bad setting exits 2 with its one line."""
+  """(experiment, checked config) for a command line, built exactly as the CLI builds them but on
+  a fresh flag set: for tests and scripts. A bad setting exits 2 with its one line."""
   fv = flags.FlagValues()
   argv = prepare_argv(list(argv), flag_values=fv)
   fv([argv[0]] + [a for a in argv[1:] if a.startswith("--config")])
-  module = load_experiment(_flag_value(argv, "experiment") or DEFAULT_EXPERIMENT)
-  return module, finish_config(module, fv.config)
+  experiment = load_experiment(_flag_value(argv, "experiment") or contract.DEFAULT)
+  return experiment, finish_config(experiment, fv.config)
 
 
 def run_cli(argv=None):

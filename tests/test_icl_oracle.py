@@ -81,7 +81,7 @@ def test_estimator_slot_contraction_equals_gradient_inner_product(tiny):
   lin = X.linearize(anchors, params=params, cfg=cfg, task=task)
   demo_E = M.embed(params, cfg, jnp.asarray(np.stack(task.demo_tokens)))
   E0, E1 = demo_E[anchors[0]].reshape(-1, cfg.d_model), demo_E[other[0]].reshape(-1, cfg.d_model)
-  (ids, qtok, qlen, qlab), = I._query_groups(task, I.QUERY_BUCKETS, 1)
+  (ids, qtok, qlen, qlab), = I.query_groups(task, I.QUERY_BUCKETS, 1)
   f = lambda E: X.queries_ce(params, cfg, E, jnp.asarray(qtok), jnp.asarray(qlen), jnp.asarray(qlab),
                              jnp.asarray(task.option_ids))
   # forward mode along E1 - E0: independent of the VJP + per-demo contraction being tested
@@ -98,7 +98,7 @@ def test_estimator_error_is_second_order(tiny):
   anchor, other = np.array([3, 1, 8]), np.array([3, 6, 0])
   demo_E = M.embed(params, cfg, jnp.asarray(np.stack(task.demo_tokens)))
   E0, E1 = demo_E[anchor].reshape(-1, cfg.d_model), demo_E[other].reshape(-1, cfg.d_model)
-  (ids, qtok, qlen, qlab), *_ = I._query_groups(task, I.QUERY_BUCKETS, 1)
+  (ids, qtok, qlen, qlab), *_ = I.query_groups(task, I.QUERY_BUCKETS, 1)
   f = lambda E: X.queries_ce(params, cfg, E, jnp.asarray(qtok), jnp.asarray(qlen), jnp.asarray(qlab),
                              jnp.asarray(task.option_ids))
   f0, jvp_dir = jax.jvp(f, (E0,), (E1 - E0,))

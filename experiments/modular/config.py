@@ -1,37 +1,43 @@
-"""Configs of the `modular` experiment: one `get_config(arg)`, variants as data.
-
-  tiny:   python -m experiments.main --experiment=modular --config=tiny --workdir=/tmp/mod_tiny
-          p=11, 16 tasks, a width-16 model, 40 steps; ~1 min on 2 cores. A smoke test of every
-          phase: its 40-step retrains do not fit their data and its numbers mean nothing.
-  cpu:    python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu
-          p=29, bar=6 (25 tasks: the paper's protocol), 1 layer d=32, lr 1e-2 (groks: val acc 1.000);
-          LOO truth on 3 training seeds + LOO by fine-tuning; 14.6 min on 2 idle cores.
-          Measured: LOO Pearson kernel_exact 0.519, linear_exact 0.518, influence 0.503 (ceiling
-          0.720); estimator 28.0 % vs Adam fine-tunes (no-change 34.6 %), 1033x per subset.
-  study:  python -m experiments.main --experiment=modular --config=study --workdir=/tmp/mod_cpu
-          the cpu model over inclusion rates p in {0.5, 0.7, 0.9} and budgets m in {40, 80, 160};
-          in the cpu workdir it reuses theta0 and the truth (45 min more on loaded cores).
-          Measured: the kernel never beats the linear surrogate (BUILD_NOTES.md).
-  paper:  python -m experiments.main --experiment=modular --config=paper --workdir=/tmp/mod_paper
-          p=97, bar=20, 2 layers d=128, 4 heads, MLP 512; needs a GPU (OUT=/tmp/out bash
-          benchmarks/device_paper.sh). The constant-lr recipe (constant lr, independent minibatch
-          streams, SGD fine-tunes) ran in 298 s on one H200: estimator 0.88 % (no-change 1.14 %),
-          linearization error 0.17 %, 109x; retrains unreliable, LOO correlations ~0.1. The
-          current recipe has not run at this size yet.
-
-Override any field with --config.SECTION.FIELD=VALUE (e.g. --config.train.num_steps=400).
+"""Configs of the `modular` experiment: one `get_config(arg)`, variants as data, and its
+`EXPERIMENT` (the contract in `experiments/contract.py`). Every config's command, runtime and
+result are in `CONFIGS` (`--help` prints them). Override any field with
+--config.SECTION.FIELD=VALUE (e.g. --config.train.num_steps=400).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments import common
+from experiments import contract
 
-DESCRIPTIONS = {
-    "tiny": "smoke test of every phase (p=11, 16 tasks, width 16); ~1 min, numbers meaningless",
-    "cpu": "the paper's 25-task protocol on a 1-layer d=32 model (p=29) that groks, 3-seed LOO truth; ~15 min on 2 cores",
-    "paper": "the paper's size (p=97, 2 layers d=128); needs a GPU",
-    "study": "the cpu model over inclusion rates p and exact budgets m: where the kernel pays off; ~45-60 min on 2 cores",
+CONFIGS = {
+    "tiny": contract.Variant(
+        description="smoke test of every phase (p=11, 16 tasks, width 16); ~1 min, numbers meaningless",
+        command="python -m experiments.main --experiment=modular --config=tiny --workdir=/tmp/mod_tiny",
+        runtime="~1 min on 2 quiet cores (4 min at load 10)",
+        result="a smoke test: its 40-step retrains do not fit their data and its numbers mean nothing "
+               "(tests pin them only to see that results do not change unnoticed)"),
+    "cpu": contract.Variant(
+        description="the paper's 25-task protocol on a 1-layer d=32 model (p=29) that groks, 3-seed LOO truth; "
+                    "~15 min on 2 cores",
+        command="python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu",
+        runtime="14.6 min on 2 idle cores (32 min under load)",
+        result="before the issue-20 re-split scoring (one 40 / 10 split): LOO Pearson kernel 0.519, linear 0.518, "
+               "influence 0.503 (ceiling 0.720); estimator 28.0 % vs Adam fine-tunes (no-change 34.6 %), 1033x per "
+               "subset"),
+    "paper": contract.Variant(
+        description="the paper's size (p=97, 2 layers d=128); needs a GPU",
+        command="OUT=/tmp/out bash benchmarks/device_paper.sh",
+        runtime="298 s on one H200 (the constant-lr recipe)",
+        result="constant-lr recipe: estimator 0.88 % (no-change 1.14 %), linearization error 0.17 %, 109x; retrains "
+               "unreliable, LOO correlations ~0.1; the current recipe has not run at this size"),
+    "study": contract.Variant(
+        description="the cpu model over inclusion rates p and exact budgets m: where the kernel pays off; "
+                    "~45-60 min on 2 cores",
+        command="python -m experiments.main --experiment=modular --config=study --workdir=/tmp/mod_study",
+        runtime="45 min more than the cpu run on loaded cores",
+        result="before the issue-20 re-split scoring: the kernel never beats the linear surrogate by more than "
+               "0.011 LOO Pearson (BUILD_NOTES.md)"),
 }
 
 # What differs between variants; everything else is the base config below.
@@ -39,13 +45,14 @@ VARIANTS = {
     "tiny": {
         "data": dict(p=11, bar=3, num_targets=30),
         "model": dict(d_model=16, num_layers=1, num_heads=2, mlp_dim=32),
-        "train": dict(num_steps=40, warmup_steps=2, chunk_size=8, tracin_checkpoints=2),
-        "subsets": dict(num_random=14, num_fit=10, size=13),
-        "finetune": dict(num_subsets=12, num_calibration=4, num_fit=5, steps=10),
+        "train": dict(num_steps=40, warmup_steps=2),
+        "design": dict(num_subsets=14, num_fit=10, size=13, chunk_size=8),
+        "finetune": dict(num_subsets=12, num_calibration=4, num_fit=5, num_steps=10),
         "truth": dict(seeds=2),
-        "estimate": dict(proj_dim=32, num_subsets=60, sizes=(13, 15)),
-        "baselines": dict(cg_iters=20),
+        "estimate": dict(dim=32, num_subsets=60, sizes=(13, 15)),
+        "baselines": dict(cg_iters=20, tracin_checkpoints=2),
         "surrogates": dict(cv=3),
+        "eval": dict(resplits=8, bootstrap=200),
         # the cpu config's thresholds, so the tests see what a real run meets
         "top": dict(progress=False, smoke_test=True),
     },
@@ -55,13 +62,14 @@ VARIANTS = {
         # lr 1e-2 groks: theta0 reaches validation accuracy 1.000 on 3 init seeds in 600 steps,
         # where lr 1e-3 (any number of steps up to 2000) only memorizes (0.738: exactly the
         # validation pairs whose commuted pair is in training). BUILD_NOTES.md has the search.
-        "train": dict(num_steps=600, lr=1e-2, chunk_size=8),
+        "train": dict(num_steps=600, lr=1e-2),
     },
     "paper": {
         "data": dict(p=97, bar=20, num_targets=500),
         "model": dict(d_model=128, num_layers=2, mlp_dim=512),
-        "train": dict(num_steps=3000, batch_size=512, chunk_size=32),
-        "estimate": dict(proj_dim=1024, num_subsets=5000),
+        "train": dict(num_steps=3000, batch_size=512),
+        "design": dict(chunk_size=32),
+        "estimate": dict(dim=1024, num_subsets=5000),
     },
 }
 
@@ -71,6 +79,7 @@ VARIANTS["study"] = {**VARIANTS["cpu"], "study": dict(enabled=True)}
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  """The config `arg` names (CONFIGS): the base below with the variant's fields."""
   c = common.base_config("modular", arg, VARIANTS)
   c.data = dict(
       op="add",
@@ -90,22 +99,24 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       # differ by data, not data order; a retrain whose full-data training loss stays above
       # converged_loss is redone on a fresh stream up to `retries` times.
       common_random_numbers=True, retries=1, converged_loss=0.1,
-      tracin_checkpoints=5,
   )
-  c.subsets = dict(num_random=50, num_fit=40, size=22)   # 40 fit / 10 held out, as the paper
+  # The exact design: num_subsets random subsets of `size` tasks, retrained; the first num_fit fit
+  # the surrogates, the rest are held out (40 / 10, as the paper). chunk_size subsets are trained
+  # at once (vmapped) and stored per chunk, by every exact phase (retrains and fine-tunes).
+  c.design = dict(num_subsets=50, num_fit=40, size=22, chunk_size=8)
   # Fine-tuning from theta0 on a subset: what the estimator approximates. Adam, so that it moves:
   # SGD at 1e-3 barely leaves theta0 (its outcomes equal F(theta0) to 0.7 %, so any estimate
   # "passes"), SGD at 1e-2 diverges on the cpu config (BUILD_NOTES.md).
   # num_subsets estimation subsets are really fine-tuned: the first num_calibration calibrate the
   # estimator's ridge, all others score its error; of those, the next num_fit fit surrogates on
   # real fine-tunes (and on the estimates of the same subsets) and the rest are held out.
-  c.finetune = dict(optimizer="adam", lr=1e-4, steps=100, num_subsets=160, num_calibration=8, num_fit=100)
+  c.finetune = dict(optimizer="adam", lr=1e-4, num_steps=100, num_subsets=160, num_calibration=8, num_fit=100)
   # Ground-truth leave-one-out: the LOO and full-set retrains are repeated over `seeds` training
   # seeds (init and data order; seed 0 is the retrain phase's and theta0's); the truth is their
   # mean and its split-half reliability across seeds the ceiling every method is reported against.
   c.truth = dict(seeds=3)
   c.estimate = dict(
-      proj_dim=256, feature_batch=64, method="onestep",
+      dim=256, feature_batch=64, solver="onestep",
       num_subsets=2000,
       sizes=(22, 24),   # sizes of the estimated subsets: up to K - 1, next to the LOO sets
       # Ridge of the estimates the surrogates are fitted on: "retrain" = best LDS against the exact
@@ -114,11 +125,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
       attribution_ridge="retrain",
   )
   # Influence functions: Gauss-Newton curvature (PSD, so CG converges on this non-convex model),
-  # damping as a fraction of its mean eigenvalue.
-  c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200)
-  # num_inducing None: fit_kernel chooses exact or Nystrom KRR by itself; M: Nystrom on M inducing
-  # subsets for every fit set larger than M.
-  c.surrogates = dict(cv=5, num_inducing=common.optional_int())
+  # damping as a fraction of its mean eigenvalue; TracIn over tracin_checkpoints of theta0's run.
+  c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, tracin_checkpoints=5)
   # The regime study (experiments/modular/study.py), run instead of the one-problem protocol when
   # enabled: cells over inclusion rates at other_budget exact subsets and over budgets at
   # budget_rate, num_heldout held-out retrains per rate, num_estimated estimated subsets per rate,
@@ -141,7 +149,7 @@ def memory(c) -> dict:
   K = num_tasks(c)
   n_train = int(round(c.data.train_fraction * c.data.p ** 2))
   T = min(c.data.num_targets, c.data.p ** 2 - n_train)
-  d, D = c.estimate.proj_dim, network_size(c)
+  d, D = c.estimate.dim, network_size(c)
   t = c.train
   def per_example(seq=4):   # activations kept for the backward pass, per example
     m = c.model
@@ -149,15 +157,15 @@ def memory(c) -> dict:
   batch = t.batch_size or n_train
   estimated = [c.estimate.num_subsets] + ([c.study.num_estimated] if c.study.enabled else [])
   out = {
-      "train.chunk_size": (4 * t.chunk_size * (4 * D + max(batch, n_train) * per_example()),
-                           f"{t.chunk_size} vmapped trainings (parameters, Adam state, activations)"),
-      "estimate.proj_dim": (8 * K * d * d + 4 * (n_train + T) * d,
+      "design.chunk_size": (4 * c.design.chunk_size * (4 * D + max(batch, n_train) * per_example()),
+                            f"{c.design.chunk_size} vmapped trainings (parameters, Adam state, activations)"),
+      "estimate.dim": (8 * K * d * d + 4 * (n_train + T) * d,
                             f"the one-step statistics ({K} x {d} x {d} float64) and the projected features"),
       "estimate.feature_batch": (4 * c.estimate.feature_batch * D,
                                  f"the per-example gradients of {c.estimate.feature_batch} examples x {D} parameters"),
       "estimate.num_subsets": (4 * max(estimated) * (K + d + T),
                                f"{max(estimated)} estimated subsets (indicators, solutions, outcomes)"),
-      "subsets.num_random": (4 * c.subsets.num_random * (K + T), f"{c.subsets.num_random} retrained subsets"),
+      "design.num_subsets": (4 * c.design.num_subsets * (K + T), f"{c.design.num_subsets} retrained subsets"),
   }
   if c.surrogates.num_inducing is not None:
     n = max(estimated)
@@ -171,11 +179,7 @@ def num_tasks(c) -> int:
 
 
 RULES = {
-    "seed": common.integer(0, common.SEED_MAX),
-    "progress": common.boolean(),
-    "smoke_test": common.boolean(),
-    "normalized_error_threshold": common.number(0.0),
-    "min_varying_targets": common.integer(1),
+    **common.SHARED_RULES,
     "data.p": common.integer(3),
     "data.bar": common.integer(1),
     "data.op": common.choice("add", "quad"),
@@ -196,30 +200,28 @@ RULES = {
     "train.common_random_numbers": common.boolean(),
     "train.retries": common.integer(0),
     "train.converged_loss": common.number(0.0),
-    "train.tracin_checkpoints": common.integer(1),
     "train.num_steps": common.integer(1),
-    "train.chunk_size": common.integer(1),
-    "subsets.num_random": common.integer(3),
-    "subsets.num_fit": common.integer(2),
-    "subsets.size": common.integer(1),
+    "design.num_subsets": common.integer(3),
+    "design.num_fit": common.integer(2),
+    "design.size": common.integer(1),
+    "design.chunk_size": common.integer(1),
     "finetune.optimizer": common.choice("sgd", "adam"),
     "finetune.lr": common.positive(),
-    "finetune.steps": common.integer(1),
+    "finetune.num_steps": common.integer(1),
     "finetune.num_subsets": common.integer(6),
     "finetune.num_calibration": common.integer(2),
     "finetune.num_fit": common.integer(2),
     "truth.seeds": common.integer(1),
-    "estimate.proj_dim": common.integer(1),
+    "estimate.dim": common.integer(1),
     "estimate.feature_batch": common.integer(1),
-    "estimate.method": common.choice("onestep", "newton"),
+    "estimate.solver": common.choice("onestep", "newton"),
     "estimate.num_subsets": common.integer(1),
     "estimate.sizes": common.sequence(common.integer(1), min_len=2, max_len=2),
     "estimate.attribution_ridge": common.choice("retrain", "finetune"),
     "baselines.curvature": common.choice("gauss_newton", "hessian"),
     "baselines.damping": common.number(0.0),
     "baselines.cg_iters": common.integer(1),
-    "surrogates.cv": common.integer(2),
-    "surrogates.num_inducing": common.optional(common.integer(1)),
+    "baselines.tracin_checkpoints": common.integer(1),
     "study.enabled": common.boolean(),
     "study.rates": common.sequence(common.fraction(), distinct=True),
     "study.budget_rate": common.fraction(),
@@ -234,10 +236,8 @@ RULES = {
 }
 
 
-def validate(c, *, memory_available=None) -> None:
-  """Every field's range (RULES), then the checks across fields and against this machine's
-  memory; each error is one line naming the field to change."""
-  common.check(c, RULES)
+def checks(c) -> None:
+  """The checks across fields (after RULES); each error is one line naming the field to change."""
   req = common.require
   K = num_tasks(c)
   req(c.data.bar < c.data.p, "data.bar", f"{c.data.bar} must be below data.p={c.data.p} (one block would be the "
@@ -255,11 +255,12 @@ def validate(c, *, memory_available=None) -> None:
       f"{t.batch_size} exceeds the {n_train} training examples (None: full batch)")
   req(t.lr_schedule != "cosine" or t.warmup_steps < t.num_steps, "train.warmup_steps",
       f"{t.warmup_steps} leaves no decay in train.num_steps={t.num_steps}")
-  req(t.tracin_checkpoints <= t.num_steps and t.num_steps % t.tracin_checkpoints == 0, "train.tracin_checkpoints",
-      f"{t.tracin_checkpoints} must divide train.num_steps={t.num_steps}")
-  req(c.subsets.size < K, "subsets.size", f"must lie in [1, {K - 1}] for {K} tasks, got {c.subsets.size}")
-  req(c.subsets.num_fit < c.subsets.num_random - 1, "subsets.num_fit",
-      f"{c.subsets.num_fit} leaves fewer than 2 held-out subsets of subsets.num_random={c.subsets.num_random}")
+  n_ck = c.baselines.tracin_checkpoints
+  req(n_ck <= t.num_steps and t.num_steps % n_ck == 0, "baselines.tracin_checkpoints",
+      f"{n_ck} must divide train.num_steps={t.num_steps}")
+  req(c.design.size < K, "design.size", f"must lie in [1, {K - 1}] for {K} tasks, got {c.design.size}")
+  req(c.design.num_fit < c.design.num_subsets - 1, "design.num_fit",
+      f"{c.design.num_fit} leaves fewer than 2 held-out subsets of design.num_subsets={c.design.num_subsets}")
   lo, hi = c.estimate.sizes
   req(lo <= hi <= K, "estimate.sizes", f"expected low <= high <= {K} (the number of tasks), got {tuple(c.estimate.sizes)}")
   ft = c.finetune
@@ -268,7 +269,7 @@ def validate(c, *, memory_available=None) -> None:
   req(ft.num_subsets - ft.num_calibration - ft.num_fit >= 2, "finetune.num_subsets",
       f"{ft.num_subsets} must hold num_calibration={ft.num_calibration}, num_fit={ft.num_fit} and at least 2 "
       "held-out fine-tunes")
-  fit_sets = {"subsets.num_fit": c.subsets.num_fit, "finetune.num_fit": ft.num_fit}
+  fit_sets = {"design.num_fit": c.design.num_fit, "finetune.num_fit": ft.num_fit}
   st = c.study
   if st.enabled:
     fit_sets.update({"study.budgets": min(st.budgets), "study.other_budget": st.other_budget,
@@ -281,4 +282,8 @@ def validate(c, *, memory_available=None) -> None:
     pool = max(*st.budgets, st.other_budget, st.active_base + 2 * st.active_more) + st.num_heldout
     req(pool <= 2 ** K - 2, "study.budgets", f"a pool of {pool} distinct subsets (largest budget, active sampling and "
         f"study.num_heldout) exceeds the {2 ** K - 2} subsets of {K} tasks")
-  common.check_memory(memory(c), available=memory_available)
+
+
+EXPERIMENT = contract.Experiment(
+    name="modular", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
+    memory=memory, problems="experiments.modular.pipeline:problems", across="experiments.modular.study:across")

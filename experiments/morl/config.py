@@ -1,25 +1,33 @@
-"""Configs of the `morl` experiment: one `get_config(arg)`, variants as data.
-
-  tiny:  python -m experiments.main --experiment=morl --config=tiny --workdir=/tmp/morl_tiny
-         5 objectives, a few PPO updates; ~2 min on 2 cores. A smoke test: numbers mean nothing.
-  cpu:   python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu
-         10 CartPole objectives, a 1M-step PPO meta-policy, 82k-step fine-tunes: 11 leave-one-out
-         masks x 3 seeds, 100 random subsets, 6 measured pairs, objective selection for every
-         target on 3 fresh seeds. ~4.5 min of compute on 2 shared cores; results: BUILD_NOTES.md (MORL).
-
-Override any field with --config.SECTION.FIELD=VALUE (e.g. --config.finetune.num_updates=40).
+"""Configs of the `morl` experiment: one `get_config(arg)`, variants as data, and its `EXPERIMENT`
+(the contract in `experiments/contract.py`); every config's command, runtime and result are in
+`CONFIGS`. Override any field with --config.SECTION.FIELD=VALUE (e.g.
+--config.finetune.num_updates=40).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments import common
+from experiments import contract
 
-from experiments.morl import envs
+# The objectives `envs.OBJECTIVES` defines, in its order (kept here so that --help and config
+# checks never import gymnax; a test checks that both agree).
+OBJECTIVE_NAMES = ("balance", "short_pole", "coarse_time", "high_gravity", "weak_force", "stay_left", "stay_right",
+                   "centered", "slow_cart", "upright")
 
-DESCRIPTIONS = {
-    "tiny": "smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
-    "cpu": "10 CartPole objectives, PPO meta-policy, 100 random + leave-one-out fine-tunes, selection; ~5 min (quiet 2 cores)",
+CONFIGS = {
+    "tiny": contract.Variant(
+        description="smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
+        command="python -m experiments.main --experiment=morl --config=tiny --workdir=/tmp/morl_tiny",
+        runtime="~2 min on 2 quiet cores",
+        result="a smoke test: numbers mean nothing (tests pin them only to see that results do not change unnoticed)"),
+    "cpu": contract.Variant(
+        description="10 CartPole objectives, PPO meta-policy, 100 random + leave-one-out fine-tunes, selection; "
+                    "~5 min (quiet 2 cores)",
+        command="python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
+        runtime="~4.5 min of compute on 2 shared cores; 123 s on an H200",
+        result="before the issue-20 re-split scoring: LOO Pearson kernel 0.259 vs linear 0.213 (ceiling 0.674 on "
+               "one machine, 0.293 on another); BUILD_NOTES.md (MORL)"),
 }
 
 VARIANTS = {
@@ -28,41 +36,46 @@ VARIANTS = {
                     smoke_test=True),
         "meta": dict(num_envs=8, num_steps=32, num_updates=10),
         "baselines": dict(tracin_checkpoints=2),
-        "finetune": dict(num_envs=8, num_steps=16, num_updates=4, chunk_size=8),
-        "design": dict(num_random=20, num_fit=14, seeds=(0, 1), pairs=((1, 2), (3, 4))),
+        "finetune": dict(num_envs=8, num_steps=16, num_updates=4),
+        "design": dict(num_subsets=20, num_fit=14, pairs=((1, 2), (3, 4)), chunk_size=8),
+        "truth": dict(seeds=2),
         "estimate": dict(num_envs=2, num_steps=50, dim=16, num_subsets=64),
         "evaluation": dict(num_episodes=4),
         "selection": dict(seeds=(100,), num_random=2),
         "surrogates": dict(cv=3),
+        "eval": dict(resplits=8, bootstrap=200),
     },
     "cpu": {},
 }
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  """The config `arg` names (CONFIGS): the base below with the variant's fields."""
   c = common.base_config("morl", arg, VARIANTS)
-  c.objectives = envs.DEFAULT_NAMES
+  c.objectives = OBJECTIVE_NAMES
   c.max_steps = 200
   # The meta-policy: PPO on all objectives (env slots spread evenly), annealed learning rate.
   c.meta = dict(num_envs=40, num_steps=128, num_updates=200, lr=2.5e-4, anneal_lr=True)
   # Fine-tuning on a subset: env slots re-assigned among its objectives, constant learning rate.
-  c.finetune = dict(num_envs=16, num_steps=64, num_updates=80, lr=2.5e-4, chunk_size=16)
+  c.finetune = dict(num_envs=16, num_steps=64, num_updates=80, lr=2.5e-4)
   c.evaluation = dict(num_episodes=16, seed=1234)   # greedy policy, fixed reset seeds
   c.design = dict(
-      num_random=100, num_fit=80,   # random subsets (Bernoulli(0.5), non-empty), one seed: fit / held out
-      # The random subsets' seed is not one of the leave-one-out seeds, so the surrogates fitted on
-      # them share no fine-tuning noise with the ground truth they are scored against.
+      num_subsets=100, num_fit=80,   # random subsets (Bernoulli(0.5), distinct, non-empty), one seed: fit / held out
+      # The random subsets' fine-tuning seed is not one of the truth's seeds (0 .. truth.seeds - 1),
+      # so the surrogates fitted on them share no fine-tuning noise with the ground truth.
       random_seed=10,
-      seeds=(0, 1, 2),              # fine-tuning seeds of the full set, leave-one-out and pair masks
       # Pairs (i, j) whose exact interaction F(1) - F(1-e_i) - F(1-e_j) + F(1-e_i-e_j) is measured:
       # physics substitutes, the conflicting pair, reward shapers.
       pairs=((1, 2), (5, 6), (7, 8), (1, 3), (2, 4), (8, 9)),
+      chunk_size=16,                 # subsets fine-tuned at once (vmapped) and stored per chunk
   )
+  # The full set, the leave-one-out masks and the pair masks are fine-tuned on truth.seeds seeds
+  # (0, 1, ...): the truth is their mean, their split-half reliability its ceiling.
+  c.truth = dict(seeds=3)
   c.estimate = dict(num_envs=16, num_steps=200, dim=128, ridge=1.0, solver="quadratic", num_subsets=2048)
   c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, states_per_objective=256,
                      tracin_checkpoints=5)
   c.selection = dict(seeds=(100, 101, 102), num_random=4)
-  c.surrogates = dict(cv=5)
   return common.apply_variant(c, VARIANTS[arg])
 
 
@@ -82,37 +95,29 @@ def memory(c) -> dict:
       "estimate.num_subsets": (4 * e.num_subsets * (2 * K + e.dim), f"{e.num_subsets} estimated subsets"),
       "baselines.states_per_objective": (4 * K * b.states_per_objective * POLICY_PARAMS,
                                          f"per-state gradients of {K * b.states_per_objective} states"),
-      "finetune.chunk_size": (4 * c.finetune.chunk_size * c.finetune.num_envs * c.finetune.num_steps * 64,
-                              f"{c.finetune.chunk_size} vmapped fine-tunes' rollouts"),
+      "design.chunk_size": (4 * c.design.chunk_size * c.finetune.num_envs * c.finetune.num_steps * 64,
+                            f"{c.design.chunk_size} vmapped fine-tunes' rollouts"),
       "meta.num_envs": (4 * c.meta.num_envs * c.meta.num_steps * 64, "the meta-policy's rollouts"),
   }
 
 
-def _objectives() -> common.Rule:
-  return common.sequence(common.choice(*envs.OBJECTIVES), min_len=3, distinct=True)
-
-
 RULES = {
-    "seed": common.integer(0, common.SEED_MAX),
-    "progress": common.boolean(),
-    "smoke_test": common.boolean(),
-    "normalized_error_threshold": common.number(0.0),
-    "min_varying_targets": common.integer(1),
-    "objectives": _objectives(),
+    **common.SHARED_RULES,
+    "objectives": common.sequence(common.choice(*OBJECTIVE_NAMES), min_len=3, distinct=True),
     "max_steps": common.integer(1),
     **{f"{section}.{f}": common.integer(1) for section in ("meta", "finetune") for f in ("num_envs", "num_steps",
                                                                                          "num_updates")},
     "meta.lr": common.positive(),
     "meta.anneal_lr": common.boolean(),
     "finetune.lr": common.positive(),
-    "finetune.chunk_size": common.integer(1),
     "evaluation.num_episodes": common.integer(1),
     "evaluation.seed": common.integer(0, common.SEED_MAX),
-    "design.num_random": common.integer(3),
+    "design.num_subsets": common.integer(3),
     "design.num_fit": common.integer(2),
     "design.random_seed": common.integer(0, common.SEED_MAX),
-    "design.seeds": common.sequence(common.integer(0, common.SEED_MAX), min_len=2, distinct=True),
     "design.pairs": common.sequence(common.sequence(common.integer(0), min_len=2, max_len=2), min_len=0),
+    "design.chunk_size": common.integer(1),
+    "truth.seeds": common.integer(2, 1000),
     "estimate.num_envs": common.integer(1),
     "estimate.num_steps": common.integer(1),
     "estimate.dim": common.integer(1),
@@ -126,14 +131,11 @@ RULES = {
     "baselines.tracin_checkpoints": common.integer(1),
     "selection.seeds": common.sequence(common.integer(0, common.SEED_MAX), distinct=True),
     "selection.num_random": common.integer(1),
-    "surrogates.cv": common.integer(2),
 }
 
 
-def validate(c, *, memory_available=None) -> None:
-  """Every field's range (RULES), then the checks across fields and against this machine's
-  memory; each error is one line naming the field to change."""
-  common.check(c, RULES)
+def checks(c) -> None:
+  """The checks across fields (after RULES); each error is one line naming the field to change."""
   req = common.require
   K = len(c.objectives)
   req(c.min_varying_targets <= K, "min_varying_targets", f"{c.min_varying_targets} exceeds the {K} target objectives")
@@ -142,17 +144,21 @@ def validate(c, *, memory_available=None) -> None:
     req((s.num_envs * s.num_steps) % 4 == 0, f"{section}.num_envs",
         f"{section}.num_envs x {section}.num_steps = {s.num_envs * s.num_steps} must be a multiple of 4 (PPO minibatches)")
     req(s.num_envs >= K, f"{section}.num_envs", f"{s.num_envs} env slots leave some of the {K} objectives without one")
-  req(c.design.num_random <= 2 ** K - 1, "design.num_random",
-      f"{c.design.num_random} exceeds the {2 ** K - 1} non-empty subsets of {K} objectives")
-  req(c.design.num_fit <= c.design.num_random - 2, "design.num_fit",
-      f"{c.design.num_fit} leaves fewer than 2 held-out subsets of design.num_random={c.design.num_random}")
-  req(c.design.random_seed not in tuple(c.design.seeds), "design.random_seed",
-      f"{c.design.random_seed} is one of design.seeds {tuple(c.design.seeds)}: the surrogates would share fine-tuning "
-      "noise with the ground truth")
+  req(c.design.num_subsets <= 2 ** K - 1, "design.num_subsets",
+      f"{c.design.num_subsets} exceeds the {2 ** K - 1} non-empty subsets of {K} objectives")
+  req(c.design.num_fit <= c.design.num_subsets - 2, "design.num_fit",
+      f"{c.design.num_fit} leaves fewer than 2 held-out subsets of design.num_subsets={c.design.num_subsets}")
+  req(c.design.random_seed >= c.truth.seeds, "design.random_seed",
+      f"{c.design.random_seed} is one of the truth's fine-tuning seeds 0..{c.truth.seeds - 1} (truth.seeds="
+      f"{c.truth.seeds}): the surrogates would share fine-tuning noise with the ground truth")
   for i, j in c.design.pairs:
     req(i < K and j < K and i != j, "design.pairs", f"({i}, {j}) is not a pair of distinct objective indices in [0, {K})")
   req(c.meta.num_updates % c.baselines.tracin_checkpoints == 0, "baselines.tracin_checkpoints",
       f"{c.baselines.tracin_checkpoints} must divide meta.num_updates={c.meta.num_updates}")
   req(c.surrogates.cv <= c.design.num_fit, "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted subsets")
-  common.check_memory(memory(c), available=memory_available)
+
+
+EXPERIMENT = contract.Experiment(
+    name="morl", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
+    memory=memory, problems="experiments.morl.pipeline:problems")
