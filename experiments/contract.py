@@ -62,14 +62,23 @@ def _no_memory(config) -> dict:
   return {}
 
 
+def chosen(config, found: Sequence) -> list:
+  """The families `surrogates.families` names among `found` ("standard": all of them)."""
+  from ksurrogate import families
+  names = tuple(config.surrogates.families)
+  try:
+    return families.select(found, None if names == ("standard",) else names)
+  except ValueError as e:
+    raise ValueError(f"surrogates.families: {str(e).split(': ', 1)[1]} (or 'standard' for all)") from None
+
+
 def standard_families(config, problem_name: str) -> list:
   """`ksurrogate.families.standard` set from the config's `surrogates` section (cv, num_inducing,
-  official_ridge, families: the names to compare, all when None)."""
+  official_ridge; families: the names to compare, "standard" for all)."""
   from ksurrogate import families
   del problem_name
   s = config.surrogates
-  found = families.standard(cv=s.cv, num_inducing=s.get("num_inducing"), official_ridge=s.official_ridge)
-  return families.select(found, None if s.get("families") is None else tuple(s.families))
+  return chosen(config, families.standard(cv=s.cv, num_inducing=s.get("num_inducing"), official_ridge=s.official_ridge))
 
 
 def _resolve(spec: str) -> Callable:
@@ -108,6 +117,8 @@ class Experiment:
     each error is one ValueError line that starts with the field to change."""
     common.check(config, self.rules)
     self.checks(config)
+    if "surrogates" in config:   # the family names exist (this imports the library, not a pipeline)
+      self.families(config, self.name)
     common.check_memory(self.memory(config), available=memory_available)
 
   def protocol(self, config, *, extra_families: Sequence = ()):

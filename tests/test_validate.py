@@ -61,7 +61,8 @@ REFUSED = [
      "data.datasets: ('modular_add',) item 'modular_add' is not one of"),
     (["--experiment=reference", "--config.eval.resplits=1"], "eval.resplits: must be an integer >= 2, got 1"),
     (["--experiment=reference", "--config.surrogates.families=kernel,krr"],
-     "surrogates.families: ('kernel', 'krr') item 'krr' is not one of 'kernel', 'kernel_lds'"),
+     "surrogates.families: unknown ['krr']; expected some of ['kernel', 'kernel_lds', 'kernel_official', 'linear', "
+     "'linear_official'] (or 'standard' for all)"),
     (["--experiment=icl", "--config=tiny", "--config.model.gguf_path=missing.gguf"],
      "model.gguf_path: 'missing.gguf' cannot be read (No such file or directory)"),
     (["--experiment=icl", "--config=tiny", f"--config.model.gguf_path={__file__}"],

@@ -44,7 +44,7 @@ class Model:
   description: str
 
 
-def _raw_data(c, name: str) -> icl_data.ICLData:
+def raw_data(c, name: str) -> icl_data.ICLData:
   n = c.data.num_queries + c.data.num_heldout_queries
   if name == "sentiment":
     return icl_data.sentiment_data(c.data.num_demos, n, c.data.seed, max_words=c.data.max_words)
@@ -73,7 +73,7 @@ def load_model(c) -> Model:
   if c.model.kind == "tiny":
     texts = []
     for name in c.tasks:
-      d = _raw_data(c, name)
+      d = raw_data(c, name)
       texts += [d.demo_text(k) for k in range(d.num_demos)] + [d.query_text(q) for q in range(d.num_queries)]
     tok = tiny_tokenizer(texts, c.model.tiny_vocab)
     cfg = llama.tiny_config(vocab_size=tok.get_vocab_size())
@@ -96,7 +96,7 @@ class Setup:
 
 
 def make_data(c, model: Model, name: str) -> Setup:
-  d = _raw_data(c, name)
+  d = raw_data(c, name)
   full = icl_data.encode(d, model.tokenizer, aligned=True)
   nq = c.data.num_queries
   take = lambda rows: dataclasses.replace(full, query_tokens=tuple(full.query_tokens[i] for i in rows),

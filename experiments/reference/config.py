@@ -76,9 +76,9 @@ def families(config, problem_name: str) -> list:
   sample-level indicators as it does."""
   from ksurrogate import families as families_lib
   s = config.surrogates
-  found = families_lib.standard(cv=s.cv, num_inducing=s.num_inducing, official_ridge=OFFICIAL_RIDGE[problem_name],
-                                official_view="sample")
-  return families_lib.select(found, tuple(s.families))
+  ridge = OFFICIAL_RIDGE.get(problem_name, OFFICIAL_RIDGE["modular_addition"])
+  found = families_lib.standard(cv=s.cv, num_inducing=s.num_inducing, official_ridge=ridge, official_view="sample")
+  return contract.chosen(config, found)
 
 
 EXPERIMENT = contract.Experiment(

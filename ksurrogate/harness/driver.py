@@ -291,15 +291,6 @@ def _resplit_scores(problem, family, source, resplit_list, threshold, test_fract
   return scores, {k: np.asarray(v) for k, v in per.items()}, readout, first_pred
 
 
-def _truth_readout(truth: Truth, fitted, K: int):
-  """A surrogate's prediction of a truth's effects, or None when its declared readouts lack it."""
-  if truth.readout is not None:
-    return np.asarray(truth.readout(fitted))
-  if "loo" not in families_lib.readouts(fitted) or fitted.num_tasks != K:
-    return None
-  return np.asarray(attribution.predicted_loo(fitted))
-
-
 def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_bootstrap: int, seed: int,
                            skipped_by_method: dict) -> tuple[dict, dict]:
   """({method: {<truth>_<corr>(_se, _ci95)}}, {"a-b": {...}}): points by `metrics.loo_correlation`,
@@ -396,7 +387,7 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
   n_fit, n_test = len(problem.splits[0][0]), len(problem.splits[0][1])
   test_fraction = n_test / (n_fit + n_test)
   K = problem.S.shape[1]
-  scores, per_split, fitted, arrays, why_by = {}, {}, {}, {}, {}
+  scores, per_split, fitted, arrays, why_by, loo_preds = {}, {}, {}, {}, {}, {}
   for source in ("exact", *problem.sources):
     for family in families:
       name = families_lib.method_name(family, source)
@@ -414,6 +405,8 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
       if family.view == "task" or problem.W is None:
         fitted[name] = surr
         declared = families_lib.readouts(surr)
+        if "loo" in declared:   # predicted leave-one-out effects: for any LOO truth and the top-tasks figure
+          loo_preds[name] = np.asarray(attribution.predicted_loo(surr))
         if "interactions" in declared and K >= 2:
           arrays[f"{name}/interactions"] = np.asarray(attribution.interactions(surr))
         elif "interactions" in declared:
@@ -429,20 +422,15 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
           comp.setdefault(f"{a}-{b}", {}).update(_pair_entries(
               k, metrics.resplit_interval(d, test_fraction=test_fraction), HIGHER_IS_BETTER[k]))
   ceiling, reliability, need, unreliable = {}, {}, {}, {}
-  loo_preds = {}
+  for name, loo in loo_preds.items():
+    arrays[f"{name}/predicted_loo"] = loo
   for tname, truth in problem.truths.items():
     if truth.mean.shape[0] != K:
       raise ValueError(f"truths: {problem.name!r} truth {tname!r} has {truth.mean.shape[0]} tasks, S has {K}")
-    preds = {}
-    for name, surr in fitted.items():
-      if truth.readout is None and name in loo_preds:
-        preds[name] = loo_preds[name]
-        continue
-      p = _truth_readout(truth, surr, K)
-      if p is not None:
-        preds[name] = p
-        if truth.readout is None:
-          loo_preds[name] = p
+    if truth.readout is None:
+      preds = dict(loo_preds)
+    else:
+      preds = {name: np.asarray(truth.readout(surr)) for name, surr in fitted.items()}
     for name, p in truth.predictions.items():
       preds[name] = np.asarray(p, np.float64)
     rows, pair_rows = _correlation_intervals(tname, truth, preds, pairs, num_bootstrap, seed, why_by)
