@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from experiments import contract  # noqa: E402
 from experiments.icl import data as icl_data  # noqa: E402
-from experiments.icl import pipeline as P  # noqa: E402
+from experiments.icl import pipeline as icl_pipeline  # noqa: E402
 from ksurrogate.harness import driver, report, runs  # noqa: E402
 
 
@@ -57,17 +57,17 @@ def main(argv=None):
     if (src / f"{name}_{args.task}" / "record.json").is_file():
       shutil.copytree(src / f"{name}_{args.task}", scratch / f"{name}_{args.task}")
   with runs.Run(scratch, name="icl_partial", progress=False) as run:
-    model = run.phase("model", P.load_model, c, store=False)
-    s = run.phase(f"data_{args.task}", P.make_data, c, model, args.task, store=False)
-    dsg = run.phase(f"design_{args.task}", P.design, c, s)
-    exact = run.outcomes(f"exact_{args.task}", P.exact_chunk, c, dsg.prompts, s, "scoring",
+    model = run.phase("model", icl_pipeline.load_model, c, store=False)
+    s = run.phase(f"data_{args.task}", icl_pipeline.make_data, c, model, args.task, store=False)
+    dsg = run.phase(f"design_{args.task}", icl_pipeline.design, c, s)
+    exact = run.outcomes(f"exact_{args.task}", icl_pipeline.exact_chunk, c, dsg.prompts, s, "scoring",
                          chunk_size=c.design.chunk_size)
     extra, info = {}, {}
     if (scratch / f"estimate_{args.task}").is_dir() or args.estimate:
-      est = run.phase(f"estimate_{args.task}", P.estimate, c, s, dsg, exact)
+      est = run.phase(f"estimate_{args.task}", icl_pipeline.estimate, c, s, dsg, exact)
       extra = {"estimated": (icl_data.indicators(est.many, s.K), est.F_many)}
       info = est.info
-    problem = driver.Problem(name=args.task, S=dsg.S, F=exact["F"], splits=P.splits(c, len(dsg.prompts)),
+    problem = driver.Problem(name=args.task, S=dsg.S, F=exact["F"], splits=icl_pipeline.splits(c, len(dsg.prompts)),
                              sources=extra, estimates_of={"estimated": "exact"} if extra else {})
     result = driver.evaluate(problem, experiment.families(c, args.task), threshold=c.normalized_error_threshold,
                              resplit_count=c.eval.resplits, num_bootstrap=c.eval.bootstrap, seed=c.seed)
@@ -78,7 +78,7 @@ def main(argv=None):
   F = exact["F"]
   out = {"summary": summary, "estimator": info,
          "prompts": {"mean_loss": float(F.mean()), "loss_sd_over_prompts": float(F.mean(1).std()),
-                     "mean_accuracy": float((F < P.LN2).mean()),
+                     "mean_accuracy": float((F < icl_pipeline.LN2).mean()),
                      "seconds_real_per_prompt": float(np.median(exact["seconds"]))}}
   print(json.dumps(out, indent=1))
   shutil.rmtree(scratch, ignore_errors=True)

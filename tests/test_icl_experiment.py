@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import run_experiment
 
-from experiments.icl import config as C
-from experiments.icl import pipeline as P
+from experiments.icl import config as icl_config
+from experiments.icl import pipeline as icl_pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASKS = ("sentiment", "coin_flip")
@@ -102,7 +102,7 @@ def test_rerun_reuses_every_phase(tiny_run):
 def test_swaps_replace_the_demo_in_place():
   rng = np.random.default_rng(0)
   prompts = np.stack([rng.choice(10, 4, replace=False) for _ in range(12)]).astype(np.int32)
-  demo, base, new = P.swaps(np.random.default_rng(1), prompts, 10, 3)
+  demo, base, new = icl_pipeline.swaps(np.random.default_rng(1), prompts, 10, 3)
   assert len(demo) == 30 and np.array_equal(np.bincount(demo, minlength=10), np.full(10, 3))
   for k, b, n in zip(demo, base, new):
     assert k in b and k not in n                 # k swapped out ...
@@ -111,18 +111,18 @@ def test_swaps_replace_the_demo_in_place():
 
 
 def test_all_sets_and_config_errors():
-  sets = P.all_sets(7, 3)
+  sets = icl_pipeline.all_sets(7, 3)
   assert sets.shape == (math.comb(7, 3), 3) and len({tuple(r) for r in sets}) == len(sets)
-  c = C.get_config("tiny")
-  C.EXPERIMENT.validate(c)
+  c = icl_config.get_config("tiny")
+  icl_config.EXPERIMENT.validate(c)
   c.tasks = ("sentiment", "nope")
   with pytest.raises(ValueError, match="^tasks: .* item 'nope' is not one of 'sentiment', 'coin_flip'"):
-    C.EXPERIMENT.validate(c)
-  c = C.get_config("tiny")
+    icl_config.EXPERIMENT.validate(c)
+  c = icl_config.get_config("tiny")
   c.data.shots = 12
   with pytest.raises(ValueError, match="^data.shots:"):
-    C.EXPERIMENT.validate(c)
+    icl_config.EXPERIMENT.validate(c)
   with pytest.raises(ValueError, match="^config: unknown config 'big'"):
-    C.get_config("big")
+    icl_config.get_config("big")
   with pytest.raises(ValueError, match="^tasks: unknown task 'nope'"):
-    P.raw_data(C.get_config("tiny"), "nope")
+    icl_pipeline.raw_data(icl_config.get_config("tiny"), "nope")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.icl import model as M
+from experiments.icl import model as llama
 from experiments.icl.data import EncodedTask
 
 PREFIX_BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
@@ -61,8 +61,8 @@ def _pad_rows(rows, width, pad_id):
 def prompt_batch_ce(params, cfg, prefix_MxP, prefix_len_M, query_TxQ, query_len_T, labels_T, option_ids):
   """CE [M, T] for M right-padded prefixes x T right-padded queries (one compile per shape)."""
   def one(tok_P, n):
-    cache = M.prefix(params, cfg, tok_P, n)
-    z_Tx2 = M.suffix(params, cfg, cache, query_TxQ, query_len_T, option_ids)
+    cache = llama.prefix(params, cfg, tok_P, n)
+    z_Tx2 = llama.suffix(params, cfg, cache, query_TxQ, query_len_T, option_ids)
     return two_way_ce(z_Tx2, labels_T)
   return jax.vmap(one)(prefix_MxP, prefix_len_M)
 
@@ -83,7 +83,7 @@ def query_groups(task: EncodedTask, query_buckets, multiple):
   return groups
 
 
-def outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
+def outcomes(prompts_idx, *, params, cfg: llama.LlamaConfig, task: EncodedTask,
              prefix_buckets=PREFIX_BUCKETS, query_buckets=QUERY_BUCKETS, prompt_batch: int = 4,
              query_multiple: int = 1) -> np.ndarray:
   """F [m, T]: the 2-way CE of every query after every prompt (demonstration ids [m, shots],
@@ -123,12 +123,12 @@ def outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
 def pair_ce(params, cfg, tokens_L, length, label, option_ids):
   """Naive reference: one full forward over prompt+query (right-padded), full-vocab logits at
   the last real token, then the 2-way CE of `label`."""
-  E = M.embed(params, cfg, tokens_L)
-  z = M.logits_from_embeds(params, cfg, E, length - 1)
+  E = llama.embed(params, cfg, tokens_L)
+  z = llama.logits_from_embeds(params, cfg, E, length - 1)
   return two_way_ce(z[option_ids][None], label[None])[0]
 
 
-def naive_outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
+def naive_outcomes(prompts_idx, *, params, cfg: llama.LlamaConfig, task: EncodedTask,
                    total_buckets=TOTAL_BUCKETS, pairs=None) -> np.ndarray:
   """F [m, T] by one independent full forward per (prompt, query) pair -- the baseline the
   cached oracle must equal. `pairs` (list of (i, t)) restricts the work; other entries are NaN."""
@@ -145,7 +145,3 @@ def naive_outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask
                             jnp.int32(task.query_labels[t]), opt))
   return F
 
-
-# The names experiments/icl/estimate.py uses until the estimator work renames them.
-_check_prompts = check_prompts
-_query_groups = query_groups

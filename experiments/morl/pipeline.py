@@ -20,7 +20,7 @@ import numpy as np
 import ksurrogate as ks
 from experiments import common
 from experiments.morl import envs
-from experiments.morl import estimate as est_lib
+from experiments.morl import estimate as morl_estimate
 from experiments.morl import ppo
 from ksurrogate import baselines, metrics
 from ksurrogate import families as families_lib
@@ -33,7 +33,7 @@ class Setup:
   meta_cfg: ppo.PPOConfig
   ft_cfg: ppo.PPOConfig
   ecfg: ppo.EvalConfig
-  est_cfg: est_lib.EstimatorConfig
+  est_cfg: morl_estimate.EstimatorConfig
   targets_T: np.ndarray
 
   @property
@@ -51,7 +51,7 @@ def setup(c) -> Setup:
       ft_cfg=ppo.PPOConfig(num_envs=f.num_envs, num_steps=f.num_steps, num_updates=f.num_updates, lr=f.lr,
                            anneal_lr=False),
       ecfg=ppo.EvalConfig(num_episodes=c.evaluation.num_episodes, seed=c.evaluation.seed),
-      est_cfg=est_lib.EstimatorConfig(num_envs=e.num_envs, num_steps=e.num_steps, dim=e.dim, ridge=e.ridge,
+      est_cfg=morl_estimate.EstimatorConfig(num_envs=e.num_envs, num_steps=e.num_steps, dim=e.dim, ridge=e.ridge,
                                       solver=e.solver, seed=c.seed + 7),
       targets_T=np.arange(suite.K, dtype=np.int32))
 
@@ -138,7 +138,7 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict, struct: tup
   fine-tunes) only serves the fine-tuning's one-time seconds: whichever exact phase a process
   runs first compiles the fine-tuning program."""
   with runs.stopwatch() as setup_sw:
-    est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
+    est = morl_estimate.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
     jax.block_until_ready(est.arrays)
   t_setup = setup_sw.steady_seconds
   chunk = min(256, len(dsg.S_many))
@@ -156,7 +156,7 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict, struct: tup
   run = jax.jit(jax.vmap(lambda m: ppo.train(s.suite, s.ft_cfg, meta.params, m, jax.random.key(c.design.random_seed))))
   P_S = run(jnp.asarray(dsg.S_rand[:n_fo]))
   obs = est.data["obs"][::7]
-  errs = np.concatenate([np.asarray(est_lib.first_order_error(meta.params, jax.tree.map(lambda x: x[i], P_S), obs)[0])
+  errs = np.concatenate([np.asarray(morl_estimate.first_order_error(meta.params, jax.tree.map(lambda x: x[i], P_S), obs)[0])
                          for i in range(n_fo)])
   t_ft = float(np.mean(exact_rand["seconds"]))
   skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
@@ -195,7 +195,7 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
   advantage-weighted log-likelihood loss, with states and actions from the meta-policy's rollouts
   of each objective; read out per target objective as the mean over that objective's states:
   predicted LOO [K, T]."""
-  est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
+  est = morl_estimate.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
   obj = np.asarray(est.data["obj"])
   rng = np.random.default_rng(c.seed + 11)
   rows = np.concatenate([rng.choice(np.flatnonzero(obj == k), min(c.baselines.states_per_objective,

@@ -367,6 +367,3 @@ def outcomes(suite: Suite, meta_params, S, key, targets_T, norm, *, cfg: PPOConf
 def flat_actor(params):
   """(flat actor vector [D], unravel) for the estimator's parameter-space directions."""
   return ravel_pytree(params["actor"])
-
-
-_gae = gae   # the name experiments/morl/estimate.py uses until the estimator work renames it
