@@ -366,26 +366,10 @@ def _ceilings(name: str, truth: Truth, num_bootstrap: int, seed: int, why: dict)
   return ceiling, rel, need
 
 
-def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, threshold: float = 0.1,
-             resplit_count: int = 20, num_bootstrap: int = 1000, seed: int = 0,
-             comparisons: Callable = standard_comparisons, skipped: Optional[list] = None) -> Result:
-  """Fits and scores every family on every outcome source of `problem` (see the module doc).
-
-  A metric undefined on the data (`metrics.Undefined`) is None in the scores, with one
-  {dataset, method, metric, reason} entry in `skipped` (warned when no list is given); a family
-  whose fit refuses the problem's data is skipped the same way (metric "fit"). Bad input raises.
-  """
-  own = skipped is None
-  skipped = [] if own else skipped
-  for src in problem.sources:
-    if src == "exact":
-      raise ValueError(f"sources: {problem.name!r} names a source 'exact', which is the problem's own outcomes")
-  for est, real in problem.estimates_of.items():
-    if est not in problem.sources or (real != "exact" and real not in problem.sources):
-      raise ValueError(f"estimates_of: {problem.name!r} pairs {est!r} with {real!r}; both must be outcome sources")
-  split_list = resplits(problem, resplit_count, seed) if resplit_count else []
-  n_fit, n_test = len(problem.splits[0][0]), len(problem.splits[0][1])
-  test_fraction = n_test / (n_fit + n_test)
+def _score_families(problem: Problem, families, split_list, threshold: float, test_fraction: float):
+  """Every family fitted on every outcome source and scored on the re-splits: (scores, per-split
+  scores, {method: its fit on the first declared split} for the readouts, arrays, {method:
+  {metric: why it is undefined}}, {method: predicted leave-one-out effects [K, T]})."""
   K = problem.S.shape[1]
   scores, per_split, fitted, arrays, why_by, loo_preds = {}, {}, {}, {}, {}, {}
   for source in ("exact", *problem.sources):
@@ -411,6 +395,32 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
           arrays[f"{name}/interactions"] = np.asarray(attribution.interactions(surr))
         elif "interactions" in declared:
           why["interactions"] = "a single task has no pairs to interact"
+  return scores, per_split, fitted, arrays, why_by, loo_preds
+
+
+def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, threshold: float = 0.1,
+             resplit_count: int = 20, num_bootstrap: int = 1000, seed: int = 0,
+             comparisons: Callable = standard_comparisons, skipped: Optional[list] = None) -> Result:
+  """Fits and scores every family on every outcome source of `problem` (see the module doc).
+
+  A metric undefined on the data (`metrics.Undefined`) is None in the scores, with one
+  {dataset, method, metric, reason} entry in `skipped` (warned when no list is given); a family
+  whose fit refuses the problem's data is skipped the same way (metric "fit"). Bad input raises.
+  """
+  own = skipped is None
+  skipped = [] if own else skipped
+  for src in problem.sources:
+    if src == "exact":
+      raise ValueError(f"sources: {problem.name!r} names a source 'exact', which is the problem's own outcomes")
+  for est, real in problem.estimates_of.items():
+    if est not in problem.sources or (real != "exact" and real not in problem.sources):
+      raise ValueError(f"estimates_of: {problem.name!r} pairs {est!r} with {real!r}; both must be outcome sources")
+  split_list = resplits(problem, resplit_count, seed) if resplit_count else []
+  n_fit, n_test = len(problem.splits[0][0]), len(problem.splits[0][1])
+  test_fraction = n_test / (n_fit + n_test)
+  K = problem.S.shape[1]
+  scores, per_split, fitted, arrays, why_by, loo_preds = _score_families(
+      problem, families, split_list, threshold, test_fraction)
   pairs = [tuple(p) for p in comparisons(problem, families, [*scores, *{p for t in problem.truths.values()
                                                                         for p in t.predictions}])]
   comp = {}
