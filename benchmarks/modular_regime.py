@@ -56,7 +56,7 @@ _SEEDS = flags.DEFINE_list("seeds", ["0"], "training seeds (init and data order;
 _THRESHOLD = flags.DEFINE_float("threshold", 1e-2, "targets kept: unbiased variance across subsets above this")
 _CURVE = flags.DEFINE_bool("curve", False, "statistics along one training run instead of final retrains")
 _CHECKPOINTS = flags.DEFINE_integer("checkpoints", 20, "--curve: checkpoints (must divide train.num_steps)")
-_CURVE_SUBSETS = flags.DEFINE_integer("curve_subsets", 8, "--curve: subset retrains followed along the run")
+_CURVE_SUBSETS = flags.DEFINE_integer("curve_subsets", 8, "--curve: subset retrains followed along the run (0: theta0 only)")
 _RELEASED = flags.DEFINE_bool("released", False, "print the released statistics and stop")
 _OUT = flags.DEFINE_string("out", None, "append every row as a JSON line to this file")
 
@@ -64,20 +64,27 @@ _OUT = flags.DEFINE_string("out", None, "append every row as a JSON line to this
 # ----------------------------------------------------------------------------------------------
 # Statistics (the same for released and retrained outcomes).
 
-def outcome_stats(F, S, threshold: float) -> dict:
-  """Statistics of outcomes F [m, T] of subsets S [m, K] over the targets that vary."""
+def outcome_stats(F, S, threshold: float, commuted_task=None) -> dict:
+  """Statistics of outcomes F [m, T] of subsets S [m, K] over the targets that vary; with
+  commuted_task [T] (the task holding each target's commuted pair (y, x)), also the fraction of
+  kept targets whose largest drop effect is that task's."""
   F = np.asarray(F, np.float64)
   S = np.asarray(S, bool)
   keep = np.asarray(metrics.varying_targets(F, threshold))
   Fk = F[:, keep]
-  out = {"kept": int(keep.sum()), "total": int(F.shape[1])}
+  out = {"kept": int(keep.sum()), "total": int(F.shape[1]), "top_is_commuted": np.nan}
   if not keep.any():
     return {**out, "mean": np.nan, "median": np.nan, "min": np.nan, "var_median": np.nan, "drop_effect": np.nan}
-  # Per task: outcome without it minus with it (tasks in every subset, or in none, have no effect here).
-  effects = [Fk[~S[:, k]].mean(0) - Fk[S[:, k]].mean(0) for k in range(S.shape[1]) if 0 < S[:, k].sum() < len(S)]
+  # Per task: outcome without it minus with it (a task in every subset, or in none, has no effect here).
+  tasks = [k for k in range(S.shape[1]) if 0 < S[:, k].sum() < len(S)]
+  effects = np.array([Fk[~S[:, k]].mean(0) - Fk[S[:, k]].mean(0) for k in tasks]).reshape(len(tasks), -1)
+  if commuted_task is not None and tasks:
+    top = np.asarray(tasks)[np.argmax(effects, 0)]
+    known = np.isin(np.asarray(commuted_task)[keep], tasks)
+    out["top_is_commuted"] = float(np.mean(top[known] == np.asarray(commuted_task)[keep][known])) if known.any() else np.nan
   return {**out, "mean": float(Fk.mean()), "median": float(np.median(Fk)), "min": float(Fk.min()),
           "var_median": float(np.median(Fk.var(0))),
-          "drop_effect": float(np.mean(np.abs(effects))) if effects else np.nan}
+          "drop_effect": float(np.mean(np.abs(effects))) if tasks else np.nan}
 
 
 def released_stats(threshold: float) -> dict:
@@ -154,6 +161,12 @@ def _commuted(s: pipeline.Setup) -> np.ndarray:
   return np.array([(b, a) in in_train for a, _, b, _ in s.X_val.tolist()])
 
 
+def _commuted_task(c, s: pipeline.Setup) -> np.ndarray:
+  """int [T]: the grid-block task of each target's commuted pair (y, x), numbered as data.make does."""
+  nb = -(-c.data.p // c.data.bar)
+  return (s.X_val[:, 2] // c.data.bar) * nb + s.X_val[:, 0] // c.data.bar
+
+
 # ----------------------------------------------------------------------------------------------
 # The two modes.
 
@@ -173,14 +186,15 @@ def measure(c, m: int, train_seed: int, threshold: float) -> dict:
   t_retrain = time.perf_counter() - t0
   return {"theta0_val_acc": _accuracy(s, th.params, s.X_val, s.y_val), "theta0_val_ce": float(val0.mean()),
           "theta0_train_loss": float(th.curve[-1]), "commuted_in_train": float(_commuted(s).mean()),
-          **outcome_stats(out["F"], S, threshold),
+          **outcome_stats(out["F"], S, threshold, _commuted_task(c, s)),
           "retrain_loss_max": float(out["final_train_loss"].max()),
           "retried": int(np.sum(out["attempts"] > 1)), "m": int(m),
           "seconds_theta0": t_theta0, "seconds_retrain": t_retrain}
 
 
 def curve(c, n_checkpoints: int, n_subsets: int, train_seed: int, threshold: float) -> list[dict]:
-  """Statistics at every checkpoint of theta0 and of n_subsets subset retrains (one run each)."""
+  """Statistics at every checkpoint of theta0 and of n_subsets subset retrains (one run each;
+  n_subsets = 0: theta0 only)."""
   c = c.copy_and_resolve_references()
   c.train.tracin_checkpoints = n_checkpoints
   c.subsets.num_random = max(n_subsets, 2)
@@ -190,11 +204,13 @@ def curve(c, n_checkpoints: int, n_subsets: int, train_seed: int, threshold: flo
   S = pipeline.design(c, s).S_rand
   t0 = time.perf_counter()
   th = pipeline.theta0(c, s)
-  # The theta0 trainer keeps checkpoints; run over subsets it gives every retrain's checkpoints.
-  _, losses, ckpts = training.retrain_subsets(s.theta0_train, s.init_fn, s.train_data, s.d.task_train, S,
-                                              init_key=s.init_key, key=s.data_key, chunk_size=c.train.chunk_size,
-                                              common_random_numbers=s.common_random_numbers)
-  jax.block_until_ready(ckpts)
+  jax.block_until_ready(th.checkpoints)
+  if n_subsets:
+    # The theta0 trainer keeps checkpoints; run over subsets it gives every retrain's checkpoints.
+    _, losses, ckpts = training.retrain_subsets(s.theta0_train, s.init_fn, s.train_data, s.d.task_train, S,
+                                                init_key=s.init_key, key=s.data_key, chunk_size=c.train.chunk_size,
+                                                common_random_numbers=s.common_random_numbers)
+    jax.block_until_ready(ckpts)
   seconds = time.perf_counter() - t0
   commuted = _commuted(s)
   every = c.train.num_steps // n_checkpoints
@@ -203,30 +219,34 @@ def curve(c, n_checkpoints: int, n_subsets: int, train_seed: int, threshold: flo
     p0 = jax.tree.map(lambda a: a[j], th.checkpoints)
     logits = np.asarray(s.apply_fn(p0, s.X_val))
     correct = np.argmax(logits, -1) == s.y_val
-    F = np.asarray(s.val_loss(jax.tree.map(lambda a: a[:, j], ckpts)))
+    if n_subsets:
+      F = np.asarray(s.val_loss(jax.tree.map(lambda a: a[:, j], ckpts)))
+      sub = {"subset_train_loss_max": float(np.asarray(losses)[:, (j + 1) * every - 1].max()),
+             **outcome_stats(F, S, threshold, _commuted_task(c, s)), "m": int(len(S))}
+    else:
+      sub = {"subset_train_loss_max": np.nan, **outcome_stats(np.zeros((2, len(s.y_val))), S[:2], threshold), "m": 0}
     rows.append({"step": (j + 1) * every, "theta0_train_loss": float(th.curve[(j + 1) * every - 1]),
                  "theta0_val_acc": float(correct.mean()),
                  "theta0_val_acc_commuted": float(correct[commuted].mean()) if commuted.any() else np.nan,
                  "theta0_val_acc_other": float(correct[~commuted].mean()) if (~commuted).any() else np.nan,
                  "theta0_val_ce": float(np.mean(np.asarray(training.cross_entropy(jnp.asarray(logits), s.y_val)))),
-                 "subset_train_loss_max": float(np.asarray(losses)[:, (j + 1) * every - 1].max()),
-                 **outcome_stats(F, S, threshold), "m": int(len(S)), "seconds": seconds})
+                 **sub, "seconds": seconds})
   return rows
 
 
 # ----------------------------------------------------------------------------------------------
 
-_HEAD = (f"{'recipe':<58} {'seed':>4} {'acc0':>6} {'ce0':>6} {'mean':>6} {'median':>6} {'min':>6} "
-         f"{'varmed':>7} {'kept':>9} {'|drop|':>7} {'trmax':>7} {'sec':>6}")
+_HEAD = (f"{'seed':>4} {'acc0':>6} {'ce0':>6} {'mean':>6} {'median':>6} {'min':>6} {'varmed':>7} {'kept':>9} "
+         f"{'|drop|':>7} {'top=comm':>8} {'trmax':>7} {'sec':>6}  recipe")
 
 
 def _row(label, seed, r) -> str:
   fmt = lambda k: f"{r[k]:.3f}" if k in r and np.isfinite(r[k]) else "-"   # noqa: E731
   kept = f"{r['kept']}/{r['total']}"
   sec = r.get("seconds_theta0", 0) + r.get("seconds_retrain", 0)
-  return (f"{label:<58} {seed:>4} {fmt('theta0_val_acc'):>6} {fmt('theta0_val_ce'):>6} {fmt('mean'):>6} "
+  return (f"{seed:>4} {fmt('theta0_val_acc'):>6} {fmt('theta0_val_ce'):>6} {fmt('mean'):>6} "
           f"{fmt('median'):>6} {fmt('min'):>6} {fmt('var_median'):>7} {kept:>9} {fmt('drop_effect'):>7} "
-          f"{fmt('retrain_loss_max'):>7} {sec:>6.0f}")
+          f"{fmt('top_is_commuted'):>8} {fmt('retrain_loss_max'):>7} {sec:>6.0f}  {label}")
 
 
 def _emit(record: dict):
@@ -241,7 +261,7 @@ def main(argv):
   released = released_stats(threshold)
   print(_HEAD)
   for op, r in released.items():
-    print(_row(f"released {op} (40 fit subsets)", "-", r))
+    print(_row(f"released {op} (the 40 fit subsets)", "-", r))
   if _RELEASED.value or not _RECIPE.value:
     return
   seeds = [int(x) for x in _SEEDS.value]
@@ -254,17 +274,17 @@ def main(argv):
         print(f"# curve of --config={_CONFIG.value} {text} seed {seed}: theta0 and {rows[0]['m']} subsets, "
               f"{rows[0]['seconds']:.0f} s ({c.train.lr_schedule} lr)", flush=True)
         print(f"{'step':>6} {'trloss0':>8} {'acc0':>6} {'acc0 comm/other':>15} {'ce0':>6} {'trmax':>7} {'mean':>6} "
-              f"{'median':>6} {'min':>6} {'varmed':>7} {'kept':>9} {'|drop|':>7}")
+              f"{'median':>6} {'min':>6} {'varmed':>7} {'kept':>9} {'|drop|':>7} {'top=comm':>8}")
         for r in rows:
           f = lambda k: f"{r[k]:.3f}" if np.isfinite(r[k]) else "-"   # noqa: E731
           print(f"{r['step']:>6} {r['theta0_train_loss']:>8.4f} {f('theta0_val_acc'):>6} "
                 f"{f('theta0_val_acc_commuted') + '/' + f('theta0_val_acc_other'):>15} {f('theta0_val_ce'):>6} "
                 f"{f('subset_train_loss_max'):>7} {f('mean'):>6} {f('median'):>6} {f('min'):>6} {f('var_median'):>7} "
-                f"{str(r['kept']) + '/' + str(r['total']):>9} {f('drop_effect'):>7}", flush=True)
+                f"{str(r['kept']) + '/' + str(r['total']):>9} {f('drop_effect'):>7} {f('top_is_commuted'):>8}", flush=True)
           _emit({"mode": "curve", "config": _CONFIG.value, "recipe": text, "seed": seed, **r})
       else:
         r = measure(c, _M.value, seed, threshold)
-        print(_row(text[:58], seed, r), flush=True)
+        print(_row(text, seed, r), flush=True)
         _emit({"mode": "retrain", "config": _CONFIG.value, "recipe": text, "seed": seed, **r})
 
 
