@@ -74,7 +74,8 @@ def outcome_stats(F, S, threshold: float, commuted_task=None) -> dict:
   Fk = F[:, keep]
   out = {"kept": int(keep.sum()), "total": int(F.shape[1]), "top_is_commuted": np.nan}
   if not keep.any():
-    return {**out, "mean": np.nan, "median": np.nan, "min": np.nan, "var_median": np.nan, "drop_effect": np.nan}
+    return {**out, "mean": np.nan, "median": np.nan, "min": np.nan, "var_median": np.nan, "drop_effect": np.nan,
+            "common": np.nan}
   # Per task: outcome without it minus with it (a task in every subset, or in none, has no effect here).
   tasks = [k for k in range(S.shape[1]) if 0 < S[:, k].sum() < len(S)]
   effects = np.array([Fk[~S[:, k]].mean(0) - Fk[S[:, k]].mean(0) for k in tasks]).reshape(len(tasks), -1)
@@ -84,6 +85,8 @@ def outcome_stats(F, S, threshold: float, commuted_task=None) -> dict:
     out["top_is_commuted"] = float(np.mean(top[known] == np.asarray(commuted_task)[keep][known])) if known.any() else np.nan
   return {**out, "mean": float(Fk.mean()), "median": float(np.median(Fk)), "min": float(Fk.min()),
           "var_median": float(np.median(Fk.var(0))),
+          # ~1 when every target moves with the subset's overall progress, ~1/T when targets move independently
+          "common": float(Fk.mean(1).var() / Fk.var(0).mean()),
           "drop_effect": float(np.mean(np.abs(effects))) if tasks else np.nan}
 
 
@@ -237,7 +240,7 @@ def curve(c, n_checkpoints: int, n_subsets: int, train_seed: int, threshold: flo
 # ----------------------------------------------------------------------------------------------
 
 _HEAD = (f"{'seed':>4} {'acc0':>6} {'ce0':>6} {'mean':>6} {'median':>6} {'min':>6} {'varmed':>7} {'kept':>9} "
-         f"{'|drop|':>7} {'top=comm':>8} {'trmax':>7} {'sec':>6}  recipe")
+         f"{'|drop|':>7} {'top=comm':>8} {'common':>6} {'trmax':>7} {'sec':>6}  recipe")
 
 
 def _row(label, seed, r) -> str:
@@ -246,7 +249,7 @@ def _row(label, seed, r) -> str:
   sec = r.get("seconds_theta0", 0) + r.get("seconds_retrain", 0)
   return (f"{seed:>4} {fmt('theta0_val_acc'):>6} {fmt('theta0_val_ce'):>6} {fmt('mean'):>6} "
           f"{fmt('median'):>6} {fmt('min'):>6} {fmt('var_median'):>7} {kept:>9} {fmt('drop_effect'):>7} "
-          f"{fmt('top_is_commuted'):>8} {fmt('retrain_loss_max'):>7} {sec:>6.0f}  {label}")
+          f"{fmt('top_is_commuted'):>8} {fmt('common'):>6} {fmt('retrain_loss_max'):>7} {sec:>6.0f}  {label}")
 
 
 def _emit(record: dict):
@@ -274,13 +277,13 @@ def main(argv):
         print(f"# curve of --config={_CONFIG.value} {text} seed {seed}: theta0 and {rows[0]['m']} subsets, "
               f"{rows[0]['seconds']:.0f} s ({c.train.lr_schedule} lr)", flush=True)
         print(f"{'step':>6} {'trloss0':>8} {'acc0':>6} {'acc0 comm/other':>15} {'ce0':>6} {'trmax':>7} {'mean':>6} "
-              f"{'median':>6} {'min':>6} {'varmed':>7} {'kept':>9} {'|drop|':>7} {'top=comm':>8}")
+              f"{'median':>6} {'min':>6} {'varmed':>7} {'kept':>9} {'|drop|':>7} {'top=comm':>8} {'common':>6}")
         for r in rows:
           f = lambda k: f"{r[k]:.3f}" if np.isfinite(r[k]) else "-"   # noqa: E731
           print(f"{r['step']:>6} {r['theta0_train_loss']:>8.4f} {f('theta0_val_acc'):>6} "
                 f"{f('theta0_val_acc_commuted') + '/' + f('theta0_val_acc_other'):>15} {f('theta0_val_ce'):>6} "
                 f"{f('subset_train_loss_max'):>7} {f('mean'):>6} {f('median'):>6} {f('min'):>6} {f('var_median'):>7} "
-                f"{str(r['kept']) + '/' + str(r['total']):>9} {f('drop_effect'):>7} {f('top_is_commuted'):>8}", flush=True)
+                f"{str(r['kept']) + '/' + str(r['total']):>9} {f('drop_effect'):>7} {f('top_is_commuted'):>8} {f('common'):>6}", flush=True)
           _emit({"mode": "curve", "config": _CONFIG.value, "recipe": text, "seed": seed, **r})
       else:
         r = measure(c, _M.value, seed, threshold)
