@@ -1,10 +1,14 @@
 """Which modular recipe puts retrained models in the authors' regime: outcome statistics per recipe.
 
   python benchmarks/modular_regime.py --released        # the released statistics only (~5 s)
-  python benchmarks/modular_regime.py --recipe "data.train_fraction=0.9,train.lr_schedule='constant'" \
-      --recipe "train.num_steps=300,train.lr=3e-3" --m=20 --seeds=0,1
-  python benchmarks/modular_regime.py --curve --checkpoints=20 --curve_subsets=8 \
-      --recipe "data.train_fraction=0.9,train.num_steps=2000,train.lr_schedule='constant'"
+  A="data.p=41,data.bar=9,data.train_fraction=0.9,train.lr_schedule=constant,train.lr=1e-3,train.retries=0"
+  python benchmarks/modular_regime.py --m=40 --seeds=0,1 --recipe "$A,train.num_steps=170"
+      # ~12 min on 2 loaded cores: mean 2.65 / 3.03, variance median 1.19 / 0.89 (released 1.97 / 0.70)
+  python benchmarks/modular_regime.py --m=40 --seeds=0,1 --recipe "$A,data.op=quad,model.activation=gelu,train.num_steps=360"
+      # ~25 min: mean 1.71 / 1.74, variance median 3.18 / 2.91 (released 1.15 / 3.26)
+  python benchmarks/modular_regime.py --curve --checkpoints=20 --curve_subsets=8 --recipe "$A,train.num_steps=400"
+
+BUILD_NOTES.md ("The authors' regime: recipe search") has every recipe tried and its row.
 
 A recipe is a comma-separated list of SECTION.FIELD=VALUE overrides of the modular config named
 by --config (values are Python literals; a bare word is a string). For each recipe and training
@@ -14,14 +18,19 @@ row: theta0's validation accuracy and cross-entropy, then over the kept targets 
 targets whose variance across subsets exceeds --threshold = 1e-2): the mean, median and minimum of
 the per-target cross-entropy over all subsets, the median across-subset variance, kept / total
 targets, the mean |drop effect| (per task: mean outcome of the subsets without it minus that of the
-subsets with it, the cheap LOO-like spread a 22-of-25 design gives), the retrains' largest final
-training loss, and the seconds. The released addition and quad outcomes (the 40 fit subsets),
-computed the same way, come first.
+subsets with it, the cheap LOO-like spread a 22-of-25 design gives), the fraction of kept targets
+whose largest drop effect is the block holding their commuted pair (y, x) (chance: 1/25), the
+common share (variance of the subsets' mean outcome over the mean per-target variance: ~1 when all
+targets move together, ~1/T when each moves on its own), the retrains' largest final training
+loss, and the seconds. The released addition and quad outcomes (the 40 fit subsets), computed the
+same way, come first.
 
 `--curve` trains theta0 and --curve_subsets subset retrains once with --checkpoints checkpoints and
 prints the same statistics at every checkpoint (to find the phase before paying for retrains).
-With lr_schedule 'constant' and a full batch a checkpoint at step k is exactly the k-step model;
-with a cosine schedule it is not (the rate had not decayed yet), so the curve only locates phases.
+With lr_schedule 'constant' a checkpoint at step k is exactly the k-step model, full batch or
+minibatch (the step keys are split from one key, and JAX's split is prefix-consistent); with a
+cosine schedule it is not (the rate had not decayed yet), so the curve only locates phases. Few
+curve subsets understate the variance median (8 subsets: ~0.8x the 20-subset figure).
 
 Variances: targets are kept on the unbiased variance (as `metrics.varying_targets`); the median
 variance printed is numpy's default (ddof 0), which is how the released 0.70 / 3.26 are computed.

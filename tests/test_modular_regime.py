@@ -1,4 +1,5 @@
 """benchmarks/modular_regime.py: the released statistics it prints and its recipe parsing (no training)."""
+import functools
 import importlib.util
 import os
 import pathlib
@@ -11,6 +12,7 @@ import pytest
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "modular_regime.py"
 
 
+@functools.cache   # its absl flags may be defined once per process
 def _module():
   spec = importlib.util.spec_from_file_location("modular_regime", SCRIPT)
   mod = importlib.util.module_from_spec(spec)
