@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 import experiments.icl as icl  # noqa: E402
 from experiments.icl import pipeline as P  # noqa: E402
-from ksurrogate import driver, report, runs  # noqa: E402
+from ksurrogate.harness import driver, report, runs  # noqa: E402
 
 
 def _complete(directory: pathlib.Path) -> tuple[int, int]:

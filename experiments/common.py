@@ -236,7 +236,7 @@ def surrogate_experiment(name: str, pipeline: str):
   kernel and linear surrogates on exact and on estimated outcomes."""
   import importlib
 
-  from ksurrogate import driver
+  from ksurrogate.harness import driver
 
   def problems(config, run):
     yield from importlib.import_module(pipeline).problems(config, run)
@@ -256,7 +256,8 @@ def require_varying(F, threshold: float, minimum: int, *, phase: str, threshold_
   field `threshold_field`, or None where the experiment keeps every target that varies at all).
   Raises `driver.Unmeasurable` (one line naming the phase, the count and the fields to change)
   when fewer than `minimum` do: the rest of the run could not measure anything."""
-  from ksurrogate import driver, metrics
+  from ksurrogate import metrics
+  from ksurrogate.harness import driver
   keep = metrics.varying_targets(F, threshold)
   if keep.sum() < minimum:
     var = np.var(np.asarray(F, np.float64), axis=0, ddof=1)

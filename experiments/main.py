@@ -233,7 +233,7 @@ def main(argv):
     _fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
-  from ksurrogate import driver, runs  # imported here so --help stays fast
+  from ksurrogate.harness import driver, runs  # imported here so --help stays fast
   module = load_experiment(_EXPERIMENT.value)
   config = finish_config(module, flags.FLAGS.config)
   try:

@@ -14,6 +14,8 @@ Two kinds of failure, kept apart so a caller can finish a run on one and not on 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 
 import jax
@@ -222,3 +224,249 @@ def relative_error(estimate, truth, *, eps: float = 1e-12):
     raise Undefined("estimate: no values to compare")
   rel = np.abs(E - T) / np.maximum(np.abs(T), eps)
   return {"median": float(np.median(rel)), "mean": float(np.mean(rel)), "values": rel}
+
+
+# ----------------------------------------------------------------------------------------------
+# Uncertainty of scores and of paired differences between methods.
+#
+# Two sources of replication, two estimators:
+# - scores on held-out subsets (LDS, normalized error) are repeated over R random fit/held-out
+#   re-splits of the same subsets. The re-splits share subsets, so the plain standard error over
+#   them is too small; `resplit_interval` applies Nadeau & Bengio's correction (2003):
+#   var = (1/R + n_test/n_fit) s^2, with a t interval on R - 1 degrees of freedom.
+# - leave-one-out correlations are averaged over targets against a truth averaged over training
+#   seeds: `bootstrap_loo` resamples targets (and seeds, where the truth has them) and recomputes
+#   every method's correlations and every paired difference on the same resamples.
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """A score with its uncertainty: mean, standard error, and the two-sided `level` interval."""
+  mean: float
+  se: float
+  lo: float
+  hi: float
+  level: float = 0.95
+  replicates: int = 0   # re-splits or bootstrap resamples behind it
+
+  def verdict(self, higher_is_better: bool = True) -> str:
+    """Of a paired difference a - b: "wins" (a better) or "loses" when the interval excludes 0,
+    else "ties". NaN intervals say "undetermined"."""
+    if not (np.isfinite(self.lo) and np.isfinite(self.hi)):
+      return "undetermined"
+    if self.lo > 0:
+      return "wins" if higher_is_better else "loses"
+    if self.hi < 0:
+      return "loses" if higher_is_better else "wins"
+    return "ties"
+
+  def entries(self, key: str) -> dict:
+    """Summary entries: `key` (the mean), `key_se`, `key_ci95` ([lo, hi])."""
+    tag = f"ci{round(100 * self.level)}"
+    return {key: self.mean, f"{key}_se": self.se, f"{key}_{tag}": [self.lo, self.hi]}
+
+
+_NAN_INTERVAL = Interval(float("nan"), float("nan"), float("nan"), float("nan"))
+
+
+@functools.partial(jax.jit, static_argnames=("iters",))
+def _t_quantile(p, df, iters: int = 80):
+  """Quantile of Student's t (p > 0.5) by bisection on its CDF (regularized incomplete beta)."""
+  def cdf(t):
+    return 1.0 - 0.5 * jax.scipy.special.betainc(df / 2.0, 0.5, df / (df + t * t))
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    below = cdf(mid) < p
+    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iters, body, (jnp.zeros_like(df), jnp.full_like(df, 1e3)))
+  return 0.5 * (lo + hi)
+
+
+def t_quantile(p: float, df: float) -> float:
+  """Student's t quantile for p in (0.5, 1), e.g. t_quantile(0.975, 19) = 2.093."""
+  if not 0.5 < p < 1 or not df > 0:
+    raise ValueError(f"p: expected 0.5 < p < 1 and df > 0, got p={p}, df={df}")
+  with jax.enable_x64(True):
+    return float(_t_quantile(jnp.float64(p), jnp.float64(df)))
+
+
+def resplit_interval(values_R, *, test_fraction: float, level: float = 0.95) -> Interval:
+  """Mean and interval of a score (or a paired difference) over R random re-splits of one set of
+  subsets, with Nadeau & Bengio's correction for the overlap between re-splits:
+  se^2 = (1/R + n_test/n_fit) s^2. `test_fraction` is n_test / (n_fit + n_test). NaN splits (a
+  score undefined on that split) are left out; fewer than 2 finite splits give a NaN interval."""
+  v = np.asarray(values_R, np.float64).ravel()
+  v = v[np.isfinite(v)]
+  if not 0 < test_fraction < 1:
+    raise ValueError(f"test_fraction: must lie in (0, 1), got {test_fraction}")
+  if len(v) < 2:
+    mean = float(v[0]) if len(v) else float("nan")
+    return Interval(mean, float("nan"), float("nan"), float("nan"), level, len(v))
+  R = len(v)
+  se = float(np.sqrt((1.0 / R + test_fraction / (1.0 - test_fraction)) * v.var(ddof=1)))
+  half = t_quantile(0.5 + level / 2, R - 1) * se
+  return Interval(float(v.mean()), se, float(v.mean() - half), float(v.mean() + half), level, R)
+
+
+def _np_ranks(x, axis=0):
+  """Average ranks along `axis` (ties share their mean rank, as `spearman`), any batch shape.
+  Pairwise comparisons: O(n^2) per column, meant for the short task axis (n = K)."""
+  x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+  below = (x[..., None, :] < x[..., :, None]).sum(-1)
+  equal = (x[..., None, :] == x[..., :, None]).sum(-1)
+  return np.moveaxis(below + (equal + 1) / 2.0, -1, axis)
+
+
+def _columns_corr(P, T):
+  """Pearson correlation down axis -2 of P [..., K, T] and T [..., K, T]: [..., T] (NaN if constant)."""
+  Pc = P - P.mean(-2, keepdims=True)
+  Tc = T - T.mean(-2, keepdims=True)
+  denom = np.sqrt((Pc ** 2).sum(-2) * (Tc ** 2).sum(-2))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(denom > 0, (Pc * Tc).sum(-2) / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def _loo_stats(pred_KxT, truth_BxKxT, targets_BxT, pred_ranks=None, truth_ranks=None):
+  """LOO correlations of one prediction against B truths (or one, broadcast), each averaged over
+  its own resampled targets: {key: [B]} with `loo_correlation`'s keys. Ranks can be passed in
+  precomputed, since they are shared across methods and resamples."""
+  B = len(targets_BxT)
+  rows = np.arange(B)[:, None] if truth_BxKxT.shape[0] > 1 else np.zeros((B, 1), int)
+  pred_ranks = _np_ranks(pred_KxT, 0) if pred_ranks is None else pred_ranks
+  truth_ranks = _np_ranks(truth_BxKxT, -2) if truth_ranks is None else truth_ranks
+  per_p = _columns_corr(pred_KxT[None], truth_BxKxT)                  # [B or 1, T]
+  per_s = _columns_corr(pred_ranks[None], truth_ranks)
+  # mean-target effects: the mean over each resample's own targets
+  Pm = pred_KxT[:, targets_BxT].mean(2).T                               # [B, K]
+  if truth_BxKxT.shape[0] > 1:
+    Tm = np.take_along_axis(truth_BxKxT, targets_BxT[:, None, :], axis=2).mean(2)
+  else:
+    Tm = truth_BxKxT[0][:, targets_BxT].mean(2).T
+  return {
+      "pearson": np.nanmean(per_p[rows, targets_BxT], axis=1),
+      "spearman": np.nanmean(per_s[rows, targets_BxT], axis=1),
+      "pearson_mean_target": _columns_corr(Pm[..., None], Tm[..., None])[:, 0],
+      "spearman_mean_target": _columns_corr(_np_ranks(Pm, -1)[..., None], _np_ranks(Tm, -1)[..., None])[:, 0],
+  }
+
+
+def _percentile_interval(point: float, replicates, level: float) -> Interval:
+  r = np.asarray(replicates, np.float64)
+  r = r[np.isfinite(r)]
+  if not np.isfinite(point) or len(r) < 2:
+    return Interval(point, float("nan"), float("nan"), float("nan"), level, len(r))
+  a = (1 - level) / 2
+  return Interval(float(point), float(r.std(ddof=1)), float(np.quantile(r, a)), float(np.quantile(r, 1 - a)), level, len(r))
+
+
+def _resampled_loo(preds, E, targets_BxT, seeds_BxS, pred_ranks):
+  """{method: {key: [B]}}: every method scored on the same resampled targets (and seeds)."""
+  truth = E[seeds_BxS].mean(1) if seeds_BxS is not None else E.mean(0)[None]
+  truth_ranks = _np_ranks(truth, -2)
+  return {name: _loo_stats(p, truth, targets_BxT, pred_ranks[name], truth_ranks) for name, p in preds.items()}
+
+
+def _check_effects(effects, name="effects"):
+  E = np.asarray(effects, np.float64)
+  if E.ndim == 2:
+    E = E[None]
+  if E.ndim != 3:
+    raise ValueError(f"{name}: expected [K, T] or [seeds, K, T], got shape {E.shape}")
+  if not np.all(np.isfinite(E)):
+    raise ValueError(f"{name}: {int(np.sum(~np.isfinite(E)))} non-finite values")
+  if E.shape[1] < 3:
+    raise ValueError(f"{name}: need at least 3 tasks to correlate leave-one-out effects, got {E.shape[1]}")
+  return E
+
+
+def bootstrap_loo(preds, effects, *, pairs=(), num_resamples: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> dict:
+  """Intervals of leave-one-out correlations, and of paired differences between methods.
+
+  preds: {method: predicted LOO [K, T]}. effects: the ground truth, [K, T], or per training seed
+  [S, K, T] (the truth is then their mean). Every method is scored on the same resamples, so a
+  paired difference keeps what the methods share. A method's own interval resamples targets.
+  A paired difference also resamples seeds where S >= 2: a resampled truth holds fewer distinct
+  seeds and is noisier, which pulls every correlation down — for one score that is a bias (the
+  ceiling reports the truth's noise instead), for a difference it only shrinks both sides, so
+  its verdict stays conservative.
+  Returns {"methods": {method: {key: Interval}}, "pairs": {"a-b": {key: Interval}}} with
+  `loo_correlation`'s keys; the point values are the scores on all targets and seeds.
+  """
+  E = _check_effects(effects)
+  S_, K, T = E.shape
+  preds = {name: np.asarray(p, np.float64) for name, p in preds.items()}
+  for name, p in preds.items():
+    if p.shape != (K, T):
+      raise ValueError(f"preds: {name!r} has shape {p.shape}, the truth has {(K, T)}")
+    if not np.all(np.isfinite(p)):
+      raise ValueError(f"preds: {name!r} has {int(np.sum(~np.isfinite(p)))} non-finite values")
+  for a, b in pairs:
+    for name in (a, b):
+      if name not in preds:
+        raise ValueError(f"pairs: unknown method {name!r}; expected one of {sorted(preds)}")
+  if num_resamples < 2:
+    raise ValueError(f"num_resamples: need at least 2, got {num_resamples}")
+  rng = np.random.default_rng(seed)
+  ranks = {name: _np_ranks(p, 0) for name, p in preds.items()}
+  full = {name: {k: float(v[0]) for k, v in stats.items()}
+          for name, stats in _resampled_loo(preds, E, np.arange(T)[None], None, ranks).items()}
+  paired = sorted({n for pair in pairs for n in pair})
+  own = {name: {k: [] for k in full[name]} for name in preds}
+  both = {name: {k: [] for k in full[name]} for name in paired}
+  batch = 100   # resamples per vectorized step: bounds memory at ~batch K T floats
+  for start in range(0, num_resamples, batch):
+    B = min(batch, num_resamples - start)
+    cols = rng.integers(0, T, size=(B, T))
+    for name, stats in _resampled_loo(preds, E, cols, None, ranks).items():
+      for k, v in stats.items():
+        own[name][k].append(v)
+    if paired:
+      seeds = rng.integers(0, S_, size=(B, S_)) if S_ >= 2 else None
+      for name, stats in _resampled_loo({n: preds[n] for n in paired}, E, cols, seeds, ranks).items():
+        for k, v in stats.items():
+          both[name][k].append(v)
+  cat = lambda d: {n: {k: np.concatenate(v) for k, v in r.items()} for n, r in d.items()}  # noqa: E731
+  own, both = cat(own), cat(both)
+  return {
+      "methods": {n: {k: _percentile_interval(full[n][k], own[n][k], level) for k in full[n]} for n in preds},
+      "pairs": {f"{a}-{b}": {k: _percentile_interval(full[a][k] - full[b][k], both[a][k] - both[b][k], level)
+                             for k in full[a]} for a, b in pairs},
+  }
+
+
+def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+  """`split_half_ceiling` with an interval from resampling targets: {key: Interval} of the ceiling
+  sqrt(reliability) for `loo_correlation`'s keys (NaN where the reliability is not positive)."""
+  E = _check_effects(effects_SxKxT, "effects_SxKxT")
+  n, K, T = E.shape
+  if n < 2:
+    raise ValueError(f"effects_SxKxT: need at least 2 seeds for a split-half ceiling, got {n}")
+  halves = [(list(h), [i for i in range(n) if i not in h]) for h in itertools.combinations(range(n), n // 2)]
+  point, _ = split_half_ceiling(E)
+  rng = np.random.default_rng(seed)
+  cols = rng.integers(0, T, size=(num_resamples, T))
+  per_split = [_loo_stats(E[a].mean(0), E[b].mean(0)[None], cols) for a, b in halves]
+  out = {}
+  for k in point:
+    r = np.nanmean(np.stack([s[k] for s in per_split]), axis=0)
+    with np.errstate(invalid="ignore"):
+      rel = np.where(r > -1, 2 * r / (1 + r), np.nan)
+      ceil = np.where(rel > 0, np.sqrt(np.where(rel > 0, rel, 0.0)), np.nan)
+    out[k] = _percentile_interval(point[k], ceil, level)
+  return out
+
+
+def seeds_for_reliability(reliability: float, num_seeds: int, target: float = 0.8) -> float:
+  """Training seeds whose mean would reach `target` reliability, by the Spearman-Brown prophecy
+  from the `reliability` measured with `num_seeds` (inf when the measured one is not positive)."""
+  if not 0 < target < 1 or num_seeds < 1:
+    raise ValueError(f"target: expected 0 < target < 1 and num_seeds >= 1, got {target}, {num_seeds}")
+  if not reliability > 0:
+    return float("inf")
+  if reliability >= 1:
+    return 1.0
+  one = reliability / (num_seeds - (num_seeds - 1) * reliability)   # a single seed's reliability
+  return float(target * (1 - one) / (one * (1 - target)))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ksurrogate as ks
-from ksurrogate import driver, runs
+from ksurrogate.harness import driver, report, runs
 
 K, T = 6, 3
 
@@ -68,7 +68,7 @@ def test_summary_schema_is_the_same_for_one_and_many_problems(tmp_path):
 
 def test_top_tasks_respect_the_outcome_sign(tmp_path, monkeypatch):
   seen = {}
-  monkeypatch.setattr(ks.report, "top_tasks", lambda path, loo, title, **kw: seen.setdefault(title, kw))
+  monkeypatch.setattr(report, "top_tasks", lambda path, loo, title, **kw: seen.setdefault(title, kw))
   _run(tmp_path, [_problem("loss", 0), _problem("ret", 0, higher_is_better=True)])
   assert seen["loss: kernel"]["higher_is_better"] is False and seen["ret: kernel"]["higher_is_better"] is True
 

@@ -1,4 +1,4 @@
-"""ksurrogate.runs, what can go wrong on disk and in the numbers: edited and malformed records,
+"""ksurrogate.harness.runs, what can go wrong on disk and in the numbers: edited and malformed records,
 records of earlier versions, full disks and permission errors, changed settings refused before
 any compute, non-finite outcomes, and compile time measured apart from steady-state time."""
 import errno
@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ksurrogate import runs, store
+from ksurrogate.harness import runs, store
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -304,7 +304,7 @@ def test_a_real_full_disk_keeps_stored_phases_and_resumes(tmp_path, caplog):
 
 _UNPRIVILEGED = """
 import sys
-from ksurrogate import runs
+from ksurrogate.harness import runs
 sys.path.insert(0, {tests!r})
 import test_run_storage as t
 try:

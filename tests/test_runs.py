@@ -1,4 +1,4 @@
-"""ksurrogate.runs: phases keyed by what they read, resumable chunked outcomes, damage repair, lock."""
+"""ksurrogate.harness.runs: phases keyed by what they read, resumable chunked outcomes, damage repair, lock."""
 import dataclasses
 import json
 import os
@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ksurrogate import runs
+from ksurrogate.harness import runs
 
 
 def _config():
@@ -132,7 +132,7 @@ def test_deleted_result_file_recomputes_the_phase(tmp_path, capsys):
 
 def test_second_run_on_the_same_workdir_is_refused(tmp_path):
   holder = subprocess.Popen([sys.executable, "-c", (
-      "import sys, time; from ksurrogate import runs\n"
+      "import sys, time; from ksurrogate.harness import runs\n"
       f"r = runs.Run({str(tmp_path)!r}).__enter__(); print('locked', flush=True); time.sleep(60)")],
       stdout=subprocess.PIPE, text=True)
   try:
@@ -160,7 +160,7 @@ def test_bad_workdirs_are_refused_before_anything_runs(tmp_path):
 
 
 def test_stored_files_follow_the_umask(tmp_path):
-  from ksurrogate import store
+  from ksurrogate.harness import store
   old = os.umask(0o022)
   try:
     store.save_json(tmp_path / "a.json", {"x": 1})

@@ -11,7 +11,7 @@ import pytest
 
 import ksurrogate as ks
 from experiments import common
-from ksurrogate import driver, runs
+from ksurrogate.harness import driver, runs
 
 # The cpu configs' threshold (issue 16: the tiny configs had 0 and never met an undefined metric).
 PRODUCTION_THRESHOLD = common.base_config("x", "v", {"v": {}}).normalized_error_threshold

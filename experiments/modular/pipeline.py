@@ -2,7 +2,7 @@
 
 setup -> design -> theta0 -> retrain (chunked) -> truth_seed<r> (chunked) -> features -> finetune
 (chunked) -> finetune_loo (chunked) -> estimate -> baselines -> one driver.Problem. Each phase is a
-pure function of the config view it reads and the results it is given; `ksurrogate.runs.Run` stores, checks and reuses them, so a killed run
+pure function of the config view it reads and the results it is given; `ksurrogate.harness.runs.Run` stores, checks and reuses them, so a killed run
 resumes with the same numbers: every random choice is a function of (config.seed, chunk index),
 never of timing.
 """
@@ -22,7 +22,8 @@ import ksurrogate as ks
 from experiments import common
 from experiments.modular import data as data_lib
 from experiments.modular import model as model_lib
-from ksurrogate import baselines, diagnostics, driver, features, metrics, report, runs, training
+from ksurrogate import baselines, diagnostics, features, metrics, training
+from ksurrogate.harness import driver, report, runs
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments.modular import pipeline as P
-from ksurrogate import driver, metrics, report, runs
+from ksurrogate import metrics
+from ksurrogate.harness import driver, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,14 +236,12 @@ PLOTTED = {"kernel_exact": dict(marker="o", ls="-"), "linear_exact": dict(marker
 def across(config, datasets: dict, infos: dict, out_dir: pathlib.Path):
   """The study's figure (LOO correlation against p and against m) and its cross-cell readouts:
   the linear surrogate's bias against Proposition 3.1 and predicted vs exact interactions."""
-  import matplotlib.pyplot as plt   # headless: ksurrogate.report selected the Agg backend
-
   c, st = config, config.study
   first = cell_name(*cells(c)[0])
   ceiling = infos.get("ceiling", {}).get(first) or {}
   by_rate = [(r, cell_name(r, st.other_budget)) for r in sorted({float(x) for x in st.rates})]
   by_m = [(m, cell_name(float(st.budget_rate), m)) for m in sorted({int(x) for x in st.budgets})]
-  fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharey="row")
+  fig, axes = report.subplots(2, 2, figsize=(10, 7.5), sharey="row")
   for row, (key, what) in enumerate((("loo_pearson", "LOO Pearson per target"),
                                      ("loo_pearson_mean_target", "LOO Pearson, mean target"))):
     for col, (xs, xlabel) in enumerate(((by_rate, f"inclusion rate p (m = {st.other_budget} exact subsets)"),

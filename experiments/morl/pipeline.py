@@ -20,7 +20,8 @@ import numpy as np
 import ksurrogate as ks
 from experiments import common
 from experiments.morl import envs, estimate as est_lib, ppo
-from ksurrogate import baselines, driver, metrics, report, runs
+from ksurrogate import baselines, metrics
+from ksurrogate.harness import driver, report, runs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from experiments import common
-from ksurrogate import driver
+from ksurrogate.harness import driver
 from ksurrogate import parity
 from ksurrogate import subsets
 from ksurrogate.surrogates import fit_kernel

@@ -1,21 +1,29 @@
-"""Plots and console tables for a finished attribution run (matplotlib, headless)."""
+"""Plots and console tables for a finished attribution run.
+
+Figures are drawn with matplotlib's object-oriented API (`matplotlib.figure.Figure`, saved through
+its own canvas), never through pyplot: no backend is selected and no global state is touched, so
+importing or using this module leaves the user's matplotlib setup as it was.
+"""
 from __future__ import annotations
 
 import pathlib
 import textwrap
 
-import matplotlib
+import matplotlib.figure
+import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def subplots(rows: int = 1, cols: int = 1, *, figsize, **kwargs):
+  """(figure, axes) like `pyplot.subplots`, on a standalone `Figure` (no pyplot, no backend)."""
+  fig = matplotlib.figure.Figure(figsize=figsize)
+  return fig, fig.subplots(rows, cols, **kwargs)
 
 
 def _grid(n: int, width: float = 3.2, height: float = 3.0, max_cols: int = 4):
   cols = min(max_cols, n)
   rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.5), squeeze=False)
+  fig, axes = subplots(rows, cols, figsize=(width * cols, height * rows + 0.5), squeeze=False)
   for ax in axes.ravel()[n:]:
     ax.axis("off")
   return fig, axes.ravel()[:n]
@@ -83,7 +91,7 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_i
   power, unit = power_of_ten(effect)
   effect = effect / 10.0 ** power
   order = np.argsort(-np.abs(effect))[:top][::-1]
-  fig, ax = plt.subplots(figsize=(6.2, 0.3 * len(order) + 1.9))
+  fig, ax = subplots(figsize=(6.2, 0.3 * len(order) + 1.9))
   colors = np.where(helps[order], "tab:green", "tab:red")
   ax.barh(range(len(order)), effect[order], color=colors)
   names = [str(labels[i]) if labels is not None else f"{task_noun} {i}" for i in order]
@@ -123,7 +131,7 @@ def curves(path, named_curves: dict, title: str, ylabel: str = "training loss", 
            xlabel: str = "step") -> None:
   """Curves over steps; a log y axis (when asked) only where the values span a decade or more:
   over a narrower range it shows few, crowded tick labels and no more than a linear axis."""
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  fig, ax = subplots(figsize=(5.5, 3.8))
   values = []
   for name, c in named_curves.items():
     c = np.asarray(c, np.float64)
@@ -145,7 +153,7 @@ def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> 
   targets = list(table)
   methods = list(next(iter(table.values())))
   width = 0.8 / len(methods)
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(targets) + 2), 4.2))
+  fig, ax = subplots(figsize=(max(6.0, 1.1 * len(targets) + 2), 4.2))
   for i, m in enumerate(methods):
     mean = [table[t][m]["return"] for t in targets]
     std = [table[t][m]["return_std"] for t in targets]
@@ -168,7 +176,7 @@ def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_n
   mat = mat / 10.0 ** power
   v = np.nanmax(np.abs(mat)) if np.isfinite(mat).any() else 1.0
   v = v if v > 0 else 1.0
-  fig, ax = plt.subplots(figsize=(6.0, 5.2))
+  fig, ax = subplots(figsize=(6.0, 5.2))
   im = ax.imshow(mat, cmap="RdBu_r", vmin=-v, vmax=v)
   cbar = fig.colorbar(im, ax=ax, shrink=0.8)
   cbar.formatter.set_useOffset(False)
@@ -185,11 +193,11 @@ def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_n
 
 
 def save(fig, path) -> None:
-  """Writes a figure (folders made as needed) and closes it; long tick labels are never clipped."""
+  """Writes a figure (folders made as needed); long tick labels are never clipped. A `Figure` made
+  without pyplot is freed with its last reference: nothing to close."""
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

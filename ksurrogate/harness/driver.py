@@ -25,10 +25,10 @@ import numpy as np
 
 from ksurrogate import attribution
 from ksurrogate import metrics
-from ksurrogate import report
-from ksurrogate import runs
-from ksurrogate import store
 from ksurrogate import subsets
+from ksurrogate.harness import report
+from ksurrogate.harness import runs
+from ksurrogate.harness import store
 
 LOO_KEYS = ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target")
 

@@ -54,7 +54,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
-from ksurrogate import store
+from ksurrogate.harness import store
 
 RECORD = "record.json"
 
@@ -117,6 +117,7 @@ class Stopwatch:
 
 
 _WATCHES: list[Stopwatch] = []
+_LISTENING = {"registered": False}
 
 
 def _on_time_span(event: str, start: float, end: float, **kwargs) -> None:
@@ -126,13 +127,19 @@ def _on_time_span(event: str, start: float, end: float, **kwargs) -> None:
       watch._spans.append((start, end))
 
 
-jax.monitoring.register_event_time_span_listener(_on_time_span)
+def _listen() -> None:
+  """Registers the compile-time listener with jax.monitoring once, at the first stopwatch (not on
+  import: importing the harness changes no global state)."""
+  if not _LISTENING["registered"]:
+    jax.monitoring.register_event_time_span_listener(_on_time_span)
+    _LISTENING["registered"] = True
 
 
 @contextlib.contextmanager
 def stopwatch():
   """`with stopwatch() as sw: ...` times the block (block on its results inside it): sw.seconds,
   sw.compile_seconds, sw.steady_seconds. Stopwatches nest."""
+  _listen()
   watch = Stopwatch()
   _WATCHES.append(watch)
   t0 = time.perf_counter()
