@@ -1,0 +1,59 @@
+"""benchmarks/modular_regime.py: the released statistics it prints and its recipe parsing (no training)."""
+import functools
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "modular_regime.py"
+
+
+@functools.cache   # its absl flags may be defined once per process
+def _module():
+  spec = importlib.util.spec_from_file_location("modular_regime", SCRIPT)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_released_statistics_match_the_issue():
+  out = subprocess.run([sys.executable, str(SCRIPT), "--released"], capture_output=True, text=True, check=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
+  add = next(line for line in out.splitlines() if "released add" in line).split()
+  quad = next(line for line in out.splitlines() if "released quad" in line).split()
+  # columns: seed acc0 ce0 mean median min varmed kept ...
+  assert add[3:8] == ["1.975", "1.788", "0.301", "0.701", "500/500"]
+  assert quad[3:8] == ["1.154", "0.246", "0.022", "3.263", "500/500"]
+
+
+def test_outcome_stats_drop_effect_and_commuted_block():
+  mod = _module()
+  rng = np.random.default_rng(0)
+  S = np.ones((12, 4), bool)
+  for i in range(12):
+    S[i, i % 4] = False
+  # target t jumps by 2 when task t is dropped: its drop effect is 2, every other task's is about 0
+  F = 0.1 * rng.standard_normal((12, 4)) + 2.0 * ~S
+  r = mod.outcome_stats(F, S, 1e-2, commuted_task=np.arange(4))
+  assert r["kept"] == 4 and r["top_is_commuted"] == 1.0
+  assert r["drop_effect"] == pytest.approx(np.mean(np.abs(
+      [F[~S[:, k]].mean(0) - F[S[:, k]].mean(0) for k in range(4)])))
+  assert mod.outcome_stats(F, S, 1e-2, commuted_task=np.array([1, 2, 3, 0]))["top_is_commuted"] == 0.0
+
+
+def test_recipe_parsing_and_bad_fields():
+  mod = _module()
+  assert mod.parse_recipe("train.lr=3e-3, data.op=quad,estimate.sizes=(20, 24)") == {
+      "train.lr": 3e-3, "data.op": "quad", "estimate.sizes": (20, 24)}
+  c = mod.make_config("tiny", {"train.lr": 1, "train.lr_schedule": "constant"})
+  assert c.train.lr == 1.0 and isinstance(c.train.lr, float)
+  with pytest.raises(ValueError, match="^recipe: train.nope"):
+    mod.make_config("tiny", {"train.nope": 1})
+  with pytest.raises(ValueError, match="^recipe: "):
+    mod.parse_recipe("train.lr")
+  with pytest.raises(ValueError, match="^data.train_fraction"):
+    mod.make_config("tiny", {"data.train_fraction": 1.5})
