@@ -55,6 +55,7 @@ from absl import flags  # noqa: E402
 
 from experiments.modular import config as config_lib  # noqa: E402
 from experiments.modular import pipeline  # noqa: E402
+from experiments.modular import regime  # noqa: E402
 from experiments.reference import DATA_DIR  # noqa: E402
 from ksurrogate import metrics, subsets, training  # noqa: E402
 
@@ -85,6 +86,8 @@ def outcome_stats(F, S, threshold: float, commuted_task=None) -> dict:
   if not keep.any():
     return {**out, "mean": np.nan, "median": np.nan, "min": np.nan, "var_median": np.nan, "drop_effect": np.nan,
             "common": np.nan}
+  # the figures every modular summary reports, computed by the one definition the pipeline uses
+  shared = regime.outcome_statistics(F, threshold)
   # Per task: outcome without it minus with it (a task in every subset, or in none, has no effect here).
   tasks = [k for k in range(S.shape[1]) if 0 < S[:, k].sum() < len(S)]
   effects = np.array([Fk[~S[:, k]].mean(0) - Fk[S[:, k]].mean(0) for k in tasks]).reshape(len(tasks), -1)
@@ -92,8 +95,8 @@ def outcome_stats(F, S, threshold: float, commuted_task=None) -> dict:
     top = np.asarray(tasks)[np.argmax(effects, 0)]
     known = np.isin(np.asarray(commuted_task)[keep], tasks)
     out["top_is_commuted"] = float(np.mean(top[known] == np.asarray(commuted_task)[keep][known])) if known.any() else np.nan
-  return {**out, "mean": float(Fk.mean()), "median": float(np.median(Fk)), "min": float(Fk.min()),
-          "var_median": float(np.median(Fk.var(0))),
+  return {**out, "mean": shared["mean"], "median": shared["median"], "min": shared["min"],
+          "var_median": shared["variance_median"],
           # ~1 when every target moves with the subset's overall progress, ~1/T when targets move independently
           "common": float(Fk.mean(1).var() / Fk.var(0).mean()),
           "drop_effect": float(np.mean(np.abs(effects))) if tasks else np.nan}

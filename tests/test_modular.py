@@ -75,7 +75,7 @@ def test_tiny_summary_keys_finite(full_run):
   assert "kernel_estimated" in r.stdout and "status" in r.stdout
   # every warning is one line (Python's default adds the source line under it, indented)
   assert not [line for line in r.stderr.splitlines() if line.startswith(" ")], r.stderr
-  # the tiny config runs with the cpu config's thresholds
+  # the tiny config runs with the base thresholds (cpu_grokked's)
   assert s["config"]["normalized_error_threshold"] == 1e-3 and s["config"]["data"]["target_variance_threshold"] == 1e-3
 
 
