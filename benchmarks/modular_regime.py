@@ -212,11 +212,15 @@ def curve(c, n_checkpoints: int, n_subsets: int, train_seed: int, threshold: flo
   n_subsets = 0: theta0 only)."""
   c = c.copy_and_resolve_references()
   c.train.tracin_checkpoints = n_checkpoints
-  c.subsets.num_random = max(n_subsets, 2)
-  c.subsets.num_fit = c.subsets.num_random - 1   # no fit / held-out split here
+  # No fit / held-out split here, but the config must still pass `validate`. The design's draw is
+  # prefix-consistent, so the n subsets followed are the first n of the config's own design: with
+  # n <= subsets.num_fit, its fit subsets.
+  c.subsets.num_random = max(n_subsets, 4)
+  c.subsets.num_fit = c.subsets.num_random - 2
+  c.surrogates.cv = min(c.surrogates.cv, c.subsets.num_fit)
   config_lib.validate(c)
   s = _seeded(pipeline.setup(c), train_seed)
-  S = pipeline.design(c, s).S_rand
+  S = pipeline.design(c, s).S_rand[:max(n_subsets, 2)]
   t0 = time.perf_counter()
   th = pipeline.theta0(c, s)
   jax.block_until_ready(th.checkpoints)
