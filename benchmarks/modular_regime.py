@@ -69,6 +69,8 @@ _CHECKPOINTS = flags.DEFINE_integer("checkpoints", 20, "--curve: checkpoints (mu
 _CURVE_SUBSETS = flags.DEFINE_integer("curve_subsets", 8, "--curve: subset retrains followed along the run (0: theta0 only)")
 _RELEASED = flags.DEFINE_bool("released", False, "print the released statistics and stop")
 _OUT = flags.DEFINE_string("out", None, "append every row as a JSON line to this file")
+_OUTCOMES = flags.DEFINE_string("outcomes_npz", None, "retrain mode: save theta0's and the retrains' outcomes "
+                                "(F, S, F0) of the last recipe and seed to this .npz (to compare runs bit by bit)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,6 +201,8 @@ def measure(c, m: int, train_seed: int, threshold: float) -> dict:
   t0 = time.perf_counter()
   out = pipeline.retrain_chunk(c, S, 0, s, train_seed=train_seed)
   t_retrain = time.perf_counter() - t0
+  if _OUTCOMES.value:
+    np.savez(_OUTCOMES.value, F=out["F"], S=S, F0=val0)
   return {"theta0_val_acc": _accuracy(s, th.params, s.X_val, s.y_val), "theta0_val_ce": float(val0.mean()),
           "theta0_train_loss": float(th.curve[-1]), "commuted_in_train": float(_commuted(s).mean()),
           **outcome_stats(out["F"], S, threshold, _commuted_task(c, s)),

@@ -75,6 +75,11 @@ def test_tiny_summary_keys_finite(full_run):
   assert "kernel_estimated" in r.stdout and "status" in r.stdout
   # every warning is one line (Python's default adds the source line under it, indented)
   assert not [line for line in r.stderr.splitlines() if line.startswith(" ")], r.stderr
+  # where the retrains sit, beside the released addition outcomes (the authors' filter, fit subsets)
+  outcomes = s["outcomes"]["modular"]
+  assert outcomes["total"] == 24 and 0 < outcomes["kept"] <= 24 and outcomes["threshold"] == 1e-2
+  assert outcomes["min"] <= outcomes["median"] and outcomes["min"] <= outcomes["mean"]
+  assert round(outcomes["released_mean"], 3) == 1.975 and round(outcomes["released_variance_median"], 3) == 0.701
   # the tiny config runs with the base thresholds (cpu_grokked's)
   assert s["config"]["normalized_error_threshold"] == 1e-3 and s["config"]["data"]["target_variance_threshold"] == 1e-3
 

@@ -954,13 +954,18 @@ class Run:
       return out, sw
 
     bar = tqdm(total=len(mine), desc=name, unit="chunk", disable=not self.progress or not mine, leave=False)
+    compiled = False
     for j, i in enumerate(mine):
       parts[i], sw = compute(i)
-      if j == 0 and len(mine) > 1:
-        # the chunks left cost what this one did without its compilation (they reuse the program)
-        left = (sw.seconds - sw.compile_seconds) * (len(mine) - 1)
-        self.log(f"{name}: chunk 1/{len(mine)}{'' if self.process_count == 1 else ' of this process'} took "
-                 f"{sw.seconds:.1f} s ({sw.compile_seconds:.1f} s compiling), ~{left:.0f} s left")
+      # The time left after the first chunk: the chunks left cost what it did without its
+      # compilation. A chunk that compiled also paid for its program's first run, which no event
+      # reports, so then the second chunk (a steady one) says it again.
+      if (j == 0 or (j == 1 and compiled)) and j + 1 < len(mine):
+        compiled = sw.compile_seconds > 0
+        left = (sw.seconds - sw.compile_seconds) * (len(mine) - j - 1)
+        self.log(f"{name}: chunk {j + 1}/{len(mine)}{'' if self.process_count == 1 else ' of this process'} took "
+                 f"{sw.seconds:.1f} s" + (f" ({sw.compile_seconds:.1f} s compiling)" if compiled else "")
+                 + f", ~{left:.0f} s left")
       bar.update(1)
     bar.close()
     self.barrier(f"{name}:computed")
