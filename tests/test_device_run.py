@@ -40,7 +40,7 @@ def test_the_device_script_runs_on_cpu_at_reduced_size(tmp_path):
   out = tmp_path / "out"
   env = {**os.environ, "OUT": str(out), "JAX_PLATFORMS": "cpu", "BUDGET_S": "1700", "MODULAR_CONFIG": "tiny",
          "MORL_CONFIG": "tiny", "CURVE_RECIPE": "train.num_steps=40", "CURVE_CHECKPOINTS": "4", "CURVE_SUBSETS": "6",
-         "DETCOST": "0"}
+         "CURVE_SEEDS": "0,1", "DETCOST": "0"}
   r = subprocess.run(["bash", "benchmarks/device_run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   files = sorted(p.name for p in out.iterdir())
