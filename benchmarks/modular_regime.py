@@ -55,6 +55,7 @@ from absl import flags  # noqa: E402
 
 from experiments.modular import config as config_lib  # noqa: E402
 from experiments.modular import pipeline  # noqa: E402
+from experiments.modular import regime  # noqa: E402
 from experiments.reference import DATA_DIR  # noqa: E402
 from ksurrogate import metrics, subsets, training  # noqa: E402
 
@@ -68,6 +69,8 @@ _CHECKPOINTS = flags.DEFINE_integer("checkpoints", 20, "--curve: checkpoints (mu
 _CURVE_SUBSETS = flags.DEFINE_integer("curve_subsets", 8, "--curve: subset retrains followed along the run (0: theta0 only)")
 _RELEASED = flags.DEFINE_bool("released", False, "print the released statistics and stop")
 _OUT = flags.DEFINE_string("out", None, "append every row as a JSON line to this file")
+_OUTCOMES = flags.DEFINE_string("outcomes_npz", None, "retrain mode: save theta0's and the retrains' outcomes "
+                                "(F, S, F0) of the last recipe and seed to this .npz (to compare runs bit by bit)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +88,8 @@ def outcome_stats(F, S, threshold: float, commuted_task=None) -> dict:
   if not keep.any():
     return {**out, "mean": np.nan, "median": np.nan, "min": np.nan, "var_median": np.nan, "drop_effect": np.nan,
             "common": np.nan}
+  # the figures every modular summary reports, computed by the one definition the pipeline uses
+  shared = regime.outcome_statistics(F, threshold)
   # Per task: outcome without it minus with it (a task in every subset, or in none, has no effect here).
   tasks = [k for k in range(S.shape[1]) if 0 < S[:, k].sum() < len(S)]
   effects = np.array([Fk[~S[:, k]].mean(0) - Fk[S[:, k]].mean(0) for k in tasks]).reshape(len(tasks), -1)
@@ -92,8 +97,8 @@ def outcome_stats(F, S, threshold: float, commuted_task=None) -> dict:
     top = np.asarray(tasks)[np.argmax(effects, 0)]
     known = np.isin(np.asarray(commuted_task)[keep], tasks)
     out["top_is_commuted"] = float(np.mean(top[known] == np.asarray(commuted_task)[keep][known])) if known.any() else np.nan
-  return {**out, "mean": float(Fk.mean()), "median": float(np.median(Fk)), "min": float(Fk.min()),
-          "var_median": float(np.median(Fk.var(0))),
+  return {**out, "mean": shared["mean"], "median": shared["median"], "min": shared["min"],
+          "var_median": shared["variance_median"],
           # ~1 when every target moves with the subset's overall progress, ~1/T when targets move independently
           "common": float(Fk.mean(1).var() / Fk.var(0).mean()),
           "drop_effect": float(np.mean(np.abs(effects))) if tasks else np.nan}
@@ -196,6 +201,8 @@ def measure(c, m: int, train_seed: int, threshold: float) -> dict:
   t0 = time.perf_counter()
   out = pipeline.retrain_chunk(c, S, 0, s, train_seed=train_seed)
   t_retrain = time.perf_counter() - t0
+  if _OUTCOMES.value:
+    np.savez(_OUTCOMES.value, F=out["F"], S=S, F0=val0)
   return {"theta0_val_acc": _accuracy(s, th.params, s.X_val, s.y_val), "theta0_val_ce": float(val0.mean()),
           "theta0_train_loss": float(th.curve[-1]), "commuted_in_train": float(_commuted(s).mean()),
           **outcome_stats(out["F"], S, threshold, _commuted_task(c, s)),
@@ -209,11 +216,15 @@ def curve(c, n_checkpoints: int, n_subsets: int, train_seed: int, threshold: flo
   n_subsets = 0: theta0 only)."""
   c = c.copy_and_resolve_references()
   c.train.tracin_checkpoints = n_checkpoints
-  c.subsets.num_random = max(n_subsets, 2)
-  c.subsets.num_fit = c.subsets.num_random - 1   # no fit / held-out split here
+  # No fit / held-out split here, but the config must still pass `validate`. The design's draw is
+  # prefix-consistent, so the n subsets followed are the first n of the config's own design: with
+  # n <= subsets.num_fit, its fit subsets.
+  c.subsets.num_random = max(n_subsets, 4)
+  c.subsets.num_fit = c.subsets.num_random - 2
+  c.surrogates.cv = min(c.surrogates.cv, c.subsets.num_fit)
   config_lib.validate(c)
   s = _seeded(pipeline.setup(c), train_seed)
-  S = pipeline.design(c, s).S_rand
+  S = pipeline.design(c, s).S_rand[:max(n_subsets, 2)]
   t0 = time.perf_counter()
   th = pipeline.theta0(c, s)
   jax.block_until_ready(th.checkpoints)

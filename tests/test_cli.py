@@ -60,7 +60,7 @@ def test_help_lists_experiments_configs_and_fields():
   r = _main("--help")
   assert r.returncode == 0
   for text in ("experiment reference:", "experiment modular:", "--config=tiny", "--config=cpu (default)",
-               "--config.train.num_steps=600  [int]", "--config.train.batch_size=None", "~15 min on 2 cores"):
+               "--config.train.num_steps=170  [int]", "--config.train.batch_size=None", "~15 min on 2 cores"):
     assert text in r.stdout, text
 
 

@@ -57,3 +57,19 @@ def test_recipe_parsing_and_bad_fields():
     mod.parse_recipe("train.lr")
   with pytest.raises(ValueError, match="^data.train_fraction"):
     mod.make_config("tiny", {"data.train_fraction": 1.5})
+
+
+def test_summary_outcome_statistics_keep_the_authors_targets_and_sit_beside_the_released():
+  from experiments.modular import regime
+  rng = np.random.default_rng(0)
+  F = np.stack([rng.normal(2.0, 1.0, 40), rng.normal(1.0, 0.05, 40), np.full(40, 3.0)], 1)   # [40 subsets, 3 targets]
+  r = regime.outcome_statistics(F)
+  # target 1 varies by 0.0025 < 1e-2 and target 2 not at all: only target 0 is kept
+  assert (r["kept"], r["total"]) == (1, 3)
+  assert r["mean"] == pytest.approx(F[:, 0].mean()) and r["min"] == pytest.approx(F[:, 0].min())
+  assert r["variance_median"] == pytest.approx(F[:, 0].var())   # ddof 0, as the released 0.70 is computed
+  s = regime.summary(F, "quad")
+  assert s["released_mean"] == pytest.approx(1.1536, abs=1e-4) and s["released_variance_median"] == pytest.approx(3.263, abs=1e-3)
+  assert regime.outcome_statistics(np.ones((4, 2)))["mean"] is None
+  with pytest.raises(ValueError, match="^data.op"):
+    regime.released_statistics("mul")

@@ -32,6 +32,7 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments.modular import pipeline as P
+from experiments.modular import regime
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs
 
@@ -223,7 +224,9 @@ def problems(config, run: runs.Run):
         loo_true=loo_true, loo_ceiling=ceiling, extra_fit=extra_fit, extra_loo=extra_loo,
         # the study-wide readouts once, under the first cell; the ceiling and the cell's own setting in each
         info={**(shared if (rate, m) == cells(c)[0] else {"ceiling": shared["ceiling"]}),
-              "cell": {"rate": rate, "budget": int(m), "heldout": int(h)}},
+              "cell": {"rate": rate, "budget": int(m), "heldout": int(h)},
+              # the cell's fit retrains (Bernoulli(rate) subsets, not the released 22-of-25 design)
+              "outcomes": regime.summary(pools[i]["F"][:m], c.data.op)},
         outcome_name="validation loss", task_labels=[f"({k // side},{k % side})" for k in range(K)])
 
 

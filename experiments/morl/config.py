@@ -6,6 +6,12 @@
          10 CartPole objectives, a 1M-step PPO meta-policy, 82k-step fine-tunes: 11 leave-one-out
          masks x 3 seeds, 100 random subsets, 6 measured pairs, objective selection for every
          target on 3 fresh seeds. ~4.5 min of compute on 2 shared cores; results: BUILD_NOTES.md (MORL).
+  gpu:   python -m experiments.main --experiment=morl --config=gpu --workdir=/tmp/morl_gpu
+         the cpu config with a ground truth that holds up: 16 fine-tuning seeds of the full set,
+         leave-one-out and pair masks (the cpu config's 3 seeds measured a per-target split-half
+         reliability of 0.455; Spearman-Brown puts 16 seeds at ~0.82) and 5 selection seeds, in
+         chunks of 32 fine-tunes. Needs a GPU (`OUT=/tmp/out bash benchmarks/device_run.sh`
+         runs it beside the modular paper config); ~3-4 min planned on one H200.
 
 Override any field with --config.SECTION.FIELD=VALUE (e.g. --config.finetune.num_updates=40).
 """
@@ -20,6 +26,7 @@ from experiments.morl import envs
 DESCRIPTIONS = {
     "tiny": "smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
     "cpu": "10 CartPole objectives, PPO meta-policy, 100 random + leave-one-out fine-tunes, selection; ~5 min (quiet 2 cores)",
+    "gpu": "the cpu config with 16 truth seeds (split-half reliability ~0.8) and 5 selection seeds; needs a GPU",
 }
 
 VARIANTS = {
@@ -36,6 +43,13 @@ VARIANTS = {
         "surrogates": dict(cv=3),
     },
     "cpu": {},
+    # The cpu config's seeds come first (0, 1, 2 and random_seed 10 are kept, so its truth and random
+    # subsets are a prefix of these); 13 more truth seeds skip 10, selection seeds stay apart.
+    "gpu": {
+        "design": dict(seeds=(0, 1, 2, *range(11, 24))),
+        "selection": dict(seeds=(100, 101, 102, 103, 104)),
+        "finetune": dict(chunk_size=32),
+    },
 }
 
 

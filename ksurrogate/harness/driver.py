@@ -281,7 +281,12 @@ def group_skipped(skipped: list) -> list[dict]:
 
 def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
   """Runs every problem of the protocol; writes DIR/summary.json and DIR/<problem>/{arrays.npz,*.png}.
-  Returns the summary."""
+  Returns the summary (None in a process p > 0 of a group: it takes its part in every phase, and
+  process 0 alone evaluates and writes)."""
+  if not getattr(workdir_run, "is_primary", True):
+    for _ in protocol.problems(config, workdir_run):
+      pass
+    return None
   out_dir = workdir_run.dir
   threshold = float(config.get("normalized_error_threshold", 0.1)) if hasattr(config, "get") else 0.1
   datasets, rows, infos, files, skipped = {}, [], {}, {}, []
