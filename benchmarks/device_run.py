@@ -30,7 +30,8 @@ Outputs under $OUT (at most 8 files, no folders):
   measured.json             the table as data: lanes, exit codes, wall and phase seconds, choices, figures
   curve.jsonl               the step-count check's rows (modular_regime.py --out)
   modular.tar.gz, morl.tar.gz   per run: summary.json, run.log (phase lines, time-left estimates),
-                            console.log, the figures (*.png)
+                            console.log, the figures (*.png), arrays.npz; the whole workdir when
+                            it fits in 14 MiB
   modular_summary.json, morl_summary.json   the two summaries, uncompressed
 
 Sizes and steps for a CPU smoke test (tests/test_device_run.py): MODULAR_CONFIG, MORL_CONFIG,
@@ -238,10 +239,20 @@ def figures(summary, dataset: str) -> dict:
   return out
 
 
+PACK_LIMIT = 14 * 2**20   # one file back from the device holds at most 16 MiB
+
+
 def pack(name: str, workdir: pathlib.Path, console: pathlib.Path) -> None:
-  """OUT/<name>.tar.gz (summary, run log, console log, figures) and OUT/<name>_summary.json."""
+  """OUT/<name>.tar.gz and OUT/<name>_summary.json.
+
+  The tarball holds the summary, run log, console log, figures and the evaluation arrays, and the
+  whole workdir (every stored phase, so that it can be evaluated again elsewhere) when it fits.
+  """
+  files = [p for p in sorted(workdir.rglob("*")) if p.is_file() and ".lock" not in p.name] if workdir.is_dir() else []
+  if sum(p.stat().st_size for p in files) > PACK_LIMIT:
+    files = [workdir / "summary.json", workdir / "run.log", *sorted(workdir.glob("*/*.png")), *sorted(workdir.glob("*/arrays.npz"))]
   with tarfile.open(OUT / f"{name}.tar.gz", "w:gz") as tar:
-    for path in [workdir / "summary.json", workdir / "run.log", console, *sorted(workdir.glob("*/*.png"))]:
+    for path in [*files, console]:
       if path.is_file():
         tar.add(path, arcname=f"{name}/{path.relative_to(workdir) if path.is_relative_to(workdir) else path.name}")
   if (workdir / "summary.json").is_file():
