@@ -21,6 +21,7 @@ import shlex
 import signal
 import sys
 import warnings
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -34,6 +35,12 @@ DEFAULT_WORKDIR = "runs/default"
 
 _EXPERIMENT = flags.DEFINE_string("experiment", contract.DEFAULT, f"one of {sorted(contract.REGISTRY)}")
 _WORKDIR = flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "where summary.json, arrays and plots go")
+# Several processes on one run (one per host or GPU; README "Across hosts"): --distributed reads the
+# group from the launcher (SLURM, Open MPI, Kubernetes, TPU pods), or give the three values.
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "join a jax.distributed group (auto-detected from the launcher)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the group (implies --distributed)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, 0 .. num_processes - 1")
 
 
 def load_experiment(name: str) -> contract.Experiment:
@@ -181,6 +188,8 @@ def usage() -> str:
            f"  --workdir      results directory (default {DEFAULT_WORKDIR})",
            "  --config       a config name below (each experiment's default is marked)",
            "  --config.F=V   override field F (tuples: a,b,c or a Python literal; None-valued fields: a value or None)",
+           "  --distributed  one of several processes sharing the run (or --coordinator_address=HOST:PORT",
+           "                 --num_processes=N --process_id=I); see README, \"Across hosts\"",
            ""]
   for name in contract.REGISTRY:
     experiment = contract.load(name)
@@ -273,12 +282,32 @@ def configure(argv):
   return experiment, finish_config(experiment, fv.config)
 
 
+def group_from_argv(argv) -> Optional[tuple]:
+  """(coordinator_address, num_processes, process_id) when the command line asks to join a
+  jax.distributed group (None values: detected from the launcher), else None. Read from the raw
+  argv: the group must be joined before the experiment's modules are imported (some of their
+  dependencies compute at import, which starts JAX's backend)."""
+  coordinator, n, pid = (_flag_value(argv, f) for f in ("coordinator_address", "num_processes", "process_id"))
+  switch = _flag_value(argv, "distributed")
+  on = "--distributed" in argv or (switch is not None and switch.lower() in ("true", "1"))
+  if not on and coordinator is None and n is None and pid is None:
+    return None
+  try:
+    return coordinator, None if n is None else int(n), None if pid is None else int(pid)
+  except ValueError:
+    _fail(f"--num_processes / --process_id: expected integers, got {n!r} / {pid!r}")
+
+
 def run_cli(argv=None):
   argv = list(sys.argv if argv is None else argv)
   warnings.formatwarning = one_line_warning
   if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
     print(usage())
     sys.exit(0)
+  group = group_from_argv(argv)
+  if group is not None:
+    from ksurrogate.harness import runs
+    runs.initialize_distributed(*group)
   app.run(main, argv=prepare_argv(argv))
 
 

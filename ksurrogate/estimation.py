@@ -33,7 +33,8 @@ from ksurrogate.features import Features, margin
 
 METHODS = ("newton", "onestep")
 OUTCOMES = ("loss", "margin")
-_STEP_SIZES = jnp.array([1.0, 0.5, 0.25, 0.125, 0.0625, 0.0])
+# numpy, not jnp: a jnp constant would start the JAX backend on import (before jax.distributed can)
+_STEP_SIZES = np.array([1.0, 0.5, 0.25, 0.125, 0.0625, 0.0], np.float32)
 
 
 # ----------------------------------------------------------------------------------------------

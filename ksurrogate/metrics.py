@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -178,10 +179,30 @@ def loo_correlation(pred_loo, true_loo):
   return parts
 
 
+MAX_SPLITS = 256   # splits of the seeds into halves that a ceiling averages over (all of them up to 10 seeds)
+
+
+def seed_halves(num_seeds: int, max_splits: int = MAX_SPLITS) -> list[tuple[list, list]]:
+  """Splits of the seeds into two halves: every one while there are at most `max_splits` (10
+  seeds: C(10, 5) = 252), else `max_splits` distinct ones drawn with a fixed seed (16 seeds have
+  12,870: averaging all of them cost 20 s per call for no better an estimate)."""
+  n = num_seeds
+  if math.comb(n, n // 2) <= max_splits:
+    firsts = list(itertools.combinations(range(n), n // 2))
+  else:
+    rng = np.random.default_rng(0)
+    chosen = set()
+    while len(chosen) < max_splits:
+      chosen.add(tuple(sorted(rng.choice(n, n // 2, replace=False).tolist())))
+    firsts = sorted(chosen)
+  return [(list(h), [i for i in range(n) if i not in h]) for h in firsts]
+
+
 def split_half_ceiling(effects_SxKxT):
   """How well seed-averaged effects (e.g. leave-one-out effects [seeds, K, T]) can be predicted.
 
-  Reliability: for every split of the seeds into two halves, the `loo_correlation` of the halves'
+  Reliability: for every split of the seeds into two halves (`seed_halves`: a fixed sample of 256
+  of them beyond 10 seeds), the `loo_correlation` of the halves'
   mean effects, averaged over splits and Spearman-Brown corrected to the full number of seeds
   (2r / (1 + r)). A predictor of the noise-free effects correlates with the noisy seed average at
   most sqrt(reliability): that is the ceiling. Returns (ceiling, reliability), dicts with
@@ -195,11 +216,9 @@ def split_half_ceiling(effects_SxKxT):
     bad = ~np.isfinite(E)
     raise Undefined(f"effects_SxKxT: {int(bad.sum())} non-finite values at seeds "
                     f"{np.flatnonzero(bad.any((1, 2))).tolist()}, {_where(bad.any(0))}")
-  n = E.shape[0]
   rows = []
-  for half in itertools.combinations(range(n), n // 2):
-    rest = [i for i in range(n) if i not in half]
-    a, b = E[list(half)].mean(0), E[rest].mean(0)
+  for half, rest in seed_halves(E.shape[0]):
+    a, b = E[half].mean(0), E[rest].mean(0)
     rows.append(_loo_parts(*_pair(a, b)) if len(a) >= 2 else {})
   reliability = {}
   for k in ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target"):
@@ -445,7 +464,7 @@ def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0,
   n, K, T = E.shape
   if n < 2:
     raise ValueError(f"effects_SxKxT: need at least 2 seeds for a split-half ceiling, got {n}")
-  halves = [(list(h), [i for i in range(n) if i not in h]) for h in itertools.combinations(range(n), n // 2)]
+  halves = seed_halves(n)
   point, _ = split_half_ceiling(E)
   rng = np.random.default_rng(seed)
   cols = rng.integers(0, T, size=(num_resamples, T))

@@ -67,7 +67,7 @@ def test_help_lists_experiments_configs_and_fields_without_importing_a_pipeline(
   r = _main("--help")
   assert r.returncode == 0
   for text in ("experiment reference:", "experiment modular:", "--config=tiny", "--config=cpu (default)",
-               "--config.train.num_steps=600  [int]", "--config.train.batch_size=None", "~15 min on 2 cores",
+               "--config.train.num_steps=170  [int]", "--config.train.batch_size=None", "~15 min on 2 cores",
                "command: python -m experiments.main --experiment=morl --config=cpu", "--config.eval.resplits=20  [int]"):
     assert text in r.stdout, text
   # the registry is lazy: --help loads every experiment's config module and nothing heavier

@@ -98,7 +98,12 @@ def test_tiny_summary_pins_seeded_figures_and_holds_every_section(full_run):
   assert "kernel_lds_estimated" in r.stdout and "status" in r.stdout and "ceiling modular loo_pearson:" in r.stdout
   # every warning is one line (Python's default adds the source line under it, indented)
   assert not [line for line in r.stderr.splitlines() if line.startswith(" ")], r.stderr
-  # the tiny config runs with the cpu config's thresholds
+  # where the retrains sit, beside the released addition outcomes (the authors' filter, fit subsets)
+  outcomes = s["outcomes"]["modular"]
+  assert outcomes["total"] == 24 and 0 < outcomes["kept"] <= 24 and outcomes["threshold"] == 1e-2
+  assert outcomes["min"] <= outcomes["median"] and outcomes["min"] <= outcomes["mean"]
+  assert round(outcomes["released_mean"], 3) == 1.975 and round(outcomes["released_variance_median"], 3) == 0.701
+  # the tiny config runs with the base thresholds (cpu_grokked's)
   assert s["config"]["normalized_error_threshold"] == 1e-3 and s["config"]["data"]["target_variance_threshold"] == 1e-3
 
 
@@ -228,3 +233,23 @@ def test_regime_study_end_to_end(tmp_path):
   assert len(active["suggested"]["lds_per_seed"]) == 2 and active["setting"]["candidates"] == 12 - 4   # pool 16 - 4 held out, minus the base 4
   assert set(s["study"]) >= {"interactions_exact", "active_sampling", "retrains", "ground_truth"}
   assert pathlib.Path(s["files"]["study"]).stat().st_size > 10000
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_summary_of_one(full_run, tmp_path):
+  """The modular tiny config as a jax.distributed group of 2 CPU processes on this machine
+  (tests/test_distributed.py does the same on a small synthetic experiment, in seconds)."""
+  import socket
+  _, reference, _ = full_run
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  group = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [subprocess.Popen(_cmd(tmp_path, "tiny", *group, f"--process_id={p}"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+           for p in range(2)]
+  logs = [p.communicate(timeout=1800)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert "(stored by process 0)" in logs[1] and "in this process" in logs[1]
+  assert "dataset" in logs[0] and "dataset" not in logs[1]   # process 0 alone evaluates and prints the table
+  assert _stable(json.loads((tmp_path / "summary.json").read_text())) == _stable(reference)

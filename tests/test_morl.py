@@ -230,3 +230,11 @@ def test_bad_input_messages(suite, meta, finetune, estimator):
     estimator.outcome(MASKS, "exact")
   with pytest.raises(ValueError, match="^num_minibatches:"):
     ppo.PPOConfig(num_envs=3, num_steps=3, num_minibatches=2)
+
+
+def test_truth_seeds_skip_the_random_subsets_seed_and_extend_the_cpu_ones():
+  from experiments.morl import config as morl_config
+  cpu, gpu = morl_config.get_config("cpu"), morl_config.get_config("gpu")
+  assert morl_config.truth_seeds(cpu) == (0, 1, 2)
+  seeds = morl_config.truth_seeds(gpu)
+  assert len(seeds) == 16 == len(set(seeds)) and seeds[:3] == (0, 1, 2) and gpu.design.random_seed not in seeds

@@ -321,7 +321,16 @@ def _run_unprivileged(workdir: pathlib.Path) -> subprocess.CompletedProcess:
     if shutil.which("setpriv") is None:
       pytest.skip("running as root without setpriv: permission bits cannot be tested")
     cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-  env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(workdir.parent), "JAX_PLATFORMS": "cpu"}
+  # The installed packages may live where only root can read (a root-owned pyenv, a user site):
+  # hand the child this interpreter's path, and skip when the unprivileged user still cannot import.
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, sys.path)]),
+         "HOME": str(workdir.parent), "JAX_PLATFORMS": "cpu"}
+  if os.geteuid() == 0:
+    probe = subprocess.run([*cmd[:4], sys.executable, "-c", "import jax, ksurrogate"], capture_output=True,
+                           text=True, env=env, cwd=str(workdir.parent), timeout=120)
+    if probe.returncode != 0:
+      pytest.skip("the unprivileged user cannot import jax here (installed packages are private to root): "
+                  + probe.stderr.strip().splitlines()[-1])
   return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(workdir.parent), timeout=120)
 
 

@@ -83,8 +83,6 @@ REFUSED = [
     (["--experiment=morl", "--config=tiny", "--config.design.pairs=((0,7),)"],
      "design.pairs: (0, 7) is not a pair of distinct objective indices in [0, 5)"),
     (["--experiment=morl", "--config=tiny", f"--config.estimate.dim={HUGE}"], "estimate.dim: the estimator's projected"),
-    (["--experiment=morl", "--config=tiny", "--config.design.random_seed=0"],
-     "design.random_seed: 0 is one of the truth's fine-tuning seeds 0..1 (truth.seeds=2)"),
     (["--experiment=morl", "--config=tiny", "--config.meta.num_envs=4"],
      "meta.num_envs: 4 env slots leave some of the 5 objectives without one"),
 ]

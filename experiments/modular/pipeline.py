@@ -23,6 +23,7 @@ import ksurrogate as ks
 from experiments import common
 from experiments.modular import data as data_lib
 from experiments.modular import model as model_lib
+from experiments.modular import regime
 from ksurrogate import baselines, diagnostics, features, metrics, training
 from ksurrogate.harness import driver, report, runs
 
@@ -423,6 +424,8 @@ def _problem(c, run, s: Setup, dsg: Design, th: Theta0, retrains: dict, truths: 
                              "seed_noise_sd": float(effects.std(0, ddof=1).mean()) if len(effects) >= 2 else float("nan"),
                              "finetune_loo_effect_sd": float(loo_ft.std()),
                              "finetuned_subsets": {"calibration": int(ncal), "fit": int(len(ft_fit)), "heldout": int(len(ft_held))}},
+            # where the retrains sit (the fit subsets, the authors' filter) beside the released outcomes
+            "outcomes": regime.summary(retrains["F"][fit], c.data.op),
             "targets": {"kept": int(keep.sum()), "total": int(len(keep)),
                         "variance_threshold": c.data.target_variance_threshold},
             "retrain_final_train_loss": {"mean": float(losses.mean()), "max": float(losses.max()),

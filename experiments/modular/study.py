@@ -31,6 +31,7 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments.modular import pipeline
+from experiments.modular import regime
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs
@@ -212,7 +213,9 @@ def problems(config, run: runs.Run, families):
         name=cell_name(rate, m), S=S_pool[rows], F=F_pool[rows], splits=[(np.arange(m), np.arange(m, m + h))],
         truths={"loo": driver.Truth(effects, predictions=predictions)}, sources=sources,
         estimates_of={"estimated": "exact"} if sources else {},
-        info={"cell": {"rate": rate, "budget": int(m), "heldout": int(h)}},
+        info={"cell": {"rate": rate, "budget": int(m), "heldout": int(h)},
+              # the cell's fit retrains (Bernoulli(rate) subsets, not the released 22-of-25 design)
+              "outcomes": regime.summary(pools[i]["F"][:m], c.data.op)},
         outcome_name="validation loss", task_labels=pipeline.task_labels(K))
 
 

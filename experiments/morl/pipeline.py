@@ -19,6 +19,7 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments import common
+from experiments.morl import config as morl_config
 from experiments.morl import envs
 from experiments.morl import estimate as morl_estimate
 from experiments.morl import ppo
@@ -103,11 +104,11 @@ def design(c, s: Setup) -> Design:
 
 
 def exact_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -> dict:
-  """Fine-tunes the meta-policy on each subset of the chunk with the truth's seed `seed_index`
-  (design.random_seed for seed_index -1; every subset of a seed shares its key: common random
+  """Fine-tunes the meta-policy on each subset of the chunk with the truth's seed number
+  `seed_index` (config.truth_seeds; design.random_seed for seed_index -1; every subset of a seed shares its key: common random
   numbers) and evaluates every target."""
   del chunk   # subsets share the seed's key, so a chunk's numbers do not depend on its index
-  seed = c.design.random_seed if seed_index < 0 else seed_index
+  seed = c.design.random_seed if seed_index < 0 else morl_config.truth_seeds(c)[seed_index]
   # steady-state seconds (the same whichever phase or chunk compiled), one-time seconds apart
   (F, R), seconds, one_time = runs.steady(lambda: ppo.outcomes(
       s.suite, meta.params, S_chunk, jax.random.key(seed), s.targets_T, meta.norm, cfg=s.ft_cfg, ecfg=s.ecfg,

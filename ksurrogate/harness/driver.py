@@ -553,7 +553,12 @@ def _figure_plan(protocol: Protocol, results: Mapping[str, Result], across_figur
 
 def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
   """Runs every problem of the protocol: evaluate, summarize, write DIR/summary.json and
-  DIR/<problem>/arrays.npz, draw DIR/<problem>/*.png. Returns the summary."""
+  DIR/<problem>/arrays.npz, draw DIR/<problem>/*.png. Returns the summary (None in a process p > 0
+  of a group: it takes its part in every phase, and process 0 alone evaluates and writes)."""
+  if not getattr(workdir_run, "is_primary", True):
+    for _ in protocol.problems(config, workdir_run, protocol.families):
+      pass
+    return None
   out_dir = workdir_run.dir
   threshold = float(config.get("normalized_error_threshold", 0.1)) if hasattr(config, "get") else 0.1
   settings = _eval_settings(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import textwrap
 
+import jax
 import matplotlib.figure
 import matplotlib.ticker
 import numpy as np
@@ -227,7 +228,10 @@ def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_n
 
 def save(fig, path) -> None:
   """Writes a figure (folders made as needed); long tick labels are never clipped. A `Figure` made
-  without pyplot is freed with its last reference: nothing to close."""
+  without pyplot is freed with its last reference: nothing to close. In a group of processes
+  (jax.distributed) process 0 alone writes: the others draw the same figure at the same path."""
+  if jax.process_index() != 0:
+    return
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -27,8 +27,15 @@ An experiment is a few named phase functions composed in a few lines:
   run ends in one `StorageError` line naming the path and what to free or fix; chunked outcomes
   with NaN/inf values are refused (`NonFiniteOutcomes`) before they are stored.
 
-Layout: DIR/.lock, DIR/run.log, DIR/<phase>/record.json, DIR/<phase>/result/ (orbax),
-DIR/<phase>/chunks/<i>/ (orbax steps).
+- Several processes (`jax.distributed`: one per host or GPU, `initialize_distributed`) share one
+  run directory: process 0 computes and stores every non-chunked phase while the others wait and
+  then load it, so all hold the same inputs; the missing chunks of an `outcomes` phase are dealt
+  round-robin over the processes, and process 0 stores what the others hand over. Only process 0
+  writes records and results, so the store is the same whichever number of processes made it.
+
+Layout: DIR/.lock (DIR/.lock.<p> for process p > 0 of a group), DIR/run.log, DIR/<phase>/record.json,
+DIR/<phase>/result/ (orbax), DIR/<phase>/chunks/<i>/ (orbax steps), DIR/<phase>/incoming/ (chunks
+handed to process 0, while a group runs).
 """
 from __future__ import annotations
 
@@ -51,6 +58,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import serialization
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from ksurrogate.harness import store
@@ -87,6 +96,34 @@ def request_stop(signum=None, frame=None):
 def _check_stop():
   if _STOP["requested"]:
     raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes on one run (jax.distributed).
+
+# A barrier waits for the slowest process's share of a phase (hours at paper size), so its timeout
+# is long; a process that dies is noticed by jax.distributed's heartbeat instead, which stops the
+# others with an error naming the lost process.
+BARRIER_TIMEOUT_S = 7 * 24 * 3600
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Joins this process to its group (`jax.distributed.initialize`) before any JAX computation:
+  with no arguments the group is read from the launcher (SLURM, Open MPI, Kubernetes, TPU pods),
+  otherwise from the three values (the same coordinator host:port in every process, process ids
+  0 .. num_processes - 1). CPU processes exchange the lock check through gloo collectives."""
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError):   # a JAX without the option (or with gloo built in)
+    pass
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def _solo_options(process: int) -> ocp.options.MultiprocessingOptions:
+  """Orbax options for a save or restore that one process makes alone (no barrier with the
+  others, which are busy elsewhere)."""
+  return ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,8 +301,11 @@ def _config_difference(config, reads: dict) -> Optional[str]:
 # ----------------------------------------------------------------------------------------------
 # Results on disk: arrays through orbax, everything else in the record's JSON.
 
-def _checkpointer():
-  return ocp.StandardCheckpointer()
+def _checkpointer(solo: Optional[int] = None):
+  """Orbax's checkpointer; `solo`: the process that uses it alone, in a group of several."""
+  if solo is None:
+    return ocp.StandardCheckpointer()
+  return ocp.StandardCheckpointer(multiprocessing_options=_solo_options(solo))
 
 
 def _has_arrays(value) -> bool:
@@ -587,7 +627,12 @@ class Run:
   """One run directory (see the module doc). Use as a context manager: it holds the lock.
 
   With `config`, entering checks every stored phase's recorded settings against it first, so a
-  changed setting is refused (DifferentConfigError) before any phase runs."""
+  changed setting is refused (DifferentConfigError) before any phase runs.
+
+  In a group of processes (jax.distributed initialized, `initialize_distributed`) every process
+  opens the same directory and runs the same phases: process 0 holds DIR/.lock, process p > 0
+  DIR/.lock.<p>; the group goes ahead only when every process got its lock (an independent run,
+  or another group, on the same directory is refused in every process)."""
 
   def __init__(self, workdir, *, name: str = "run", progress: bool = True, log: Callable[[str], None] = print,
                config=None):
@@ -600,26 +645,96 @@ class Run:
     # id(result) -> (result, config reads behind it, {stored phase: content fingerprint} behind it)
     self._lineage: dict[int, tuple[Any, dict, dict]] = {}
     self._lock_file = None
+    self.process_index = jax.process_index()
+    self.process_count = jax.process_count()
+    self._barriers = 0
+    self._label = name if self.process_count == 1 else f"{name} p{self.process_index}"
+    # orbax in a group: every save or restore here is this process's alone
+    self._solo = None if self.process_count == 1 else self.process_index
+
+  @property
+  def is_primary(self) -> bool:
+    """Whether this process writes the store, the summary and the figures (process 0)."""
+    return self.process_index == 0
+
+  def barrier(self, name: str) -> None:
+    """Waits until every process of the group has reached this point (nothing with one process).
+    Every process passes the same barriers in the same order: they run the same phases."""
+    if self.process_count == 1:
+      return
+    self._barriers += 1
+    tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
+    ocp.multihost.sync_global_processes(f"ksurrogate-{tag}-{self._barriers}-{name}", timeout=BARRIER_TIMEOUT_S,
+                                        processes=set(range(self.process_count)))
 
   # -- lifetime --------------------------------------------------------------------------------
-  def __enter__(self):
-    with _writing(self.dir / ".lock"):
+  def _take_lock(self, path: pathlib.Path) -> Optional[str]:
+    """Takes the lock file `path` (kept open in self._lock_file); None, or who holds it."""
+    with _writing(path):
       self.dir.mkdir(parents=True, exist_ok=True)
-      f = open(self.dir / ".lock", "a+")
+      f = open(path, "a+")
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       f.seek(0)
       holder = f.read().strip() or "another process"
       f.close()
-      raise WorkdirInUse(f"workdir: {self.dir} is in use by another run ({holder}); wait for it or use another --workdir") from None
+      return holder
     self._lock_file = f
+    with _writing(path):
+      f.seek(0)
+      f.truncate()
+      f.write(f"pid {os.getpid()}" + (f", process {self.process_index} of {self.process_count}"
+                                      if self.process_count > 1 else ""))
+      f.flush()
+    return None
+
+  def _group_lock_held(self) -> Optional[str]:
+    """Who holds a process lock (DIR/.lock.<p>) of a group, if any: a process of an earlier group
+    whose process 0 is gone may still be writing."""
+    for path in sorted(self.dir.glob(".lock.*")):
+      with open(path, "a+") as f:
+        try:
+          fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+          fcntl.flock(f, fcntl.LOCK_UN)
+        except BlockingIOError:
+          f.seek(0)
+          return f.read().strip() or "a process of another run"
+    return None
+
+  def _lock(self) -> None:
+    """Takes this process's lock; in a group, first process 0's (which also checks that no process
+    of another group still holds one), then the others', and the group goes on only when all did."""
+    holder = None
+    if self.is_primary:
+      holder = self._take_lock(self.dir / ".lock")
+      if holder is None:
+        holder = self._group_lock_held()
+        if holder is not None:
+          self._release()
+    if self.process_count > 1:
+      self.barrier("lock0")
+      if not self.is_primary:
+        holder = self._take_lock(self.dir / f".lock.{self.process_index}")
+      self.barrier("locks")
+      # every process has arrived: a short collective, well inside gloo's timeouts
+      refused = np.asarray(multihost_utils.process_allgather(np.int32(holder is not None))).reshape(-1)
+      if refused.any() and holder is None:
+        self._release()
+        first = int(np.flatnonzero(refused)[0])
+        holder = f"process {first} of this group found it held"
+    if holder is not None:
+      raise WorkdirInUse(f"workdir: {self.dir} is in use by another run ({holder}); wait for it or use another --workdir")
+
+  def _release(self) -> None:
+    if self._lock_file is not None:
+      fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+      self._lock_file.close()
+      self._lock_file = None
+
+  def __enter__(self):
+    self._lock()
     try:
-      with _writing(self.dir / ".lock"):
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
       owner = self.dir / "run.json"
       if owner.exists():
         try:
@@ -630,17 +745,15 @@ class Run:
           raise DifferentConfigError(f"workdir: {self.dir} holds a {stored!r} run, not {self.name!r}; use another --workdir")
       if self._config is not None:
         self.check_config(self._config)
-      store.save_json(owner, {"name": self.name})
+      if self.is_primary:
+        store.save_json(owner, {"name": self.name})
     except BaseException:
       self.__exit__()
       raise
     return self
 
   def __exit__(self, exc_type=None, exc=None, tb=None):
-    if self._lock_file is not None:
-      fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-      self._lock_file.close()
-      self._lock_file = None
+    self._release()
     # A full disk anywhere in the run, or a permission error inside the workdir (a phase, the
     # driver's summary and plots), ends in one line; what was stored before it stays.
     if isinstance(exc, Exception) and not isinstance(exc, StorageError):
@@ -673,13 +786,13 @@ class Run:
       f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
 
   def log(self, message: str) -> None:
-    line = f"[{self.name}] {message}"
+    line = f"[{self._label}] {message}"
     self._print(line)
     logging.info(line)
     self._append_log(line)
 
   def warn(self, message: str) -> None:
-    line = f"[{self.name}] WARNING: {message}"
+    line = f"[{self._label}] WARNING: {message}"
     print(line, file=sys.stderr, flush=True)
     logging.info(line)
     self._append_log(line)
@@ -750,21 +863,37 @@ class Run:
     _check_stop()
     upstream, prints = self._upstream(inputs)
     directory = self.dir / name
-    if store:
-      record = self._read_record(directory, "phase")
-      if record is not None:
-        self._refuse_if_different(name, config, record)
-        if not self._inputs_changed(name, record, prints):
-          try:
-            result = self._load_result(directory, record)
-            self._seal_legacy(directory, record)
-            self._rekey(directory, record)
-            self.timings[name] = PhaseTiming(record["seconds"], "reused", record.get("seconds_compile", 0.0))
-            self.log(f"{name}: reused (computed in {record['seconds']:.1f} s)")
-            return self._track(result, record["reads"], prints, (name, _fingerprint(record["files"])))
-          except _Damaged as e:
-            self.warn(f"{name}: {e}; recomputing it")
-        _remove(directory)
+    if store and self.process_count > 1:
+      # Process 0 computes (or reuses) and stores; the others load what it stored.
+      if self.is_primary:
+        result = self._phase_here(name, fn, config, inputs, upstream, prints, directory)
+        self.barrier(f"{name}:stored")
+        return result
+      self.barrier(f"{name}:stored")
+      return self._phase_from_primary(name, config, prints, directory)
+    if not store:
+      return self._compute_phase(name, fn, config, inputs, upstream, prints, directory, store=False)
+    return self._phase_here(name, fn, config, inputs, upstream, prints, directory)
+
+  def _phase_here(self, name, fn, config, inputs, upstream, prints, directory):
+    """A stored phase reused from disk, or computed and stored."""
+    record = self._read_record(directory, "phase")
+    if record is not None:
+      self._refuse_if_different(name, config, record)
+      if not self._inputs_changed(name, record, prints):
+        try:
+          result = self._load_result(directory, record)
+          self._seal_legacy(directory, record)
+          self._rekey(directory, record)
+          self.timings[name] = PhaseTiming(record["seconds"], "reused", record.get("seconds_compile", 0.0))
+          self.log(f"{name}: reused (computed in {record['seconds']:.1f} s)")
+          return self._track(result, record["reads"], prints, (name, _fingerprint(record["files"])))
+        except _Damaged as e:
+          self.warn(f"{name}: {e}; recomputing it")
+      _remove(directory)
+    return self._compute_phase(name, fn, config, inputs, upstream, prints, directory, store=True)
+
+  def _compute_phase(self, name, fn, config, inputs, upstream, prints, directory, *, store: bool):
     reads = dict(upstream)
     self.log(f"{name}: computing ...")
     started = time.time()
@@ -777,6 +906,20 @@ class Run:
     self.log(f"{name}: computed in {sw.seconds:.1f} s")
     return self._track(result, reads, prints, own)
 
+  def _phase_from_primary(self, name, config, prints, directory):
+    """A process p > 0: the phase process 0 has just stored (or reused), loaded from disk."""
+    record, problem = _inspect_record(directory / RECORD, "phase")
+    if record is None:
+      raise RuntimeError(f"{name}: process 0 left no usable record at {directory / RECORD} ({problem or 'none'})")
+    self._refuse_if_different(name, config, record)
+    try:
+      result = self._load_result(directory, record)
+    except _Damaged as e:
+      raise RuntimeError(f"{name}: what process 0 stored cannot be loaded here ({e})") from None
+    self.timings[name] = PhaseTiming(record["seconds"], "loaded", record.get("seconds_compile", 0.0))
+    self.log(f"{name}: loaded (stored by process 0)")
+    return self._track(result, record["reads"], prints, (name, _fingerprint(record["files"])))
+
   def _save_result(self, directory: pathlib.Path, result, reads: dict, prints: dict, sw: Stopwatch,
                    started: float) -> dict:
     _remove(directory)
@@ -784,7 +927,7 @@ class Run:
     with _writing(directory, partial=lambda: [directory]):
       directory.mkdir(parents=True)
       if arrays:
-        ck = _checkpointer()
+        ck = _checkpointer(self._solo)
         ck.save((directory / "result").resolve(), jax.device_get(arrays), force=True)
         ck.wait_until_finished()
       record = {"kind": "phase", "phase": directory.name, "reads": reads, "inputs": prints, "type": kind, "plain": plain,
@@ -801,7 +944,7 @@ class Run:
     arrays = {}
     if record["array_fields"]:
       try:
-        arrays = _checkpointer().restore((directory / "result").resolve())
+        arrays = _checkpointer(self._solo).restore((directory / "result").resolve())
       except Exception as e:  # orbax/tensorstore raise many types for unreadable data
         raise _Damaged(f"{directory / 'result'} cannot be read ({type(e).__name__})") from None
     try:
@@ -819,37 +962,152 @@ class Run:
     A chunk holding NaN or inf in any float leaf is refused before it is stored
     (NonFiniteOutcomes: the phase, the chunk, how many rows and targets, and the settings it read,
     likeliest cause first); the chunks stored before it are kept. `allow_nonfinite=True` is for
-    sources where a non-finite value is a legitimate outcome that later code handles."""
+    sources where a non-finite value is a legitimate outcome that later code handles.
+
+    In a group of processes the missing chunks are dealt round-robin (process p computes the
+    p-th, (p + n)-th, ... of them); processes p > 0 hand theirs to process 0 through
+    DIR/<name>/incoming/, process 0 stores them, and then every process loads the whole phase.
+    A chunk's numbers depend on its index alone, so they are those a single process computes.
+    Chunks handed over by a group that was interrupted are stored by the next one, not recomputed."""
     # Subsets returned by an earlier phase (e.g. sets chosen from its outcomes) carry its lineage.
     upstream, prints = self._upstream((S, *inputs))
     S = np.asarray(S)
     chunk_size = int(chunk_size)
     num_chunks = -(-len(S) // chunk_size)
     directory = self.dir / name
-    subsets_digest = _digest_array(S)
+    key = {"subsets": _digest_array(S), "chunk_size": chunk_size}
+    parts, reused, repaired, manager, sealed = {}, 0, 0, None, True
+    if self.is_primary:
+      record, sealed = self._open_outcomes(name, config, directory, upstream, prints, key, num_chunks)
+      manager = self._chunk_manager(directory)
+      parts, reused, repaired = self._stored_chunks(name, manager, directory, record)
+      if not allow_nonfinite:
+        for i, part in parts.items():
+          self._refuse_nonfinite(name, i, part, record["reads"], set(), chunk_size, len(S), stored=True)
+      if self.process_count > 1:
+        reused += self._receive(directory, manager, record, parts, set(range(num_chunks)) - set(parts), key)
+        store.save_json(directory / RECORD, _seal(record))   # what the other processes read next
+    self.barrier(f"{name}:opened")
+    if not self.is_primary:
+      record = self._shared_record(name, directory, key)
+    done = set(parts) if self.is_primary else {int(k) for k in record["chunks"]}
+    todo = [i for i in range(num_chunks) if i not in done]
+    self.barrier(f"{name}:planned")
+    mine = todo[self.process_index::self.process_count]
+    share = "" if self.process_count == 1 else f" ({len(mine)} in this process)"
+    if len(done) and todo:
+      self.log(f"{name}: {len(done)} of {num_chunks} chunks reused, computing {len(todo)}{share}")
+    elif todo:
+      self.log(f"{name}: computing {num_chunks} chunks of {chunk_size} subsets{share} ...")
+    reads = record["reads"]
+
+    def compute(i):
+      out, sw, own = self._compute_chunk(name, fn, config, S, i, inputs, chunk_size, reads, allow_nonfinite,
+                                         kept=len(record["chunks"]))
+      if self.is_primary:
+        self._store_chunk(manager, directory, record, i, out, sw.seconds, sw.compile_seconds)
+      else:
+        self._hand_over(directory, i, out, sw, own, key)
+      return out, sw
+
+    bar = tqdm(total=len(mine), desc=name, unit="chunk", disable=not self.progress or not mine, leave=False)
+    compiled = False
+    for j, i in enumerate(mine):
+      parts[i], sw = compute(i)
+      # The time left after the first chunk: the chunks left cost what it did without its
+      # compilation. A chunk that compiled also paid for its program's first run, which no event
+      # reports, so then the second chunk (a steady one) says it again.
+      if (j == 0 or (j == 1 and compiled)) and j + 1 < len(mine):
+        compiled = sw.compile_seconds > 0
+        left = (sw.seconds - sw.compile_seconds) * (len(mine) - j - 1)
+        self.log(f"{name}: chunk {j + 1}/{len(mine)}{'' if self.process_count == 1 else ' of this process'} took "
+                 f"{sw.seconds:.1f} s" + (f" ({sw.compile_seconds:.1f} s compiling)" if compiled else "")
+                 + f", ~{left:.0f} s left")
+      bar.update(1)
+    bar.close()
+    self.barrier(f"{name}:computed")
+    if self.is_primary:
+      if self.process_count > 1:
+        self._receive(directory, manager, record, parts, set(todo) - set(parts), key)
+        for i in sorted(set(todo) - set(parts)):   # a process passed the barrier without handing its chunk over
+          self.warn(f"{name}: chunk {i} was not handed over; computing it here")
+          parts[i], _ = compute(i)
+      if todo:
+        # Chunks stored by code whose chunk function returned other fields cannot be stacked with
+        # the new ones: recomputed, so every chunk comes from the code that runs now.
+        shape = jax.tree.structure(parts[todo[-1]])
+        stale = [i for i in sorted(parts) if jax.tree.structure(parts[i]) != shape]
+        if stale:
+          self.warn(f"{name}: chunks {', '.join(map(str, stale))} were stored by code returning other fields; recomputing them")
+          for i in stale:
+            parts[i], _ = compute(i)
+      manager.close()
+      if not sealed and not todo:
+        self._seal_legacy(directory, record)
+      total = record["seconds"]
+      compile_total = sum(c.get("seconds_compile", 0.0) for c in record["chunks"].values())
+      status = "reused" if not todo else ("repaired" if repaired else ("resumed" if reused else "computed"))
+      self.timings[name] = PhaseTiming(total, status, compile_total)
+      if not todo:
+        self.log(f"{name}: reused {num_chunks} chunks (computed in {total:.1f} s)")
+      else:
+        self.log(f"{name}: {status}; {num_chunks} chunks, {total:.1f} s of compute")
+    self.barrier(f"{name}:stored")
+    if not self.is_primary:
+      record, parts = self._load_shared_chunks(name, directory, key, num_chunks)
+    result = jax.tree.map(lambda *t: np.concatenate(t), *[parts[i] for i in range(num_chunks)])
+    return self._track(result, record["reads"], prints,
+                       (name, _fingerprint({i: c["files"] for i, c in record["chunks"].items()})))
+
+  def _open_outcomes(self, name, config, directory, upstream, prints, key, num_chunks) -> tuple[dict, bool]:
+    """(record, sealed) of a chunked phase: the stored one when it holds this phase's subsets and
+    chunking under the current settings, else a new one. `sealed`: the record has a checksum."""
     record = self._read_record(directory, "outcomes")
     if record is not None:
       self._refuse_if_different(name, config, record)
       if self._inputs_changed(name, record, prints):   # the subsets may come from a recomputed input too
         _remove(directory)
         record = None
-      elif record["subsets"] != subsets_digest or record["chunk_size"] != chunk_size:
+      elif record["subsets"] != key["subsets"] or record["chunk_size"] != key["chunk_size"]:
         raise DifferentConfigError(f"workdir: phase {name!r} in {self.dir} was computed for other subsets or "
                                    "chunking; use a new --workdir (or the stored settings)")
     sealed = record is None or "checksum" in record
     if record is None:
-      record = {"kind": "outcomes", "phase": name, "reads": dict(upstream), "inputs": prints, "subsets": subsets_digest,
-                "chunk_size": chunk_size, "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0, "started": time.time()}
+      record = {"kind": "outcomes", "phase": name, "reads": dict(upstream), "inputs": prints, "subsets": key["subsets"],
+                "chunk_size": key["chunk_size"], "num_chunks": num_chunks, "chunks": {}, "seconds": 0.0,
+                "started": time.time()}
+    return record, sealed
+
+  def _chunk_manager(self, directory: pathlib.Path, read_only: bool = False):
+    """The orbax CheckpointManager over DIR/<phase>/chunks (one step per chunk)."""
+    chunks = (directory / "chunks").resolve()
+    if self._solo is None:
+      with _writing(directory / "chunks"):
+        return ocp.CheckpointManager(
+            chunks,
+            # Synchronous saves: the record lists a chunk only once it is on disk. Temporary folders of
+            # a save killed midway are cleaned up when the manager opens.
+            options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True, max_to_keep=None,
+                                                 cleanup_tmp_directories=True),
+            item_handlers=ocp.StandardCheckpointHandler())
+    # In a group the manager is this process's alone (orbax would otherwise wait for the others at
+    # every save), and orbax leaves creating the directory to its caller then. A reading process
+    # never saves; orbax's own read-only mode would only add two warnings per phase.
     with _writing(directory / "chunks"):
-      manager = ocp.CheckpointManager(
-          (directory / "chunks").resolve(),
-          # Synchronous saves: the record lists a chunk only once it is on disk. Temporary folders of
-          # a save killed midway are cleaned up when the manager opens.
-          options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True, max_to_keep=None,
-                                               cleanup_tmp_directories=True),
-          item_handlers=ocp.StandardCheckpointHandler())
+      if not read_only:
+        chunks.mkdir(parents=True, exist_ok=True)
+      return ocp.CheckpointManager(
+          chunks,
+          options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=False, max_to_keep=None,
+                                               cleanup_tmp_directories=not read_only,
+                                               multiprocessing_options=_solo_options(self._solo)),
+          item_handlers=ocp.StandardCheckpointHandler(multiprocessing_options=_solo_options(self._solo)))
+
+  def _stored_chunks(self, name, manager, directory, record) -> tuple[dict, int, int]:
+    """({chunk: outcomes}, reused, repaired): the stored chunks that pass their checks; a damaged
+    one is dropped from the record (one warning) to be recomputed."""
     parts, reused, repaired = {}, 0, 0
-    for i in range(num_chunks):
+    for i in range(record["num_chunks"]):
       entry = record["chunks"].get(str(i))
       if entry is None:
         continue
@@ -860,65 +1118,105 @@ class Run:
         self.warn(f"{name}: chunk {i} is damaged ({e}); recomputing it")
         del record["chunks"][str(i)]
         repaired += 1
+    return parts, reused, repaired
+
+  def _compute_chunk(self, name, fn, config, S, i, inputs, chunk_size, reads, allow_nonfinite, kept):
+    """(outcomes, stopwatch, config fields fn read) of chunk i, refused when not finite."""
+    _check_stop()
+    own = {}
+    with stopwatch() as sw:
+      out = jax.device_get(fn(ConfigView(config, own), S[i * chunk_size:(i + 1) * chunk_size], i, *inputs))
+    reads.update(own)
     if not allow_nonfinite:
-      for i, part in parts.items():
-        self._refuse_nonfinite(name, i, part, record["reads"], set(), chunk_size, len(S), stored=True)
-    todo = [i for i in range(num_chunks) if i not in parts]
-    if reused and todo:
-      self.log(f"{name}: {reused} of {num_chunks} chunks reused, computing {len(todo)}")
-    elif todo:
-      self.log(f"{name}: computing {num_chunks} chunks of {chunk_size} subsets ...")
-    reads = record["reads"]
+      self._refuse_nonfinite(name, i, out, reads, set(own), chunk_size, len(S), stored=False, kept=kept)
+    return out, sw, own
 
-    def compute(i):
-      _check_stop()
-      own = {}
-      with stopwatch() as sw:
-        out = jax.device_get(fn(ConfigView(config, own), S[i * chunk_size:(i + 1) * chunk_size], i, *inputs))
-      reads.update(own)
-      if not allow_nonfinite:
-        self._refuse_nonfinite(name, i, out, reads, set(own), chunk_size, len(S), stored=False,
-                               kept=len(record["chunks"]))
-      step_dir = directory / "chunks" / str(i)
-      with _writing(step_dir, partial=lambda: [step_dir, *step_dir.parent.glob(f"{i}.orbax-checkpoint-tmp*")]):
-        if i in manager.all_steps():
-          manager.delete(i)
-        shutil.rmtree(step_dir, ignore_errors=True)   # a step orbax never finalized
-        manager.save(i, args=ocp.args.StandardSave(out), force=True)
-        manager.wait_until_finished()
-      record["chunks"][str(i)] = {"files": _file_digests(step_dir), "seconds": sw.seconds,
-                                  "seconds_compile": sw.compile_seconds}
-      record["seconds"] = sum(c["seconds"] for c in record["chunks"].values())
-      store.save_json(directory / RECORD, _seal(record))
-      return out
+  def _store_chunk(self, manager, directory, record, i, out, seconds, seconds_compile) -> None:
+    """Saves chunk i as step i and lists it in the record (written after the step: a chunk the
+    record lists is on disk)."""
+    step_dir = directory / "chunks" / str(i)
+    with _writing(step_dir, partial=lambda: [step_dir, *step_dir.parent.glob(f"{i}.orbax-checkpoint-tmp*")]):
+      if i in manager.all_steps():
+        manager.delete(i)
+      shutil.rmtree(step_dir, ignore_errors=True)   # a step orbax never finalized
+      manager.save(i, args=ocp.args.StandardSave(out), force=True)
+      manager.wait_until_finished()
+    record["chunks"][str(i)] = {"files": _file_digests(step_dir), "seconds": seconds, "seconds_compile": seconds_compile}
+    record["seconds"] = sum(c["seconds"] for c in record["chunks"].values())
+    store.save_json(directory / RECORD, _seal(record))
 
-    bar = tqdm(total=len(todo), desc=name, unit="chunk", disable=not self.progress or not todo, leave=False)
-    for i in todo:
-      parts[i] = compute(i)
-      bar.update(1)
-    bar.close()
-    if todo:
-      # Chunks stored by code whose chunk function returned other fields cannot be stacked with
-      # the new ones: recomputed, so every chunk comes from the code that runs now.
-      shape = jax.tree.structure(parts[todo[-1]])
-      stale = [i for i in sorted(parts) if jax.tree.structure(parts[i]) != shape]
-      if stale:
-        self.warn(f"{name}: chunks {', '.join(map(str, stale))} were stored by code returning other fields; recomputing them")
-        for i in stale:
-          parts[i] = compute(i)
-    manager.close()
-    if not sealed and not todo:
-      self._seal_legacy(directory, record)
-    total = record["seconds"]
-    compile_total = sum(c.get("seconds_compile", 0.0) for c in record["chunks"].values())
-    status = "reused" if not todo else ("repaired" if repaired else ("resumed" if reused else "computed"))
-    self.timings[name] = PhaseTiming(total, status, compile_total)
-    if not todo:
-      self.log(f"{name}: reused {num_chunks} chunks (computed in {total:.1f} s)")
-    else:
-      self.log(f"{name}: {status}; {num_chunks} chunks, {total:.1f} s of compute")
-    result = jax.tree.map(lambda *t: np.concatenate(t), *[parts[i] for i in range(num_chunks)])
-    return self._track(result, reads, prints, (name, _fingerprint({i: c["files"] for i, c in record["chunks"].items()})))
+  def _hand_over(self, directory, i, out, sw: Stopwatch, own: dict, key: dict) -> None:
+    """A process p > 0: chunk i's outcomes, for process 0 to store (written atomically; the JSON
+    last, so a chunk whose JSON exists is complete)."""
+    payload = serialization.msgpack_serialize(out)
+    meta = {**key, "chunk": int(i), "process": self.process_index, "seconds": sw.seconds,
+            "seconds_compile": sw.compile_seconds, "reads": own, "sha256": hashlib.sha256(payload).hexdigest()}
+    inbox = directory / "incoming"
+    with _writing(inbox / f"{i}.msgpack"):
+      store.save_bytes(inbox / f"{i}.msgpack", payload)
+      store.save_json(inbox / f"{i}.json", meta)
+
+  def _receive(self, directory, manager, record, parts, wanted: set, key: dict) -> int:
+    """Process 0: stores the handed-over chunks it wants (those of this phase's subsets and
+    chunking, intact); removes every handed-over file. Returns how many it stored."""
+    inbox = directory / "incoming"
+    if not inbox.is_dir():
+      return 0
+    received = 0
+    for meta_path in sorted(inbox.glob("*.json")):
+      payload_path = meta_path.with_suffix(".msgpack")
+      try:
+        meta = store.load_json(meta_path)
+        payload = payload_path.read_bytes()
+        usable = (int(meta["chunk"]) in wanted and meta["subsets"] == key["subsets"] and
+                  meta["chunk_size"] == key["chunk_size"] and hashlib.sha256(payload).hexdigest() == meta["sha256"])
+      except (ValueError, OSError, KeyError, TypeError):
+        usable = False
+      if usable:
+        i = int(meta["chunk"])
+        out = serialization.msgpack_restore(payload)
+        record["reads"].update(meta["reads"])
+        self._store_chunk(manager, directory, record, i, out, meta["seconds"], meta["seconds_compile"])
+        parts[i] = out
+        received += 1
+      with _writing(meta_path):
+        meta_path.unlink(missing_ok=True)
+        payload_path.unlink(missing_ok=True)
+    for leftover in inbox.glob("*"):   # payloads whose JSON never came (a process killed mid-write)
+      with _writing(leftover):
+        leftover.unlink(missing_ok=True)
+    with _writing(inbox):
+      inbox.rmdir()
+    return received
+
+  def _shared_record(self, name, directory, key) -> dict:
+    """A process p > 0: the record process 0 has just written for this phase."""
+    record, problem = _inspect_record(directory / RECORD, "outcomes")
+    if record is None or record["subsets"] != key["subsets"] or record["chunk_size"] != key["chunk_size"]:
+      raise RuntimeError(f"{name}: process 0 left no record of these subsets at {directory / RECORD} "
+                         f"({problem or 'other subsets or chunking'}); do all processes run the same config?")
+    return record
+
+  def _load_shared_chunks(self, name, directory, key, num_chunks) -> tuple[dict, dict]:
+    """A process p > 0: every chunk of the phase, as process 0 stored it."""
+    record = self._shared_record(name, directory, key)
+    manager = self._chunk_manager(directory, read_only=True)
+    parts = {}
+    try:
+      for i in range(num_chunks):
+        entry = record["chunks"].get(str(i))
+        if entry is None:
+          raise RuntimeError(f"{name}: process 0 stored no chunk {i} in {directory}")
+        try:
+          parts[i] = self._load_chunk(manager, directory, i, entry)
+        except _Damaged as e:
+          raise RuntimeError(f"{name}: chunk {i} as process 0 stored it cannot be loaded here ({e})") from None
+    finally:
+      manager.close()
+    self.timings[name] = PhaseTiming(record["seconds"], "loaded",
+                                     sum(c.get("seconds_compile", 0.0) for c in record["chunks"].values()))
+    self.log(f"{name}: loaded {num_chunks} chunks (stored by process 0)")
+    return record, parts
 
   def _refuse_nonfinite(self, name, i, out, reads, own, chunk_size, m, *, stored, kept=0):
     found = _nonfinite(out)

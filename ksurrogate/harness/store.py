@@ -173,6 +173,11 @@ def load_json(path):
   return json.loads(pathlib.Path(path).read_text())
 
 
+def save_bytes(path, data: bytes) -> None:
+  """Writes `data` to `path` atomically (a reader sees the old file or the whole new one)."""
+  _atomic_write(pathlib.Path(path), lambda f: f.write(data))
+
+
 def save_arrays(path, **arrays) -> None:
   _atomic_write(pathlib.Path(path), lambda f: np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
