@@ -86,6 +86,7 @@ def test_tiny_summary_pins_seeded_figures_and_holds_every_section(tiny_run):
   assert "swap_pearson" not in s["ceiling"].get("sentiment", {}) or s["ceiling"]["sentiment"]["swap_pearson"] is None
 
 
+@pytest.mark.slow   # minutes: the rerun evaluates every family again
 def test_rerun_reuses_every_phase(tiny_run):
   workdir, s, cmd = tiny_run
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -121,6 +121,7 @@ def test_a_design_whose_retrains_do_not_vary_stops_after_retrain(tmp_path):
   assert (tmp_path / "retrain" / "record.json").exists() and not (tmp_path / "truth_seed0").exists()
 
 
+@pytest.mark.slow   # minutes: a second tiny run; tests/test_run_storage.py covers the same at small size
 def test_rerun_repairs_damage_reuses_the_rest_and_gives_the_same_summary(full_run, tmp_path):
   workdir, reference, _ = full_run
   w = tmp_path / "w"
@@ -149,6 +150,7 @@ def test_rerun_repairs_damage_reuses_the_rest_and_gives_the_same_summary(full_ru
   assert _stable(s) == _stable(reference)
 
 
+@pytest.mark.slow   # minutes: a second tiny run; tests/test_run_storage.py covers the same at small size
 def test_killed_run_resumes_to_the_same_summary(full_run, tmp_path):
   _, reference, _ = full_run
   proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -211,6 +213,7 @@ STUDY_TINY = ("--config.study.enabled=True", "--config.study.budgets=(8,12)", "-
               "--config.study.active_seeds=2", "--config.study.active_base=4", "--config.study.active_more=4")
 
 
+@pytest.mark.slow   # minutes: six cells of retrains
 def test_regime_study_end_to_end(tmp_path):
   """The study's cells share one ground truth and ceiling; study-wide readouts sit at the top of
   the summary; the cross-cell figure and readouts come from the evaluated cells in memory."""
