@@ -15,7 +15,7 @@ memory: these models leave most of an H200 idle):
              leave-one-out or held-out outcomes.
           2. `python -m experiments.main --experiment=modular --config=paper` with that step count:
              3-seed LOO truth, fine-tune LOO, estimates, baselines, surrogates, plots, summary.
-  lane B  `python -m experiments.main --experiment=morl --config=gpu` (16 truth seeds, 5
+  lane B  `python -m experiments.main --experiment=morl --config=gpu` (24 truth seeds, 5
           selection seeds).
   last    (DETCOST=1, when at least 100 s are left) what deterministic GPU ops cost: the same
           32 paper-size retrains of 200 steps timed with and without the determinism flag.

@@ -235,6 +235,7 @@ def test_bad_input_messages(suite, meta, finetune, estimator):
 def test_truth_seeds_skip_the_random_subsets_seed_and_extend_the_cpu_ones():
   from experiments.morl import config as morl_config
   cpu, gpu = morl_config.get_config("cpu"), morl_config.get_config("gpu")
-  assert morl_config.truth_seeds(cpu) == (0, 1, 2)
+  assert morl_config.truth_seeds(cpu) == (*range(10), *range(11, 17))          # 16 seeds, 10 (the random subsets') left out
   seeds = morl_config.truth_seeds(gpu)
-  assert len(seeds) == 16 == len(set(seeds)) and seeds[:3] == (0, 1, 2) and gpu.design.random_seed not in seeds
+  assert len(seeds) == 24 == len(set(seeds)) and seeds[:16] == morl_config.truth_seeds(cpu)
+  assert gpu.design.random_seed not in seeds

@@ -22,19 +22,20 @@ CONFIGS = {
         runtime="~2 min on 2 quiet cores",
         result="a smoke test: numbers mean nothing (tests pin them only to see that results do not change unnoticed)"),
     "cpu": contract.Variant(
-        description="10 CartPole objectives, PPO meta-policy, 100 random + leave-one-out fine-tunes, selection; "
-                    "~5 min (quiet 2 cores)",
+        description="10 CartPole objectives, PPO meta-policy, 100 random fine-tunes, a 16-seed leave-one-out "
+                    "truth, selection on 5 seeds; ~15 min (2 shared cores)",
         command="python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
-        runtime="~4.5 min of compute on 2 shared cores; 123 s on an H200",
-        result="before the issue-20 re-split scoring: LOO Pearson kernel 0.259 vs linear 0.213 (ceiling 0.674 on "
-               "one machine, 0.293 on another); BUILD_NOTES.md (MORL)"),
+        runtime="14.3 min on 2 shared cores (load 7-9)",
+        result="a truth with per-target split-half reliability 0.737 (3 seeds gave 0.455); LOO Pearson per target "
+               "kernel 0.785 vs linear 0.775 (ceiling 0.858); kernel and linear select the same objectives on all "
+               "5 seeds. Intervals: README (MORL), BUILD_NOTES.md 'Ground truths that hold up (issue 19)'"),
     "gpu": contract.Variant(
-        description="the cpu config with 16 truth seeds (split-half reliability ~0.8) and 5 selection seeds; needs a GPU",
+        description="the cpu config with 24 truth seeds (split-half reliability ~0.8 by Spearman-Brown) in chunks of 32",
         command="OUT=/tmp/out bash benchmarks/device_run.sh   # or: python -m experiments.main --experiment=morl "
                 "--config=gpu --workdir=/tmp/morl_gpu",
-        runtime="~3-4 min planned on one H200 (device_run.sh runs it beside the modular paper config)",
-        result="not run yet: a ground truth that holds up (the cpu config's 3 seeds measured a per-target split-half "
-               "reliability of 0.455; Spearman-Brown puts 16 seeds at ~0.82), objective selection on 5 seeds"),
+        runtime="~3-4 min planned on one H200 (device_run.sh runs it beside the modular paper config); ~20 min on 2 cores",
+        result="not run yet: the cpu config's 16 seeds measured a per-target split-half reliability of 0.737; "
+               "Spearman-Brown puts 24 seeds at ~0.81"),
 }
 
 VARIANTS = {
@@ -53,11 +54,10 @@ VARIANTS = {
         "eval": dict(resplits=8, bootstrap=200),
     },
     "cpu": {},
-    # The cpu config's seeds come first (truth_seeds: 0, 1, 2, and random_seed 10 is kept, so its truth
-    # and random subsets are a prefix of these); 13 more truth seeds skip 10, selection seeds stay apart.
+    # The cpu config's truth seeds come first (truth_seeds skips design.random_seed, so its truth and
+    # random subsets are a prefix of these).
     "gpu": {
-        "truth": dict(seeds=16),
-        "selection": dict(seeds=(100, 101, 102, 103, 104)),
+        "truth": dict(seeds=24),
         "design": dict(chunk_size=32),
     },
 }
@@ -86,11 +86,11 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # The full set, the leave-one-out masks and the pair masks are fine-tuned on truth.seeds seeds
   # (`truth_seeds`: 0, 1, ... skipping design.random_seed): the truth is their mean, their
   # split-half reliability its ceiling.
-  c.truth = dict(seeds=3)
+  c.truth = dict(seeds=16)
   c.estimate = dict(num_envs=16, num_steps=200, dim=128, ridge=1.0, solver="quadratic", num_subsets=2048)
   c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, states_per_objective=256,
                      tracin_checkpoints=5)
-  c.selection = dict(seeds=(100, 101, 102), num_random=4)
+  c.selection = dict(seeds=(100, 101, 102, 103, 104), num_random=4)
   return common.apply_variant(c, VARIANTS[arg])
 
 
