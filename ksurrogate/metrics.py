@@ -317,15 +317,26 @@ def resplit_interval(values_R, *, test_fraction: float, level: float = 0.95) -> 
   subsets, with Nadeau & Bengio's correction for the overlap between re-splits:
   se^2 = (1/R + n_test/n_fit) s^2. `test_fraction` is n_test / (n_fit + n_test). NaN splits (a
   score undefined on that split) are left out; fewer than 2 finite splits give a NaN interval."""
-  v = np.asarray(values_R, np.float64).ravel()
-  v = v[np.isfinite(v)]
   if not 0 < test_fraction < 1:
     raise ValueError(f"test_fraction: must lie in (0, 1), got {test_fraction}")
+  return _t_interval(values_R, lambda R: 1.0 / R + test_fraction / (1.0 - test_fraction), level)
+
+
+def replicate_interval(values_R, *, level: float = 0.95) -> Interval:
+  """Mean and t interval of a score over R independent replicates (e.g. fresh training seeds):
+  se^2 = s^2 / R. NaN replicates are left out; fewer than 2 finite give a NaN interval."""
+  return _t_interval(values_R, lambda R: 1.0 / R, level)
+
+
+def _t_interval(values_R, variance_factor, level: float) -> Interval:
+  """A t interval on R - 1 degrees of freedom with se^2 = variance_factor(R) * s^2."""
+  v = np.asarray(values_R, np.float64).ravel()
+  v = v[np.isfinite(v)]
   if len(v) < 2:
     mean = float(v[0]) if len(v) else float("nan")
     return Interval(mean, float("nan"), float("nan"), float("nan"), level, len(v))
   R = len(v)
-  se = float(np.sqrt((1.0 / R + test_fraction / (1.0 - test_fraction)) * v.var(ddof=1)))
+  se = float(np.sqrt(variance_factor(R) * v.var(ddof=1)))
   half = t_quantile(0.5 + level / 2, R - 1) * se
   return Interval(float(v.mean()), se, float(v.mean() - half), float(v.mean() + half), level, R)
 

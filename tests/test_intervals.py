@@ -25,6 +25,15 @@ def test_resplit_interval_by_hand():
     metrics.resplit_interval(v, test_fraction=1.0)
 
 
+def test_replicate_interval_by_hand():
+  v = np.array([-0.08, -0.04, -0.75, 0.17, 0.03])       # independent seeds: no overlap correction
+  out = metrics.replicate_interval(v)
+  assert out.mean == pytest.approx(v.mean()) and out.se == pytest.approx(v.std(ddof=1) / np.sqrt(5))
+  assert out.hi - out.mean == pytest.approx(stats.t.ppf(0.975, 4) * out.se) and out.verdict() == "ties"
+  assert metrics.replicate_interval([0.1, 0.2, 0.15, 0.12]).verdict() == "wins"
+  assert np.isnan(metrics.replicate_interval([0.3, np.nan]).lo)
+
+
 def test_verdict_follows_the_interval():
   assert metrics.Interval(0.1, 0.02, 0.05, 0.15).verdict() == "wins"
   assert metrics.Interval(-0.1, 0.02, -0.15, -0.05).verdict() == "loses"
