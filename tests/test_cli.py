@@ -13,12 +13,14 @@ from experiments.reference import pipeline as reference_pipeline
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _main(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def _main(*args, cwd=ROOT, timeout=600):
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def test_reference_run_writes_summary_and_plots(tmp_path):
-  r = _main("--experiment=reference", "--config=tiny", f"--workdir={tmp_path}")
+  # 576 s on 2 cores at load average ~9 (five families x three datasets x six splits, CV compiled per shape)
+  r = _main("--experiment=reference", "--config=tiny", f"--workdir={tmp_path}", timeout=1800)
   assert r.returncode == 0, r.stderr[-2000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   for name in ("modular_addition", "modular_quad", "coin_flip"):
