@@ -1,35 +1,44 @@
 """Estimating the fine-tune (issue 17): replaying the fine-tuning recipe in the linearized model.
 
-  python benchmarks/estimator_replay.py --recipes=adam:1e-4:100            # modular cpu config
-  python benchmarks/estimator_replay.py --set train.num_steps=150          # a theta0 that has not grokked
+  python benchmarks/estimator_replay.py                                   # modular cpu config, Adam 1e-4 x 100
+  python benchmarks/estimator_replay.py --recipes=adam:3e-5:100,sgd:1.4e-4:300
+  python benchmarks/estimator_replay.py --set train.num_steps=150         # a theta0 that has not grokked
 
-Builds theta0, the data and the real fine-tunes from theta0 (160 design subsets + the 25 leave-one-out
-masks + the full set) from the modular pipeline's public builders, caches them under --cache
-(np.savez: reruns only time and estimate), and compares estimators of the fine-tuned outcomes:
+Builds theta0, the data and the real fine-tunes from theta0 (160 design subsets + the 25 leave-one-
+out masks + the full set) with the modular pipeline's public builders, caches them under --cache
+(np.savez: reruns only time and estimate; theta0 ~15 s, 186 fine-tunes ~4-10 min on 2 shared
+cores), and compares estimators of the fine-tuned outcomes. Recipes are optimizer:lr:steps[:eps],
+full batch: sgd (no momentum), adam (optax defaults), fadam (Adam with its second moment frozen
+at theta0's full-set gradient: a fixed diagonal preconditioner, which the NTK replay follows exactly).
+Estimators:
 
   onestep, newton      the library's ridge-regularized minimizer of the linearized loss (margin
-                       features, Gaussian projection d = 256, ridge calibrated on the calibration
-                       fine-tunes): what the pipeline uses today.
-  param:logits         the recipe replayed exactly (optax itself) on z = theta - theta0 in the
-                       linearized model with exact per-logit features [N, C, D]: the accuracy
-                       reference, as costly as a real fine-tune.
-  param:margin         the same with exact margin features [N, 1, D].
+                       features, Gaussian projection d = --proj_dim, ridge calibrated on the
+                       calibration fine-tunes): what the pipeline uses today.
+  param:<output>       the recipe replayed exactly (optax itself) on z = theta - theta0 in the
+                       linearized model with exact (unprojected) features [N, C, D]; param:logits
+                       is the accuracy reference, as costly as a real fine-tune.
   coord:<d>            the same on d coordinates of theta drawn uniformly (features rescaled by
                        sqrt(D/d) so the kernel is unbiased; for Adam the step is also scaled by
-                       sqrt(D/d), since sign-like steps on d of D coordinates move the outputs d/D as far).
+                       sqrt(D/d): sign-like steps on d of D coordinates move the outputs d/D as far).
   gauss:<d>            the same on a Gaussian projection to d (breaks Adam's diagonal).
-  ntk:<precond>[:<groups>][:frozen]
-                       function-space replay through the empirical NTK of the margin (exact
-                       unprojected Jacobians): full-batch GD is exact there; Adam is approximated
-                       by a fixed diagonal preconditioner p = 1 / (sqrt(v_ref) + eps) folded into
-                       the kernel (Theta_P = J diag(p) J^T), Adam's momentum carried exactly (it
-                       is linear in the residuals), and Adam's second moment tracked per group of
-                       parameters as one scalar: v_t ~ b_t v_ref with b_t from the exact
-                       preconditioned gradient norms r^T Theta_P,g r. precond: "full" (v_ref =
-                       the full-set gradient at theta0, squared) or "design" (its mean over the
-                       design's estimated subsets, from per-task gradients: uses S only);
-                       groups: "global" (one scalar) or "layer" (one per parameter array: one
-                       kernel block each); "frozen" keeps b_t = 1. "ntk:gd" replays plain GD.
+  ntk:<precond>[:layer][:frozen][:<output>][:r<rank>][:x<c>]
+                       function-space replay through the empirical NTK (exact Jacobians, kernel
+                       formed once): full-batch GD is exact there. Adam is approximated by a fixed
+                       diagonal preconditioner p = 1 / (sqrt(v_ref) + eps) folded into the kernel
+                       (K_P = J diag(p) J^T), Adam's momentum carried exactly (it is linear in the
+                       residuals), and Adam's second moment tracked as one scalar per parameter
+                       group, v_t ~ b_t v_ref, b_t from the exact preconditioned gradient norms
+                       r^T K_P,g r. precond: "full" (v_ref = the squared full-set gradient at
+                       theta0), "design" (its mean over the design's estimated subsets, from
+                       per-task gradients: uses S only) or "iso" (one value for all parameters:
+                       GD with momentum at Adam's first-step size; with "frozen", b_t = 1).
+                       "layer": one group (kernel block) per parameter array instead of one.
+                       r<rank>: the kernel cut to its top eigenpairs; x<c>: c times fewer, c
+                       times larger steps.
+  outputs              margin (default; C = 1), logits (C = classes), topk<k>: the k competitors
+                       ranked highest at theta0 and the rest lumped, relative to the label's
+                       logit (C = k + 1; cross-entropy exact at theta0; k = 0 is the margin).
   <any replay>+cal     a scalar step scale chosen on the calibration fine-tunes (median relative
                        error over 2^[-2, 2]); without it the recipe's own learning rate is used.
 
@@ -37,12 +46,13 @@ Per estimator x recipe it prints: median relative error on the held-out fine-tun
 error (theta0's own outcome) and their ratio; LDS of the estimate vs the held-out fine-tunes;
 surrogate ratio (LOO Pearson vs the fine-tuning LOO of kernel surrogates fitted on the estimates of
 the fit subsets / fitted on the same subsets' real fine-tunes); the estimator's own LOO vs the
-fine-tuning LOO; the recipe's first-order error (paper's definition, median over scored
+fine-tuning LOO; the recipe's first-order error (paper's definition, median over the scored
 fine-tunes); seconds per subset (estimate warm over 186 subsets; featurization share = the
-estimator's one-time features / kernels / statistics divided by --num_estimated subsets) vs a real
-fine-tune of the same recipe timed warm in the same run; the estimator's stored-state memory.
-Nothing is selected on the held-out fine-tunes or on leave-one-out: ridges and step scales are
-calibrated on the first finetune.num_calibration fine-tunes only.
+estimator's one-time features / kernels / statistics, warm, divided by --num_estimated subsets)
+vs a real fine-tune of the same recipe timed warm in the same run; the estimator's stored-state
+memory. Nothing is selected on the held-out fine-tunes or on leave-one-out: ridges and step
+scales are calibrated on the first finetune.num_calibration fine-tunes only. Rows of --reuse
+estimators found in the cache carry the timings of the run that made them (reused = True).
 """
 from __future__ import annotations
 
@@ -85,6 +95,7 @@ _NUM_ESTIMATED = flags.DEFINE_integer("num_estimated", 2000, "subsets the one-ti
                                       "(the modular config's estimate.num_subsets)")
 _PROJ_DIM = flags.DEFINE_integer("proj_dim", 256, "projection dimension of onestep / newton")
 _OUT = flags.DEFINE_string("out", None, "write every row as JSON here")
+_NTK_CHUNK = flags.DEFINE_integer("ntk_chunk", 64, "subsets per compiled chunk of the NTK replays (one GEMM per step)")
 _REUSE = flags.DEFINE_list("reuse", ["param:logits", "param:topk1", "param:topk2", "param:margin"],
                            "estimators whose estimates (and timings, from the run that made them) are reused from "
                            "--cache when there (the costly references); every other estimator is timed in this run")
@@ -109,10 +120,11 @@ class Recipe:
 
   @classmethod
   def parse(cls, text: str) -> "Recipe":
-    opt, lr, steps = text.split(":")
+    """optimizer:lr:steps[:eps]"""
+    opt, lr, steps, *eps = text.split(":")
     if opt not in ("sgd", "adam", "fadam"):
       raise ValueError(f"recipes: optimizer must be sgd, adam or fadam, got {opt!r}")
-    return cls(opt, float(lr), int(steps))
+    return cls(opt, float(lr), int(steps), eps=float(eps[0]) if eps else 1e-8)
 
   def optax(self, lr, precond=None) -> optax.GradientTransformation:
     """`precond`: p (a pytree like the parameters) for "fadam"."""
@@ -125,7 +137,7 @@ class Recipe:
                        optax.scale(-lr))
 
   def __str__(self):
-    return f"{self.optimizer}:{self.lr:g}:{self.steps}"
+    return f"{self.optimizer}:{self.lr:g}:{self.steps}" + (f":{self.eps:g}" if self.eps != 1e-8 else "")
 
 
 def frozen_preconditioner(loss_fn, params0, data, eps: float = 1e-8):
@@ -576,6 +588,10 @@ def make_estimator(ctx: Context, name: str):
       p = 1.0 / (jnp.sqrt(v) + recipe.eps)
       qref = jnp.stack([jnp.sum(p[sl] * v[sl]) for sl in slices])
       rec = recipe
+    coarse = [int(p_[1:]) for p_ in opts if p_.startswith("x") and p_[1:].isdigit()]
+    if coarse:   # a coarser time grid: steps / c steps of c times the rate, the EMAs' decays per step ^ c
+      cf = coarse[0]
+      rec = dataclasses.replace(rec, steps=rec.steps // cf, lr=rec.lr * cf, b1=rec.b1 ** cf, b2=rec.b2 ** cf)
     K, Kt = example_kernels(J2, Jt2, p, slices)
     ranks = [int(p_[1:]) for p_ in opts if p_.startswith("r") and p_[1:].isdigit()]
     if ranks:
@@ -593,7 +609,7 @@ def make_estimator(ctx: Context, name: str):
         return np.asarray(batching.chunked_map(
             lambda W_c: replay_eigen(U, s2, KtU, qref[0], o, y, jnp.asarray(W_c), ot, yt, scale, recipe=rec,
                                      loss=loss, target_loss=tloss, track=track),
-            W, chunk_size=64))
+            W, chunk_size=_NTK_CHUNK.value))
       return fn_eig, setup, nbytes, (_calibrate_scale if cal else None)
     jax.block_until_ready((K, Kt))
     setup += time.perf_counter() - t0
@@ -604,7 +620,7 @@ def make_estimator(ctx: Context, name: str):
       return np.asarray(batching.chunked_map(
           lambda W_c: replay_example(K, Kt, qref, o, y, jnp.asarray(W_c), ot, yt, scale, recipe=rec,
                                      loss=loss, target_loss=tloss, track=track),
-          W, chunk_size=64 if N * C <= 2048 else 16))
+          W, chunk_size=_NTK_CHUNK.value))
     return fn, setup, nbytes, (_calibrate_scale if cal else None)
 
   raise ValueError(f"estimators: unknown estimator {name!r}")
