@@ -1,6 +1,6 @@
 """ksurrogate: task attribution with kernel surrogate models, in JAX.
 
-Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.estimation`,
+Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.estimation`, `ks.replay`,
 `ks.surrogates`, `ks.attribution`, `ks.baselines`, `ks.metrics`, `ks.diagnostics`, `ks.runs`, ...);
 the names most code needs are also here at the top level.
 """
@@ -15,6 +15,7 @@ from ksurrogate import kernels
 from ksurrogate import linearization
 from ksurrogate import metrics
 from ksurrogate import parity
+from ksurrogate import replay
 from ksurrogate import report
 from ksurrogate import runs
 from ksurrogate import store
@@ -35,6 +36,8 @@ from ksurrogate.features import Features
 from ksurrogate.features import featurize
 from ksurrogate.linearization import empirical_ntk_fn
 from ksurrogate.linearization import linearize
+from ksurrogate.replay import Recipe
+from ksurrogate.replay import estimate_finetune
 from ksurrogate.surrogates import KernelSurrogate
 from ksurrogate.surrogates import LinearSurrogate
 from ksurrogate.surrogates import fit_kernel
@@ -48,12 +51,12 @@ __version__ = "0.2.0"
 __all__ = [
     # modules
     "attribution", "baselines", "batching", "diagnostics", "driver", "estimation", "features", "kernels",
-    "linearization", "metrics", "parity", "report", "runs", "store", "subsets", "surrogates", "training",
+    "linearization", "metrics", "parity", "replay", "report", "runs", "store", "subsets", "surrogates", "training",
     # surrogates and readouts
     "KernelSurrogate", "LinearSurrogate", "fit_kernel", "fit_linear", "predicted_loo", "interactions", "shapley",
     "suggest_subsets",
     # outcome sources
     "trainer", "retrain_subsets", "finetune_subsets", "map_subsets", "chunked_map",
     "Features", "featurize", "OutputLoss", "estimate", "calibrate_ridge", "task_statistics",
-    "linearize", "empirical_ntk_fn",
+    "linearize", "empirical_ntk_fn", "Recipe", "estimate_finetune",
 ]

@@ -68,6 +68,11 @@ def _logistic(o, y):
   return jax.nn.softplus(-o[0])
 
 
+def _competitors_ce(o, y):
+  del y   # the outputs are already relative to the label's logit
+  return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1, o.dtype), o]))
+
+
 def _squared(o, y):
   return 0.5 * jnp.sum((o - y) ** 2)
 
@@ -75,11 +80,19 @@ def _squared(o, y):
 SOFTMAX_CROSS_ENTROPY = OutputLoss("softmax_cross_entropy", _softmax_ce)   # output "logits"
 LOGISTIC = OutputLoss("logistic", _logistic)                               # output "margin": CE through the margin
 SQUARED = OutputLoss("squared", _squared)                                  # regression targets y [C]
+# output "top<k>": the outputs are competitor logits minus the label's, so CE = log(1 + sum exp(o))
+COMPETITORS_CROSS_ENTROPY = OutputLoss("competitors_cross_entropy", _competitors_ce)
 
 
 def default_loss(output: str) -> OutputLoss:
-  """The cross-entropy written for the features' output kind."""
-  return SOFTMAX_CROSS_ENTROPY if output == "logits" else LOGISTIC
+  """The cross-entropy written for a provided output kind ("logits", "margin", "top<k>")."""
+  if output == "logits":
+    return SOFTMAX_CROSS_ENTROPY
+  if output == "margin":
+    return LOGISTIC
+  if output.startswith("top") and output[3:].isdigit():
+    return COMPETITORS_CROSS_ENTROPY
+  raise ValueError(f"loss: features of the caller's output {output!r} need an explicit loss (an OutputLoss)")
 
 
 def _outputs(phi, o0, z):
@@ -217,6 +230,8 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
   if not ridge > 0:
     raise ValueError(f"ridge: must be positive, got {ridge}")
   loss = loss or default_loss(train.output)
+  if outcome == "margin" and train.output not in ("margin", "logits"):
+    raise ValueError(f"outcome: 'margin' needs margin or logits features, got output {train.output!r}")
   task_ids, S = _check_inputs(train, task_ids, S, target)
   m, K = S.shape
   phi_t, o0_t, y_t = (jnp.asarray(a) for a in (target.phi, target.offsets, target.labels))
