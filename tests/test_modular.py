@@ -65,7 +65,9 @@ def test_tiny_summary_keys_finite(full_run):
   # and the warning says the tiny config is a smoke test.
   assert retrains["retried"] == 14 + 2 * 17 and 0 <= retrains["unconverged"] <= 14 + 2 * 17   # random + 2 seeds x (LOO + full)
   assert "the tiny config is a smoke test" in r.stderr
-  assert s["estimator"]["modular"]["attribution_ridge_selection"] == "retrain"
+  est = s["estimator"]["modular"]
+  # the default estimator replays the finetune block's recipe; the tiny kernel fits the memory rule
+  assert est["method"] == "replay" and est["space"] == "example" and est["recipe"]["steps"] == 10
   for what in ("loo_real_vs_predicted", "interactions", "predicted_vs_true", "training_curves", "top_tasks"):
     path = pathlib.Path(s["files"][f"modular/{what}"])
     assert path.parent == workdir / "modular" and path.stat().st_size > 1000

@@ -104,12 +104,18 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # mean and its split-half reliability across seeds the ceiling every method is reported against.
   c.truth = dict(seeds=3)
   c.estimate = dict(
-      proj_dim=256, feature_batch=64, method="onestep",
+      # "replay": the finetune block's recipe replayed in the linearized model (ks.estimate_finetune)
+      # on the `output` ("top1": the label's strongest competitor at theta0 and the rest lumped),
+      # in example space (exact kernel) when it fits memory_gib, else in parameter space projected
+      # to proj_dim. "onestep" / "newton": the ridge minimizer on margin features projected to
+      # proj_dim. BUILD_NOTES.md ("Estimated outcomes: replaying the fine-tuning") has the comparison.
+      method="replay", output="top1", space="auto", memory_gib=2.0,
+      proj_dim=256, feature_batch=64,
       num_subsets=2000,
       sizes=(22, 24),   # sizes of the estimated subsets: up to K - 1, next to the LOO sets
-      # Ridge of the estimates the surrogates are fitted on: "retrain" = best LDS against the exact
-      # retrains of the fit split (training data of the exact surrogates, never the held-out split
-      # or LOO); "finetune" = the ridge calibrated against fine-tunes from theta0.
+      # Ridge methods only: ridge of the estimates the surrogates are fitted on: "retrain" = best LDS
+      # against the exact retrains of the fit split (training data of the exact surrogates, never the
+      # held-out split or LOO); "finetune" = the ridge calibrated against fine-tunes from theta0.
       attribution_ridge="retrain",
   )
   # Influence functions: Gauss-Newton curvature (PSD, so CG converges on this non-convex model),
@@ -148,7 +154,11 @@ def validate(c) -> None:
   _require(c, "train.lr_schedule", lambda v: v in ("constant", "cosine"), "'constant' or 'cosine'")
   _require(c, "finetune.optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'")
   _require(c, "baselines.curvature", lambda v: v in ("gauss_newton", "hessian"), "'gauss_newton' or 'hessian'")
-  _require(c, "estimate.method", lambda v: v in ("onestep", "newton"), "'onestep' or 'newton'")
+  _require(c, "estimate.method", lambda v: v in ("replay", "onestep", "newton"), "'replay', 'onestep' or 'newton'")
+  _require(c, "estimate.output", lambda v: v in ("margin", "logits") or (v.startswith("top") and v[3:].isdigit()
+                                                                         and int(v[3:]) >= 1), "'margin', 'logits' or 'top<k>'")
+  _require(c, "estimate.space", lambda v: v in ("auto", "example", "parameter"), "'auto', 'example' or 'parameter'")
+  _require(c, "estimate.memory_gib", lambda v: v > 0, "positive")
   _require(c, "estimate.attribution_ridge", lambda v: v in ("retrain", "finetune"), "'retrain' or 'finetune'")
   if c.train.lr_schedule == "cosine" and c.train.warmup_steps >= c.train.num_steps:
     raise ValueError(f"train.warmup_steps: {c.train.warmup_steps} leaves no decay in train.num_steps={c.train.num_steps}")
