@@ -31,6 +31,7 @@ from ksurrogate.batching import map_subsets
 from ksurrogate.estimation import OutputLoss
 from ksurrogate.estimation import calibrate_ridge
 from ksurrogate.estimation import estimate
+from ksurrogate.estimation import solve
 from ksurrogate.estimation import task_statistics
 from ksurrogate.features import Features
 from ksurrogate.features import featurize
@@ -57,6 +58,6 @@ __all__ = [
     "suggest_subsets",
     # outcome sources
     "trainer", "retrain_subsets", "finetune_subsets", "map_subsets", "chunked_map",
-    "Features", "featurize", "OutputLoss", "estimate", "calibrate_ridge", "task_statistics",
+    "Features", "featurize", "OutputLoss", "estimate", "solve", "calibrate_ridge", "task_statistics",
     "linearize", "empirical_ntk_fn", "Recipe", "estimate_finetune",
 ]

@@ -258,3 +258,16 @@ def test_replay_bad_inputs():
     ks.estimate_finetune(out, params0, (X, y), task_ids, np.zeros((2, 4), bool), (Xt, yt), **kw)
   with pytest.raises(ValueError, match="^output_fn:"):
     ks.estimate_finetune(None, params0, (X, y), task_ids, S, (Xt, yt), **kw)
+
+
+def test_mean_objective_is_the_sum_at_a_ridge_scaled_by_subset_size():
+  params0, X, y, Xt, yt, task_ids = _problem(3)
+  train = features.featurize(logreg, params0, X, y, key=jax.random.key(0), dim=12, output="logits", projection="identity")
+  S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0]], bool)
+  n_S = S.astype(int) @ np.bincount(task_ids)
+  for method in ("onestep", "newton"):
+    z_mean = ks.solve(train, task_ids, S, ridge=0.01, method=method, mean=True, num_iters=20)
+    for i in range(len(S)):
+      z_sum = ks.solve(train, task_ids, S[i:i + 1], ridge=0.01 * n_S[i], method=method, num_iters=20)
+      np.testing.assert_allclose(z_mean[i], z_sum[0], rtol=1e-3, atol=1e-5)
+    assert not np.allclose(z_mean[0], ks.solve(train, task_ids, S[:1], ridge=0.01, method=method, num_iters=20)[0])
