@@ -19,7 +19,7 @@ import numpy as np
 
 import ksurrogate as ks
 from experiments.morl import envs, estimate as est_lib, ppo
-from ksurrogate import baselines, driver, metrics, report, runs
+from ksurrogate import baselines, diagnostics, driver, metrics, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +166,7 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimate
   run = jax.jit(jax.vmap(lambda m: ppo.train(s.suite, s.ft_cfg, meta.params, m, jax.random.key(c.design.random_seed))))
   P_S = run(jnp.asarray(dsg.S_rand[:n_fo]))
   obs = est.data["obs"][::7]
-  errs = np.concatenate([np.asarray(est_lib.first_order_error(meta.params, jax.tree.map(lambda x: x[i], P_S), obs)[0])
-                         for i in range(n_fo)])
+  errs = diagnostics.linearization_error(ppo.actor_logits, meta.params["actor"], P_S["actor"], obs).ravel()
   t_ft = float(np.mean(exact_rand["seconds"]))
   info = {
       "median_relative_error": metrics.relative_error(F_rand[:, varying], F_real[:, varying])["median"],
