@@ -326,6 +326,7 @@ def _estimate_replay(c, s: Setup, dsg: Design, ft: dict, retrains: dict, tg: Tar
   scored = len(F_est_ft) - half
   info = {
       **report_,
+      "ratio_to_no_change": report_["median_relative_error"] / report_["no_change_median_relative_error"],
       "lds_vs_retrain": metrics.lds(F_est_exact[held][:, keep], F_rand[held][:, keep]),
       "lds_vs_retrain_fit": metrics.lds(F_est_exact[fit][:, keep], F_rand[fit][:, keep]),
       "method": "replay", "space": rinfo["space"], "output": e.output, "memory_bytes": rinfo["memory_bytes"],
