@@ -168,12 +168,17 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimate
   obs = est.data["obs"][::7]
   errs = diagnostics.linearization_error(ppo.actor_logits, meta.params["actor"], P_S["actor"], obs).ravel()
   t_ft = float(np.mean(exact_rand["seconds"]))
+  # no change: the meta-policy's own (normalized) return, what every estimate must beat
+  F_base = np.broadcast_to(np.asarray(meta.norm(jnp.asarray(meta.meta_return))), F_real.shape)
+  no_change = metrics.relative_error(F_base[:, varying], F_real[:, varying])["median"]
   info = {
       "median_relative_error": metrics.relative_error(F_rand[:, varying], F_real[:, varying])["median"],
+      "no_change_median_relative_error": no_change,
       "median_relative_error_rollout": metrics.relative_error(F_roll[:, varying], F_real[:n_roll][:, varying])["median"],
       "lds_vs_finetune": metrics.lds(F_rand[:, varying], F_real[:, varying]),
       "lds_vs_finetune_rollout": metrics.lds(F_roll[:, varying], F_real[:n_roll][:, varying]),
       "normalized_error": metrics.normalized_error(F_rand[:, varying], F_real[:, varying], threshold=0.0),
+      "ratio_to_no_change": metrics.relative_error(F_rand[:, varying], F_real[:, varying])["median"] / no_change,
       "linearization_error": float(np.median(errs)), "linearization_error_mean": float(np.mean(errs)),
       "seconds_estimate_per_subset": t_many, "seconds_estimate_rollout_per_subset": t_roll,
       "seconds_finetune_per_subset": t_ft, "speedup_per_subset": t_ft / t_many,
