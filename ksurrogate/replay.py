@@ -30,7 +30,8 @@ only, never an outcome). A subset whose gradient is v_ref's then takes Adam's fi
 lr sign(g); with one parameter the replay is Adam exactly (up to eps).
 
 Measured on the modular cpu config (BUILD_NOTES.md, "Estimated outcomes: replaying the
-fine-tuning"): against 100-step Adam fine-tunes, median error 0.109 where no change gives 0.304.
+fine-tuning"): against 100-step Adam fine-tunes, median error 0.114 where no change gives 0.304
+(output "top1", example space), LDS 0.615, 118x cheaper than a fine-tune including its setup.
 """
 from __future__ import annotations
 
