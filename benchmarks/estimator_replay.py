@@ -52,7 +52,7 @@ error (theta0's own outcome) and their ratio; LDS of the estimate vs the held-ou
 surrogate ratio (LOO Pearson vs the fine-tuning LOO of kernel surrogates fitted on the estimates of
 the fit subsets / fitted on the same subsets' real fine-tunes); the estimator's own LOO vs the
 fine-tuning LOO; the recipe's first-order error (paper's definition, median over the scored
-fine-tunes); seconds per subset (estimate warm over 186 subsets; featurization share = the
+fine-tunes); 95 % bootstrap intervals of the error and the LDS over the held-out subsets; seconds per subset (estimate warm over 186 subsets; featurization share = the
 estimator's one-time features / kernels / statistics, warm, divided by --num_estimated subsets)
 vs a real fine-tune of the same recipe timed warm in the same run; the estimator's stored-state
 memory. fit_rel_error / fit_lds: the same on the fit fine-tunes (the subsets surrogates are
@@ -386,6 +386,14 @@ def _apply(c, setting: dict):
   return c
 
 
+def _built_from(c) -> dict:
+  """The config sections theta0, the fine-tunes and the estimators here read: everything but the
+  pipeline's own estimator block (whose fields do not change what is cached)."""
+  d = c.to_dict()
+  d.pop("estimate")
+  return {**d, "feature_batch": c.estimate.feature_batch}
+
+
 def _tag(obj) -> str:
   return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -393,7 +401,7 @@ def _tag(obj) -> str:
 def build(c, cache: pathlib.Path):
   s = P.setup(c)
   dsg = P.design(c, s)
-  path = cache / f"theta0_{_tag(c.to_dict())}.npz"
+  path = cache / f"theta0_{_tag(_built_from(c))}.npz"
   template = s.init_fn(s.init_key)
   _, unravel = ravel_pytree(template)
   if path.is_file():
@@ -419,7 +427,7 @@ def finetunes(c, s, dsg, th, recipe: Recipe, cache: pathlib.Path):
   n = c.train.chunk_size
   P.finetune_chunk(cf, S_all[:n], 0, s, th, run_fn)    # compile outside the timing
   seconds_now = float(P.finetune_chunk(cf, S_all[:n], 0, s, th, run_fn)["seconds"][0])   # training only
-  path = cache / f"ft_{_tag([c.to_dict(), str(recipe)])}.npz"
+  path = cache / f"ft_{_tag([_built_from(c), str(recipe)])}.npz"
   if path.is_file():
     z = np.load(path)
     return dict(z), seconds_now
@@ -676,6 +684,11 @@ def score(name, recipe, c, dsg, F_hat_all, ft, F_base, real_loo, real_lds):
   loo_ft = ft["F"][nft:nft + K] - ft["F"][nft + K][None]
   err = metrics.relative_error(F_hat[held], F_ft[held])["median"]
   no_change = metrics.relative_error(np.broadcast_to(F_base, F_ft[held].shape), F_ft[held])["median"]
+  # 95 % bootstrap intervals over the held-out subsets (the fine-tunes are deterministic: no seed
+  # noise to add; the surrogate ratio's denominator, real fine-tunes' surrogate, is the ceiling)
+  boot = np.random.default_rng(0).choice(held, (200, len(held)))
+  err_ci = np.percentile([metrics.relative_error(F_hat[b], F_ft[b])["median"] for b in boot], [2.5, 97.5])
+  lds_ci = np.percentile([metrics.lds(F_hat[b], F_ft[b]) for b in boot], [2.5, 97.5])
   g = ks.fit_kernel(S_ft[fit], F_hat[fit], cv=c.surrogates.cv)
   sur_loo = metrics.loo_correlation(np.asarray(ks.predicted_loo(g)), loo_ft)["pearson"]
   return {
@@ -685,6 +698,7 @@ def score(name, recipe, c, dsg, F_hat_all, ft, F_base, real_loo, real_lds):
       "fit_lds": metrics.lds(F_hat[fit], F_ft[fit]),
       "median_rel_error": err, "no_change_error": no_change,
       "ratio_to_no_change": err / no_change, "lds_heldout": metrics.lds(F_hat[held], F_ft[held]),
+      "err_ci": f"[{err_ci[0]:.3f}, {err_ci[1]:.3f}]", "lds_ci": f"[{lds_ci[0]:.3f}, {lds_ci[1]:.3f}]",
       "surrogate_ratio": sur_loo / real_loo,
       "surrogate_lds_heldout": metrics.lds(np.asarray(g.predict(S_ft[held])), F_ft[held]),
       "real_surrogate_lds_heldout": real_lds,
@@ -724,7 +738,7 @@ def main(argv):
           f"held-out LDS {real_lds:.3f}", flush=True)
     ctx = Context(c, s, dsg, th, recipe, feats)
     for name in [e for e in _ESTIMATORS.value if e]:
-      path = cache / f"est_{_tag([c.to_dict(), str(recipe), name, _NUM_ESTIMATED.value])}.npz"
+      path = cache / f"est_{_tag([_built_from(c), str(recipe), name, _NUM_ESTIMATED.value, _PROJ_DIM.value])}.npz"
       if name in _REUSE.value and path.is_file():
         z = np.load(path)
         F_hat, scale, t_est, setup, nbytes = z["F_hat"], float(z["scale"]), float(z["t_est"]), float(z["setup"]), float(z["nbytes"])
