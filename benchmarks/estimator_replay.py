@@ -87,7 +87,8 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 import ksurrogate as ks  # noqa: E402
 from experiments.modular import config as config_lib  # noqa: E402
 from experiments.modular import pipeline as P  # noqa: E402
-from ksurrogate import batching, estimation, features, metrics, report  # noqa: E402
+from ksurrogate import batching, estimation, features, metrics  # noqa: E402
+from ksurrogate.harness import report  # noqa: E402
 
 _CACHE = flags.DEFINE_string("cache", "/tmp/estimator_replay", "folder for theta0 and the real fine-tunes")
 _CONFIG = flags.DEFINE_string("config", "cpu", "modular config")
@@ -421,10 +422,10 @@ def finetunes(c, s, dsg, th, recipe: Recipe, cache: pathlib.Path):
     precond = frozen_preconditioner(s.loss_fn, th.params, s.train_data, recipe.eps)
     run_fn = ks.trainer(s.loss_fn, recipe.optax(recipe.lr, precond), num_steps=recipe.steps)
   else:
-    cf.finetune.optimizer, cf.finetune.lr, cf.finetune.steps = recipe.optimizer, recipe.lr, recipe.steps
+    cf.finetune.optimizer, cf.finetune.lr, cf.finetune.num_steps = recipe.optimizer, recipe.lr, recipe.steps
     run_fn = P.finetune_recipe(cf, s)
   S_all = np.concatenate([dsg.S_est[:c.finetune.num_subsets], dsg.S_truth])
-  n = c.train.chunk_size
+  n = c.design.chunk_size
   P.finetune_chunk(cf, S_all[:n], 0, s, th, run_fn)    # compile outside the timing
   seconds_now = float(P.finetune_chunk(cf, S_all[:n], 0, s, th, run_fn)["seconds"][0])   # training only
   path = cache / f"ft_{_tag([_built_from(c), str(recipe)])}.npz"
@@ -713,7 +714,7 @@ def main(argv):
   cache.mkdir(parents=True, exist_ok=True)
   overrides = dict(kv.split("=", 1) for kv in _SET.value)
   c = _apply(config_lib.get_config(_CONFIG.value), overrides)
-  config_lib.validate(c)
+  config_lib.EXPERIMENT.validate(c)
   t0 = time.perf_counter()
   s, dsg, th = build(c, cache)
   acc = float(np.mean(np.argmax(np.asarray(s.apply_fn(th.params, s.X_val)), -1) == s.y_val))

@@ -21,9 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-import experiments.icl as icl  # noqa: E402
-from experiments.icl import pipeline as P  # noqa: E402
-from ksurrogate import driver, report, runs  # noqa: E402
+from experiments import contract  # noqa: E402
+from experiments.icl import data as icl_data  # noqa: E402
+from experiments.icl import pipeline as icl_pipeline  # noqa: E402
+from ksurrogate.harness import driver, report, runs  # noqa: E402
 
 
 def _complete(directory: pathlib.Path) -> tuple[int, int]:
@@ -41,7 +42,8 @@ def main(argv=None):
   ap.add_argument("--task", default="sentiment")
   ap.add_argument("--estimate", action="store_true", help="compute the estimator if it is not stored yet")
   args = ap.parse_args(argv)
-  c = icl.get_config(args.config)
+  experiment = contract.load("icl")
+  c = experiment.get_config(args.config)
   c.progress = False
   src = pathlib.Path(args.workdir)
   done, total = _complete(src / f"exact_{args.task}")
@@ -55,26 +57,28 @@ def main(argv=None):
     if (src / f"{name}_{args.task}" / "record.json").is_file():
       shutil.copytree(src / f"{name}_{args.task}", scratch / f"{name}_{args.task}")
   with runs.Run(scratch, name="icl_partial", progress=False) as run:
-    model = run.phase("model", P.load_model, c, store=False)
-    s = run.phase(f"data_{args.task}", P.make_data, c, model, args.task, store=False)
-    dsg = run.phase(f"design_{args.task}", P.design, c, s)
-    exact = run.outcomes(f"exact_{args.task}", P.exact_chunk, c, dsg.prompts, s, "scoring",
+    model = run.phase("model", icl_pipeline.load_model, c, store=False)
+    s = run.phase(f"data_{args.task}", icl_pipeline.make_data, c, model, args.task, store=False)
+    dsg = run.phase(f"design_{args.task}", icl_pipeline.design, c, s)
+    exact = run.outcomes(f"exact_{args.task}", icl_pipeline.exact_chunk, c, dsg.prompts, s, "scoring",
                          chunk_size=c.design.chunk_size)
     extra, info = {}, {}
     if (scratch / f"estimate_{args.task}").is_dir() or args.estimate:
-      est = run.phase(f"estimate_{args.task}", P.estimate, c, s, dsg, exact)
-      extra = {"estimated": (P.D.indicators(est.many, s.K), est.F_many)}
+      est = run.phase(f"estimate_{args.task}", icl_pipeline.estimate, c, s, dsg, exact)
+      extra = {"estimated": (icl_data.indicators(est.many, s.K), est.F_many)}
       info = est.info
-    problem = driver.Problem(name=args.task, S=dsg.S, F=exact["F"], splits=P._splits(c, len(dsg.prompts)),
-                             extra_fit=extra)
-    methods = {k: m for k, m in icl.methods(c, problem).items() if m.data == "exact" or extra}
-    summary, _ = driver.evaluate(problem, methods, threshold=c.normalized_error_threshold)
-  rows = [{"method": m, **v} for m, v in summary.items()]
-  print(report.table(rows, ["method", "lds", "lds_std", "normalized_error", "normalized_error_std"]))
+    problem = driver.Problem(name=args.task, S=dsg.S, F=exact["F"], splits=icl_pipeline.splits(c, len(dsg.prompts)),
+                             sources=extra, estimates_of={"estimated": "exact"} if extra else {})
+    result = driver.evaluate(problem, experiment.families(c, args.task), threshold=c.normalized_error_threshold,
+                             resplit_count=c.eval.resplits, num_bootstrap=c.eval.bootstrap, seed=c.seed)
+  summary = result.scores
+  rows = [{"method": m, **{k: (v.get(k), v.get(f"{k}_se")) for k in ("lds", "normalized_error")}}
+          for m, v in summary.items()]
+  print(report.table(rows, ["method", "lds", "normalized_error"]))
   F = exact["F"]
   out = {"summary": summary, "estimator": info,
          "prompts": {"mean_loss": float(F.mean()), "loss_sd_over_prompts": float(F.mean(1).std()),
-                     "mean_accuracy": float((F < P.LN2).mean()),
+                     "mean_accuracy": float((F < icl_pipeline.LN2).mean()),
                      "seconds_real_per_prompt": float(np.median(exact["seconds"]))}}
   print(json.dumps(out, indent=1))
   shutil.rmtree(scratch, ignore_errors=True)

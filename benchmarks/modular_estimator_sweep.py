@@ -36,7 +36,8 @@ from absl import flags  # noqa: E402
 import ksurrogate as ks  # noqa: E402
 from experiments.modular import config as config_lib  # noqa: E402
 from experiments.modular import pipeline as P  # noqa: E402
-from ksurrogate import features, metrics, report, runs  # noqa: E402
+from ksurrogate import features, metrics  # noqa: E402
+from ksurrogate.harness import report, runs  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a finished modular run", required=True)
 _CONFIG = flags.DEFINE_string("config", "cpu", "the run's config")

@@ -1,14 +1,15 @@
 """ksurrogate: task attribution with kernel surrogate models, in JAX.
 
 Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.estimation`, `ks.replay`,
-`ks.surrogates`, `ks.attribution`, `ks.baselines`, `ks.metrics`, `ks.diagnostics`, `ks.runs`, ...);
-the names most code needs are also here at the top level.
+`ks.surrogates`, `ks.attribution`, `ks.baselines`, `ks.metrics`, `ks.diagnostics`, ...); the names
+most code needs are also here at the top level. The harness that runs experiments (run
+directories, the driver, figures, storage) is `ksurrogate.harness`, imported only where it is used.
+Importing `ksurrogate` changes no global state (no matplotlib backend, no JAX listener).
 """
 from ksurrogate import attribution
 from ksurrogate import baselines
 from ksurrogate import batching
 from ksurrogate import diagnostics
-from ksurrogate import driver
 from ksurrogate import estimation
 from ksurrogate import features
 from ksurrogate import kernels
@@ -16,9 +17,6 @@ from ksurrogate import linearization
 from ksurrogate import metrics
 from ksurrogate import parity
 from ksurrogate import replay
-from ksurrogate import report
-from ksurrogate import runs
-from ksurrogate import store
 from ksurrogate import subsets
 from ksurrogate import surrogates
 from ksurrogate import training
@@ -51,8 +49,8 @@ __version__ = "0.2.0"
 
 __all__ = [
     # modules
-    "attribution", "baselines", "batching", "diagnostics", "driver", "estimation", "features", "kernels",
-    "linearization", "metrics", "parity", "replay", "report", "runs", "store", "subsets", "surrogates", "training",
+    "attribution", "baselines", "batching", "diagnostics", "estimation", "features", "kernels",
+    "linearization", "metrics", "parity", "replay", "subsets", "surrogates", "training",
     # surrogates and readouts
     "KernelSurrogate", "LinearSurrogate", "fit_kernel", "fit_linear", "predicted_loo", "interactions", "shapley",
     "suggest_subsets",

@@ -20,15 +20,15 @@ def as_subsets(S, name: str = "S", num_tasks: int | None = None) -> np.ndarray:
       raise ValueError(f"{name}: expected 0/1 or bool entries, got dtype {arr.dtype}")
     if not np.all((arr == 0) | (arr == 1)):
       bad = arr[(arr != 0) & (arr != 1)].ravel()[0]
-      raise ValueError(f"{name}: indicator matrix must be binary (0/1), found value {bad!r}")
+      raise ValueError(f"{name}: indicator matrix must be binary (0/1), found value {bad.item()!r}")
     arr = arr.astype(bool)
   if num_tasks is not None and arr.shape[1] != num_tasks:
     raise ValueError(f"{name}: has {arr.shape[1]} task columns but the surrogate was fitted on K={num_tasks}")
   return arr
 
 
-def as_outcomes(F, num_rows: int, name: str = "F") -> np.ndarray:
-  """Returns F as float64 [m, n_targets] (a 1-d F is one target)."""
+def as_outcomes(F, num_rows: int, name: str = "F", row: str = "subset") -> np.ndarray:
+  """Returns F as float64 [m, n_targets] (a 1-d F is one target); refuses non-finite entries."""
   arr = np.asarray(F, dtype=np.float64)
   if arr.ndim == 1:
     arr = arr[:, None]
@@ -36,25 +36,92 @@ def as_outcomes(F, num_rows: int, name: str = "F") -> np.ndarray:
     raise ValueError(f"{name}: expected [num_subsets] or [num_subsets, num_targets], got shape {arr.shape}")
   if arr.shape[0] != num_rows:
     raise ValueError(f"{name}: has {arr.shape[0]} rows but S has {num_rows} subsets (rows must match)")
-  if not np.all(np.isfinite(arr)):
-    i, j = np.argwhere(~np.isfinite(arr))[0]
-    raise ValueError(f"{name}: contains non-finite value {arr[i, j]} at subset {i}, target {j}")
+  finite(arr, name, row=row)
   return arr
 
 
-def check_fit_inputs(S, F, cv: int, dedupe: bool = True):
-  """Validates a (subsets, outcomes) pair for fitting; de-duplicates repeated subsets."""
+def _listed(ids, limit: int = 8) -> str:
+  ids = [int(i) for i in ids]
+  return ", ".join(map(str, ids[:limit])) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def finite(arr, name: str, row: str = "subset", col: str = "target", offset: int = 0, what: str = "values"):
+  """Refuses NaN / inf in a [rows, cols, ...] array with one line naming the rows and columns hit.
+
+  `offset` shifts the row numbers (for an array checked in blocks)."""
+  arr = np.asarray(arr)
+  if np.issubdtype(arr.dtype, np.bool_) or np.issubdtype(arr.dtype, np.integer):
+    return arr
+  bad = ~np.isfinite(arr)
+  if not bad.any():
+    return arr
+  if arr.ndim == 0:
+    raise ValueError(f"{name}: must be finite, got {arr.item()}")
+  first = tuple(np.argwhere(bad)[0])
+  rows = np.flatnonzero(bad.reshape(len(arr), -1).any(1)) + offset
+  where = f"{row}s {_listed(rows)}"
+  if arr.ndim >= 2:
+    cols = np.flatnonzero(bad.reshape(arr.shape[0], arr.shape[1], -1).any((0, 2)))
+    where += f"; {col}s {_listed(cols)}"
+  raise ValueError(f"{name}: {int(bad.sum())} non-finite {what} (first {arr[first]} at {row} {first[0] + offset}) in "
+                   f"{where}")
+
+
+def positive_number(value, name: str, *, allow_zero: bool = False) -> float:
+  """A finite float > 0 (>= 0 with allow_zero); NaN, inf and non-numbers get one line."""
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name}: expected a number, got {value!r}") from None
+  if not np.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+    raise ValueError(f"{name}: must be finite and {'non-negative' if allow_zero else 'positive'}, got {value!r}")
+  return x
+
+
+def grid(values, name: str, *, allow_zero: bool = False) -> np.ndarray:
+  """A non-empty 1-d float64 grid of finite positive (or non-negative) values."""
+  try:
+    arr = np.atleast_1d(np.asarray(values, np.float64))
+  except (TypeError, ValueError):
+    raise ValueError(f"{name}: expected a sequence of numbers, got {values!r}") from None
+  if arr.ndim != 1 or arr.size == 0:
+    raise ValueError(f"{name}: expected a non-empty 1-d grid, got shape {arr.shape}")
+  ok = np.isfinite(arr) & ((arr >= 0) if allow_zero else (arr > 0))
+  if not ok.all():
+    i = int(np.flatnonzero(~ok)[0])
+    raise ValueError(f"{name}: entry {i} is {float(arr[i])}; every entry must be finite and "
+                     f"{'non-negative' if allow_zero else 'positive'}")
+  return arr
+
+
+def check_fit_inputs(S, F, cv, *, uses_cv: bool = True, dedupe: bool = True, no_cv_hint: str = ""):
+  """Validates a (subsets, outcomes) pair and the fold count for fitting; de-duplicates subsets.
+
+  With `uses_cv`, every training fold must keep at least 2 distinct subsets: with fewer, every
+  grid point's held-out error is the same (a fold trained on one subset predicts its value
+  everywhere), so the "chosen" hyper-parameters would be the first grid entry, silently.
+  Without CV (hyper-parameters given), 2 distinct subsets fit with one warning.
+  """
   S = as_subsets(S)
   F = as_outcomes(F, S.shape[0])
   if dedupe:
     S, F = deduplicate(S, F)
-  if cv is not None and cv > 0:
-    if cv < 2:
-      raise ValueError(f"cv: need at least 2 folds, got {cv}")
-    if S.shape[0] < cv:
-      raise ValueError(f"S: {S.shape[0]} distinct subsets is fewer than cv={cv} folds")
-  elif S.shape[0] < 2:
-    raise ValueError(f"S: need at least 2 distinct subsets to fit, got {S.shape[0]}")
+  m = S.shape[0]
+  if uses_cv or cv is not None:
+    if isinstance(cv, (bool, np.bool_)) or not isinstance(cv, (int, np.integer)) or cv < 2:
+      raise ValueError(f"cv: expected an integer number of folds >= 2, got {cv!r}")
+  if uses_cv:
+    if cv > m:
+      raise ValueError(f"cv: {cv} folds exceed the {m} distinct subsets (after merging duplicates); use cv <= {m}")
+    per_fold = m - -(-m // cv)          # training subsets left beside the largest held-out fold
+    if per_fold < 2:
+      raise ValueError(f"S: {m} distinct subsets leave {per_fold} per training fold with cv={cv}; cross-validation "
+                       f"needs at least 2 (sample more subsets{no_cv_hint})")
+  elif m < 2:
+    raise ValueError(f"S: need at least 2 distinct subsets to fit, got {m}")
+  elif m == 2:
+    warnings.warn("S: only 2 distinct subsets; the fit interpolates those two and the given hyper-parameters "
+                  "alone decide everything between them", stacklevel=3)
   var = F.var(axis=0)
   if np.any(var == 0):
     j = int(np.flatnonzero(var == 0)[0])

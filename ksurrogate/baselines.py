@@ -4,14 +4,13 @@
 - `influence`: I_k = -grad L_t^T (C + lambda I)^-1 grad L_k with C the Gauss-Newton curvature
   (default) or the Hessian of the summed training loss, matrix-vector products by `jax.jvp` /
   `jax.vjp`, solved by conjugate gradient (`jax.scipy.sparse.linalg.cg`), lambda relative to C's
-  mean eigenvalue. Predicted LOO = -I_k.
+  mean eigenvalue and raised until every solve converges. Predicted LOO = -I_k.
 - `tracin`: sum over checkpoints c of lr_c * grad l_t(theta_c) . grad L_k(theta_c).
 - `trak`: projected-gradient scores phi_t^T (Phi^T Phi + lam I)^-1 sum_{n in k} phi_n (1 - p_n) on
   margin features (TRAK's one-step Newton form, with its (1 - p) reweighting).
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Sequence
 
 import jax
@@ -54,7 +53,8 @@ CURVATURES = ("gauss_newton", "hessian")
 
 def influence(apply_fn: Callable, params, X, y, task_ids, X_target, y_target, *, num_tasks: int,
               curvature: str = "gauss_newton", damping: float = 0.1, cg_iters: int = 200, cg_tol: float = 1e-5,
-              num_probes: int = 16, loss_fn: Callable = cross_entropy, batch_size: int = 256, seed: int = 0):
+              max_damping_raises: int = 4, num_probes: int = 16, loss_fn: Callable = cross_entropy,
+              batch_size: int = 256, seed: int = 0, return_info: bool = False):
   """Predicted LOO [K, T] from task-level influence functions: grad L_k^T (C + lambda I)^-1 grad l_t.
 
   `curvature` C of the summed training loss: "gauss_newton" (default) J^T Lambda J, with Lambda the
@@ -64,37 +64,68 @@ def influence(apply_fn: Callable, params, X, y, task_ids, X_target, y_target, *,
   above the most negative one, and its answer hangs on lambda and the iteration count).
   `damping` is RELATIVE: lambda = damping x the curvature's mean eigenvalue, trace(C) / D, from a
   Hutchinson estimate with `num_probes` Rademacher probes, so the same value means the same on
-  any model size or number of examples. Each solve's residual is checked: a relative residual
-  above `cg_tol` gives one warning naming how many tasks did not converge.
+  any model size or number of examples.
+
+  No score comes from an unconverged solve: every task's solve is checked (relative residual
+  ||(C + lambda I) x - g|| / ||g|| <= `cg_tol` within `cg_iters` iterations), and while any fails
+  the damping is raised tenfold (from 0, first to 1e-3) and every task solved again at the new
+  damping (one damping for all tasks, so their scores stay comparable), at most
+  `max_damping_raises` times; if the last still fails, one line says so. A larger damping shrinks
+  the condition number (lambda_max + lambda) / (lambda_min + lambda) towards 1, so CG converges,
+  at the price of scores nearer a plain gradient dot product; the damping finally used is
+  reported. With `return_info`, returns (scores, info): info = {"damping": used,
+  "damping_requested", "damping_raises", "lambda": the absolute lambda, "max_relative_residual",
+  "cg_iters", "cg_tol"} (JSON-able, for a run's summary).
   """
   _checks.choice(curvature, CURVATURES, "curvature")
-  if damping < 0:
-    raise ValueError(f"damping: must be non-negative (a fraction of the mean eigenvalue), got {damping}")
+  damping = _checks.positive_number(damping, "damping", allow_zero=True)
+  cg_iters = _checks.positive_int(cg_iters, "cg_iters")
+  cg_tol = _checks.positive_number(cg_tol, "cg_tol")
+  if isinstance(max_damping_raises, bool) or int(max_damping_raises) != max_damping_raises or max_damping_raises < 0:
+    raise ValueError(f"max_damping_raises: expected a non-negative integer, got {max_damping_raises!r}")
+  num_probes = _checks.positive_int(num_probes, "num_probes")
+  num_tasks = _checks.positive_int(num_tasks, "num_tasks")
   flat, unravel = ravel_pytree(params)
   loss = _flat_loss(apply_fn, unravel, loss_fn)
   X, y = jnp.asarray(X), jnp.asarray(y)
   matvec = _curvature_matvec(curvature, apply_fn, unravel, loss_fn, flat, X, y)
   probes = jax.random.rademacher(jax.random.key(seed), (num_probes, flat.size), dtype=flat.dtype)
-  mean_eig = float(jnp.mean(jax.vmap(lambda v: v @ matvec(v))(probes))) / flat.size
-  lam = damping * abs(mean_eig)
+  mean_eig = abs(float(jnp.mean(jax.vmap(lambda v: v @ matvec(v))(probes))) / flat.size)
+  if not np.isfinite(mean_eig):
+    raise ValueError(f"params: the curvature's mean eigenvalue is {mean_eig} (non-finite parameters or loss)")
 
   @jax.jit
-  def solve(b):
+  def solve(b, x0, lam):
     A = lambda v: matvec(v) + lam * v  # noqa: E731
-    x = jax.scipy.sparse.linalg.cg(A, b, maxiter=cg_iters, tol=cg_tol * 0.1)[0]
+    x = jax.scipy.sparse.linalg.cg(A, b, x0=x0, maxiter=cg_iters, tol=cg_tol * 0.1)[0]
     return x, jnp.linalg.norm(A(x) - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30)
 
   g_K = _task_gradients(loss, flat, X, y, np.asarray(task_ids), num_tasks, batch_size)
-  solved = [solve(g) for g in g_K]
-  Cinv_g = jnp.stack([x for x, _ in solved])                               # [K, D]
-  residuals = np.array([float(r) for _, r in solved])
-  bad = residuals > cg_tol
-  if bad.any():
-    warnings.warn(f"influence: conjugate gradient did not converge for {int(bad.sum())} of {num_tasks} tasks (worst "
-                  f"relative residual {residuals.max():.2g} > {cg_tol:g} after {cg_iters} iterations); raise cg_iters or "
-                  "damping", stacklevel=2)
+  _checks.finite(np.asarray(g_K), "params", row="task", col="parameter", what="task-gradient values")
+  used, Cinv_g = damping, jnp.zeros_like(g_K)
+  for raises in range(int(max_damping_raises) + 1):
+    if raises:
+      used = used * 10.0 if used > 0 else 1e-3
+    lam = jnp.asarray(used * mean_eig, flat.dtype)
+    # Each solve starts from the last damping's answer: the nearest point at hand.
+    solved = [solve(g, x0, lam) for g, x0 in zip(g_K, Cinv_g)]
+    Cinv_g = jnp.stack([x for x, _ in solved])                               # [K, D]
+    residuals = np.array([float(r) for _, r in solved])
+    if np.all(residuals <= cg_tol):      # NaN residuals fail this too
+      break
+  else:
+    bad = ~(residuals <= cg_tol)
+    raise ValueError(f"damping: conjugate gradient did not converge for {int(bad.sum())} of {num_tasks} tasks even at "
+                     f"damping {used:g} ({max_damping_raises} tenfold raises from {damping:g}; worst relative residual "
+                     f"{np.nanmax(residuals):.2g} > cg_tol={cg_tol:g} after cg_iters={cg_iters}); raise cg_iters, "
+                     "damping or max_damping_raises")
   g_T = _per_example_gradients(loss, flat, jnp.asarray(X_target), jnp.asarray(y_target), batch_size)   # [T, D]
-  return np.asarray(Cinv_g @ g_T.T)                                         # = -I_k
+  scores = np.asarray(Cinv_g @ g_T.T)                                       # = -I_k
+  if not return_info:
+    return scores
+  return scores, {"damping": float(used), "damping_requested": float(damping), "damping_raises": int(raises),
+                  "lambda": float(used * mean_eig), "max_relative_residual": float(residuals.max()),
+                  "cg_iters": int(cg_iters), "cg_tol": float(cg_tol)}
 
 
 def _curvature_matvec(curvature, apply_fn, unravel, loss_fn, flat, X, y):

@@ -84,9 +84,10 @@ def _vmapped(fn: Callable, num_shared: int):
 
 
 def _subset_sharding():
-  if jax.device_count() < 2:
+  # This process's devices: in a group of processes (jax.distributed) each maps its own chunks.
+  if jax.local_device_count() < 2:
     return None
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("subsets",))
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("subsets",))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("subsets"))
 
 

@@ -33,7 +33,8 @@ from ksurrogate.features import Features, margin
 
 METHODS = ("newton", "onestep")
 OUTCOMES = ("loss", "margin")
-_STEP_SIZES = jnp.array([1.0, 0.5, 0.25, 0.125, 0.0625, 0.0])
+# numpy, not jnp: a jnp constant would start the JAX backend on import (before jax.distributed can)
+_STEP_SIZES = np.array([1.0, 0.5, 0.25, 0.125, 0.0625, 0.0], np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,10 +163,20 @@ def _check_features(feats, name):
   if phi.ndim != 3 or feats.offsets.shape != phi.shape[:2] or len(feats.labels) != phi.shape[0]:
     raise ValueError(f"{name}: inconsistent shapes phi {phi.shape}, offsets {feats.offsets.shape}, labels {np.shape(feats.labels)}")
   for start in range(0, phi.shape[0], 4096):   # in blocks: phi may be a memmap larger than RAM
-    if not np.all(np.isfinite(np.asarray(phi[start:start + 4096]))):
-      raise ValueError(f"{name}: features contain non-finite values (examples {start}..{start + 4095})")
-  if not np.all(np.isfinite(np.asarray(feats.offsets))):
-    raise ValueError(f"{name}: offsets contain non-finite values")
+    _checks.finite(np.asarray(phi[start:start + 4096]), f"{name}.phi", row="example", col="output", offset=start,
+                   what="feature values")
+  _checks.finite(np.asarray(feats.offsets), f"{name}.offsets", row="example", col="output")
+  _checks.finite(np.asarray(feats.labels), f"{name}.labels", row="example", col="output")
+
+
+def _check_task_ids(task_ids, num_examples: int, num_tasks: int):
+  task_ids = np.asarray(task_ids)
+  if task_ids.shape != (num_examples,) or not np.issubdtype(task_ids.dtype, np.integer):
+    raise ValueError(f"task_ids: expected integer shape ({num_examples},) (one task per training example), got "
+                     f"{task_ids.dtype} {task_ids.shape}")
+  if num_examples and (task_ids.min() < 0 or task_ids.max() >= num_tasks):
+    raise ValueError(f"task_ids: ids must lie in [0, num_tasks={num_tasks}); found {task_ids.min()}..{task_ids.max()}")
+  return task_ids
 
 
 def _check_inputs(train, task_ids, S, target):
@@ -178,6 +189,18 @@ def _check_inputs(train, task_ids, S, target):
   return task_ids, S
 
 
+def _check_stats(stats, K: int, d: int):
+  """User-passed `task_statistics` output: shapes and finiteness."""
+  if not isinstance(stats, (tuple, list)) or len(stats) != 2:
+    raise ValueError("stats: expected the (g [K, d], H [K, d, d]) pair that task_statistics returns")
+  g_K, H_K = np.asarray(stats[0]), np.asarray(stats[1])
+  if g_K.shape != (K, d) or H_K.shape != (K, d, d):
+    raise ValueError(f"stats: expected shapes ({K}, {d}) and ({K}, {d}, {d}), got {g_K.shape} and {H_K.shape}")
+  _checks.finite(g_K, "stats", row="task", col="feature", what="gradient values")
+  _checks.finite(H_K, "stats", row="task", col="feature", what="Hessian values")
+  return g_K, H_K
+
+
 # ----------------------------------------------------------------------------------------------
 # Public API.
 
@@ -185,7 +208,10 @@ def task_statistics(train: Features, task_ids, num_tasks: int, *, loss: OutputLo
                     batch_size: int = 1024):
   """Per-task gradient g [K, d] and Gauss-Newton Hessian H [K, d, d] of the loss at z = 0,
   streamed over example batches (phi may be a memmap)."""
-  task_ids = np.asarray(task_ids)
+  num_tasks = _checks.positive_int(num_tasks, "num_tasks")
+  batch_size = _checks.positive_int(batch_size, "batch_size")
+  _check_features(train, "train")
+  task_ids = _check_task_ids(task_ids, train.num_examples, num_tasks)
   loss = loss or default_loss(train.output)
   g_K = np.zeros((num_tasks, train.dim), np.float64)
   H_K = np.zeros((num_tasks, train.dim, train.dim), np.float64)
@@ -222,8 +248,8 @@ def solve(train: Features, task_ids, S, *, ridge: float, method: str = "onestep"
   fine-tune on the subset's mean loss has; the ridge is then in units of a mean loss). Other
   arguments as `estimate`."""
   _checks.choice(method, METHODS, "method")
-  if not ridge > 0:
-    raise ValueError(f"ridge: must be positive, got {ridge}")
+  ridge = _checks.positive_number(ridge, "ridge")
+  num_iters = _checks.positive_int(num_iters, "num_iters")
   _check_features(train, "train")
   S, task_ids = _checks.subsets_with_tasks(S, task_ids, train.num_examples)
   return _solve(train, task_ids, S, ridge=ridge, method=method, num_iters=num_iters, loss=loss or default_loss(train.output),
@@ -265,15 +291,19 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
   """
   _checks.choice(method, METHODS, "method")
   _checks.choice(outcome, OUTCOMES, "outcome")
-  if not ridge > 0:
-    raise ValueError(f"ridge: must be positive, got {ridge}")
+  ridge = _checks.positive_number(ridge, "ridge")
+  num_iters = _checks.positive_int(num_iters, "num_iters")
+  if chunk_size is not None:
+    chunk_size = _checks.positive_int(chunk_size, "chunk_size")
   loss = loss or default_loss(train.output)
   if outcome == "margin" and train.output not in ("margin", "logits"):
     raise ValueError(f"outcome: 'margin' needs margin or logits features, got output {train.output!r}")
   task_ids, S = _check_inputs(train, task_ids, S, target)
-  m = S.shape[0]
+  m, K = S.shape
+  if stats is not None and method == "onestep":
+    stats = _check_stats(stats, K, train.dim)
   Z = _solve(train, task_ids, S, ridge=ridge, method=method, num_iters=num_iters, loss=loss, mean=mean,
-            chunk_size=chunk_size, stats=stats)
+             chunk_size=chunk_size, stats=stats)
   phi_t, o0_t, y_t = (jnp.asarray(a) for a in (target.phi, target.offsets, target.labels))
   F_hat = np.asarray(batching.chunked_map(
       lambda Z_c: _target_outcomes(jnp.asarray(Z_c), phi_t, o0_t, y_t, loss=loss, outcome=outcome, output=train.output),
@@ -292,15 +322,26 @@ def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, g
   (ridge, {ridge: criterion value}).
   """
   _checks.choice(criterion, ("relative_error", "lds"), "criterion")
+  grid = 10.0 ** np.arange(-3, 4) if grid is None else _checks.grid(grid, "grid")
+  task_ids, S_checked = _check_inputs(train, task_ids, S, target)
+  F_real = _checks.as_outcomes(F_real, S_checked.shape[0], "F_real")
+  if F_real.shape[1] != target.num_examples:
+    raise ValueError(f"F_real: has {F_real.shape[1]} target columns but target holds {target.num_examples} examples")
   if kwargs.get("method", "onestep") == "onestep" and kwargs.get("stats") is None:
-    task_ids, S_checked = _check_inputs(train, task_ids, S, target)   # statistics once for the whole grid
+    # Statistics once for the whole grid.
     kwargs["stats"] = task_statistics(train, task_ids, S_checked.shape[1], loss=kwargs.get("loss"))
-  grid = 10.0 ** np.arange(-3, 4) if grid is None else np.asarray(grid, np.float64)
-  F_real = np.asarray(F_real)
-  score = ((lambda F: metrics.relative_error(F, F_real)["median"]) if criterion == "relative_error"
-           else (lambda F: metrics.lds(F, F_real)))
+  def score(F):
+    # A ridge whose estimates (or the real outcomes) do not vary has no LDS: it cannot be chosen.
+    try:
+      return metrics.relative_error(F, F_real)["median"] if criterion == "relative_error" else metrics.lds(F, F_real)
+    except metrics.Undefined:
+      return float("nan")
+
   table = {float(r): score(estimate(train, task_ids, S, target, ridge=float(r), **kwargs)) for r in grid}
-  finite = [r for r in table if np.isfinite(table[r])] or list(table)
+  finite = [r for r in table if np.isfinite(table[r])]
+  if not finite:
+    raise ValueError(f"grid: the {criterion} criterion is non-finite at every ridge in [{min(table):g}, {max(table):g}] "
+                     "(estimates or real outcomes that do not vary); check F_real and the grid")
   best = (max if criterion == "lds" else min)(finite, key=table.get)
   if len(table) > 1 and best in (min(table), max(table)):
     warnings.warn(f"grid: the best ridge {best:g} lies at the edge of the grid [{min(table):g}, {max(table):g}]; "

@@ -20,8 +20,7 @@ JITTER = 1e-8
 def official_krr(W, F, *, ridge: float) -> KernelSurrogate:
   W = _checks.as_subsets(W, "W")
   F = _checks.as_outcomes(F, W.shape[0])
-  if ridge < 0:
-    raise ValueError(f"ridge: must be non-negative, got {ridge}")
+  ridge = _checks.positive_number(ridge, "ridge", allow_zero=True)
   return solve_kernel(W, F, gamma=1.0 / W.shape[1], ridge=ridge + JITTER, kernel="rbf", center=False)
 
 

@@ -65,10 +65,38 @@ def leave_two_out(num_tasks: int):
   if num_tasks < 2:
     raise ValueError(f"num_tasks: leave-two-out needs at least 2 tasks, got {num_tasks}")
   pairs = np.array(list(itertools.combinations(range(num_tasks), 2)), np.int32)
+  return jnp.asarray(without_pairs(num_tasks, pairs)), jnp.asarray(pairs)
+
+
+def without_pairs(num_tasks: int, pairs) -> np.ndarray:
+  """bool [P, K]: the full set with both tasks of each pair (j, k) dropped (the masks of a second
+  difference F(1) - F(1 - e_j) - F(1 - e_k) + F(1 - e_j - e_k))."""
+  _checks.positive_int(num_tasks, "num_tasks")
+  pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+  if pairs.size and (pairs.min() < 0 or pairs.max() >= num_tasks or np.any(pairs[:, 0] == pairs[:, 1])):
+    raise ValueError(f"pairs: every pair must hold two distinct task ids in [0, {num_tasks}), got {pairs.tolist()}")
   masks = np.ones((len(pairs), num_tasks), bool)
-  masks[np.arange(len(pairs)), pairs[:, 0]] = False
-  masks[np.arange(len(pairs)), pairs[:, 1]] = False
-  return jnp.asarray(masks), jnp.asarray(pairs)
+  masks[np.arange(len(pairs))[:, None], pairs] = False
+  return masks
+
+
+def distinct_bernoulli(key, num_subsets: int, num_tasks: int, p: float = 0.5, *, empty: bool = False,
+                       full: bool = True, max_rounds: int = 64) -> np.ndarray:
+  """`num_subsets` distinct Bernoulli(p) subsets in draw order (bool [n, K]), the empty set left
+  out unless `empty`, the full set unless `full`. Rounds of 2 n + 64 draws (round r from
+  fold_in(key, r)) until enough are found; refused in one line when `max_rounds` do not suffice."""
+  _checks.positive_int(num_subsets, "num_subsets")
+  rows, seen = [], set()
+  for r in range(max_rounds):
+    for row in np.asarray(bernoulli(jax.random.fold_in(key, r), 2 * num_subsets + 64, num_tasks, p)):
+      size = int(row.sum())
+      if (empty or size > 0) and (full or size < num_tasks) and row.tobytes() not in seen:
+        seen.add(row.tobytes())
+        rows.append(row)
+        if len(rows) == num_subsets:
+          return np.stack(rows)
+  raise ValueError(f"num_subsets: only {len(rows)} distinct subsets of {num_tasks} tasks found at p={p} in {max_rounds} "
+                   f"rounds of draws, asked {num_subsets}")
 
 
 def from_ids(ids, num_tasks: int) -> np.ndarray:

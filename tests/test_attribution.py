@@ -102,3 +102,84 @@ def test_suggest_subsets_from_a_given_pool(rng):
   assert float(np.asarray(var)[0]) == pytest.approx(float(np.asarray(kern.predict_variance(fresh)).max()))
   with pytest.raises(ValueError, match="^candidates"):
     ks.suggest_subsets(kern, None, 2, candidates=pool[:, :5])
+
+
+def test_one_task_every_readout_works_or_refuses_in_one_line(rng):
+  """K = 1: the only subsets are {} and {0}. Fitting both needs fixed hyper-parameters (CV cannot
+  train on one subset); the readouts that exist for one task are exact."""
+  S, F = np.array([[0], [1]], bool), np.array([[2.0, 1.0], [0.5, 1.5]])
+  with pytest.raises(ValueError, match="^S: 2 distinct subsets leave 1 per training fold"):
+    ks.fit_kernel(S, F, cv=2)
+  with pytest.raises(ValueError, match="^S: 2 distinct subsets leave 1 per training fold"):
+    ks.fit_linear(S, F, cv=2)
+  with pytest.warns(UserWarning, match="^S: only 2 distinct subsets"):
+    kern = ks.fit_kernel(S, F, gamma=1.0, ridge=1e-8)
+  with pytest.warns(UserWarning, match="^S: only 2 distinct subsets"):
+    lin = ks.fit_linear(S, F, ridge=0.0)
+  for g in (kern, lin):
+    np.testing.assert_allclose(np.asarray(ks.predicted_loo(g)), (F[0] - F[1])[None], atol=1e-6)   # g({}) - g({0})
+    values, se = ks.shapley(g, None, jax.random.key(0), 8)
+    np.testing.assert_allclose(np.asarray(values), (F[1] - F[0])[None], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(se), 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="^surrogate: pairwise interactions need at least 2 tasks; this one has K=1$"):
+      ks.interactions(g)
+  with pytest.raises(ValueError, match="^n: all 2 subsets of K=1 tasks are fitted already; none is left to suggest"):
+    ks.suggest_subsets(kern, jax.random.key(0), 1)
+
+
+def test_two_tasks_every_readout_is_exact_on_the_full_design():
+  """K = 2: all 4 subsets fitted (cv=2 keeps 2 per training fold); with a tiny ridge the kernel
+  surrogate reproduces the table, so the readouts equal their definitions on it."""
+  S = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], bool)
+  F = np.array([[3.0], [2.0], [1.5], [0.0]])       # interaction: 3 - 2 - 1.5 + 0 = -0.5
+  assert ks.fit_kernel(S, F, cv=2).cv_scores.shape == (9, 9)
+  assert ks.fit_linear(S, F, cv=2).cv_scores.shape == (9,)
+  g = ks.fit_kernel(S, F, gamma=1.0, ridge=1e-9)
+  np.testing.assert_allclose(np.asarray(g.predict(S)), F, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(ks.predicted_loo(g))[:, 0], [2.0 - 0.0, 1.5 - 0.0], atol=1e-6)
+  inter = np.asarray(ks.interactions(g))[:, :, 0]
+  np.testing.assert_allclose(inter, [[0.0, -0.5], [-0.5, 0.0]], atol=1e-6)
+  values, _ = ks.shapley(g, None, jax.random.key(0), 64)
+  # Exact Shapley of the 2-player game: each task's marginal averaged over the two orders.
+  np.testing.assert_allclose(np.asarray(values)[:, 0], [0.5 * ((1.5 - 3) + (0 - 2)), 0.5 * ((2 - 3) + (0 - 1.5))],
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="^n: all 4 subsets of K=2 tasks are fitted already"):
+    ks.suggest_subsets(g, jax.random.key(0), 1)
+  three = ks.fit_kernel(S[:3], F[:3], gamma=1.0, ridge=1e-3)
+  picked, _ = ks.suggest_subsets(three, jax.random.key(0), 1)      # the one subset left: {0, 1}
+  np.testing.assert_array_equal(np.asarray(picked), [[True, True]])
+  with pytest.raises(ValueError, match="^n: only 1 of the 4 subsets of K=2 tasks are not fitted yet, fewer than n=2; "
+                                       "ask for at most 1"):
+    ks.suggest_subsets(three, jax.random.key(0), 2)
+
+
+def test_suggest_subsets_says_which_limit_was_hit(rng):
+  S = np.unique(np.asarray(ks.subsets.fixed_size(jax.random.key(0), 30, 10, 7)), axis=0)
+  kern = ks.fit_kernel(S, S @ rng.normal(size=(10, 2)))
+  # C(10, 7) = 120 subsets of the design's size exist; only a few draws were made.
+  with pytest.raises(ValueError, match=r"^num_candidates: 5 draws gave \d new distinct subsets, fewer than n=20; raise "
+                                       rf"num_candidates \({120 - len(S)} new subsets of size 7 exist\)$"):
+    ks.suggest_subsets(kern, jax.random.key(1), 20, num_candidates=5)
+  with pytest.raises(ValueError, match=rf"^n: only {120 - len(S)} of the 120 subsets of size 7 of K=10 tasks"):
+    ks.suggest_subsets(kern, jax.random.key(1), 200)
+  with pytest.raises(ValueError, match="^candidates: only 0 of the 3 given are distinct subsets not fitted yet"):
+    ks.suggest_subsets(kern, None, 1, candidates=S[:3])
+  with pytest.raises(ValueError, match="^candidates: indicator matrix must be binary"):
+    ks.suggest_subsets(kern, None, 1, candidates=np.full((3, 10), np.nan))
+  with pytest.raises(ValueError, match="^num_candidates: expected a positive integer"):
+    ks.suggest_subsets(kern, jax.random.key(1), 1, num_candidates=0)
+
+
+def test_readouts_refuse_a_surrogate_that_predicts_nan(rng):
+  S = np.unique(rng.random((20, 4)) < 0.5, axis=0)
+  g = ks.fit_kernel(S, rng.normal(size=(len(S), 2)), gamma=0.3, ridge=0.1)
+  alpha = np.array(g.alpha)
+  alpha[0, 1] = np.nan
+  broken = g.replace(alpha=alpha)
+  with pytest.raises(ValueError, match=r"^surrogate: 4 non-finite predicted leave-one-out values \(first nan at task 0\) "
+                                       "in tasks 0, 1, 2, 3; targets 1$"):
+    ks.predicted_loo(broken)
+  with pytest.raises(ValueError, match="^surrogate: .* non-finite pairwise interactions"):
+    ks.interactions(broken)
+  with pytest.raises(ValueError, match="^surrogate: .* non-finite Shapley values"):
+    ks.shapley(broken, None, jax.random.key(0), 8)

@@ -18,9 +18,10 @@ def test_fit_rejects_bad_inputs(fit, good):
   cases = [
       ((S[:-1], F), "^F: .*rows must match"),
       ((S.astype(int) * 2, F), "^S: .*binary"),
-      ((S, np.where(np.arange(F.size).reshape(F.shape) == 4, np.nan, F)), "^F: .*non-finite"),
-      ((S, np.where(np.arange(F.size).reshape(F.shape) == 4, np.inf, F)), "^F: .*non-finite"),
-      ((S[:3], F[:3]), "^S: .*fewer than cv"),
+      ((S, np.where(np.arange(F.size).reshape(F.shape) == 4, np.nan, F)),
+       r"^F: 1 non-finite values \(first nan at subset 1\) in subsets 1; targets 1$"),
+      ((S, np.where(np.arange(F.size).reshape(F.shape) == 4, np.inf, F)), "^F: 1 non-finite values .*subsets 1;"),
+      ((S[:3], F[:3]), "^cv: 5 folds exceed the 3 distinct subsets"),
       ((S, np.c_[F, np.ones(len(F))]), "^F: target 3 has zero variance"),
       ((S[0], F), "^S: expected a 2-d"),
   ]
@@ -46,6 +47,69 @@ def test_unknown_kernel_and_options(good):
     ks.fit_kernel(S, F, num_inducing=10_000)
   with pytest.raises(ValueError, match="^ridge"):
     ks.fit_kernel(S, F, ridge=-1.0)
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    (dict(cv=0), "^cv: expected an integer number of folds >= 2, got 0$"),
+    (dict(cv=1), "^cv: expected an integer"),
+    (dict(cv=-3), "^cv: expected an integer"),
+    (dict(cv=2.5), "^cv: expected an integer"),
+    (dict(cv=None), "^cv: expected an integer"),
+    (dict(cv=100), "^cv: 100 folds exceed the 2[0-9] distinct subsets"),
+    (dict(ridge=float("nan")), "^ridge: must be finite and positive, got nan$"),
+    (dict(ridge=float("inf")), "^ridge: must be finite and positive"),
+    (dict(ridge=0.0), "^ridge: must be finite and positive"),
+    (dict(gamma=float("nan")), "^gamma: must be finite and positive"),
+    (dict(gamma=-1.0), "^gamma: must be finite and positive"),
+    (dict(ridge_grid=[1.0, 0.0]), "^ridge_grid: entry 1 is 0.0; every entry must be finite and positive$"),
+    (dict(ridge_grid=[1.0, float("nan")]), "^ridge_grid: entry 1 is nan"),
+    (dict(ridge_grid=[]), "^ridge_grid: expected a non-empty"),
+    (dict(gamma_grid=[1.0, float("inf")]), "^gamma_grid: entry 1 is inf"),
+    (dict(gamma_grid=[1.0, -2.0]), "^gamma_grid: entry 1 is -2.0"),
+    (dict(num_inducing="many"), "^num_inducing: expected 'auto', None or a positive integer"),
+    (dict(num_inducing=0), "^num_inducing: expected a positive integer"),
+    (dict(memory_budget=float("nan")), "^memory_budget: must be finite and positive"),
+    (dict(memory_budget=-1), "^memory_budget: must be finite and positive"),
+    (dict(kernel="polynomial", degree=0), "^degree: expected a positive integer"),
+])
+def test_fit_kernel_settings_one_line(good, kw, pattern):
+  S, F = good
+  with pytest.raises(ValueError, match=pattern):
+    ks.fit_kernel(S, F, **kw)
+
+
+@pytest.mark.parametrize("kw,pattern", [
+    (dict(cv=0), "^cv: expected an integer"),
+    (dict(ridge=float("nan")), "^ridge: must be finite and non-negative, got nan$"),
+    (dict(ridge=float("inf")), "^ridge: must be finite and non-negative"),
+    (dict(ridge=-1.0), "^ridge: must be finite and non-negative"),
+    (dict(ridge_grid=[1.0, -1.0]), "^ridge_grid: entry 1 is -1.0; every entry must be finite and non-negative$"),
+    (dict(ridge_grid=[1.0, float("nan")]), "^ridge_grid: entry 1 is nan"),
+])
+def test_fit_linear_settings_one_line(good, kw, pattern):
+  S, F = good
+  with pytest.raises(ValueError, match=pattern):
+    ks.fit_linear(S, F, **kw)
+
+
+def test_linear_ridge_zero_is_least_squares_and_single_grid_entry_skips_cv(good):
+  S, F = good
+  a = ks.fit_linear(S, F, ridge=0.0)
+  b = ks.fit_linear(S, F, ridge_grid=[0.0])
+  np.testing.assert_allclose(np.asarray(a.coef), np.asarray(b.coef))
+  assert b.cv_scores is None
+
+
+def test_parity_recipes_refuse_non_finite(good):
+  S, F = good
+  F_bad = F.copy()
+  F_bad[[2, 5], 0] = np.nan
+  with pytest.raises(ValueError, match=r"^F: 2 non-finite values \(first nan at subset 2\) in subsets 2, 5; targets 0$"):
+    ks.parity.official_krr(S, F_bad, ridge=0.1)
+  with pytest.raises(ValueError, match="^F: 2 non-finite"):
+    ks.parity.official_lstsq(S, F_bad)
+  with pytest.raises(ValueError, match="^ridge: must be finite"):
+    ks.parity.official_krr(S, F, ridge=float("nan"))
 
 
 def test_k_mismatch_on_predict_and_readouts(good):

@@ -60,8 +60,64 @@ def test_gauss_newton_influence_matches_the_dense_solve_on_a_non_convex_model():
   g_T = np.stack([np.asarray(jax.grad(total)(flat, Xt[i:i + 1], yt[i:i + 1])) for i in range(6)])
   expect = g_K @ np.linalg.solve(G + lam * np.eye(flat.size), g_T.T)
   np.testing.assert_allclose(got, expect, rtol=3e-2, atol=3e-3 * np.abs(expect).max())
-  with pytest.warns(UserWarning, match="^influence: conjugate gradient did not converge"):
-    baselines.influence(mlp, params, X, y, tasks, Xt, yt, num_tasks=5, damping=1e-6, cg_iters=2)
+
+
+def _cg(A, b, x, iters):
+  """Plain conjugate gradient in float64 from x, the textbook recurrence jax.scipy's cg follows."""
+  r = b - A @ x
+  p = r.copy()
+  for _ in range(iters):
+    a = r @ r / (p @ A @ p)
+    x, r_new = x + a * p, r - a * (A @ p)
+    p, r = r_new + (r_new @ r_new) / (r @ r) * p, r_new
+  return x
+
+
+def test_influence_raises_damping_until_every_solve_converges():
+  params, X, y, Xt, yt, tasks = _setup()
+  X = X * np.array([4.0, 1.0, 1.0], np.float32)       # spread the curvature's eigenvalues
+  scores, info = baselines.influence(logreg, params, X, y, tasks, Xt, yt, num_tasks=4, damping=0.01, cg_iters=4,
+                                     cg_tol=1e-3, return_info=True)
+  # Replay the same solves densely in float64: 4 CG iterations from the previous damping's answer.
+  flat, unravel = ravel_pytree(params)
+  total = lambda f, X_, y_: jnp.sum(cross_entropy(logreg(unravel(f), X_), y_))  # noqa: E731
+  G = np.asarray(jax.hessian(total)(flat, X, y), np.float64)
+  g_K = np.stack([np.asarray(jax.grad(total)(flat, X[tasks == k], y[tasks == k]), np.float64) for k in range(4)])
+  mean_eig = info["lambda"] / info["damping"]          # Hutchinson's estimate, as used
+  x, worst = np.zeros_like(g_K), []
+  for d in (0.01, 0.1, 1.0, 10.0):
+    A = G + d * mean_eig * np.eye(len(G))
+    x = np.stack([_cg(A, g, x0, 4) for g, x0 in zip(g_K, x)])
+    worst.append(max(np.linalg.norm(g - A @ xk) / np.linalg.norm(g) for g, xk in zip(g_K, x)))
+  assert min(worst[:3]) > 2e-3 and worst[3] < 1e-4    # the first three dampings cannot converge in 4 iterations
+  assert info["damping_requested"] == 0.01 and info["damping_raises"] == 3 and info["damping"] == pytest.approx(10.0)
+  assert info["max_relative_residual"] <= 1e-3 and info["cg_iters"] == 4
+  g_T = np.stack([np.asarray(jax.grad(total)(flat, Xt[i:i + 1], yt[i:i + 1])) for i in range(5)])
+  expect = g_K @ np.linalg.solve(G + info["lambda"] * np.eye(len(G)), g_T.T)
+  np.testing.assert_allclose(scores, expect, rtol=1e-3, atol=1e-5 * np.abs(expect).max())
+  # Converged at the first damping: nothing raised, and the plain call still returns the scores alone.
+  plain = baselines.influence(logreg, params, X, y, tasks, Xt, yt, num_tasks=4, damping=10.0, cg_iters=4, cg_tol=1e-3)
+  _, info10 = baselines.influence(logreg, params, X, y, tasks, Xt, yt, num_tasks=4, damping=10.0, cg_iters=4,
+                                  cg_tol=1e-3, return_info=True)
+  assert info10["damping_raises"] == 0 and info10["damping"] == 10.0
+  np.testing.assert_allclose(plain, expect, rtol=1e-3, atol=1e-5 * np.abs(expect).max())
+  with pytest.raises(ValueError, match=r"^damping: conjugate gradient did not converge for \d of 4 tasks even at "
+                                       r"damping 1 \(2 tenfold raises from 0.01"):
+    baselines.influence(logreg, params, X, y, tasks, Xt, yt, num_tasks=4, damping=0.01, cg_iters=4, cg_tol=1e-3,
+                        max_damping_raises=2)
+
+
+def test_influence_bad_settings_one_line():
+  params, X, y, Xt, yt, tasks = _setup()
+  run = lambda **kw: baselines.influence(logreg, params, X, y, tasks, Xt, yt, num_tasks=4, **kw)  # noqa: E731
+  for kw, pattern in [(dict(damping=float("nan")), "^damping: must be finite"), (dict(damping=-1.0), "^damping"),
+                      (dict(cg_iters=0), "^cg_iters"), (dict(cg_tol=0.0), "^cg_tol"),
+                      (dict(max_damping_raises=-1), "^max_damping_raises"), (dict(curvature="fisher"), "^curvature")]:
+    with pytest.raises(ValueError, match=pattern):
+      run(**kw)
+  nan_params = {"w": params["w"] * np.nan, "b": params["b"]}
+  with pytest.raises(ValueError, match="^params: "):
+    baselines.influence(logreg, nan_params, X, y, tasks, Xt, yt, num_tasks=4)
 
 
 def test_tracin_is_lr_weighted_gradient_dot_products():

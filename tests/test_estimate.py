@@ -121,7 +121,7 @@ def test_bad_inputs():
     ks.estimate(train, task_ids, np.array([[1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], bool), target, ridge=1.0)
   bad = features.Features(phi=np.where(np.arange(train.phi.size).reshape(train.phi.shape) == 5, np.nan, train.phi),
                           offsets=train.offsets, labels=train.labels, output="logits")
-  with pytest.raises(ValueError, match="^train: features contain non-finite"):
+  with pytest.raises(ValueError, match=r"^train.phi: 1 non-finite feature values \(first nan at example 0\)"):
     ks.estimate(bad, task_ids, S, target, ridge=1.0)
   small = features.Features(phi=target.phi[..., :4], offsets=target.offsets, labels=target.labels, output="logits")
   with pytest.raises(ValueError, match="^target: features"):
@@ -271,3 +271,59 @@ def test_mean_objective_is_the_sum_at_a_ridge_scaled_by_subset_size():
       z_sum = ks.solve(train, task_ids, S[i:i + 1], ridge=0.01 * n_S[i], method=method, num_iters=20)
       np.testing.assert_allclose(z_mean[i], z_sum[0], rtol=1e-3, atol=1e-5)
     assert not np.allclose(z_mean[0], ks.solve(train, task_ids, S[:1], ridge=0.01, method=method, num_iters=20)[0])
+
+
+def test_calibrate_ridge_refuses_non_finite_real_outcomes_in_one_line():
+  train, target, task_ids = _random_features(2)
+  S = np.asarray(ks.subsets.fixed_size(jax.random.key(1), 6, 5, 4))
+  truth = ks.estimate(train, task_ids, S, target, ridge=3.0)
+  bad = truth.copy()
+  bad[[1, 4], 2] = np.nan
+  # It used to return ridge 0.001 from an all-NaN table with one "edge of the grid" warning.
+  with pytest.raises(ValueError, match=r"^F_real: 2 non-finite values \(first nan at subset 1\) in subsets 1, 4; "
+                                       r"targets 2$"):
+    ks.calibrate_ridge(train, task_ids, target, S, bad)
+  with pytest.raises(ValueError, match="^F_real: has 5 rows but S has 6 subsets"):
+    ks.calibrate_ridge(train, task_ids, target, S, truth[:5])
+  with pytest.raises(ValueError, match="^F_real: has 6 target columns but target holds 7 examples"):
+    ks.calibrate_ridge(train, task_ids, target, S, truth[:, :6])
+  for grid, pattern in [([1.0, np.nan], "^grid: entry 1 is nan"), ([0.0, 1.0], "^grid: entry 0 is 0.0"), ([], "^grid")]:
+    with pytest.raises(ValueError, match=pattern):
+      ks.calibrate_ridge(train, task_ids, target, S, truth, grid=grid)
+  # Real outcomes that do not vary: the LDS is undefined at every ridge, so no ridge can be chosen.
+  with pytest.raises(ValueError, match="^grid: the lds criterion is non-finite at every ridge"):
+    ks.calibrate_ridge(train, task_ids, target, S, np.ones_like(truth), criterion="lds", grid=[1.0, 10.0])
+
+
+def test_estimate_and_statistics_name_the_non_finite_rows():
+  train, target, task_ids = _random_features()
+  S = np.ones((2, 5), bool)
+  phi = np.array(train.phi)
+  phi[[3, 17], 1, 0] = np.inf
+  bad = features.Features(phi=phi, offsets=train.offsets, labels=train.labels, output="logits")
+  pattern = r"^train.phi: 2 non-finite feature values \(first inf at example 3\) in examples 3, 17; outputs 1$"
+  with pytest.raises(ValueError, match=pattern):
+    ks.estimate(bad, task_ids, S, target, ridge=1.0)
+  with pytest.raises(ValueError, match=pattern):
+    ks.task_statistics(bad, task_ids, 5)
+  offsets = np.array(target.offsets)
+  offsets[4, 0] = np.nan
+  bad_t = features.Features(phi=target.phi, offsets=offsets, labels=target.labels, output="logits")
+  with pytest.raises(ValueError, match=r"^target.offsets: 1 non-finite values \(first nan at example 4\) in examples 4; "
+                                       "outputs 0$"):
+    ks.estimate(train, task_ids, S, bad_t, ridge=1.0)
+  with pytest.raises(ValueError, match="^ridge: must be finite and positive, got inf$"):
+    ks.estimate(train, task_ids, S, target, ridge=float("inf"))
+  with pytest.raises(ValueError, match="^ridge: must be finite and positive, got nan$"):
+    ks.estimate(train, task_ids, S, target, ridge=float("nan"))
+  with pytest.raises(ValueError, match="^task_ids: ids must lie in"):
+    ks.task_statistics(train, task_ids, 3)
+  with pytest.raises(ValueError, match="^num_tasks: expected a positive integer"):
+    ks.task_statistics(train, task_ids, 0)
+  g_K, H_K = ks.task_statistics(train, task_ids, 5)
+  g_bad = g_K.copy()
+  g_bad[2, 0] = np.nan
+  with pytest.raises(ValueError, match=r"^stats: 1 non-finite gradient values \(first nan at task 2\)"):
+    ks.estimate(train, task_ids, S, target, ridge=1.0, stats=(g_bad, H_K))
+  with pytest.raises(ValueError, match="^stats: expected shapes"):
+    ks.estimate(train, task_ids, S, target, ridge=1.0, stats=(g_K[:4], H_K))

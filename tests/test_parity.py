@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from experiments import reference
+from experiments.reference import config as reference_config
+from experiments.reference import pipeline as reference_pipeline
 from ksurrogate import metrics
 from ksurrogate import parity
 
@@ -17,7 +18,7 @@ EXPECTED_COIN_STD = (0.055, 0.044, 0.067, 0.305)
 
 @pytest.fixture(scope="module")
 def problems():
-  return {p.name: p for p in reference.problems(reference.get_config())}
+  return {p.name: p for p in reference_pipeline.problems(reference_config.get_config())}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -25,7 +26,7 @@ def test_official_recipe_matches_reference_table(problems, name):
   p = problems[name]
   rows = []
   for fit, test in p.splits:
-    krr = parity.official_krr(p.W[fit], p.F[fit], ridge=reference.OFFICIAL_RIDGE[name])
+    krr = parity.official_krr(p.W[fit], p.F[fit], ridge=reference_config.OFFICIAL_RIDGE[name])
     lsq = parity.official_lstsq(p.W[fit], p.F[fit])
     row = []
     for s in (krr, lsq):

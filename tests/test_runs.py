@@ -1,4 +1,4 @@
-"""ksurrogate.runs: phases keyed by what they read, resumable chunked outcomes, damage repair, lock."""
+"""ksurrogate.harness.runs: phases keyed by what they read, resumable chunked outcomes, damage repair, lock."""
 import dataclasses
 import json
 import os
@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ksurrogate import runs
+from ksurrogate.harness import runs
 
 
 def _config():
@@ -21,6 +21,7 @@ def _config():
   return c
 
 
+@runs.stored("test.model")
 @flax.struct.dataclass
 class Model:
   weights: dict
@@ -132,7 +133,7 @@ def test_deleted_result_file_recomputes_the_phase(tmp_path, capsys):
 
 def test_second_run_on_the_same_workdir_is_refused(tmp_path):
   holder = subprocess.Popen([sys.executable, "-c", (
-      "import sys, time; from ksurrogate import runs\n"
+      "import sys, time; from ksurrogate.harness import runs\n"
       f"r = runs.Run({str(tmp_path)!r}).__enter__(); print('locked', flush=True); time.sleep(60)")],
       stdout=subprocess.PIPE, text=True)
   try:
@@ -160,7 +161,7 @@ def test_bad_workdirs_are_refused_before_anything_runs(tmp_path):
 
 
 def test_stored_files_follow_the_umask(tmp_path):
-  from ksurrogate import store
+  from ksurrogate.harness import store
   old = os.umask(0o022)
   try:
     store.save_json(tmp_path / "a.json", {"x": 1})
@@ -171,8 +172,14 @@ def test_stored_files_follow_the_umask(tmp_path):
   assert (tmp_path / "a.npz").stat().st_mode & 0o777 == 0o644
 
 
+@runs.stored("test.holder")
 @dataclasses.dataclass
 class _Holder:
+  x: int
+
+
+@dataclasses.dataclass
+class _Unregistered:
   x: int
 
 
@@ -181,6 +188,39 @@ def test_a_phase_must_return_a_storable_result(tmp_path):
     with pytest.raises(TypeError, match="^result: a stored phase must return a dataclass or a dict"):
       run.phase("p", lambda c: [1, 2], _config())
     assert run.phase("q", lambda c: _Holder(c.seed), _config()) == _Holder(0)
+    with pytest.raises(TypeError, match="^result: _Unregistered is not registered for storage; decorate it with "
+                                        "@runs.stored"):
+      run.phase("r", lambda c: _Unregistered(c.seed), _config())
+  assert json.loads((tmp_path / "q" / "record.json").read_text())["type"] == "test.holder"
+  with pytest.raises(ValueError, match="^name: 'test.holder' is already the stored name of"):
+    runs.stored("test.holder")(_Unregistered)
+
+
+def test_records_are_keyed_by_stable_names_not_python_paths(tmp_path, capsys):
+  """A record names its type by the stable name: a class moved or renamed in the code keeps its
+  records; a record of the code before stable names (module:qualname) is mapped to the class
+  with that qualified name now and re-keyed once; a type no class has now is recomputed."""
+  c = _config()
+  _run_all(tmp_path, c)
+  path = tmp_path / "model" / "record.json"
+  record = json.loads(path.read_text())
+  assert record["type"] == "test.model"
+  record["type"] = f"{Model.__module__}:{Model.__qualname__}"          # as the code before stable names wrote it
+  path.write_text(json.dumps(runs._seal(record)))
+  CALLS.clear()
+  messages = []
+  model, *_ = _run_all(tmp_path, c, log=messages.append)
+  assert CALLS == [] and isinstance(model, Model)                       # mapped, not recomputed
+  assert any("model: its record named its result type" in m and "re-keyed as 'test.model'" in m for m in messages)
+  assert json.loads(path.read_text())["type"] == "test.model"
+  record = json.loads(path.read_text())
+  record["type"] = "some.module:Gone"                                    # a class that no longer exists
+  path.write_text(json.dumps(runs._seal(record)))
+  CALLS.clear()
+  _run_all(tmp_path, c)
+  assert CALLS[:1] == ["model"]
+  assert ("WARNING: model: it holds a result stored as 'some.module:Gone', a type no registered result has now; "
+          "recomputing it") in capsys.readouterr().err
 
 
 def test_a_recomputed_input_recomputes_what_was_computed_from_it(tmp_path):

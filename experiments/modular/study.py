@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 import time
 
 import flax.struct
@@ -31,8 +30,11 @@ import jax
 import numpy as np
 
 import ksurrogate as ks
-from experiments.modular import pipeline as P
-from ksurrogate import driver, metrics, report, runs
+from experiments.modular import pipeline
+from experiments.modular import regime
+from ksurrogate import families as families_lib
+from ksurrogate import metrics
+from ksurrogate.harness import driver, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +47,7 @@ class StudyDesign:
 
   @property
   def S_pairs(self) -> np.ndarray:
-    S = np.ones((len(self.pairs), self.K), bool)
-    S[np.arange(len(self.pairs))[:, None], self.pairs] = False
-    return S
+    return ks.subsets.without_pairs(self.K, self.pairs)
 
 
 def cells(c) -> list[tuple[float, int]]:
@@ -68,23 +68,11 @@ def pool_size(c, rate: float) -> int:
   return max(ms) + st.num_heldout
 
 
-def distinct_bernoulli(key, n: int, K: int, rate: float) -> np.ndarray:
-  """n distinct Bernoulli(rate) subsets in draw order, without the empty and the full set."""
-  rows, seen = [], set()
-  for i in range(64):
-    for r in np.asarray(ks.subsets.bernoulli(jax.random.fold_in(key, i), 4 * n, K, rate)):
-      if 0 < r.sum() < K and r.tobytes() not in seen:
-        seen.add(r.tobytes())
-        rows.append(r)
-    if len(rows) >= n:
-      return np.stack(rows[:n])
-  raise ValueError(f"study.rates: cannot draw {n} distinct subsets of {K} tasks at rate {rate}")
-
-
-def study_design(c, s: P.Setup) -> StudyDesign:
+def study_design(c, s: pipeline.Setup) -> StudyDesign:
   K, st = s.K, c.study
   rates = tuple(float(r) for r in st.rates)
-  pools = tuple(distinct_bernoulli(jax.random.key(c.seed + 20 + i), pool_size(c, r), K, r) for i, r in enumerate(rates))
+  pools = tuple(ks.subsets.distinct_bernoulli(jax.random.key(c.seed + 20 + i), pool_size(c, r), K, r, full=False)
+                for i, r in enumerate(rates))
   S_est = tuple(np.asarray(ks.subsets.bernoulli(jax.random.key(c.seed + 40 + i), st.num_estimated, K, r))
                 for i, r in enumerate(rates))
   rng = np.random.default_rng(c.seed + 60)
@@ -93,6 +81,7 @@ def study_design(c, s: P.Setup) -> StudyDesign:
   return StudyDesign(rates, pools, S_est, pairs, K)
 
 
+@runs.stored("modular.study_estimates")
 @flax.struct.dataclass
 class StudyEstimates:
   F: tuple              # per rate: [num_estimated, T] estimated outcomes
@@ -100,7 +89,8 @@ class StudyEstimates:
   seconds: np.ndarray   # per rate: estimator wall time
 
 
-def estimate_pools(c, s: P.Setup, sd: StudyDesign, fs: P.FeatureSet, pools: list, tg: P.Targets) -> StudyEstimates:
+def estimate_pools(c, s: pipeline.Setup, sd: StudyDesign, fs: pipeline.FeatureSet, pools: list,
+                   tg: pipeline.Targets) -> StudyEstimates:
   """Estimated outcomes of every rate's S_est; each rate's ridge is the best LDS against the exact
   retrains of the rows every cell of that rate fits on (never held-out rows or LOO)."""
   e, keep, task = c.estimate, tg.keep, s.d.task_train
@@ -108,7 +98,7 @@ def estimate_pools(c, s: P.Setup, sd: StudyDesign, fs: P.FeatureSet, pools: list
   kept = fs.target_rows(keep)
   # the study estimates retrains from scratch, calibrated against them: the ridge minimizer, not a
   # replay of the fine-tuning from theta0 ("replay" falls back to onestep here)
-  method = "newton" if e.method == "newton" else "onestep"
+  method = "newton" if e.solver == "newton" else "onestep"
   est = dict(method=method, stats=ks.task_statistics(train_f, task, sd.K)) if method == "onestep" else dict(method=method)
   grid = 10.0 ** np.arange(-1.0, 8.0)
   Fs, ridges, seconds = [], [], []
@@ -134,10 +124,12 @@ def interactions_exact(truths: list, pairs_out: list, sd: StudyDesign, keep) -> 
   return np.stack(rows)
 
 
-def active_sampling(c, sd: StudyDesign, pool: dict, loo_true, keep) -> dict:
-  """Pool-based active sampling at the budget rate, over study.active_seeds draws: kernel surrogate
-  on base + suggested vs base + random, scored on the pool's held-out rows and the LOO truth."""
+def active_sampling(c, sd: StudyDesign, pool: dict, loo_true, keep, families) -> dict:
+  """Pool-based active sampling at the budget rate, over study.active_seeds draws: the first
+  family whose surrogate declares a posterior variance (the MSE-CV kernel) on base + suggested vs
+  base + random, scored on the pool's held-out rows and the LOO truth."""
   st = c.study
+  family = next(f for f in families(c, "active_sampling") if f.kind == "kernel")
   S, F = sd.pools[sd.rates.index(float(st.budget_rate))], pool["F"][:, keep]
   n = len(S) - st.num_heldout
   held = np.arange(n, len(S))
@@ -146,57 +138,62 @@ def active_sampling(c, sd: StudyDesign, pool: dict, loo_true, keep) -> dict:
     rng = np.random.default_rng(c.seed + 80 + a)
     order = rng.permutation(n)
     base, rest = order[:st.active_base], order[st.active_base:]
-    kern = ks.fit_kernel(S[base], F[base], cv=c.surrogates.cv)
+    (kern,) = families_lib.fit_all([family], {"base": (S[base], F[base])}).values()
+    if "variance" not in families_lib.readouts(kern):
+      raise ValueError(f"surrogates.families: active sampling needs a kernel family with a posterior variance; "
+                       f"{family.name!r} declares {families_lib.readouts(kern)}")
     picked, _ = ks.suggest_subsets(kern, None, st.active_more, candidates=S[rest])
     index = {r.tobytes(): i for i, r in zip(rest, S[rest])}
     chosen = {"random": rest[:st.active_more],
               "suggested": np.array([index[r.tobytes()] for r in np.asarray(picked).astype(S.dtype)])}
     for arm, more in chosen.items():
       rows_ = np.concatenate([base, more])
-      g = ks.fit_kernel(S[rows_], F[rows_], cv=c.surrogates.cv)
+      (g,) = families_lib.fit_all([family], {arm: (S[rows_], F[rows_])}).values()
       loo = np.asarray(ks.predicted_loo(g))
-      rows[arm].append({"lds": metrics.lds(np.asarray(g.predict(S[held])), F[held]),
-                        **{f"loo_{k}": v for k, v in metrics.loo_correlation(loo, loo_true).items()}})
+      why = {}   # an undefined score (metrics.Undefined) is left out of the means, counted below
+      lds = metrics.attempt(why, "lds", metrics.lds, np.asarray(g.predict(S[held])), F[held])
+      corr = metrics.attempt(why, "loo", metrics.loo_correlation, loo, loo_true) or {}
+      rows[arm].append({"lds": lds, **{f"loo_{k}": corr.get(k) for k in driver.CORRELATIONS}})
   out = {}
   for arm, rs in rows.items():
     for k in rs[0]:
-      vals = [r[k] for r in rs]
-      out.setdefault(arm, {})[k] = float(np.mean(vals))
-      out[arm][f"{k}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
-      out[arm][f"{k}_per_seed"] = [float(v) for v in vals]
-  out["setting"] = {"rate": float(st.budget_rate), "base": int(st.active_base), "more": int(st.active_more),
-                    "candidates": int(n - st.active_base), "seeds": int(st.active_seeds), "heldout": int(st.num_heldout)}
+      vals = [r[k] for r in rs if r[k] is not None]
+      out.setdefault(arm, {})[k] = float(np.mean(vals)) if vals else None
+      out[arm][f"{k}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+      out[arm][f"{k}_per_seed"] = [None if r[k] is None else float(r[k]) for r in rs]
+  out["setting"] = {"family": family.name, "rate": float(st.budget_rate), "base": int(st.active_base),
+                    "more": int(st.active_more), "candidates": int(n - st.active_base), "seeds": int(st.active_seeds),
+                    "heldout": int(st.num_heldout)}
   return out
 
 
-def problems(config, run: runs.Run):
+def problems(config, run: runs.Run, families):
+  """One driver Problem per cell, after one `driver.Across` entry with the study-wide readouts."""
   c, st = config, config.study
-  s = run.phase("setup", P.setup, c, store=False)
-  dsg = run.phase("design", P.design, c, s, store=False)
+  s = run.phase("setup", pipeline.setup, c, store=False)
+  dsg = run.phase("design", pipeline.design, c, s, store=False)
   sd = run.phase("study_design", study_design, c, s, store=False)
-  th = run.phase("theta0", P.theta0, c, s)
-  cs = c.train.chunk_size
-  truths = P.truth_retrains(c, run, s, dsg)
-  pools = [run.outcomes(f"pool_p{r:g}", P.retrain_chunk, c, S, s, chunk_size=cs) for r, S in zip(sd.rates, sd.pools)]
-  pairs_out = [run.outcomes(f"pairs_seed{r}", functools.partial(P.retrain_chunk, train_seed=r), c, sd.S_pairs, s,
-                            chunk_size=cs) for r in range(c.truth.seeds)]
+  th = run.phase("theta0", pipeline.theta0, c, s)
+  cs = c.design.chunk_size
+  truths = pipeline.truth_retrains(c, run, s, dsg)
+  pools = [run.outcomes(f"pool_p{r:g}", pipeline.retrain_chunk, c, S, s, chunk_size=cs) for r, S in zip(sd.rates, sd.pools)]
   budget_pool = pools[sd.rates.index(float(st.budget_rate))]
-  tg = run.phase("targets", P.targets, c, s, th, budget_pool, dsg, store=False)
-  fs = run.phase("features", P.featurize, c, s, th)
+  # stops here when too few targets vary across the budget rate's pool
+  tg = run.phase("targets", pipeline.targets, c, s, th, budget_pool, dsg, f"pool_p{float(st.budget_rate):g}", store=False)
+  pairs_out = [run.outcomes(f"pairs_seed{r}", functools.partial(pipeline.retrain_chunk, train_seed=r), c, sd.S_pairs, s,
+                            chunk_size=cs) for r in range(c.truth.seeds)]
+  fs = run.phase("features", pipeline.featurize, c, s, th)
   est = run.phase("study_estimate", estimate_pools, c, s, sd, fs, pools, tg)
-  extra_loo = run.phase("baselines", P.run_baselines, c, s, th, fs, tg)
+  predictions = dict(run.phase("baselines", pipeline.run_baselines, c, s, th, fs, tg))
+  influence_solve = predictions.pop("influence_solve", None)   # the damping influence's CG converged at
   keep, K = tg.keep, sd.K
-  effects = P.loo_effects(truths, K)[:, :, keep]
+  effects = pipeline.loo_effects(truths, K)[:, :, keep]
   loo_true = effects.mean(0)
-  ceiling, reliability = metrics.split_half_ceiling(effects) if len(effects) >= 2 else (None, None)
   inter = interactions_exact(truths, pairs_out, sd, keep)
-  active = run.phase("active_sampling", active_sampling, c, sd, budget_pool, loo_true, keep)
-  losses = np.concatenate([o["final_train_loss"] for o in truths + pools + pairs_out])
-  unconverged = int(np.sum(losses > c.train.converged_loss))
-  if unconverged:
-    run.warn(f"{unconverged} of {len(losses)} retrains end with training loss above {c.train.converged_loss}")
-  shared = {
-      "ceiling": ceiling or {}, "reliability": reliability or {},
+  active = run.phase("active_sampling", active_sampling, c, sd, budget_pool, loo_true, keep, families)
+  losses, unconverged = pipeline.retrain_losses(c, run, truths + pools + pairs_out)
+  yield driver.Across(info={
+      "influence_solve": influence_solve,
       "study": {"interactions_exact": {"pairs": sd.pairs.tolist(),
                                        "mean_target": inter.mean(2).mean(0).tolist(),
                                        "mean_target_se": (inter.mean(2).std(0, ddof=1) / np.sqrt(len(inter))).tolist()
@@ -208,82 +205,93 @@ def problems(config, run: runs.Run):
                 "retrains": {"total": int(len(losses)), "unconverged": unconverged, "max_final_train_loss": float(losses.max())},
                 "ground_truth": {"training_seeds": int(len(effects)), "loo_effect_sd": float(loo_true.std()),
                                  "seed_noise_sd": float(effects.std(0, ddof=1).mean()) if len(effects) > 1 else float("nan")}},
-  }
-  side = int(np.sqrt(K))
+  })
   for rate, m in cells(c):
     i = sd.rates.index(rate)
     S_pool, F_pool = sd.pools[i], pools[i]["F"][:, keep]
     n, h = len(S_pool), st.num_heldout
     rows = np.r_[0:m, n - h:n]
-    extra_fit = {"estimated": (sd.S_est[i], est.F[i][:, keep])} if m == st.other_budget else {}
+    sources = {"estimated": (sd.S_est[i], est.F[i][:, keep])} if m == st.other_budget else {}
     yield driver.Problem(
         name=cell_name(rate, m), S=S_pool[rows], F=F_pool[rows], splits=[(np.arange(m), np.arange(m, m + h))],
-        loo_true=loo_true, loo_ceiling=ceiling, extra_fit=extra_fit, extra_loo=extra_loo,
-        # the study-wide readouts once, under the first cell; the ceiling and the cell's own setting in each
-        info={**(shared if (rate, m) == cells(c)[0] else {"ceiling": shared["ceiling"]}),
-              "cell": {"rate": rate, "budget": int(m), "heldout": int(h)}},
-        outcome_name="validation loss", task_labels=[f"({k // side},{k % side})" for k in range(K)])
+        truths={"loo": driver.Truth(effects, predictions=predictions)}, sources=sources,
+        estimates_of={"estimated": "exact"} if sources else {},
+        info={"cell": {"rate": rate, "budget": int(m), "heldout": int(h)},
+              # the cell's fit retrains (Bernoulli(rate) subsets, not the released 22-of-25 design)
+              "outcomes": regime.summary(pools[i]["F"][:m], c.data.op)},
+        outcome_name="validation loss", task_labels=pipeline.task_labels(K))
 
 
 # method -> line style; kernel and linear lines often coincide, so they differ in marker and dash
 PLOTTED = {"kernel_exact": dict(marker="o", ls="-"), "linear_exact": dict(marker="s", ls="--", mfc="none"),
-           "influence": dict(marker="^", ls=":"), "kernel_estimated": dict(marker="o", ls="-", alpha=0.6),
+           "kernel_official_exact": dict(marker="D", ls="-.", ms=4), "influence": dict(marker="^", ls=":"),
+           "kernel_estimated": dict(marker="o", ls="-", alpha=0.6),
            "linear_estimated": dict(marker="s", ls="--", mfc="none", alpha=0.6)}
 
 
-def across(config, datasets: dict, infos: dict, out_dir: pathlib.Path):
-  """The study's figure (LOO correlation against p and against m) and its cross-cell readouts:
-  the linear surrogate's bias against Proposition 3.1 and predicted vs exact interactions."""
-  import matplotlib.pyplot as plt   # headless: ksurrogate.report selected the Agg backend
-
+def across(config, results: dict, shared: dict):
+  """The study's cross-cell readouts from the evaluated cells (in memory): the linear surrogate's
+  bias against Proposition 3.1 and predicted vs exact interactions; and its figure (LOO
+  correlation against p and against m, with 95 % intervals)."""
   c, st = config, config.study
-  first = cell_name(*cells(c)[0])
-  ceiling = infos.get("ceiling", {}).get(first) or {}
+  if not st.enabled:
+    return {}, {}
   by_rate = [(r, cell_name(r, st.other_budget)) for r in sorted({float(x) for x in st.rates})]
   by_m = [(m, cell_name(float(st.budget_rate), m)) for m in sorted({int(x) for x in st.budgets})]
-  fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharey="row")
+  # Proposition 3.1: distance of each surrogate's LOO readout from the truth, by rate.
+  prop = {}
+  for rate, name in by_rate:
+    arrays = results[name].arrays
+    truth = arrays["loo_true"]
+    scale = float(np.sqrt(np.mean(truth ** 2)))
+    prop[f"{rate:g}"] = {m: float(np.sqrt(np.mean((arrays[f"{m}/predicted_loo"] - truth) ** 2)) / scale)
+                         for m in ("linear_exact", "kernel_exact") if f"{m}/predicted_loo" in arrays}
+    prop[f"{rate:g}"]["one_minus_p"] = 1.0 - rate
+  # Exact interactions of the measured pairs against each cell's kernel surrogate.
+  exact = shared["study"]["interactions_exact"]
+  pairs = np.asarray(exact["pairs"])
+  predicted = {}
+  for rate, m in cells(c):
+    arrays = results[cell_name(rate, m)].arrays
+    if "kernel_exact/interactions" in arrays:
+      inter = arrays["kernel_exact/interactions"][pairs[:, 0], pairs[:, 1]]   # [pairs, T]
+      predicted[cell_name(rate, m)] = inter.mean(1).tolist()
+  entries = {"study_across": {"linear_bias_relative_rms": prop, "interactions_kernel_mean_target": predicted,
+                              "interactions_exact_mean_target": exact["mean_target"],
+                              "interactions_exact_se": exact["mean_target_se"], "pairs": pairs.tolist()}}
+  return entries, {"study": functools.partial(draw_study, config, results, by_rate, by_m)}
+
+
+def draw_study(config, results: dict, by_rate, by_m, path) -> None:
+  """LOO correlation of each method against p and against m, 95 % intervals as error bars, the
+  ceiling with its interval as a band."""
+  c, st = config, config.study
+  ceiling = results[by_rate[0][1]].ceiling
+  fig, axes = report.subplots(2, 2, figsize=(10, 7.5), sharey="row")
   for row, (key, what) in enumerate((("loo_pearson", "LOO Pearson per target"),
                                      ("loo_pearson_mean_target", "LOO Pearson, mean target"))):
     for col, (xs, xlabel) in enumerate(((by_rate, f"inclusion rate p (m = {st.other_budget} exact subsets)"),
                                          (by_m, f"exact subsets m (p = {st.budget_rate:g})"))):
       ax = axes[row, col]
       for method, style in PLOTTED.items():
-        pts = [(x, datasets[name][method][key]) for x, name in xs if key in datasets.get(name, {}).get(method, {})]
-        if pts:
-          ax.plot(*zip(*pts), label=method, **style)
+        pts = [(x, results[name].scores[method]) for x, name in xs
+               if results.get(name) and results[name].scores.get(method, {}).get(key) is not None]
+        if pts:   # absent scores are left out
+          x = np.array([p[0] for p in pts], np.float64)
+          y = np.array([p[1][key] for p in pts])
+          ci = np.array([p[1].get(f"{key}_ci95") or [p[1][key]] * 2 for p in pts], np.float64)
+          ax.errorbar(x, y, yerr=np.abs(ci.T - y), capsize=2, label=method, **style)
       ax.set_xticks([x for x, _ in xs])
-      top = ceiling.get(key[len("loo_"):])
-      top = float("nan") if top is None else float(top)
-      if np.isfinite(top):
+      top, band = ceiling.get(key), ceiling.get(f"{key}_ci95")
+      if top is not None:
         ax.axhline(top, color="grey", lw=1.0, ls="--", label="ceiling (seed split-half)")
-      ax.set_title(f"ceiling {top:.3f}" if np.isfinite(top) else "ceiling not measurable (reliability <= 0)", fontsize=9)
+        if band:
+          ax.axhspan(*band, color="grey", alpha=0.15)
+      ax.set_title(f"ceiling {top:.3f}" if top is not None else "ceiling not measurable (reliability <= 0)", fontsize=9)
       ax.set_xlabel(xlabel)
       ax.set_ylabel(what)
       ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=8)
-  fig.suptitle(f"Where the kernel surrogate pays off: p={c.data.p} {c.data.op}, {c.truth.seeds}-seed LOO truth")
-  path = out_dir / "study.png"
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle(f"Where the kernel surrogate pays off: p={c.data.p} {c.data.op}, {c.truth.seeds}-seed LOO truth "
+               "(bars: 95 % intervals over targets and seeds)")
   report.save(fig, path)
-
-  # Proposition 3.1: distance of each surrogate's LOO readout from the truth, by rate.
-  prop = {}
-  for rate, name in by_rate:
-    arrays = np.load(out_dir / name / "arrays.npz")
-    truth = arrays["loo_true"]
-    scale = float(np.sqrt(np.mean(truth ** 2)))
-    prop[f"{rate:g}"] = {m: float(np.sqrt(np.mean((arrays[f"{m}__predicted_loo"] - truth) ** 2)) / scale)
-                         for m in ("linear_exact", "kernel_exact") if f"{m}__predicted_loo" in arrays}
-    prop[f"{rate:g}"]["one_minus_p"] = 1.0 - rate
-  # Exact interactions of the measured pairs against each cell's kernel surrogate.
-  exact = infos["study"][first]["interactions_exact"]
-  pairs = np.asarray(exact["pairs"])
-  predicted = {}
-  for rate, m in cells(c):
-    arrays = np.load(out_dir / cell_name(rate, m) / "arrays.npz")
-    if "kernel_exact__interactions" in arrays:
-      inter = arrays["kernel_exact__interactions"][pairs[:, 0], pairs[:, 1]]   # [pairs, T]
-      predicted[cell_name(rate, m)] = inter.mean(1).tolist()
-  return {"study": path}, {"study_across": {"linear_bias_relative_rms": prop,
-                                            "interactions_kernel_mean_target": predicted,
-                                            "interactions_exact_mean_target": exact["mean_target"],
-                                            "interactions_exact_se": exact["mean_target_se"], "pairs": pairs.tolist()}}

@@ -2,19 +2,9 @@
 
 Tasks are objectives (physics variants and reward shapings of CartPole); the outcome of a subset
 is each target objective's normalized negative return after fine-tuning the meta-policy on the
-subset's objectives (lower is better). Compared: kernel / linear surrogates on real and estimated
+subset's objectives (lower is better). Compared: every surrogate family on real and estimated
 outcomes and influence functions on the policy loss, against leave-one-out fine-tunes averaged
 over seeds (with their split-half reliability as the ceiling); then each surrogate's choice of
-objectives per target, fine-tuned for real. Configs, commands, runtimes: `config.py`.
+objectives per target, fine-tuned for real. Configs, commands, runtimes: `config.py` (its
+`EXPERIMENT`); phases: `pipeline.py`.
 """
-from __future__ import annotations
-
-from experiments.morl.config import DESCRIPTIONS  # noqa: F401
-from experiments.morl.config import get_config  # noqa: F401
-from experiments.morl.config import validate  # noqa: F401
-from experiments import common
-
-DEFAULT_CONFIG = "cpu"
-
-# The pipeline (and gymnax) is imported only when the experiment runs.
-problems, methods, protocol = common.surrogate_experiment("morl", "experiments.morl.pipeline")

@@ -1,25 +1,41 @@
-"""Configs of the `morl` experiment: one `get_config(arg)`, variants as data.
-
-  tiny:  python -m experiments.main --experiment=morl --config=tiny --workdir=/tmp/morl_tiny
-         5 objectives, a few PPO updates; ~2 min on 2 cores. A smoke test: numbers mean nothing.
-  cpu:   python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu
-         10 CartPole objectives, a 1M-step PPO meta-policy, 82k-step fine-tunes: 11 leave-one-out
-         masks x 3 seeds, 100 random subsets, 6 measured pairs, objective selection for every
-         target on 3 fresh seeds. ~4.5 min of compute on 2 shared cores; results: BUILD_NOTES.md (MORL).
-
-Override any field with --config.SECTION.FIELD=VALUE (e.g. --config.finetune.num_updates=40).
+"""Configs of the `morl` experiment: one `get_config(arg)`, variants as data, and its `EXPERIMENT`
+(the contract in `experiments/contract.py`); every config's command, runtime and result are in
+`CONFIGS`. Override any field with --config.SECTION.FIELD=VALUE (e.g.
+--config.finetune.num_updates=40).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from experiments import common
+from experiments import contract
 
-from experiments.morl import envs
+# The objectives `envs.OBJECTIVES` defines, in its order (kept here so that --help and config
+# checks never import gymnax; a test checks that both agree).
+OBJECTIVE_NAMES = ("balance", "short_pole", "coarse_time", "high_gravity", "weak_force", "stay_left", "stay_right",
+                   "centered", "slow_cart", "upright")
 
-DESCRIPTIONS = {
-    "tiny": "smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
-    "cpu": "10 CartPole objectives, PPO meta-policy, 100 random + leave-one-out fine-tunes, selection; ~5 min (quiet 2 cores)",
+CONFIGS = {
+    "tiny": contract.Variant(
+        description="smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
+        command="python -m experiments.main --experiment=morl --config=tiny --workdir=/tmp/morl_tiny",
+        runtime="~2 min on 2 quiet cores",
+        result="a smoke test: numbers mean nothing (tests pin them only to see that results do not change unnoticed)"),
+    "cpu": contract.Variant(
+        description="10 CartPole objectives, PPO meta-policy, 100 random fine-tunes, a 16-seed leave-one-out "
+                    "truth, selection on 5 seeds; ~15 min (2 shared cores)",
+        command="python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
+        runtime="14.3 min on 2 shared cores (load 7-9)",
+        result="a truth with per-target split-half reliability 0.737 (3 seeds gave 0.455); LOO Pearson per target "
+               "kernel 0.785 vs linear 0.775 (ceiling 0.858); kernel and linear select the same objectives on all "
+               "5 seeds. Intervals: README (MORL), BUILD_NOTES.md 'Ground truths that hold up (issue 19)'"),
+    "gpu": contract.Variant(
+        description="the cpu config with 24 truth seeds (split-half reliability ~0.8 by Spearman-Brown) in chunks of 32",
+        command="OUT=/tmp/out bash benchmarks/device_run.sh   # or: python -m experiments.main --experiment=morl "
+                "--config=gpu --workdir=/tmp/morl_gpu",
+        runtime="~3-4 min planned on one H200 (device_run.sh runs it beside the modular paper config); ~20 min on 2 cores",
+        result="not run yet: the cpu config's 16 seeds measured a per-target split-half reliability of 0.737; "
+               "Spearman-Brown puts 24 seeds at ~0.81"),
 }
 
 VARIANTS = {
@@ -28,81 +44,140 @@ VARIANTS = {
                     smoke_test=True),
         "meta": dict(num_envs=8, num_steps=32, num_updates=10),
         "baselines": dict(tracin_checkpoints=2),
-        "finetune": dict(num_envs=8, num_steps=16, num_updates=4, chunk_size=8),
-        "design": dict(num_random=20, num_fit=14, seeds=(0, 1), pairs=((1, 2), (3, 4))),
+        "finetune": dict(num_envs=8, num_steps=16, num_updates=4),
+        "design": dict(num_subsets=20, num_fit=14, pairs=((1, 2), (3, 4)), chunk_size=8),
+        "truth": dict(seeds=2),
         "estimate": dict(num_envs=2, num_steps=50, dim=16, num_subsets=64),
         "evaluation": dict(num_episodes=4),
         "selection": dict(seeds=(100,), num_random=2),
         "surrogates": dict(cv=3),
+        "eval": dict(resplits=8, bootstrap=200),
     },
     "cpu": {},
+    # The cpu config's truth seeds come first (truth_seeds skips design.random_seed, so its truth and
+    # random subsets are a prefix of these).
+    "gpu": {
+        "truth": dict(seeds=24),
+        "design": dict(chunk_size=32),
+    },
 }
 
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  """The config `arg` names (CONFIGS): the base below with the variant's fields."""
   c = common.base_config("morl", arg, VARIANTS)
-  c.objectives = envs.DEFAULT_NAMES
+  c.objectives = OBJECTIVE_NAMES
   c.max_steps = 200
   # The meta-policy: PPO on all objectives (env slots spread evenly), annealed learning rate.
   c.meta = dict(num_envs=40, num_steps=128, num_updates=200, lr=2.5e-4, anneal_lr=True)
   # Fine-tuning on a subset: env slots re-assigned among its objectives, constant learning rate.
-  c.finetune = dict(num_envs=16, num_steps=64, num_updates=80, lr=2.5e-4, chunk_size=16)
+  c.finetune = dict(num_envs=16, num_steps=64, num_updates=80, lr=2.5e-4)
   c.evaluation = dict(num_episodes=16, seed=1234)   # greedy policy, fixed reset seeds
   c.design = dict(
-      num_random=100, num_fit=80,   # random subsets (Bernoulli(0.5), non-empty), one seed: fit / held out
-      # The random subsets' seed is not one of the leave-one-out seeds, so the surrogates fitted on
-      # them share no fine-tuning noise with the ground truth they are scored against.
+      num_subsets=100, num_fit=80,   # random subsets (Bernoulli(0.5), distinct, non-empty), one seed: fit / held out
+      # The random subsets' fine-tuning seed, never one of the truth's seeds (`truth_seeds` skips it),
+      # so the surrogates fitted on them share no fine-tuning noise with the ground truth.
       random_seed=10,
-      seeds=(0, 1, 2),              # fine-tuning seeds of the full set, leave-one-out and pair masks
       # Pairs (i, j) whose exact interaction F(1) - F(1-e_i) - F(1-e_j) + F(1-e_i-e_j) is measured:
       # physics substitutes, the conflicting pair, reward shapers.
       pairs=((1, 2), (5, 6), (7, 8), (1, 3), (2, 4), (8, 9)),
+      chunk_size=16,                 # subsets fine-tuned at once (vmapped) and stored per chunk
   )
+  # The full set, the leave-one-out masks and the pair masks are fine-tuned on truth.seeds seeds
+  # (`truth_seeds`: 0, 1, ... skipping design.random_seed): the truth is their mean, their
+  # split-half reliability its ceiling.
+  c.truth = dict(seeds=16)
   c.estimate = dict(num_envs=16, num_steps=200, dim=128, ridge=1.0, solver="quadratic", num_subsets=2048)
   c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, states_per_objective=256,
                      tracin_checkpoints=5)
-  c.selection = dict(seeds=(100, 101, 102), num_random=4)
-  c.surrogates = dict(cv=5)
+  c.selection = dict(seeds=(100, 101, 102, 103, 104), num_random=4)
   return common.apply_variant(c, VARIANTS[arg])
 
 
-def validate(c) -> None:
-  """Range checks a type check cannot make; each error names the field."""
-  for name in c.objectives:
-    if name not in envs.OBJECTIVES:
-      raise ValueError(f"objectives: unknown objective {name!r}; known: {', '.join(envs.OBJECTIVES)}")
+def truth_seeds(c) -> tuple[int, ...]:
+  """The truth's fine-tuning seeds: the first truth.seeds integers from 0, design.random_seed left out
+  (a config with fewer seeds uses a prefix of a config with more)."""
+  n, skip = c.truth.seeds, c.design.random_seed
+  return tuple(r for r in range(n + 1) if r != skip)[:n]
+
+
+POLICY_PARAMS = 4 * 64 + 64 + 64 * 64 + 64 + 64 * 2 + 2   # the actor MLP (ppo.init_params), differentiated
+
+
+def memory(c) -> dict:
+  """The largest arrays the settings imply, in bytes (float32; rough, of the right order), keyed by
+  the field that sets their size: what `validate` checks against memory."""
+  K, e, b = len(c.objectives), c.estimate, c.baselines
+  states = K * e.num_envs * e.num_steps
+  return {
+      "estimate.dim": (4 * (states * 2 * e.dim + POLICY_PARAMS * e.dim) + 8 * K * e.dim * e.dim,
+                       f"the estimator's projected gradients ({states} states x 2 actions x {e.dim}), projection and "
+                       "per-objective curvature"),
+      "estimate.num_envs": (4 * states * (2 * e.dim + 16), f"the estimator's rollouts ({states} states)"),
+      "estimate.num_subsets": (4 * e.num_subsets * (2 * K + e.dim), f"{e.num_subsets} estimated subsets"),
+      "baselines.states_per_objective": (4 * K * b.states_per_objective * POLICY_PARAMS,
+                                         f"per-state gradients of {K * b.states_per_objective} states"),
+      "design.chunk_size": (4 * c.design.chunk_size * c.finetune.num_envs * c.finetune.num_steps * 64,
+                            f"{c.design.chunk_size} vmapped fine-tunes' rollouts"),
+      "meta.num_envs": (4 * c.meta.num_envs * c.meta.num_steps * 64, "the meta-policy's rollouts"),
+  }
+
+
+RULES = {
+    **common.SHARED_RULES,
+    "objectives": common.sequence(common.choice(*OBJECTIVE_NAMES), min_len=3, distinct=True),
+    "max_steps": common.integer(1),
+    **{f"{section}.{f}": common.integer(1) for section in ("meta", "finetune") for f in ("num_envs", "num_steps",
+                                                                                         "num_updates")},
+    "meta.lr": common.positive(),
+    "meta.anneal_lr": common.boolean(),
+    "finetune.lr": common.positive(),
+    "evaluation.num_episodes": common.integer(1),
+    "evaluation.seed": common.integer(0, common.SEED_MAX),
+    "design.num_subsets": common.integer(3),
+    "design.num_fit": common.integer(2),
+    "design.random_seed": common.integer(0, common.SEED_MAX),
+    "design.pairs": common.sequence(common.sequence(common.integer(0), min_len=2, max_len=2), min_len=0),
+    "design.chunk_size": common.integer(1),
+    "truth.seeds": common.integer(2, 1000),
+    "estimate.num_envs": common.integer(1),
+    "estimate.num_steps": common.integer(1),
+    "estimate.dim": common.integer(1),
+    "estimate.ridge": common.positive(),
+    "estimate.solver": common.choice("quadratic", "newton"),
+    "estimate.num_subsets": common.integer(2),
+    "baselines.curvature": common.choice("gauss_newton", "hessian"),
+    "baselines.damping": common.number(0.0),
+    "baselines.cg_iters": common.integer(1),
+    "baselines.states_per_objective": common.integer(1),
+    "baselines.tracin_checkpoints": common.integer(1),
+    "selection.seeds": common.sequence(common.integer(0, common.SEED_MAX), distinct=True),
+    "selection.num_random": common.integer(1),
+}
+
+
+def checks(c) -> None:
+  """The checks across fields (after RULES); each error is one line naming the field to change."""
+  req = common.require
   K = len(c.objectives)
-  if K < 3 or len(set(c.objectives)) != K:
-    raise ValueError(f"objectives: need at least 3 distinct objectives, got {tuple(c.objectives)}")
+  req(c.min_varying_targets <= K, "min_varying_targets", f"{c.min_varying_targets} exceeds the {K} target objectives")
   for section in ("meta", "finetune"):
-    for f in ("num_envs", "num_steps", "num_updates"):
-      if not isinstance(c[section][f], int) or c[section][f] < 1:
-        raise ValueError(f"{section}.{f}: must be a positive integer, got {c[section][f]!r}")
-    if not c[section].lr > 0:
-      raise ValueError(f"{section}.lr: must be positive, got {c[section].lr}")
-    if (c[section].num_envs * c[section].num_steps) % 4:
-      raise ValueError(f"{section}.num_envs: num_envs x num_steps must be a multiple of 4 (PPO minibatches)")
-  for path, value in (("finetune.chunk_size", c.finetune.chunk_size), ("design.num_random", c.design.num_random),
-                      ("estimate.dim", c.estimate.dim), ("estimate.num_subsets", c.estimate.num_subsets),
-                      ("evaluation.num_episodes", c.evaluation.num_episodes), ("surrogates.cv", c.surrogates.cv),
-                      ("baselines.cg_iters", c.baselines.cg_iters)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{path}: must be a positive integer, got {value!r}")
-  if c.design.num_random > 2 ** K - 1:
-    raise ValueError(f"design.num_random: {c.design.num_random} exceeds the {2 ** K - 1} non-empty subsets of {K} objectives")
-  if not 2 <= c.design.num_fit < c.design.num_random:
-    raise ValueError(f"design.num_fit: must lie in [2, design.num_random), got {c.design.num_fit}")
-  if len(c.design.seeds) < 2:
-    raise ValueError(f"design.seeds: the ceiling needs at least 2 seeds, got {tuple(c.design.seeds)}")
+    s = c[section]
+    req((s.num_envs * s.num_steps) % 4 == 0, f"{section}.num_envs",
+        f"{section}.num_envs x {section}.num_steps = {s.num_envs * s.num_steps} must be a multiple of 4 (PPO minibatches)")
+    req(s.num_envs >= K, f"{section}.num_envs", f"{s.num_envs} env slots leave some of the {K} objectives without one")
+  req(c.design.num_subsets <= 2 ** K - 1, "design.num_subsets",
+      f"{c.design.num_subsets} exceeds the {2 ** K - 1} non-empty subsets of {K} objectives")
+  req(c.design.num_fit <= c.design.num_subsets - 2, "design.num_fit",
+      f"{c.design.num_fit} leaves fewer than 2 held-out subsets of design.num_subsets={c.design.num_subsets}")
   for i, j in c.design.pairs:
-    if not (0 <= i < K and 0 <= j < K and i != j):
-      raise ValueError(f"design.pairs: ({i}, {j}) is not a pair of distinct objective indices in [0, {K})")
-  if c.estimate.solver not in ("quadratic", "newton"):
-    raise ValueError(f"estimate.solver: must be 'quadratic' or 'newton', got {c.estimate.solver!r}")
-  if not c.estimate.ridge > 0 or not c.baselines.damping >= 0:
-    raise ValueError("estimate.ridge: must be positive (and baselines.damping non-negative)")
-  if not isinstance(c.baselines.tracin_checkpoints, int) or c.baselines.tracin_checkpoints < 1 or \
-      c.meta.num_updates % c.baselines.tracin_checkpoints:
-    raise ValueError(f"baselines.tracin_checkpoints: must be a positive divisor of meta.num_updates={c.meta.num_updates}")
-  if not c.selection.seeds:
-    raise ValueError("selection.seeds: need at least one fresh seed")
+    req(i < K and j < K and i != j, "design.pairs", f"({i}, {j}) is not a pair of distinct objective indices in [0, {K})")
+  req(c.meta.num_updates % c.baselines.tracin_checkpoints == 0, "baselines.tracin_checkpoints",
+      f"{c.baselines.tracin_checkpoints} must divide meta.num_updates={c.meta.num_updates}")
+  req(c.surrogates.cv <= c.design.num_fit, "surrogates.cv",
+      f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted subsets")
+
+
+EXPERIMENT = contract.Experiment(
+    name="morl", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
+    memory=memory, problems="experiments.morl.pipeline:problems")

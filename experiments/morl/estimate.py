@@ -100,7 +100,7 @@ def collect(suite: Suite, params0, cfg: EstimatorConfig):
 
   (obs_last, _, _), traj = jax.lax.scan(step, (obs, state, k_loop), None, cfg.num_steps)
   gae_cfg = ppo.PPOConfig()
-  adv, _ = ppo._gae(traj, ppo.value(params0["critic"], obs_last), gae_cfg)
+  adv, _ = ppo.gae(traj, ppo.value(params0["critic"], obs_last), gae_cfg)
   # [steps, slots] -> slot-major, so each objective's states are contiguous.
   sm = lambda x: jnp.swapaxes(x, 0, 1).reshape((K * n * cfg.num_steps,) + x.shape[2:])
   return {"obs": sm(traj.obs), "action": sm(traj.action), "adv": sm(adv), "logp0": sm(traj.logp),
@@ -158,10 +158,6 @@ class Estimator:
     return ks.solve(self.feats, self.obj, S, ridge=self.lam, method=method, num_iters=self.cfg.newton_steps,
                     loss=AWR, mean=True, stats=self.stats if method == "onestep" else None)
 
-  def delta_theta(self, z_d):
-    """Parameter-space step P z of the linearized policy (flat actor vector [D])."""
-    return self.P @ z_d
-
   def _rollout_returns(self, a, z_d):
     dtheta = a["P"] @ z_d
 
@@ -184,15 +180,3 @@ class Estimator:
     fn = self._roll if mode == "rollout" else self._surr
     return np.asarray(ks.chunked_map(lambda Z_c: self.norm(fn(self.arrays, jnp.asarray(Z_c))), self.z(S),
                                      chunk_size=chunk))
-
-
-def make_estimate_fn(suite: Suite, meta_params, norm: ppo.Normalizer, *, targets=None,
-                     mode: str = "surrogate", cfg: EstimatorConfig = EstimatorConfig(),
-                     ecfg: ppo.EvalConfig = ppo.EvalConfig(), chunk: int = 256):
-  """The estimated outcome as a function S [m, K] bool -> F_hat [m, T] (numpy), the counterpart
-  of `ppo.make_outcome_fn` (pass its normalizer so both share one scale). Returns
-  (estimate_fn, estimator)."""
-  est = Estimator(suite, meta_params, norm, ppo.target_ids(suite, targets), cfg, ecfg)
-  if mode not in ("rollout", "surrogate"):
-    raise ValueError(f"mode: must be 'rollout' or 'surrogate', got {mode!r}")
-  return (lambda S: est.outcome(S, mode, chunk)), est

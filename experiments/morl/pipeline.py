@@ -18,8 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
-from experiments.morl import envs, estimate as est_lib, ppo
-from ksurrogate import baselines, diagnostics, driver, metrics, report, runs
+from experiments import common
+from experiments.morl import config as morl_config
+from experiments.morl import envs
+from experiments.morl import estimate as morl_estimate
+from experiments.morl import ppo
+from ksurrogate import baselines, diagnostics, metrics
+from ksurrogate import families as families_lib
+from ksurrogate.harness import driver, report, runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +34,7 @@ class Setup:
   meta_cfg: ppo.PPOConfig
   ft_cfg: ppo.PPOConfig
   ecfg: ppo.EvalConfig
-  est_cfg: est_lib.EstimatorConfig
+  est_cfg: morl_estimate.EstimatorConfig
   targets_T: np.ndarray
 
   @property
@@ -46,11 +52,12 @@ def setup(c) -> Setup:
       ft_cfg=ppo.PPOConfig(num_envs=f.num_envs, num_steps=f.num_steps, num_updates=f.num_updates, lr=f.lr,
                            anneal_lr=False),
       ecfg=ppo.EvalConfig(num_episodes=c.evaluation.num_episodes, seed=c.evaluation.seed),
-      est_cfg=est_lib.EstimatorConfig(num_envs=e.num_envs, num_steps=e.num_steps, dim=e.dim, ridge=e.ridge,
+      est_cfg=morl_estimate.EstimatorConfig(num_envs=e.num_envs, num_steps=e.num_steps, dim=e.dim, ridge=e.ridge,
                                       solver=e.solver, seed=c.seed + 7),
       targets_T=np.arange(suite.K, dtype=np.int32))
 
 
+@runs.stored("morl.meta_policy")
 @flax.struct.dataclass
 class Meta:
   params: dict
@@ -79,86 +86,70 @@ def meta_policy(c, s: Setup) -> Meta:
 @dataclasses.dataclass(frozen=True)
 class Design:
   S_struct: np.ndarray   # [1 + K + P, K]: the full set, the K leave-one-out masks, one mask per pair
-  S_rand: np.ndarray     # [num_random, K]: distinct non-empty Bernoulli(0.5) subsets
+  S_rand: np.ndarray     # [design.num_subsets, K]: distinct non-empty Bernoulli(0.5) subsets
   S_many: np.ndarray     # [num_estimated, K]: subsets estimated without fine-tuning
   pairs: np.ndarray      # [P, 2]
   K: int
 
 
-def _distinct_nonempty(key, n, K):
-  """n distinct non-empty Bernoulli(0.5) subsets in draw order (rejection from a larger draw)."""
-  draw = np.asarray(ks.subsets.bernoulli(key, 8 * n + 64, K, 0.5))
-  seen, rows = set(), []
-  for row in draw:
-    if row.any() and row.tobytes() not in seen:
-      seen.add(row.tobytes())
-      rows.append(row)
-    if len(rows) == n:
-      break
-  if len(rows) < n:
-    raise ValueError(f"design.num_random: only {len(rows)} distinct non-empty subsets of {K} objectives, asked {n}")
-  return np.stack(rows)
-
-
 def design(c, s: Setup) -> Design:
   K = s.K
   pairs = np.asarray(c.design.pairs, np.int64).reshape(-1, 2)
-  pair_masks = np.ones((len(pairs), K), bool)
-  pair_masks[np.arange(len(pairs)), pairs[:, 0]] = False
-  pair_masks[np.arange(len(pairs)), pairs[:, 1]] = False
-  S_struct = np.concatenate([np.ones((1, K), bool), np.asarray(ks.subsets.leave_one_out(K)), pair_masks])
-  S_rand = _distinct_nonempty(jax.random.key(c.seed + 2), c.design.num_random, K)
+  S_struct = np.concatenate([np.ones((1, K), bool), np.asarray(ks.subsets.leave_one_out(K)),
+                             ks.subsets.without_pairs(K, pairs)])
+  S_rand = ks.subsets.distinct_bernoulli(jax.random.key(c.seed + 2), c.design.num_subsets, K, 0.5)
   many = np.array(ks.subsets.bernoulli(jax.random.key(c.seed + 4), c.estimate.num_subsets, K, 0.5))
   many[~many.any(1), 0] = True
   return Design(S_struct, S_rand, many, pairs, K)
 
 
 def exact_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -> dict:
-  """Fine-tunes the meta-policy on each subset of the chunk with the seed design.seeds[seed_index]
-  (design.random_seed for seed_index -1; every subset of a seed shares its key: common random
+  """Fine-tunes the meta-policy on each subset of the chunk with the truth's seed number
+  `seed_index` (config.truth_seeds; design.random_seed for seed_index -1; every subset of a seed shares its key: common random
   numbers) and evaluates every target."""
   del chunk   # subsets share the seed's key, so a chunk's numbers do not depend on its index
-  seed = c.design.random_seed if seed_index < 0 else c.design.seeds[seed_index]
-  t0 = time.perf_counter()
-  F, R = ppo.outcomes(s.suite, meta.params, S_chunk, jax.random.key(seed), s.targets_T, meta.norm, cfg=s.ft_cfg,
-                      ecfg=s.ecfg, chunk=c.finetune.chunk_size)
-  return {"F": F, "R": R, "seconds": np.full(len(S_chunk), (time.perf_counter() - t0) / len(S_chunk))}
+  seed = c.design.random_seed if seed_index < 0 else morl_config.truth_seeds(c)[seed_index]
+  # steady-state seconds (the same whichever phase or chunk compiled), one-time seconds apart
+  (F, R), seconds, one_time = runs.steady(lambda: ppo.outcomes(
+      s.suite, meta.params, S_chunk, jax.random.key(seed), s.targets_T, meta.norm, cfg=s.ft_cfg, ecfg=s.ecfg,
+      chunk=c.design.chunk_size))
+  return {"F": F, "R": R, "seconds": np.full(len(S_chunk), seconds / len(S_chunk)),
+          "seconds_compile": np.full(len(S_chunk), one_time)}
 
 
-def selection_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int, *chosen_from) -> dict:
-  """The same fine-tuning on a fresh selection seed. `chosen_from` are the results the sets were
-  picked from (part of the phase's provenance, not used here)."""
-  del chunk, chosen_from
+def selection_chunk(c, S_chunk, chunk: int, s: Setup, meta: Meta, seed_index: int) -> dict:
+  """The same fine-tuning on a fresh selection seed."""
+  del chunk
   F, R = ppo.outcomes(s.suite, meta.params, S_chunk, jax.random.key(c.selection.seeds[seed_index]), s.targets_T,
-                      meta.norm, cfg=s.ft_cfg, ecfg=s.ecfg, chunk=c.finetune.chunk_size)
+                      meta.norm, cfg=s.ft_cfg, ecfg=s.ecfg, chunk=c.design.chunk_size)
   return {"F": F, "R": R}
 
 
+@runs.stored("morl.estimates")
 @flax.struct.dataclass
 class Estimates:
   F_many: np.ndarray     # [num_estimated, T] surrogate read-out
-  F_rand: np.ndarray     # [num_random, T] on the exactly fine-tuned random subsets
+  F_rand: np.ndarray     # [design.num_subsets, T] on the exactly fine-tuned random subsets
   info: dict
 
 
-def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimates:
+def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict, struct: tuple = ()) -> Estimates:
   """The first-order policy estimator on many subsets, scored against real fine-tuning on the
-  random subsets; both error definitions and the per-subset speed-up."""
-  t0 = time.perf_counter()
-  est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
-  jax.block_until_ready(est.arrays)
-  t_setup = time.perf_counter() - t0
+  random subsets; both error definitions and the per-subset speed-up. `struct` (the structured
+  fine-tunes) only serves the fine-tuning's one-time seconds: whichever exact phase a process
+  runs first compiles the fine-tuning program."""
+  with runs.stopwatch() as setup_sw:
+    est = morl_estimate.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
+    jax.block_until_ready(est.arrays)
+  t_setup = setup_sw.steady_seconds
   chunk = min(256, len(dsg.S_many))
-  est.outcome(dsg.S_many[:2], "surrogate", chunk)   # compile outside the timing
-  t0 = time.perf_counter()
-  F_many = est.outcome(dsg.S_many, "surrogate", chunk)
-  t_many = (time.perf_counter() - t0) / len(dsg.S_many)
+  # compile (and a program's first run) timed apart from the steady figures
+  F_many, t_many, compile_many = runs.steady(lambda: est.outcome(dsg.S_many, "surrogate", chunk))
+  t_many /= len(dsg.S_many)
   F_rand = est.outcome(dsg.S_rand, "surrogate", chunk)
   n_roll = min(len(dsg.S_rand), 64)
-  est.outcome(dsg.S_rand[:2], "rollout", n_roll)
-  t0 = time.perf_counter()
-  F_roll = est.outcome(dsg.S_rand[:n_roll], "rollout", n_roll)
-  t_roll = (time.perf_counter() - t0) / n_roll
+  F_roll, t_roll, compile_roll = runs.steady(lambda: est.outcome(dsg.S_rand[:n_roll], "rollout", n_roll))
+  t_roll /= n_roll
   F_real = exact_rand["F"]
   varying = metrics.varying_targets(F_real, 1e-4)
   # The paper's first-order error: logits at really fine-tuned params vs their expansion at theta0.
@@ -168,23 +159,38 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict) -> Estimate
   obs = est.data["obs"][::7]
   errs = diagnostics.linearization_error(ppo.actor_logits, meta.params["actor"], P_S["actor"], obs).ravel()
   t_ft = float(np.mean(exact_rand["seconds"]))
+  skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
+  score = lambda key, fn, *a, **kw: metrics.attempt(skipped, key, fn, *a, **kw)  # noqa: E731
+  median = lambda r: None if r is None else r["median"]  # noqa: E731
+  err = median(score("median_relative_error", metrics.relative_error, F_rand[:, varying], F_real[:, varying]))
   # no change: the meta-policy's own (normalized) return, what every estimate must beat
   F_base = np.broadcast_to(np.asarray(meta.norm(jnp.asarray(meta.meta_return))), F_real.shape)
-  no_change = metrics.relative_error(F_base[:, varying], F_real[:, varying])["median"]
+  no_change = median(score("no_change_median_relative_error", metrics.relative_error, F_base[:, varying],
+                           F_real[:, varying]))
   info = {
-      "median_relative_error": metrics.relative_error(F_rand[:, varying], F_real[:, varying])["median"],
+      "median_relative_error": err,
       "no_change_median_relative_error": no_change,
-      "median_relative_error_rollout": metrics.relative_error(F_roll[:, varying], F_real[:n_roll][:, varying])["median"],
-      "lds_vs_finetune": metrics.lds(F_rand[:, varying], F_real[:, varying]),
-      "lds_vs_finetune_rollout": metrics.lds(F_roll[:, varying], F_real[:n_roll][:, varying]),
-      "normalized_error": metrics.normalized_error(F_rand[:, varying], F_real[:, varying], threshold=0.0),
-      "ratio_to_no_change": metrics.relative_error(F_rand[:, varying], F_real[:, varying])["median"] / no_change,
+      "ratio_to_no_change": err / no_change if err is not None and no_change else None,
+      "median_relative_error_rollout": median(score("median_relative_error_rollout", metrics.relative_error,
+                                                    F_roll[:, varying], F_real[:n_roll][:, varying])),
+      "lds_vs_finetune": score("lds_vs_finetune", metrics.lds, F_rand[:, varying], F_real[:, varying]),
+      "lds_vs_finetune_rollout": score("lds_vs_finetune_rollout", metrics.lds, F_roll[:, varying],
+                                       F_real[:n_roll][:, varying]),
+      "normalized_error": score("normalized_error", metrics.normalized_error, F_rand[:, varying], F_real[:, varying],
+                                threshold=0.0),
       "linearization_error": float(np.median(errs)), "linearization_error_mean": float(np.mean(errs)),
       "seconds_estimate_per_subset": t_many, "seconds_estimate_rollout_per_subset": t_roll,
       "seconds_finetune_per_subset": t_ft, "speedup_per_subset": t_ft / t_many,
       "speedup_per_subset_rollout": t_ft / t_roll, "seconds_setup": t_setup,
+      # one-time seconds (compilation and a program's first run), apart from the steady-state
+      # figures above: the estimator's (its setup's compilation included), and one fine-tuning
+      # chunk's (the first a process runs)
+      "seconds_compile_estimate": setup_sw.compile_seconds + compile_many,
+      "seconds_compile_estimate_rollout": compile_roll,
+      "seconds_compile_finetune": (float(max(np.max(r["seconds_compile"]) for r in (exact_rand, *struct)))
+                                   if all("seconds_compile" in r for r in (exact_rand, *struct)) else None),
       "num_estimated": int(len(dsg.S_many)), "solver": s.est_cfg.solver, "dim": s.est_cfg.dim,
-      "targets_scored": [n for n, v in zip(s.suite.names, varying) if v],
+      "targets_scored": [n for n, v in zip(s.suite.names, varying) if v], "skipped": skipped,
   }
   return Estimates(F_many=F_many, F_rand=F_rand, info=info)
 
@@ -195,7 +201,7 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
   advantage-weighted log-likelihood loss, with states and actions from the meta-policy's rollouts
   of each objective; read out per target objective as the mean over that objective's states:
   predicted LOO [K, T]."""
-  est = est_lib.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
+  est = morl_estimate.Estimator(s.suite, meta.params, meta.norm, s.targets_T, s.est_cfg, s.ecfg)
   obj = np.asarray(est.data["obj"])
   rng = np.random.default_rng(c.seed + 11)
   rows = np.concatenate([rng.choice(np.flatnonzero(obj == k), min(c.baselines.states_per_objective,
@@ -208,9 +214,9 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
     logp = jax.nn.log_softmax(logits)
     return -y_[:, 1] * jnp.take_along_axis(logp, y_[:, :1].astype(jnp.int32), 1)[:, 0]
 
-  per_state = baselines.influence(ppo.actor_logits, meta.params["actor"], X, y, obj[rows], X, y, num_tasks=s.K,
-                                  curvature=c.baselines.curvature, damping=c.baselines.damping,
-                                  cg_iters=c.baselines.cg_iters, loss_fn=policy_loss)   # [K, N]
+  per_state, influence_solve = baselines.influence(
+      ppo.actor_logits, meta.params["actor"], X, y, obj[rows], X, y, num_tasks=s.K, curvature=c.baselines.curvature,
+      damping=c.baselines.damping, cg_iters=c.baselines.cg_iters, loss_fn=policy_loss, return_info=True)   # [K, N]
   n_ck = c.baselines.tracin_checkpoints
   every = s.meta_cfg.num_updates // n_ck
   ckpts = [jax.tree.map(lambda a: a[i], meta.checkpoints["actor"]) for i in range(n_ck)]
@@ -218,26 +224,32 @@ def run_baselines(c, s: Setup, meta: Meta) -> dict:
   per_state_tracin = baselines.tracin(ppo.actor_logits, ckpts, rates, X, y, obj[rows], X, y, num_tasks=s.K,
                                       loss_fn=policy_loss)
   by_target = lambda a: np.stack([a[:, obj[rows] == t].mean(1) for t in range(s.K)], 1)  # noqa: E731
-  return {"influence": by_target(per_state), "tracin": by_target(per_state_tracin)}
+  return {"influence": by_target(per_state), "tracin": by_target(per_state_tracin), "influence_solve": influence_solve}
 
 
-def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates):
-  """For every varying target: the objective set (always holding the target) each method picks,
-  among all 2^(K-1) such sets scored by the surrogate in one batch."""
+@dataclasses.dataclass(frozen=True)
+class Picks:
+  """Per varying target, the objective set (always holding the target) each method picks."""
+  choices: dict        # {target: {method: bool mask [K]}}
+  surrogates: dict     # {method: fitted surrogate} the surrogates' picks came from
+
+
+def selection_picks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates, families) -> Picks:
+  """Every family fitted on the exact fit rows and on the estimated subsets (targets that vary
+  only, as in the attribution), each picking, per target, the best of all 2^(K-1) sets that hold
+  it; beside them the baselines (all objectives, the target alone, random sets)."""
   K = s.K
   fit = np.arange(c.design.num_fit)
   # Targets whose outcome does not vary across the random subsets (a saturated objective) have
-  # nothing to select for; the surrogates are fitted on the others, as in the attribution.
+  # nothing to select for.
   varying = np.flatnonzero(metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold))
   column = {t: i for i, t in enumerate(varying)}
-  surrogates = {
-      "kernel_exact": ks.fit_kernel(dsg.S_rand[fit], exact_rand["F"][fit][:, varying], cv=c.surrogates.cv),
-      "linear_exact": ks.fit_linear(dsg.S_rand[fit], exact_rand["F"][fit][:, varying], cv=c.surrogates.cv),
-      "kernel_estimated": ks.fit_kernel(dsg.S_many, est.F_many[:, varying], cv=c.surrogates.cv),
-  }
+  surrogates = families_lib.fit_all(families(c, "morl"), {
+      "exact": (dsg.S_rand[fit], exact_rand["F"][fit][:, varying]),
+      "estimated": (dsg.S_many, est.F_many[:, varying])})
   all_sets = (np.arange(2 ** K)[:, None] >> np.arange(K)) & 1 == 1
   rng = np.random.default_rng(c.seed + 13)
-  picks = {}
+  choices = {}
   for t in varying:
     cand = all_sets[all_sets[:, t]]
     choice = {name: cand[int(np.argmin(np.asarray(g.predict(cand))[:, column[t]]))] for name, g in surrogates.items()}
@@ -245,35 +257,45 @@ def _selection_masks(c, s: Setup, dsg: Design, exact_rand: dict, est: Estimates)
     choice["target_alone"] = np.eye(K, dtype=bool)[t]
     for r in range(c.selection.num_random):
       choice[f"random_{r}"] = cand[rng.integers(len(cand))]
-    picks[t] = choice
-  return picks, surrogates
+    choices[int(t)] = choice
+  return Picks(choices=choices, surrogates=surrogates)
 
 
-def problems(config, run: runs.Run):
+def selection_masks(c, picks: Picks) -> np.ndarray:
+  """The distinct sets any method picked: what the selection seeds fine-tune for real."""
+  del c
+  return np.unique(np.stack([m for choice in picks.choices.values() for m in choice.values()]), axis=0)
+
+
+def problems(config, run: runs.Run, families):
   c = config
+  cs = c.design.chunk_size
   s = run.phase("setup", setup, c, store=False)
   meta = run.phase("meta_policy", meta_policy, c, s)
   dsg = run.phase("design", design, c, s, store=False)
-  struct = [run.outcomes(f"exact_structured_seed{i}", exact_chunk, c, dsg.S_struct, s, meta, i,
-                         chunk_size=c.finetune.chunk_size) for i in range(len(c.design.seeds))]
-  exact_rand = run.outcomes("exact_random", exact_chunk, c, dsg.S_rand, s, meta, -1, chunk_size=c.finetune.chunk_size)
-  est = run.phase("estimate", estimate, c, s, meta, dsg, exact_rand)
+  exact_rand = run.outcomes("exact_random", exact_chunk, c, dsg.S_rand, s, meta, -1, chunk_size=cs)
+  # The surrogates fit these targets only: the run stops here when too few of them vary.
+  common.require_varying(exact_rand["F"], c.normalized_error_threshold, c.min_varying_targets, phase="exact_random",
+                         threshold_field="normalized_error_threshold")
+  struct = [run.outcomes(f"exact_structured_seed{r}", exact_chunk, c, dsg.S_struct, s, meta, r, chunk_size=cs)
+            for r in range(c.truth.seeds)]
+  est = run.phase("estimate", estimate, c, s, meta, dsg, exact_rand, tuple(struct))
   extra_loo = run.phase("baselines", run_baselines, c, s, meta)
-  picks, surrogates = _selection_masks(c, s, dsg, exact_rand, est)
-  masks = np.unique(np.stack([m for choice in picks.values() for m in choice.values()]), axis=0)
-  selected = [run.outcomes(f"selection_seed{i}", selection_chunk, c, masks, s, meta, i, exact_rand, est,
-                           chunk_size=c.finetune.chunk_size) for i in range(len(c.selection.seeds))]
-  yield _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, masks, selected, surrogates)
+  picks = run.phase("selection_picks", selection_picks, c, s, dsg, exact_rand, est, families, store=False)
+  masks = run.phase("selection_masks", selection_masks, c, picks, store=False)   # their lineage keys the fine-tunes
+  selected = [run.outcomes(f"selection_seed{i}", selection_chunk, c, masks, s, meta, i, chunk_size=cs)
+              for i in range(len(c.selection.seeds))]
+  yield _problem(c, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, masks, selected)
 
 
-def _selection_summary(s: Setup, picks, masks, selected):
+def _selection_summary(s: Setup, picks: Picks, masks, selected):
   """Returns per target and method (mean and s.d. over selection seeds), and the kernel's regret
   reduction against the linear surrogate's; regret = best return among the compared sets on
   that seed minus the method's return."""
   index = {m.tobytes(): i for i, m in enumerate(masks)}
   R = np.stack([sel["R"] for sel in selected])            # [seeds, masks, T]
   table, regrets = {}, {}
-  for t, choice in picks.items():
+  for t, choice in picks.choices.items():
     name_t = s.suite.names[t]
     rows = {name: R[:, index[m.tobytes()], t] for name, m in choice.items()}
     best = np.max(np.stack(list(rows.values())), axis=0)   # [seeds]
@@ -286,46 +308,40 @@ def _selection_summary(s: Setup, picks, masks, selected):
     for k, v in rows.items():
       regrets.setdefault(k, []).append(best - v)
   regret = {k: np.stack(v) for k, v in regrets.items()}    # [T, seeds]
-  per_seed = 1 - regret["kernel_exact"].mean(0) / np.maximum(regret["linear_exact"].mean(0), 1e-9)
-  return table, {k: float(v.mean()) for k, v in regret.items()}, {
-      "kernel_vs_linear_regret_reduction": float(1 - regret["kernel_exact"].mean() / max(regret["linear_exact"].mean(), 1e-9)),
-      "kernel_vs_linear_regret_reduction_per_seed": per_seed.tolist()}
+  gain = {}
+  if "kernel_exact" in regret and "linear_exact" in regret:
+    per_seed = 1 - regret["kernel_exact"].mean(0) / np.maximum(regret["linear_exact"].mean(0), 1e-9)
+    gain = {"kernel_vs_linear_regret_reduction":
+            float(1 - regret["kernel_exact"].mean() / max(regret["linear_exact"].mean(), 1e-9)),
+            "kernel_vs_linear_regret_reduction_per_seed": per_seed.tolist()}
+  return table, {k: float(v.mean()) for k, v in regret.items()}, gain
 
 
-def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, masks, selected, surrogates):
+def _problem(c, s, meta, dsg, struct, exact_rand, est, extra_loo, picks: Picks, masks, selected):
   K = s.K
   F_struct = np.stack([r["F"] for r in struct])           # [seeds, 1 + K + P, T]
   loo_seeds = F_struct[:, 1:K + 1] - F_struct[:, :1]        # [seeds, K, T]
   full = F_struct[:, 0].mean(0)
-  loo_true = loo_seeds.mean(0)
-  varying = metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold)
-  if varying.sum() < 2:
-    raise ValueError(f"normalized_error_threshold: only {int(varying.sum())} targets vary across subsets")
-  ceiling, reliability = metrics.split_half_ceiling(loo_seeds[:, :, varying])
+  varying = metrics.varying_targets(exact_rand["F"], c.normalized_error_threshold)   # >= min_varying_targets
   # Exact pairwise interactions, seed by seed, next to the kernel surrogate's prediction.
-  g = surrogates["kernel_exact"]
-  inter_pred = np.asarray(ks.interactions(g))
+  g = picks.surrogates.get("kernel_exact")
+  inter_pred = np.asarray(ks.interactions(g)) if g is not None else None
   measured = []
   for p, (i, j) in enumerate(dsg.pairs):
     per_seed = F_struct[:, 0] - F_struct[:, 1 + i] - F_struct[:, 1 + j] + F_struct[:, 1 + K + p]   # [seeds, T]
     measured.append({"pair": [s.suite.names[i], s.suite.names[j]],
                      "mean_target": float(per_seed.mean()), "mean_target_std_over_seeds": float(per_seed.mean(1).std()),
-                     "per_target": per_seed.mean(0).tolist(), "kernel_predicted_mean_target": float(inter_pred[i, j].mean())})
+                     "per_target": per_seed.mean(0).tolist(),
+                     "kernel_predicted_mean_target": None if inter_pred is None else float(inter_pred[i, j].mean())})
   table, mean_regret, reduction = _selection_summary(s, picks, masks, selected)
-  curve_path = run.dir / "morl" / "meta_policy_curve.png"
-  report.curves(curve_path, {"meta-policy (all objectives)": meta.curve},
-                f"PPO meta-policy on {K} objectives", ylabel="mean reward per env slot per rollout", log_scale=False,
-                xlabel="PPO update")
-  bars_path = run.dir / "morl" / "selection.png"
-  report.selection_bars(bars_path, table, "objective selection: return on the target after real fine-tuning",
-                        ylabel="greedy return on the target\n(mean over seeds, bars: s.d.)")
+  curve = meta.curve
   fit, held = np.arange(c.design.num_fit), np.arange(c.design.num_fit, len(dsg.S_rand))
   return driver.Problem(
       name="morl", S=dsg.S_rand, F=exact_rand["F"][:, varying], splits=[(fit, held)],
-      loo_true=loo_true[:, varying], loo_ceiling=ceiling,
-      extra_fit={"estimated": (dsg.S_many, est.F_many[:, varying])},
-      extra_loo={k: v[:, varying] for k, v in extra_loo.items()},
-      info={"estimator": est.info, "ceiling": ceiling, "ground_truth_reliability": reliability,
+      truths={"loo": driver.Truth(loo_seeds[:, :, varying],
+                                  predictions={k: v[:, varying] for k, v in extra_loo.items() if k != "influence_solve"})},
+      sources={"estimated": (dsg.S_many, est.F_many[:, varying])}, estimates_of={"estimated": "exact"},
+      info={"estimator": est.info, "influence_solve": extra_loo.get("influence_solve"),
             "interactions_measured": measured,
             "selection": table, "selection_regret": mean_regret, "selection_gain": reduction,
             "meta_policy": {"return": dict(zip(s.suite.names, meta.meta_return.tolist())),
@@ -334,5 +350,10 @@ def _problem(c, run, s, meta, dsg, struct, exact_rand, est, extra_loo, picks, ma
             "full_set_outcome": dict(zip(s.suite.names, full.tolist())),
             "targets": [n for n, v in zip(s.suite.names, varying) if v]},
       higher_is_better=False, outcome_name="normalized negative return",
-      task_labels=list(s.suite.names),
-      figures={"meta_policy_curve": str(curve_path), "selection": str(bars_path)})
+      task_labels=list(s.suite.names), task_noun="objective",
+      figures={"meta_policy_curve": lambda result, path: report.curves(
+                   path, {"meta-policy (all objectives)": curve}, f"PPO meta-policy on {K} objectives",
+                   ylabel="mean reward per env slot per rollout", log_scale=False, xlabel="PPO update"),
+               "selection": lambda result, path: report.selection_bars(
+                   path, table, "objective selection: return on the target after real fine-tuning",
+                   ylabel="greedy return on the target\n(mean over seeds, bars: s.d.)")})

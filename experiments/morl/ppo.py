@@ -146,7 +146,7 @@ def _ppo_loss(params, batch, gae, targets, cfg: PPOConfig):
   return pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
 
 
-def _gae(traj: Transition, last_value, cfg: PPOConfig):
+def gae(traj: Transition, last_value, cfg: PPOConfig):
   def back(carry, t):
     gae, next_value = carry
     delta = t.reward + cfg.gamma * next_value * (1 - t.done) - t.value
@@ -184,7 +184,7 @@ def train(suite: Suite, cfg: PPOConfig, params0, mask_K, key, return_curve: bool
     params, opt_state, env_state, obs, key = carry
     (params, env_state, obs, key), traj = jax.lax.scan(
         env_step, (params, env_state, obs, key), None, cfg.num_steps)
-    adv, targets = _gae(traj, value(params["critic"], obs), cfg)
+    adv, targets = gae(traj, value(params["critic"], obs), cfg)
     B = cfg.num_envs * cfg.num_steps
     flat = lambda x: x.reshape((B,) + x.shape[2:])
     data = (jax.tree.map(flat, traj), flat(adv), flat(targets))
@@ -313,7 +313,7 @@ class Normalizer(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _returns_program(suite: Suite, ecfg: EvalConfig, random_policy: bool):
+def returns_program(suite: Suite, ecfg: EvalConfig, random_policy: bool):
   def run(actor_params, targets_T):
     return episode_returns(suite, lambda o: actor_logits(actor_params, o), targets_T, ecfg,
                            random_policy=random_policy)
@@ -322,13 +322,13 @@ def _returns_program(suite: Suite, ecfg: EvalConfig, random_policy: bool):
 
 def policy_returns(suite: Suite, params, targets_T, ecfg: EvalConfig = EvalConfig()):
   """Greedy mean return per target [T] of a params pytree (one cached compile per suite)."""
-  return _returns_program(suite, ecfg, False)(params["actor"], jnp.asarray(targets_T))
+  return returns_program(suite, ecfg, False)(params["actor"], jnp.asarray(targets_T))
 
 
 def make_normalizer(suite: Suite, meta_params, targets_T, ecfg: EvalConfig = EvalConfig()):
   targets_T = jnp.asarray(targets_T)
   meta = policy_returns(suite, meta_params, targets_T, ecfg)
-  rand = _returns_program(suite, ecfg, True)(meta_params["actor"], targets_T)
+  rand = returns_program(suite, ecfg, True)(meta_params["actor"], targets_T)
   return Normalizer(rand, meta)
 
 
@@ -362,65 +362,7 @@ def outcomes(suite: Suite, meta_params, S, key, targets_T, norm, *, cfg: PPOConf
   return np.asarray(F), np.asarray(R)
 
 
-def make_outcome_fn(suite: Suite, meta_params, cfg: PPOConfig = FINETUNE, *, targets=None,
-                    seed: int = 0, chunk: int = 16, ecfg: EvalConfig = EvalConfig()):
-  """The exact outcome: S [m, K] bool -> F [m, T] (numpy), fine-tuning from meta_params on each
-  subset and evaluating the normalized negative return on each target. Returns (outcome_fn,
-  normalizer)."""
-  if not isinstance(chunk, int) or chunk <= 0:
-    raise ValueError(f"chunk: must be a positive int, got {chunk!r}")
-  targets_T = target_ids(suite, targets)
-  norm = make_normalizer(suite, meta_params, targets_T, ecfg)
-  key = jax.random.key(seed)
-
-  def outcome(S):
-    return outcomes(suite, meta_params, S, key, targets_T, norm, cfg=cfg, ecfg=ecfg, chunk=chunk)[0]
-  return outcome, norm
-
-
-# ---------------------------------------------------------------- interactions
-
-def interaction_masks(K: int, i: int, j: int, base=None):
-  """The four subsets of a second difference: base, base - e_i, base - e_j, base - e_i - e_j
-  (bool [4, K]); base defaults to the full set and must contain i, j and one more objective."""
-  for name, v in (("i", i), ("j", j)):
-    if not 0 <= v < K:
-      raise ValueError(f"{name}: objective index must lie in [0, {K}), got {v}")
-  if i == j:
-    raise ValueError(f"j: must differ from i, both are {i}")
-  base = np.ones(K, bool) if base is None else np.asarray(base, bool)
-  if base.shape != (K,):
-    raise ValueError(f"base: expected shape [{K}], got {base.shape}")
-  if not (base[i] and base[j]) or base.sum() < 3:
-    raise ValueError(f"base: must contain i={i}, j={j} and at least one more objective")
-  S = np.tile(base, (4, 1))
-  S[1, i] = S[2, j] = S[3, i] = S[3, j] = False
-  return S
-
-
-def interaction(outcome_fn, K: int, i: int, j: int, base=None):
-  """Second difference F(B) - F(B - e_i) - F(B - e_j) + F(B - e_i - e_j) [T], B the full set by
-  default. Zero for any F additive in the objectives."""
-  F = outcome_fn(interaction_masks(K, i, j, base))
-  return F[0] - F[1] - F[2] + F[3]
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def save_params(path, params):
-  """Saves a params pytree with orbax (path must be absolute and not yet exist)."""
-  import orbax.checkpoint as ocp
-  ckpt = ocp.StandardCheckpointer()
-  ckpt.save(path, params)
-  ckpt.wait_until_finished()
-
-
-def load_params(path, like):
-  """Restores params saved by `save_params`; `like` gives the tree structure, shapes, dtypes."""
-  import orbax.checkpoint as ocp
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
-  return ocp.StandardCheckpointer().restore(path, target)
-
+# ---------------------------------------------------------------- parameters
 
 def flat_actor(params):
   """(flat actor vector [D], unravel) for the estimator's parameter-space directions."""

@@ -1,0 +1,190 @@
+"""Every setting is checked before the first phase: one line naming the field, exit code 2.
+
+The cases run through the CLI's own parsing (`main.configure`: the same prepare_argv, config_flags
+and validate as a real run, on a fresh flag set) in-process; a few run as real subprocesses."""
+import pathlib
+import shlex
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from experiments import common
+from experiments import contract
+from experiments import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HUGE = "1000000000"
+
+# (command-line arguments, the start of the one error line); issue 16's cases first.
+REFUSED = [
+    (["--experiment=modular", "--config=tiny", "--config.surrogates.cv=1"], "surrogates.cv: must be an integer >= 2, got 1"),
+    (["--experiment=modular", "--config=tiny", "--config.surrogates.cv=6"],
+     "surrogates.cv: 6 folds exceed the 5 subsets of the smallest fit set (finetune.num_fit)"),
+    (["--experiment=modular", "--config=tiny", "--config.surrogates.exact_krr_max=1"],
+     "--config.surrogates.exact_krr_max: no such field in modular's config 'tiny'"),
+    (["--experiment=modular", "--config=tiny", "--config.data.target_variance_threshold=inf"],
+     "data.target_variance_threshold: must be a finite number >= 0, got inf"),
+    (["--experiment=modular", "--config=tiny", "--config.model.num_heads=3"],
+     "model.num_heads: 3 must divide model.d_model=16"),
+    (["--experiment=modular", "--config=tiny", f"--config.estimate.dim={HUGE}"],
+     "estimate.dim: the one-step statistics (16 x 1000000000 x 1000000000 float64) and the projected features "
+     "needs "),
+    (["--experiment=modular", "--config=tiny", f"--config.estimate.num_subsets={HUGE}"],
+     "estimate.num_subsets: 1000000000 estimated subsets (indicators, solutions, outcomes) needs "),
+    (["--experiment=modular", "--config=tiny", f"--config.design.num_subsets={HUGE}"],
+     "design.num_subsets: 1000000000 retrained subsets needs "),
+    (["--experiment=modular", "--config=tiny", "--config.data.p=2"], "data.p: must be an integer >= 3, got 2"),
+    (["--experiment=modular", "--config=tiny", "--config.data.bar=11"], "data.bar: 11 must be below data.p=11"),
+    (["--experiment=modular", "--config=tiny", "--config.estimate.sizes=abc"],
+     "--config.estimate.sizes: expected a tuple like 13,15, got 'abc'"),
+    (["--experiment=modular", "--config=tiny", "--config.estimate.sizes=14,17"],
+     "estimate.sizes: expected low <= high <= 16 (the number of tasks), got (14, 17)"),
+    (["--experiment=modular", "--config=tiny", "--config.train.batch_size=0"],
+     "train.batch_size: must be None or an integer >= 1, got 0"),
+    (["--experiment=modular", "--config=tiny", "--config.train.batch_size=5000"],
+     "train.batch_size: 5000 exceeds the 97 training examples"),
+    (["--experiment=modular", "--config=tiny", "--config.train.batch_size=abc"],
+     "--config.train.batch_size: expected int, got 'abc'"),
+    (["--experiment=modular", "--config=tiny", "--config.finetune.lr=nan"], "finetune.lr: must be a finite number > 0"),
+    (["--experiment=modular", "--config=tiny", "--config.min_varying_targets=25"],
+     "min_varying_targets: 25 exceeds the 24 targets"),   # 30 asked, 24 validation pairs exist
+    (["--experiment=modular", "--config=tiny", "--config.study.budget_rate=0.6"],
+     "study.budget_rate: 0.6 must be one of study.rates (0.5, 0.7, 0.9)"),
+    (["--experiment=modular", "--config=tiny", "--config.seed=-1"], "seed: must be an integer in [0, "),
+    (["--experiment=reference", "--config.data.dir=/nonexistent"], "data.dir: '/nonexistent' does not exist"),
+    (["--experiment=reference", "--config.surrogates.cv=1"], "surrogates.cv: must be an integer >= 2, got 1"),
+    (["--experiment=reference", "--config.surrogates.cv=41", "--config.design.num_fit=60"],
+     "surrogates.cv: 41 folds exceed the 40 subsets of the smallest fit set"),
+    (["--experiment=reference", "--config.data.datasets=modular_add"],
+     "data.datasets: ('modular_add',) item 'modular_add' is not one of"),
+    (["--experiment=reference", "--config.eval.resplits=1"], "eval.resplits: must be an integer >= 2, got 1"),
+    (["--experiment=reference", "--config.surrogates.families=kernel,krr"],
+     "surrogates.families: unknown ['krr']; expected some of ['kernel', 'kernel_lds', 'kernel_official', 'linear', "
+     "'linear_official'] (or 'standard' for all)"),
+    (["--experiment=icl", "--config=tiny", "--config.model.gguf_path=missing.gguf"],
+     "model.gguf_path: 'missing.gguf' cannot be read (No such file or directory)"),
+    (["--experiment=icl", "--config=tiny", f"--config.model.gguf_path={__file__}"],
+     f"model.gguf_path: '{__file__}' is not a GGUF file (it does not start with b'GGUF')"),
+    (["--experiment=icl", "--config=tiny", "--config.data.num_demos=7"],
+     "data.num_demos: must be an even integer >= 2 (balanced classes), got 7"),
+    (["--experiment=icl", "--config=tiny", "--config.data.num_demos=100000"], "data.num_demos: all C(100000, 4) = "),
+    (["--experiment=icl", "--config=tiny", f"--config.estimate.num_subsets={HUGE}"],
+     "estimate.num_subsets: 1000000000 exceeds the 11880 distinct ordered prompts"),
+    (["--experiment=icl", "--config=tiny", "--config.surrogates.cv=17"],
+     "surrogates.cv: 17 folds exceed the design.num_fit=16 fitted prompts"),
+    (["--experiment=morl", "--config=tiny", "--config.objectives=balance,stay_left"],
+     "objectives: must be a tuple of 3+ distinct items"),
+    (["--experiment=morl", "--config=tiny", "--config.objectives=(balance,nope,stay_left)"],
+     "objectives: ('balance', 'nope', 'stay_left') item 'nope' is not one of 'balance'"),
+    (["--experiment=morl", "--config=tiny", "--config.design.pairs=0,1"],
+     "--config.design.pairs: expected a tuple like ((1, 2), (3, 4)), got '0,1'"),
+    (["--experiment=morl", "--config=tiny", "--config.design.pairs=((0,7),)"],
+     "design.pairs: (0, 7) is not a pair of distinct objective indices in [0, 5)"),
+    (["--experiment=morl", "--config=tiny", f"--config.estimate.dim={HUGE}"], "estimate.dim: the estimator's projected"),
+    (["--experiment=morl", "--config=tiny", "--config.meta.num_envs=4"],
+     "meta.num_envs: 4 env slots leave some of the 5 objectives without one"),
+]
+
+
+@pytest.mark.parametrize("args,message", REFUSED, ids=[a[-1].split("--config.")[-1][:40] for a, _ in REFUSED])
+def test_bad_settings_are_one_line_before_any_phase(args, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    main.configure(["main", *args])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith(f"error: {message}"), err
+  assert len(err.strip().splitlines()) == 1, err
+
+
+ACCEPTED = [
+    (["--experiment=modular", "--config=tiny", "--config.train.batch_size=64"], "train.batch_size", 64),
+    (["--experiment=modular", "--config=paper", "--config.train.batch_size=None"], "train.batch_size", None),
+    (["--experiment=modular", "--config=tiny", "--config.surrogates.num_inducing=100"], "surrogates.num_inducing", 100),
+    (["--experiment=modular", "--config=tiny", "--config.estimate.sizes=14,15"], "estimate.sizes", (14, 15)),
+    (["--experiment=modular", "--config=tiny", "--config.estimate.sizes=(14,16)"], "estimate.sizes", (14, 16)),
+    (["--experiment=morl", "--config=tiny", "--config.objectives=balance,stay_left,stay_right",
+      "--config.design.num_subsets=6", "--config.design.num_fit=4", "--config.design.pairs=((1,2),)"],
+     "objectives", ("balance", "stay_left", "stay_right")),
+    (["--experiment=morl", "--config=tiny", "--config.design.num_subsets=12", "--config.design.num_fit=8",
+      "--config.design.pairs=((1,2),)",
+      "--config.objectives=(balance,stay_left,stay_right,centered)"],
+     "objectives", ("balance", "stay_left", "stay_right", "centered")),
+    (["--experiment=reference", "--config.data.datasets=modular_quad"], "data.datasets", ("modular_quad",)),
+    (["--experiment=icl", "--config=tiny", "--config.surrogates.families=linear,kernel"], "surrogates.families",
+     ("linear", "kernel")),
+]
+
+
+@pytest.mark.parametrize("args,field,value", ACCEPTED, ids=[a[-1].split("--config.")[-1][:40] for a, _, _ in ACCEPTED])
+def test_none_valued_and_tuple_fields_take_command_line_values(args, field, value):
+  _, config = main.configure(["main", *args])
+  assert common.value(config, field) == value
+
+
+def _configs():
+  for name in contract.REGISTRY:
+    experiment = contract.load(name)
+    for variant in experiment.configs:
+      yield name, experiment, variant
+
+
+@pytest.mark.parametrize("name,experiment,variant", list(_configs()), ids=[f"{n}-{v}" for n, _, v in _configs()])
+def test_every_config_is_valid_and_every_listed_field_takes_its_own_value(name, experiment, variant):
+  """validate accepts every shipped config (so its rules cover every field: common.check refuses
+  a field without one), and every field --help lists round-trips through the command line,
+  None-valued ones included, written as --help writes it."""
+  config = experiment.get_config(variant)
+  experiment.validate(config)
+  args = [f"--experiment={name}", f"--config={variant}"]
+  for field, value in common.fields(config):
+    assert main._field_type(config, field) is not type(None), f"{field} has no type: the flag parser refuses it"
+    if field == "data.dir":
+      continue   # checked as a directory; its value is an absolute path
+    args.append(f"--config.{field}={main._shown(value)}")
+  _, parsed = main.configure(["main", *shlex.split(" ".join(args))])   # as a shell splits the line
+  assert parsed.to_dict() == config.to_dict()
+
+
+def test_a_rule_table_that_misses_a_field_is_a_bug_not_a_user_error():
+  from experiments.modular import config as C
+  rules = dict(C.RULES)
+  del rules["train.lr"]
+  with pytest.raises(RuntimeError, match=r"fields without a rule: \['train.lr'\]"):
+    common.check(C.get_config("tiny"), rules)
+
+
+def test_memory_bound_names_the_field_and_both_figures():
+  from experiments.modular import config as C
+  with pytest.raises(ValueError, match=r"^design.chunk_size: 8 vmapped trainings .* needs [0-9.e-]+ GiB, more than this "
+                                       r"machine's 0.000977 GiB of memory$"):
+    C.EXPERIMENT.validate(C.get_config("tiny"), memory_available=1 << 10 << 10)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_real_command_lines(tmp_path):
+  # A None-valued field is parsed (it used to stop the flag parser: "FATAL Flags parsing error"),
+  # and the run is refused on another field, before any phase.
+  r = _cli("--experiment=modular", "--config=tiny", "--config.train.batch_size=64", "--config.model.num_heads=3",
+           f"--workdir={tmp_path}")
+  assert r.returncode == 2 and r.stderr.strip() == "error: model.num_heads: 3 must divide model.d_model=16", r.stderr
+  r = _cli("--experiment=icl", "--config.model.gguf_path=missing.gguf", f"--workdir={tmp_path}")
+  assert r.returncode == 2 and r.stderr.strip().startswith("error: model.gguf_path: 'missing.gguf' cannot be read")
+  r = _cli("--experiment=morl", "--config=tiny", "--config.objectives=balance,stay_left", f"--workdir={tmp_path}")
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "objectives: must be a tuple" in r.stderr
+  assert not any(tmp_path.iterdir())   # nothing ran, nothing written
+
+
+def test_warnings_print_one_line():
+  r = subprocess.run([sys.executable, "-c", "import warnings; from experiments import main; "
+                      "warnings.formatwarning = main.one_line_warning; warnings.warn('grid: edge\\n of the grid')"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.stderr.strip().startswith("UserWarning: grid: edge of the grid (<string>:1)"), r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
+  line = main.one_line_warning(warnings.WarningMessage("a\nb", RuntimeWarning, "/x/y.py", 3).message, RuntimeWarning,
+                               "/x/y.py", 3, "source line")
+  assert line == "RuntimeWarning: a b (y.py:3)\n"
