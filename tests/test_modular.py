@@ -25,13 +25,13 @@ PINNED = {
     ("theta0", "val_accuracy"): (0.0833, 1e-4),
     ("ground_truth", "loo_effect_sd"): (0.1169, 1e-3),
     ("ceiling", "loo_pearson"): (0.7211, 5e-3),
-    ("estimator", "median_relative_error"): (0.00827, 5e-4),
+    ("estimator", "median_relative_error"): (0.00449, 5e-4),          # the replay (estimate.solver="replay")
     ("datasets", "kernel_exact", "lds"): (0.5794, 5e-3),
     ("datasets", "kernel_exact", "lds_declared"): (0.6583, 5e-3),
     ("datasets", "kernel_exact", "loo_pearson"): (0.5920, 5e-3),
     ("datasets", "linear_exact", "loo_pearson"): (0.5856, 5e-3),
     ("datasets", "influence", "loo_pearson"): (0.7217, 5e-3),
-    ("datasets", "kernel_estimated", "loo_finetune_pearson"): (0.8200, 5e-3),
+    ("datasets", "kernel_estimated", "loo_finetune_pearson"): (0.9815, 5e-3),
 }
 
 
