@@ -675,6 +675,14 @@ def _calibrate_scale(fn, S_cal, F_cal):
 
 # ----------------------------------------------------------------------------------------------
 
+def _lds(P, T):
+  """LDS, or nan where it is undefined (no target varies: e.g. the tiny config's 3 held-out rows)."""
+  try:
+    return metrics.lds(P, T)
+  except metrics.Undefined:
+    return float("nan")
+
+
 def score(name, recipe, c, dsg, F_hat_all, ft, F_base, real_loo, real_lds):
   ncal, nfit, nft = c.finetune.num_calibration, c.finetune.num_fit, c.finetune.num_subsets
   K = dsg.K
@@ -689,19 +697,19 @@ def score(name, recipe, c, dsg, F_hat_all, ft, F_base, real_loo, real_lds):
   # noise to add; the surrogate ratio's denominator, real fine-tunes' surrogate, is the ceiling)
   boot = np.random.default_rng(0).choice(held, (200, len(held)))
   err_ci = np.percentile([metrics.relative_error(F_hat[b], F_ft[b])["median"] for b in boot], [2.5, 97.5])
-  lds_ci = np.percentile([metrics.lds(F_hat[b], F_ft[b]) for b in boot], [2.5, 97.5])
+  lds_ci = np.percentile([_lds(F_hat[b], F_ft[b]) for b in boot], [2.5, 97.5])
   g = ks.fit_kernel(S_ft[fit], F_hat[fit], cv=c.surrogates.cv)
   sur_loo = metrics.loo_correlation(np.asarray(ks.predicted_loo(g)), loo_ft)["pearson"]
   return {
       "estimator": name, "recipe": str(recipe),
       # selection columns: the fit fine-tunes only (never the held-out ones or leave-one-out)
       "fit_rel_error": metrics.relative_error(F_hat[fit], F_ft[fit])["median"],
-      "fit_lds": metrics.lds(F_hat[fit], F_ft[fit]),
+      "fit_lds": _lds(F_hat[fit], F_ft[fit]),
       "median_rel_error": err, "no_change_error": no_change,
-      "ratio_to_no_change": err / no_change, "lds_heldout": metrics.lds(F_hat[held], F_ft[held]),
+      "ratio_to_no_change": err / no_change, "lds_heldout": _lds(F_hat[held], F_ft[held]),
       "err_ci": f"[{err_ci[0]:.3f}, {err_ci[1]:.3f}]", "lds_ci": f"[{lds_ci[0]:.3f}, {lds_ci[1]:.3f}]",
       "surrogate_ratio": sur_loo / real_loo,
-      "surrogate_lds_heldout": metrics.lds(np.asarray(g.predict(S_ft[held])), F_ft[held]),
+      "surrogate_lds_heldout": _lds(np.asarray(g.predict(S_ft[held])), F_ft[held]),
       "real_surrogate_lds_heldout": real_lds,
       "estimator_loo_pearson": metrics.loo_correlation(F_truth[:K] - F_truth[K][None], loo_ft)["pearson"],
       "first_order_error": float(np.median(ft["linearization_error"][ncal:nft])),
@@ -733,7 +741,7 @@ def main(argv):
     fit, held = np.arange(ncal, ncal + nfit), np.arange(ncal + nfit, nft)
     g_real = ks.fit_kernel(dsg.S_est[fit], ft["F"][fit], cv=c.surrogates.cv)
     real_loo = metrics.loo_correlation(np.asarray(ks.predicted_loo(g_real)), loo_ft)["pearson"]
-    real_lds = metrics.lds(np.asarray(g_real.predict(dsg.S_est[held])), ft["F"][held])
+    real_lds = _lds(np.asarray(g_real.predict(dsg.S_est[held])), ft["F"][held])
     print(f"\nrecipe {recipe}: fine-tunes ready ({time.perf_counter() - t0:.0f} s); {t_ft:.3f} s per fine-tune now "
           f"(stored run: {np.mean(ft['seconds']):.3f}); real-fit surrogate LOO Pearson {real_loo:.3f}, "
           f"held-out LDS {real_lds:.3f}", flush=True)
