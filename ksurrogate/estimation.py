@@ -69,6 +69,11 @@ def _logistic(o, y):
   return jax.nn.softplus(-o[0])
 
 
+def _competitors_ce(o, y):
+  del y   # the outputs are already relative to the label's logit
+  return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1, o.dtype), o]))
+
+
 def _squared(o, y):
   return 0.5 * jnp.sum((o - y) ** 2)
 
@@ -76,11 +81,19 @@ def _squared(o, y):
 SOFTMAX_CROSS_ENTROPY = OutputLoss("softmax_cross_entropy", _softmax_ce)   # output "logits"
 LOGISTIC = OutputLoss("logistic", _logistic)                               # output "margin": CE through the margin
 SQUARED = OutputLoss("squared", _squared)                                  # regression targets y [C]
+# output "top<k>": the outputs are competitor logits minus the label's, so CE = log(1 + sum exp(o))
+COMPETITORS_CROSS_ENTROPY = OutputLoss("competitors_cross_entropy", _competitors_ce)
 
 
 def default_loss(output: str) -> OutputLoss:
-  """The cross-entropy written for the features' output kind."""
-  return SOFTMAX_CROSS_ENTROPY if output == "logits" else LOGISTIC
+  """The cross-entropy written for a provided output kind ("logits", "margin", "top<k>")."""
+  if output == "logits":
+    return SOFTMAX_CROSS_ENTROPY
+  if output == "margin":
+    return LOGISTIC
+  if output.startswith("top") and output[3:].isdigit():
+    return COMPETITORS_CROSS_ENTROPY
+  raise ValueError(f"loss: features of the caller's output {output!r} need an explicit loss (an OutputLoss)")
 
 
 def _outputs(phi, o0, z):
@@ -227,8 +240,45 @@ def _statistics_fn(loss):
   return jax.jit(lambda phi, o, y, w: _grad_and_hessian(phi, o, y, w, loss))
 
 
+def solve(train: Features, task_ids, S, *, ridge: float, method: str = "onestep", num_iters: int = 8,
+          loss: OutputLoss | None = None, mean: bool = False, chunk_size: int | None = None, stats=None):
+  """z [m, d]: each subset's minimizer of the linearized training loss plus (ridge / 2) ||z||^2.
+
+  The loss is summed over the subset's examples, or averaged with `mean=True` (the objective a
+  fine-tune on the subset's mean loss has; the ridge is then in units of a mean loss). Other
+  arguments as `estimate`."""
+  _checks.choice(method, METHODS, "method")
+  ridge = _checks.positive_number(ridge, "ridge")
+  num_iters = _checks.positive_int(num_iters, "num_iters")
+  _check_features(train, "train")
+  S, task_ids = _checks.subsets_with_tasks(S, task_ids, train.num_examples)
+  return _solve(train, task_ids, S, ridge=ridge, method=method, num_iters=num_iters, loss=loss or default_loss(train.output),
+                mean=mean, chunk_size=chunk_size, stats=stats)
+
+
+def _solve(train, task_ids, S, *, ridge, method, num_iters, loss, mean, chunk_size, stats):
+  m, K = S.shape
+  # Task weights per subset: 1 per selected task, or 1 / (examples in the subset) for the mean.
+  S_w = S.astype(np.float32)
+  if mean:
+    S_w /= (S_w @ np.bincount(task_ids, minlength=K))[:, None]
+  if method == "onestep":
+    g_K, H_K = stats if stats is not None else task_statistics(train, task_ids, K, loss=loss)
+    g_K, H_K = jnp.asarray(g_K, jnp.float32), jnp.asarray(H_K, jnp.float32)
+    chunk_size = chunk_size or max(1, min(m, (1 << 28) // (4 * train.dim ** 2)))
+    run = lambda S_c: _onestep_chunk(jnp.asarray(S_c), g_K, H_K, ridge)  # noqa: E731
+  else:
+    phi, o0, y = (jnp.asarray(a) for a in (train.phi, train.offsets, train.labels))
+    N, C, d = train.phi.shape
+    # Per-subset working set of the Hessian build is about N*C*d floats; keep a chunk near 1 GiB.
+    chunk_size = chunk_size or max(1, min(m, (1 << 28) // max(1, N * C * d + d * d)))
+    run = lambda S_c: _newton_chunk(jnp.asarray(S_c[:, task_ids]), phi, o0, y, ridge,  # noqa: E731
+                                    loss=loss, num_iters=num_iters)
+  return np.asarray(batching.chunked_map(run, S_w, chunk_size=chunk_size))
+
+
 def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, method: str = "onestep",
-             num_iters: int = 8, outcome: str = "loss", loss: OutputLoss | None = None,
+             num_iters: int = 8, outcome: str = "loss", loss: OutputLoss | None = None, mean: bool = False,
              chunk_size: int | None = None, stats=None, return_params: bool = False):
   """F_hat [m, T] for every subset row of S [m, K] (bool), on the target examples.
 
@@ -236,7 +286,8 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
   the convex problem and the target outcomes use (default: the cross-entropy written for the
   features' output kind). `stats` reuses `task_statistics` output for method="onestep" (the
   default: O(K d^2 + d^3) per subset whatever the number of examples). With `return_params`, also
-  returns z [m, d]. `ridge` is in units of a summed loss: see `calibrate_ridge`.
+  returns z [m, d]. `ridge` is in units of a summed loss (`mean=True`: of the subset's mean loss):
+  see `calibrate_ridge`.
   """
   _checks.choice(method, METHODS, "method")
   _checks.choice(outcome, OUTCOMES, "outcome")
@@ -245,24 +296,15 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
   if chunk_size is not None:
     chunk_size = _checks.positive_int(chunk_size, "chunk_size")
   loss = loss or default_loss(train.output)
+  if outcome == "margin" and train.output not in ("margin", "logits"):
+    raise ValueError(f"outcome: 'margin' needs margin or logits features, got output {train.output!r}")
   task_ids, S = _check_inputs(train, task_ids, S, target)
   m, K = S.shape
   if stats is not None and method == "onestep":
     stats = _check_stats(stats, K, train.dim)
+  Z = _solve(train, task_ids, S, ridge=ridge, method=method, num_iters=num_iters, loss=loss, mean=mean,
+             chunk_size=chunk_size, stats=stats)
   phi_t, o0_t, y_t = (jnp.asarray(a) for a in (target.phi, target.offsets, target.labels))
-  if method == "onestep":
-    g_K, H_K = stats if stats is not None else task_statistics(train, task_ids, K, loss=loss)
-    g_K, H_K = jnp.asarray(g_K, jnp.float32), jnp.asarray(H_K, jnp.float32)
-    chunk_size = chunk_size or max(1, min(m, (1 << 28) // (4 * train.dim ** 2)))
-    solve = lambda S_c: _onestep_chunk(jnp.asarray(S_c, jnp.float32), g_K, H_K, ridge)  # noqa: E731
-  else:
-    phi, o0, y = (jnp.asarray(a) for a in (train.phi, train.offsets, train.labels))
-    N, C, d = train.phi.shape
-    # Per-subset working set of the Hessian build is about N*C*d floats; keep a chunk near 1 GiB.
-    chunk_size = chunk_size or max(1, min(m, (1 << 28) // max(1, N * C * d + d * d)))
-    solve = lambda S_c: _newton_chunk(jnp.asarray(S_c[:, task_ids], jnp.float32), phi, o0, y, ridge,  # noqa: E731
-                                      loss=loss, num_iters=num_iters)
-  Z = np.asarray(batching.chunked_map(solve, S, chunk_size=chunk_size))
   F_hat = np.asarray(batching.chunked_map(
       lambda Z_c: _target_outcomes(jnp.asarray(Z_c), phi_t, o0_t, y_t, loss=loss, outcome=outcome, output=train.output),
       Z, chunk_size=min(m, 1024)))

@@ -9,6 +9,12 @@ parameters c*chunk ... (c+1)*chunk - 1 of the flattened params) is drawn from fo
 the same key gives bit-identical features whatever the example batch size, and the streamed and
 materialized paths agree.
 
+The output is any differentiable function of the parameters and one example,
+`output_fn(params, (x, y)) -> [C]`; `output_fn(apply_fn, kind)` provides the classifier ones:
+"logits", "margin" (logit_y - logsumexp of the others) and "top<k>" (the k strongest competitors
+at params0 and the rest lumped, each relative to logit_y). Labels y keep their dtype: a policy's
+(action, weight) rows or a regression target pass through to the loss unchanged.
+
 Cost: 2 D d FLOPs per projected gradient vector, so per-logit features (C vectors per example)
 cost C times the scalar ones; prefer output="margin" (one vector) unless the estimate needs logits.
 """
@@ -28,7 +34,7 @@ from ksurrogate import _checks
 from ksurrogate import batching
 from ksurrogate import store
 
-OUTPUTS = ("logits", "margin")
+OUTPUTS = ("logits", "margin", "top<k>")
 PROJECTIONS = ("gaussian", "rademacher", "identity")
 
 
@@ -39,6 +45,8 @@ class Features:
   output "logits": C = number of classes, loss = cross-entropy on offsets + phi z.
   output "margin": C = 1, o = logit_y - logsumexp_{c != y} logit_c, loss = softplus(-o) (which is
   exactly the cross-entropy, written through the margin).
+  output "top<k>": C = k + 1 (see `output_fn`), loss = log(1 + sum_c exp(o_c)), the cross-entropy.
+  Any other name: an output function of the caller's, whose loss the caller passes.
   """
   phi: jax.Array
   offsets: jax.Array
@@ -60,13 +68,55 @@ def margin(logits, label):
   return logits[label] - jax.nn.logsumexp(others)
 
 
+def _top_k(output: str):
+  """k of "top<k>", or None for another name."""
+  if output.startswith("top") and output[3:].isdigit() and int(output[3:]) >= 1:
+    return int(output[3:])
+  return None
+
+
 def output_fn(apply_fn: Callable, output: str) -> Callable:
-  """(params, x, y) -> output vector [C] for one example, from apply(params, x_batch) -> logits."""
-  _checks.choice(output, OUTPUTS, "output")
-  def fn(params, x, y):
+  """A provided output function (params, (x, y)) -> [C] of a classifier apply(params, x_batch) -> logits.
+
+  "logits": every logit. "margin": [logit_y - logsumexp_{c != y} logit_c]. "top<k>": the k
+  classes other than y ranked highest at the parameters it is differentiated at, then the
+  logsumexp of the remaining ones, all minus logit_y; the cross-entropy is exactly
+  log(1 + sum_c exp(o_c)) (`estimation.COMPETITORS_CROSS_ENTROPY`). Linearizing it keeps the
+  k competitors' logits exact and freezes only the softmax inside the lumped rest, so it
+  sits between "margin" (k = 0) and "logits". The ranking is taken through stop_gradient, so it is
+  meant for linearization (derivatives at one point), not for training.
+  """
+  k = _top_k(output)
+  if output not in ("logits", "margin") and k is None:
+    raise ValueError(f"output: must be 'logits', 'margin' or 'top<k>' with k >= 1, got {output!r}")
+
+  def fn(params, example):
+    x, y = example
     logits = apply_fn(params, x[None])[0]
-    return logits if output == "logits" else margin(logits, y)[None]
+    if output == "logits":
+      return logits
+    if output == "margin":
+      return margin(logits, y)[None]
+    C = logits.shape[-1]
+    if k > C - 2:
+      raise ValueError(f"output: {output} needs at least {k + 2} classes, the model has {C}")
+    others = jnp.where(jnp.arange(C) == y, -jnp.inf, jax.lax.stop_gradient(logits))
+    _, top = jax.lax.top_k(others, k)
+    rest = (jnp.arange(C) != y) & ~jnp.isin(jnp.arange(C), top)
+    lse_rest = jax.nn.logsumexp(jnp.where(rest, logits, -jnp.inf))
+    return jnp.concatenate([logits[top], lse_rest[None]]) - logits[y]
   return fn
+
+
+def _resolve_output(apply_fn, output):
+  """(output function, name) from a provided kind or a caller's function."""
+  if callable(output):
+    return output, getattr(output, "__name__", "custom")
+  if not isinstance(output, str):
+    raise ValueError(f"output: must be a provided kind ('logits', 'margin', 'top<k>') or a function, got {output!r}")
+  if apply_fn is None:
+    raise ValueError(f"apply_fn: the provided output {output!r} needs the model's apply function")
+  return output_fn(apply_fn, output), output
 
 
 def projection_block(key, block: int, rows: int, dim: int, projection: str):
@@ -95,31 +145,35 @@ def _project_streamed(G, key, dim, projection, chunk):
   return jax.lax.fori_loop(0, n_blocks, body, jnp.zeros((G.shape[0], dim), G.dtype))
 
 
-def make_featurizer(apply_fn: Callable, params0, *, key, dim: int, output: str = "margin",
+def make_featurizer(apply_fn: Callable | None, params0, *, key, dim: int, output: str | Callable = "margin",
                     projection: str = "gaussian", chunk: int = 16384, materialize_bytes: int = 1 << 30):
   """Returns a jitted fn(x_batch, y_batch) -> (phi [B, C, d], offsets [B, C]).
 
+  `output`: a provided kind (see `output_fn`; needs `apply_fn`) or a function
+  (params, (x, y)) -> [C] (then `apply_fn` may be None).
   `materialize_bytes`: form P once when it is at most this large (faster), else stream it."""
   _checks.choice(projection, PROJECTIONS, "projection")
   _checks.positive_int(dim, "dim")
   flat0, unravel = ravel_pytree(params0)
   D = flat0.shape[0]
-  out = output_fn(apply_fn, output)
-  if projection == "identity":   # exact gradients, no projection (tests; tiny models)
+  out, _ = _resolve_output(apply_fn, output)
+  P = None
+  if projection == "identity":   # exact gradients, no projection (tests; small models; example space)
     if dim != D:
       raise ValueError(f"dim: the identity projection needs dim = number of parameters ({D}), got {dim}")
-    P = jnp.eye(D, dtype=flat0.dtype)
   else:
     P = projection_matrix(key, D, dim, projection, chunk) if D * dim * 4 <= materialize_bytes else None
 
   @jax.jit
   def featurize(x, y):
     def one(xi, yi):
-      f = lambda flat: out(unravel(flat), xi, yi)  # noqa: E731
+      f = lambda flat: out(unravel(flat), (xi, yi))  # noqa: E731
       return f(flat0), jax.jacrev(f)(flat0)          # [C], [C, D]
     offsets, J = jax.vmap(one)(x, y)
     B, C = offsets.shape
     G = J.reshape(B * C, D)
+    if projection == "identity":
+      return J, offsets
     proj = G @ P if P is not None else _project_streamed(G, key, dim, projection, chunk)
     return proj.reshape(B, C, dim), offsets
 
@@ -127,17 +181,21 @@ def make_featurizer(apply_fn: Callable, params0, *, key, dim: int, output: str =
   return featurize
 
 
-def featurize(apply_fn: Callable, params0, X, y, *, key, dim: int, output: str = "margin",
+def featurize(apply_fn: Callable | None, params0, X, y, *, key, dim: int, output: str | Callable = "margin",
               projection: str = "gaussian", batch_size: int = 64, chunk: int = 16384,
               memmap_path: Optional[str] = None, progress: bool = False,
               materialize_bytes: int = 1 << 30) -> Features:
-  """Projected per-example gradient features of all examples X [N, ...] with labels y [N].
+  """Projected per-example gradient features of all examples X [N, ...] with labels y [N, ...].
+
+  `output`: "logits", "margin", "top<k>" (classifiers: `output_fn` of `apply_fn`) or any function
+  (params, (x, y)) -> [C] (then `apply_fn` may be None); y keeps its dtype and shape.
 
   Batches of `batch_size` examples stream through one jitted program. With `memmap_path`, `phi` is
   written to an .npy memmap on disk batch by batch (for features larger than RAM) and the returned
   Features holds that memmap.
   """
   X, y = np.asarray(X), np.asarray(y)
+  _, name = _resolve_output(apply_fn, output)
   if len(X) != len(y):
     raise ValueError(f"y: has {len(y)} labels for {len(X)} examples")
   if len(X) == 0:
@@ -169,7 +227,7 @@ def featurize(apply_fn: Callable, params0, X, y, *, key, dim: int, output: str =
     phi.flush()
   if not np.all(np.isfinite(offsets)):
     raise ValueError("params0: model outputs are non-finite on some examples; cannot linearize there")
-  return Features(phi=phi, offsets=offsets, labels=y.astype(np.int32), output=output)
+  return Features(phi=phi, offsets=offsets, labels=y, output=name)
 
 
 def save(directory, feats: Features) -> None:

@@ -1,4 +1,8 @@
+import pathlib
+import sys
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -166,6 +170,107 @@ def test_pluggable_output_loss_squared_is_ridge_regression_and_edge_of_grid_warn
   with pytest.warns(UserWarning, match="edge of the grid"):
     best, _ = ks.calibrate_ridge(train, task_ids, target, S, truth, grid=[3.0, 30.0], loss=ks.estimation.SQUARED)
   assert best == 3.0
+
+
+# ----------------------------------------------------------------------------------------------
+# estimate_finetune: the fine-tuning recipe replayed in the linearized model.
+
+def _real_finetunes(apply_fn, params0, X, y, Xt, yt, task_ids, S, optimizer, steps):
+  """Target cross-entropies after full-batch fine-tuning from params0 on each subset (real training)."""
+  run = ks.trainer(training.supervised(apply_fn), optimizer, num_steps=steps)
+  stacked, _ = ks.finetune_subsets(run, params0, (X, y), task_ids, S, chunk_size=len(S))
+  return np.asarray(jax.vmap(lambda p: training.cross_entropy(apply_fn(p, Xt), yt))(stacked))
+
+
+@pytest.mark.parametrize("space", ["example", "parameter"])
+def test_replay_equals_real_sgd_finetuning_on_a_model_linear_in_params(space):
+  params0, X, y, Xt, yt, task_ids = _problem(3)
+  D = ravel_pytree(params0)[0].size
+  S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1]], bool)
+  recipe = ks.Recipe("sgd", 0.5, 30)
+  out = features.output_fn(logreg, "logits")
+  # parameter space at dim >> D: the Gaussian projection keeps the kernel to a few percent
+  F_hat, info = ks.estimate_finetune(out, params0, (X, y), task_ids, S, (Xt, yt), recipe=recipe,
+                                     loss=ks.estimation.SOFTMAX_CROSS_ENTROPY, space=space, dim=20000 if space == "parameter" else 8,
+                                     chunk_size=2, return_info=True)
+  real = _real_finetunes(logreg, params0, X, y, Xt, yt, task_ids, S, optax.sgd(0.5), 30)
+  base = np.asarray(training.cross_entropy(logreg(params0, Xt), yt))
+  assert info["space"] == space and D == 12
+  assert np.abs(real - base).max() > 0.05                  # the fine-tunes really move
+  np.testing.assert_allclose(F_hat, real, **(dict(rtol=1e-4, atol=1e-5) if space == "example" else dict(rtol=0.03, atol=1e-3)))
+
+
+def test_replay_is_adam_exactly_for_one_parameter():
+  # one parameter, one output: the scalar second-moment tracking is Adam's own (up to eps)
+  apply_fn = lambda p, X: jnp.stack([jnp.zeros(len(X)), X[:, 0] * p["a"]], -1)   # noqa: E731
+  r = np.random.default_rng(1)
+  X = r.normal(size=(40, 1)).astype(np.float32)
+  y = (X[:, 0] + r.normal(0, 0.5, 40) > 0).astype(np.int32)
+  Xt, yt = X[:7], y[:7]
+  params0 = {"a": np.float32(0.2)}
+  task_ids = np.repeat(np.arange(4), 10)
+  S = np.array([[1, 1, 1, 1], [1, 0, 0, 1], [0, 1, 1, 0]], bool)
+  F_hat = ks.estimate_finetune(features.output_fn(apply_fn, "logits"), params0, (X, y), task_ids, S, (Xt, yt),
+                               recipe=ks.Recipe("adam", 0.05, 25), loss=ks.estimation.SOFTMAX_CROSS_ENTROPY)
+  real = _real_finetunes(apply_fn, params0, X, y, Xt, yt, task_ids, S, optax.adam(0.05), 25)
+  np.testing.assert_allclose(F_hat, real, rtol=1e-4, atol=1e-5)
+
+
+def test_replay_tracks_adam_finetunes_of_an_mlp_better_than_no_change():
+  sys.path.insert(0, str(pathlib.Path(__file__).parent / "golden"))
+  import golden_models
+  r = np.random.default_rng(0)
+  params0 = golden_models.mlp_params(0)
+  X = r.normal(size=(96, 6)).astype(np.float32)
+  teacher = golden_models.mlp_params(5)
+  y = np.asarray(jnp.argmax(golden_models.mlp(teacher, X), -1))
+  Xt, yt, X, y = X[:24], y[:24], X[24:], y[24:]
+  task_ids = np.repeat(np.arange(6), 12)
+  S = np.array(ks.subsets.bernoulli(jax.random.key(0), 12, 6, 0.6))
+  S[S.sum(1) == 0, 0] = True
+  real = _real_finetunes(golden_models.mlp, params0, X, y, Xt, yt, task_ids, S, optax.adam(3e-3), 40)
+  base = np.asarray(training.cross_entropy(golden_models.mlp(params0, Xt), yt))
+  err = lambda F: np.median(np.abs(F - real) / np.abs(real))   # noqa: E731
+  for output in ("logits", "margin", "top1"):
+    F_hat = ks.estimate_finetune(features.output_fn(golden_models.mlp, output), params0, (X, y), task_ids, S, (Xt, yt),
+                                 recipe=ks.Recipe("adam", 3e-3, 40), loss=ks.estimation.default_loss(output))
+    assert err(F_hat) < 0.5 * err(np.broadcast_to(base, real.shape)), output
+
+
+def test_replay_bad_inputs():
+  params0, X, y, Xt, yt, task_ids = _problem(3)
+  out = features.output_fn(logreg, "logits")
+  S = np.ones((2, 4), bool)
+  kw = dict(recipe=ks.Recipe("sgd", 0.1, 3), loss=ks.estimation.SOFTMAX_CROSS_ENTROPY)
+  for bad, match in [(dict(recipe=("sgd", 0.1, 3)), "^recipe:"), (dict(loss="ce"), "^loss:"), (dict(space="both"), "^space:"),
+                     (dict(dim=0), "^dim:")]:
+    with pytest.raises(ValueError, match=match):
+      ks.estimate_finetune(out, params0, (X, y), task_ids, S, (Xt, yt), **{**kw, **bad})
+  with pytest.raises(ValueError, match="^recipe.optimizer:"):
+    ks.Recipe("rmsprop", 0.1, 3)
+  with pytest.raises(ValueError, match="^recipe.lr:"):
+    ks.Recipe("sgd", -1.0, 3)
+  with pytest.raises(ValueError, match="^recipe.steps:"):
+    ks.Recipe("sgd", 0.1, 0)
+  with pytest.raises(ValueError, match="^train:"):
+    ks.estimate_finetune(out, params0, (X, y[:-1]), task_ids, S, (Xt, yt), **kw)
+  with pytest.raises(ValueError, match="^S:"):
+    ks.estimate_finetune(out, params0, (X, y), task_ids, np.zeros((2, 4), bool), (Xt, yt), **kw)
+  with pytest.raises(ValueError, match="^output_fn:"):
+    ks.estimate_finetune(None, params0, (X, y), task_ids, S, (Xt, yt), **kw)
+
+
+def test_mean_objective_is_the_sum_at_a_ridge_scaled_by_subset_size():
+  params0, X, y, Xt, yt, task_ids = _problem(3)
+  train = features.featurize(logreg, params0, X, y, key=jax.random.key(0), dim=12, output="logits", projection="identity")
+  S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0]], bool)
+  n_S = S.astype(int) @ np.bincount(task_ids)
+  for method in ("onestep", "newton"):
+    z_mean = ks.solve(train, task_ids, S, ridge=0.01, method=method, mean=True, num_iters=20)
+    for i in range(len(S)):
+      z_sum = ks.solve(train, task_ids, S[i:i + 1], ridge=0.01 * n_S[i], method=method, num_iters=20)
+      np.testing.assert_allclose(z_mean[i], z_sum[0], rtol=1e-3, atol=1e-5)
+    assert not np.allclose(z_mean[0], ks.solve(train, task_ids, S[:1], ridge=0.01, method=method, num_iters=20)[0])
 
 
 def test_calibrate_ridge_refuses_non_finite_real_outcomes_in_one_line():

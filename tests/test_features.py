@@ -85,3 +85,44 @@ def test_bad_feature_arguments(mlp_data):
     features.featurize(f, p, X, y, key=jax.random.key(0), dim=8, projection="sparse")
   with pytest.raises(ValueError, match="^dim"):
     features.featurize(f, p, X, y, key=jax.random.key(0), dim=8, projection="identity")
+  with pytest.raises(ValueError, match="^apply_fn"):
+    features.featurize(None, p, X, y, key=jax.random.key(0), dim=8, output="margin")
+  with pytest.raises(ValueError, match="^output"):
+    features.featurize(f, p, X, y, key=jax.random.key(0), dim=8, output="top2")   # 3 classes: at most top1
+
+
+def test_custom_output_function_keeps_label_dtype_and_shape(mlp_data):
+  # a regression-style output with float [N, 2] labels: featurize passes (x, y) through unchanged
+  f, p, X, _ = mlp_data
+  y = np.random.default_rng(1).normal(size=(len(X), 2)).astype(np.float32)
+
+  def weighted(params, example):
+    x, yi = example
+    return f(params, x[None])[0, :2] * yi
+  got = features.featurize(None, p, X, y, key=jax.random.key(0), dim=16, output=weighted)
+  assert got.labels.dtype == np.float32 and got.labels.shape == (len(X), 2) and got.output == "weighted"
+  np.testing.assert_allclose(got.offsets, np.asarray(f(p, X))[:, :2] * y, atol=1e-6)
+  y_int = np.arange(len(X), dtype=np.int64) % 3
+  assert features.featurize(f, p, X, y_int, key=jax.random.key(0), dim=8).labels.dtype == np.int64
+
+
+def test_top_k_output_is_the_cross_entropy_and_sits_between_margin_and_logits():
+  import optax
+  from ksurrogate import estimation
+  r = np.random.default_rng(2)
+  W = r.normal(size=(4, 6)).astype(np.float32)
+  apply_fn = lambda params, x: x @ params   # noqa: E731
+  X, y = r.normal(size=(9, 4)).astype(np.float32), r.integers(0, 6, 9)
+  ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(apply_fn(W, X), y))
+  for k in (1, 2, 4):
+    out = features.output_fn(apply_fn, f"top{k}")
+    o = np.stack([np.asarray(out(W, (x, t))) for x, t in zip(X, y)])
+    assert o.shape == (9, k + 1)
+    np.testing.assert_allclose(estimation.COMPETITORS_CROSS_ENTROPY.values(o, y), ce, rtol=1e-5)
+    # the first output is the strongest competitor at these parameters, relative to the label
+    logits = apply_fn(W, X)
+    strongest = np.where(np.arange(6) == y[:, None], -np.inf, logits).max(1)
+    np.testing.assert_allclose(o[:, 0], strongest - logits[np.arange(9), y], rtol=1e-5)
+  # linearized, top<k> keeps k competitors' logits exact: its Jacobian rows are logit differences
+  J = jax.jacrev(lambda w: features.output_fn(apply_fn, "top4")(w, (X[0], y[0])))(W)
+  assert np.all(np.isfinite(np.asarray(J)))

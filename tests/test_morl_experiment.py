@@ -15,12 +15,12 @@ PINNED = {
     ("meta_policy", "return", "balance"): (86.0, 0.5),
     ("full_set_outcome", "stay_left"): (-1.3703, 1e-3),
     ("ceiling", "loo_pearson"): (0.8677, 5e-3),
-    ("estimator", "median_relative_error"): (0.2260, 5e-3),
+    ("estimator", "median_relative_error"): (0.2332, 5e-3),   # the library projection (issue 17)
     ("datasets", "kernel_exact", "lds"): (0.1940, 5e-3),
     ("datasets", "kernel_exact", "loo_pearson"): (-0.3588, 5e-3),
     ("datasets", "linear_exact", "loo_pearson"): (-0.0168, 5e-3),
     ("datasets", "tracin", "loo_pearson"): (0.3446, 5e-3),
-    ("selection_regret", "linear_exact"): (1.2839, 5e-3),
+    ("selection_regret", "linear_exact"): (2.6339, 5e-3),   # regret vs the best compared set, kernel_estimated's pick included
 }
 
 

@@ -100,7 +100,11 @@ VARIANTS = {
         "model": dict(d_model=128, num_layers=2, mlp_dim=512),
         "train": dict(num_steps=425, batch_size=512, lr=1e-3, lr_schedule="constant", retries=0, converged_loss=4.0),
         "design": dict(chunk_size=32),
-        "estimate": dict(dim=1024, num_subsets=5000),
+        # The replay's exact kernel needs its Jacobian rows: ~4 (N C + T C) D bytes, about 30 GB
+        # at this size (top-1 outputs), which fits an H200; below that budget it would fall back
+        # to parameter space, which at d = 256 did no better than no change on the cpu config.
+        # Not run at this size yet.
+        "estimate": dict(dim=1024, num_subsets=5000, memory_gib=48.0),
     },
 }
 
@@ -152,12 +156,18 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # mean and its split-half reliability across seeds the ceiling every method is reported against.
   c.truth = dict(seeds=3)
   c.estimate = dict(
-      dim=256, feature_batch=64, solver="onestep",
+      # solver "replay": the finetune block's recipe replayed in the linearized model
+      # (ks.estimate_finetune) on the `output` ("top1": the label's strongest competitor at theta0
+      # and the rest lumped), in example space (exact kernel) when it fits memory_gib, else in
+      # parameter space projected to dim. "onestep" / "newton": the ridge minimizer on margin
+      # features projected to dim. BUILD_NOTES.md ("Estimated outcomes: replaying the fine-tuning")
+      # has the comparison.
+      dim=256, feature_batch=64, solver="replay", output="top1", space="auto", memory_gib=2.0,
       num_subsets=2000,
       sizes=(22, 24),   # sizes of the estimated subsets: up to K - 1, next to the LOO sets
-      # Ridge of the estimates the surrogates are fitted on: "retrain" = best LDS against the exact
-      # retrains of the fit split (training data of the exact surrogates, never the held-out split
-      # or LOO); "finetune" = the ridge calibrated against fine-tunes from theta0.
+      # Ridge methods only: ridge of the estimates the surrogates are fitted on: "retrain" = best LDS
+      # against the exact retrains of the fit split (training data of the exact surrogates, never the
+      # held-out split or LOO); "finetune" = the ridge calibrated against fine-tunes from theta0.
       attribution_ridge="retrain",
   )
   # Influence functions: Gauss-Newton curvature (PSD, so CG converges on this non-convex model),
@@ -203,6 +213,14 @@ def memory(c) -> dict:
                                f"{max(estimated)} estimated subsets (indicators, solutions, outcomes)"),
       "design.num_subsets": (4 * c.design.num_subsets * (K + T), f"{c.design.num_subsets} retrained subsets"),
   }
+  if c.estimate.solver == "replay":   # ks.estimate_finetune's cost rule: the exact kernel when it fits
+    o = c.estimate.output
+    C = 1 if o == "margin" else c.data.p if o == "logits" else int(o[3:]) + 1
+    rows = (n_train + T) * C
+    exact = 4 * rows * (D + n_train * C)
+    fits = exact <= c.estimate.memory_gib * 2 ** 30
+    out["estimate.memory_gib"] = ((exact, f"the replay's Jacobian rows and exact kernel ({rows} rows x {D} parameters)")
+                                  if fits else (4 * rows * d, f"the replay's projected features ({rows} rows x {d})"))
   if c.surrogates.num_inducing is not None:
     n = max(estimated)
     m = min(n, c.surrogates.num_inducing)
@@ -250,7 +268,12 @@ RULES = {
     "truth.seeds": common.integer(1),
     "estimate.dim": common.integer(1),
     "estimate.feature_batch": common.integer(1),
-    "estimate.solver": common.choice("onestep", "newton"),
+    "estimate.solver": common.choice("replay", "onestep", "newton"),
+    "estimate.output": common.Rule(lambda v: v in ("margin", "logits") or (isinstance(v, str) and v.startswith("top")
+                                                                            and v[3:].isdigit() and int(v[3:]) >= 1),
+                                   "'margin', 'logits' or 'top<k>' (k >= 1)"),
+    "estimate.space": common.choice("auto", "example", "parameter"),
+    "estimate.memory_gib": common.positive(),
     "estimate.num_subsets": common.integer(1),
     "estimate.sizes": common.sequence(common.integer(1), min_len=2, max_len=2),
     "estimate.attribution_ridge": common.choice("retrain", "finetune"),

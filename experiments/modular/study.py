@@ -96,7 +96,10 @@ def estimate_pools(c, s: pipeline.Setup, sd: StudyDesign, fs: pipeline.FeatureSe
   e, keep, task = c.estimate, tg.keep, s.d.task_train
   train_f, target_f = fs.train, fs.target
   kept = fs.target_rows(keep)
-  est = dict(method=e.solver, stats=ks.task_statistics(train_f, task, sd.K)) if e.solver == "onestep" else dict(method=e.solver)
+  # the study estimates retrains from scratch, calibrated against them: the ridge minimizer, not a
+  # replay of the fine-tuning from theta0 ("replay" falls back to onestep here)
+  method = "newton" if e.solver == "newton" else "onestep"
+  est = dict(method=method, stats=ks.task_statistics(train_f, task, sd.K)) if method == "onestep" else dict(method=method)
   grid = 10.0 ** np.arange(-1.0, 8.0)
   Fs, ridges, seconds = [], [], []
   for rate, S_pool, S_est, pool in zip(sd.rates, sd.pools, sd.S_est, pools):

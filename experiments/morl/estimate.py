@@ -1,20 +1,18 @@
-"""First-order estimate of the subset outcome F(S), from the meta-policy alone.
+"""First-order estimate of the subset outcome F(S), from the meta-policy alone: problem glue
+(rollouts, advantage weights, return read-outs) around the library's estimator.
 
 1. Rollouts: the meta-policy (sampled actions) runs `num_envs` slots per objective for
    `num_steps` steps; GAE with the meta critic and the objective's own reward gives an advantage
    per visited state.
-2. Features: the Jacobian of the action logits w.r.t. the actor params at theta0, per state
-   (reverse mode: A = 2 vjps per state is cheaper than D-dimensional forward mode), projected
-   to d dims with a Gaussian P [D, d], entries N(0, 1/d): G(s) = J(s) P, [A, d].
-3. Per subset, one convex problem in z in R^d: the logits are linear in z,
-   logits(s) = f(theta0, s) + G(s) z, and z_S maximizes the advantage-weighted log-likelihood of
-   the rollout actions, each objective of S weighted equally (as the fine-tuning spreads env
-   slots evenly over S), minus a ridge (lam / 2) |z|^2. Weights exp(clip(A / std)) are positive
-   (AWR), which keeps the problem concave. Two solvers, both `vmap`ped over subsets:
-   "newton" iterates Newton steps over all rollout states to the maximizer (N d^2 per step and
-   subset); "quadratic" (default) takes the one Newton step from z = 0, the exact maximizer of
-   the second-order model, whose gradient and Hessian are per-objective sums precomputed once,
-   so a subset costs K d^2 + d^3 whatever the number of rollout states.
+2. Features (`ks.featurize` with the actor's logits as the output function, labels
+   (action, advantage weight) per state): the Jacobian of the action logits w.r.t. the actor
+   params at theta0, projected by the library's Gaussian P [D, d]: G(s) = J(s) P, [A, d].
+3. Per subset (`ks.solve`, mean=True): z_S maximizes the advantage-weighted log-likelihood of the
+   rollout actions under the linearized logits f(theta0, s) + G(s) z, averaged over S's states
+   (every objective has as many, as the fine-tuning spreads env slots evenly over S), minus a
+   ridge (lam / 2) |z|^2. Weights exp(clip(A / std)) are positive (AWR), which keeps the problem
+   convex. Solvers: "quadratic" (default; the library's "onestep": one Newton step from z = 0
+   from per-objective sufficient statistics, K d^2 + d^3 per subset) or "newton" (iterated).
 4. The outcome of S, two ways:
    - "rollout": the linearized policy f(theta0) + J P z_S is rolled out greedily in each target
      environment on the exact evaluator's reset seeds, one `jax.jvp` per step. Faithful (the
@@ -24,6 +22,7 @@
      return change is the importance-weighted advantage sum of the linearized (sampled) policy,
      sum_t (pi_z(a_t|s_t) / pi_0(a_t|s_t) - 1) A_t (the first-order performance-difference
      term), added to the meta-policy's evaluated return. No environment steps per subset.
+The first-order error of real fine-tunes is `ks.diagnostics.linearization_error` on the actor.
 """
 from __future__ import annotations
 
@@ -33,8 +32,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import ksurrogate as ks
 from experiments.morl import ppo
 from experiments.morl.envs import Suite, check_masks
+from ksurrogate import features as features_lib
+
+
+def _awr_loss(o, y):
+  """Minus the advantage-weighted log-likelihood of one state's action: y = (action, weight)."""
+  return -y[1] * jax.nn.log_softmax(o)[y[0].astype(jnp.int32)]
+
+
+AWR = ks.OutputLoss("advantage_weighted_log_likelihood", _awr_loss)
+
+
+def policy_logits(actor_params, example):
+  """The output the estimator linearizes: the actor's action logits at one state."""
+  obs, _ = example
+  return ppo.actor_logits(actor_params, obs[None])[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +77,6 @@ class EstimatorConfig:
 # Newton iterations over all rollout states cost N d^2 per step and subset; the quadratic solver
 # pays that once per objective and then d^3 per subset, so it affords more states and larger d.
 NEWTON_SMALL = EstimatorConfig(num_envs=4, dim=32, solver="newton")
-
-
-def projection(key, D: int, d: int):
-  """Gaussian projection [D, d] with entries N(0, 1/d)."""
-  return jax.random.normal(key, (D, d), jnp.float32) / jnp.sqrt(d)
 
 
 def collect(suite: Suite, params0, cfg: EstimatorConfig):
@@ -97,55 +107,35 @@ def collect(suite: Suite, params0, cfg: EstimatorConfig):
           "obj": jnp.repeat(obj_N, cfg.num_steps)}
 
 
-def features(params0, obs_NxO, P_Dxd, batch: int = 512):
-  """G = J(s) P per state: [N, A, d]."""
-  flat0, unravel = ppo.flat_actor(params0)
-
-  def one(o):
-    jac_AxD = jax.jacrev(lambda th: ppo.actor_logits(unravel(th), o[None])[0])(flat0)
-    return jac_AxD @ P_Dxd
-  return jax.lax.map(one, obs_NxO, batch_size=batch)
-
-
 class Estimator:
   """Holds the meta-policy's rollouts and projected features; `z(S)` solves the per-subset
   problem and `outcome(S, mode)` estimates F(S) [m, T], normalized like the exact outcome."""
 
   def __init__(self, suite: Suite, params0, norm: ppo.Normalizer, targets_T,
                cfg: EstimatorConfig = EstimatorConfig(), ecfg: ppo.EvalConfig = ppo.EvalConfig()):
-    if suite.num_actions != 2:
-      raise ValueError(f"suite: the solver is written for 2 actions, got {suite.num_actions}")
     self.suite, self.params0, self.norm, self.cfg, self.ecfg = suite, params0, norm, cfg, ecfg
     self.targets_T = jnp.asarray(targets_T)
     self.flat0, self.unravel = ppo.flat_actor(params0)
-    self.P = projection(jax.random.fold_in(jax.random.key(cfg.seed), 1), self.flat0.size, cfg.dim)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     self.data = jax.jit(lambda p: collect(suite, p, cfg))(params0)
-    self.G = jax.jit(features)(params0, self.data["obs"], self.P)
-    self.logits0 = ppo.actor_logits(params0["actor"], self.data["obs"])
     adv, obj = self.data["adv"], self.data["obj"]
-    per = lambda f: jax.ops.segment_sum(f, obj, suite.K) / (cfg.num_envs * cfg.num_steps)
+    per = lambda f: jax.ops.segment_sum(f, obj, suite.K) / (cfg.num_envs * cfg.num_steps)  # noqa: E731
     mu = per(adv)
     sd = jnp.sqrt(per((adv - mu[obj]) ** 2)) + 1e-8
     self.w = jnp.exp(jnp.clip((adv - mu[obj]) / sd[obj], -cfg.adv_clip, cfg.adv_clip))
-    # Arrays go into the jitted programs as arguments, not as baked-in constants.
-    a = {"G": self.G, "logits0": self.logits0, "w": self.w,
-         "U": self.G[:, 1] - self.G[:, 0], "delta0": self.logits0[:, 1] - self.logits0[:, 0], "P": self.P, "flat0": self.flat0,
-         "R_meta": norm.meta_T, **{k: self.data[k] for k in ("action", "obj", "adv", "logp0")}}
+    labels = np.stack([np.asarray(self.data["action"], np.float32), np.asarray(self.w)], 1)
+    self.feats = ks.featurize(None, params0["actor"], np.asarray(self.data["obs"]), labels, key=key, dim=cfg.dim,
+                              output=policy_logits, batch_size=512)
+    self.P = features_lib.projection_matrix(key, self.flat0.size, cfg.dim)   # the blocks featurize used
+    self.G, self.logits0 = jnp.asarray(self.feats.phi), jnp.asarray(self.feats.offsets)
+    self.obj = np.asarray(obj)
+    self.stats = ks.task_statistics(self.feats, self.obj, suite.K, loss=AWR)
     # Scale-free ridge: lam relative to the mean curvature of the full-set problem at z = 0.
-    H_full = self._hessian(a, jnp.zeros(cfg.dim), self._coef(a, jnp.ones(suite.K, bool)))
-    self.lam = cfg.ridge * jnp.trace(H_full) / cfg.dim
-    # Per-objective gradient and Hessian of the objective at z = 0 (mean over the objective's
-    # states): the subset's second-order model is their average over S, exact for the mean.
-    onehot_c = a["action"].astype(jnp.float32) - jax.nn.sigmoid(a["delta0"])
-    per_obj = cfg.num_envs * cfg.num_steps
-    p1 = jax.nn.sigmoid(a["delta0"])
-    # `collect` orders states by objective, so a reshape groups them without an N x d x d array.
-    U_K = a["U"].reshape(suite.K, per_obj, cfg.dim)
-    a["g_K"] = jnp.einsum("kn,knd->kd", (a["w"] * onehot_c).reshape(suite.K, per_obj), U_K) / per_obj
-    a["H_K"] = jnp.einsum("kn,knd,kne->kde", (a["w"] * p1 * (1 - p1)).reshape(suite.K, per_obj),
-                          U_K, U_K) / per_obj
-    self.arrays = {**a, "lam": self.lam}
-    self._z = jax.jit(jax.vmap(self._solve, in_axes=(None, 0)))
+    self.lam = float(cfg.ridge * np.trace(self.stats[1].sum(0)) / len(self.obj) / cfg.dim)
+    # Arrays go into the jitted programs as arguments, not as baked-in constants.
+    self.arrays = {"G": self.G, "logits0": self.logits0, "w": self.w, "P": self.P, "flat0": self.flat0,
+                   "R_meta": norm.meta_T, "lam": self.lam,
+                   **{k: self.data[k] for k in ("action", "obj", "adv", "logp0")}}
     self._roll = jax.jit(jax.vmap(self._rollout_returns, in_axes=(None, 0)))
     self._surr = jax.jit(jax.vmap(self._surrogate_returns, in_axes=(None, 0)))
 
@@ -154,10 +144,6 @@ class Estimator:
     per_obj = self.cfg.num_envs * self.cfg.num_steps
     return a["w"] * mask_K[a["obj"]] / (jnp.sum(mask_K) * per_obj)
 
-  def _hessian(self, a, z, c_N):
-    p1 = jax.nn.sigmoid(a["delta0"] + a["U"] @ z)
-    return jnp.einsum("n,nd,ne->de", c_N * p1 * (1 - p1), a["U"], a["U"])
-
   def objective(self, z, mask_K):
     """The concave objective of subset S at z (for tests and diagnostics)."""
     a = self.arrays
@@ -165,32 +151,12 @@ class Estimator:
     ll = jnp.take_along_axis(logp, a["action"][:, None], 1)[:, 0]
     return jnp.sum(self._coef(a, mask_K) * ll) - 0.5 * a["lam"] * z @ z
 
-  def _solve(self, a, mask_K):
-    if self.cfg.solver == "quadratic":
-      s_K = mask_K / jnp.sum(mask_K)
-      H = jnp.einsum("k,kde->de", s_K, a["H_K"]) + a["lam"] * jnp.eye(self.cfg.dim)
-      return jax.scipy.linalg.solve(H, s_K @ a["g_K"], assume_a="pos")
-    return self._solve_newton(a, mask_K, self.cfg.newton_steps)
-
-  def _solve_newton(self, a, mask_K, steps: int):
-    # Two actions: the log-likelihood depends on z only through the logit difference
-    # delta0 + U z (U = G[:, 1] - G[:, 0]), a ridge logistic regression; its Hessian costs
-    # N d^2 per Newton step instead of N A^2 d^2.
-    c_N = self._coef(a, mask_K)
-    y = a["action"].astype(jnp.float32)
-    eye = jnp.eye(self.cfg.dim)
-
-    def newton(z, _):
-      p1 = jax.nn.sigmoid(a["delta0"] + a["U"] @ z)
-      g = (c_N * (y - p1)) @ a["U"] - a["lam"] * z
-      H = self._hessian(a, z, c_N) + a["lam"] * eye
-      return z + jnp.linalg.solve(H, g), None
-    z, _ = jax.lax.scan(newton, jnp.zeros(self.cfg.dim), None, steps)
-    return z
-
   def z(self, S):
-    """Solutions z_S [m, d]."""
-    return self._z(self.arrays, check_masks(S, self.suite.K, "S"))
+    """Solutions z_S [m, d] (the library's solver on the subset's mean loss)."""
+    S = np.asarray(check_masks(S, self.suite.K, "S"))
+    method = "onestep" if self.cfg.solver == "quadratic" else "newton"
+    return ks.solve(self.feats, self.obj, S, ridge=self.lam, method=method, num_iters=self.cfg.newton_steps,
+                    loss=AWR, mean=True, stats=self.stats if method == "onestep" else None)
 
   def _rollout_returns(self, a, z_d):
     dtheta = a["P"] @ z_d
@@ -211,24 +177,6 @@ class Estimator:
     """Estimated F(S) [m, T] (numpy). mode: 'rollout' (jvp per env step) or 'surrogate'."""
     if mode not in ("rollout", "surrogate"):
       raise ValueError(f"mode: must be 'rollout' or 'surrogate', got {mode!r}")
-    S = np.asarray(check_masks(S, self.suite.K, "S"))
-    m = S.shape[0]
-    Sp = np.concatenate([S, np.ones(((-m) % chunk, self.suite.K), bool)])
     fn = self._roll if mode == "rollout" else self._surr
-    out = [np.asarray(self.norm(fn(self.arrays, self._z(self.arrays, jnp.asarray(Sp[i:i + chunk])))))
-           for i in range(0, len(Sp), chunk)]
-    return np.concatenate(out)[:m]
-
-
-def first_order_error(params0, params_S, obs_NxO):
-  """The paper's first-order error of the logits at really fine-tuned actor params theta_S:
-  |f(theta0) + J (theta_S - theta0) - f(theta_S)| / max(|f(theta_S)|, |f(theta0)|) per state,
-  and the same error relative to the actual change |f(theta_S) - f(theta0)|. Returns two [N]."""
-  flat0, unravel = ppo.flat_actor(params0)
-  flatS, _ = ppo.flat_actor(params_S)
-  f = lambda th: ppo.actor_logits(unravel(th), obs_NxO)
-  out0, lin_delta = jax.jvp(f, (flat0,), (flatS - flat0,))
-  outS = f(flatS)
-  err = jnp.linalg.norm(out0 + lin_delta - outS, axis=-1)
-  scale = jnp.maximum(jnp.linalg.norm(outS, axis=-1), jnp.linalg.norm(out0, axis=-1))
-  return err / scale, err / (jnp.linalg.norm(outS - out0, axis=-1) + 1e-12)
+    return np.asarray(ks.chunked_map(lambda Z_c: self.norm(fn(self.arrays, jnp.asarray(Z_c))), self.z(S),
+                                     chunk_size=chunk))

@@ -23,7 +23,7 @@ from experiments.morl import config as morl_config
 from experiments.morl import envs
 from experiments.morl import estimate as morl_estimate
 from experiments.morl import ppo
-from ksurrogate import baselines, metrics
+from ksurrogate import baselines, diagnostics, metrics
 from ksurrogate import families as families_lib
 from ksurrogate.harness import driver, report, runs
 
@@ -157,15 +157,20 @@ def estimate(c, s: Setup, meta: Meta, dsg: Design, exact_rand: dict, struct: tup
   run = jax.jit(jax.vmap(lambda m: ppo.train(s.suite, s.ft_cfg, meta.params, m, jax.random.key(c.design.random_seed))))
   P_S = run(jnp.asarray(dsg.S_rand[:n_fo]))
   obs = est.data["obs"][::7]
-  errs = np.concatenate([np.asarray(morl_estimate.first_order_error(meta.params, jax.tree.map(lambda x: x[i], P_S), obs)[0])
-                         for i in range(n_fo)])
+  errs = diagnostics.linearization_error(ppo.actor_logits, meta.params["actor"], P_S["actor"], obs).ravel()
   t_ft = float(np.mean(exact_rand["seconds"]))
   skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
   score = lambda key, fn, *a, **kw: metrics.attempt(skipped, key, fn, *a, **kw)  # noqa: E731
   median = lambda r: None if r is None else r["median"]  # noqa: E731
+  err = median(score("median_relative_error", metrics.relative_error, F_rand[:, varying], F_real[:, varying]))
+  # no change: the meta-policy's own (normalized) return, what every estimate must beat
+  F_base = np.broadcast_to(np.asarray(meta.norm(jnp.asarray(meta.meta_return))), F_real.shape)
+  no_change = median(score("no_change_median_relative_error", metrics.relative_error, F_base[:, varying],
+                           F_real[:, varying]))
   info = {
-      "median_relative_error": median(score("median_relative_error", metrics.relative_error, F_rand[:, varying],
-                                            F_real[:, varying])),
+      "median_relative_error": err,
+      "no_change_median_relative_error": no_change,
+      "ratio_to_no_change": err / no_change if err is not None and no_change else None,
       "median_relative_error_rollout": median(score("median_relative_error_rollout", metrics.relative_error,
                                                     F_roll[:, varying], F_real[:n_roll][:, varying])),
       "lds_vs_finetune": score("lds_vs_finetune", metrics.lds, F_rand[:, varying], F_real[:, varying]),
