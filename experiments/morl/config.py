@@ -26,17 +26,18 @@ CONFIGS = {
                     "truth, selection on 5 seeds; ~15 min (2 shared cores)",
         command="python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
         runtime="14.3 min on 2 shared cores (load 7-9)",
-        result="a truth with per-target split-half reliability 0.81 (3 seeds gave 0.45); LOO Pearson kernel 0.562 "
-               "± 0.121 vs linear 0.572 ± 0.117 (ties), per target 0.964 vs 0.964 (ceiling 0.903, flagged); selection "
+        result="a truth with split-half reliability 0.81 on the mean target (3 seeds gave 0.45), 0.31 per target; "
+               "LOO Pearson per target kernel 0.562 ± 0.121 vs linear 0.572 ± 0.117 (ties), mean target 0.964 vs 0.964 "
+               "(ceiling 0.903, flagged); selection "
                "on 5 seeds: kernel - linear regret +0.27 ± 0.35 (ties). README (MORL), BUILD_NOTES.md 'Ground truths "
                "that hold up (issue 19)'"),
     "gpu": contract.Variant(
-        description="the cpu config with 24 truth seeds (per-target reliability ~0.87 by Spearman-Brown) in chunks of 32",
+        description="the cpu config with 24 truth seeds (reliability ~0.87 on the mean target, ~0.41 per target) in chunks of 32",
         command="OUT=/tmp/out bash benchmarks/device_run.sh   # or: python -m experiments.main --experiment=morl "
                 "--config=gpu --workdir=/tmp/morl_gpu",
         runtime="~3-4 min planned on one H200 (device_run.sh runs it beside the modular paper config); ~20 min on 2 cores",
-        result="not run yet: the cpu config's 16 seeds measured a per-target split-half reliability of 0.81 (0.74 "
-               "with another draw of 16 seeds); Spearman-Brown puts 24 seeds at ~0.87 (0.81)"),
+        result="not run yet: the cpu config's 16 seeds measured a split-half reliability of 0.81 on the mean target "
+               "(0.74 with another draw of 16 seeds) and 0.31 per target; Spearman-Brown puts 24 seeds at ~0.87 / ~0.41"),
 }
 
 VARIANTS = {
