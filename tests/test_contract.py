@@ -19,7 +19,7 @@ from ksurrogate.harness import driver, runs
 
 
 @pytest.mark.parametrize("name", sorted(contract.REGISTRY))
-def test_every_registered_experiment_fulfils_the_contract(name):
+def test_every_registered_experiment_fulfils_the_contract(name, gpu_host_memory):
   e = contract.load(name)
   assert e.name == name and e.default_config in e.configs
   for variant, facts in e.configs.items():

@@ -117,7 +117,7 @@ ACCEPTED = [
 
 
 @pytest.mark.parametrize("args,field,value", ACCEPTED, ids=[a[-1].split("--config.")[-1][:40] for a, _, _ in ACCEPTED])
-def test_none_valued_and_tuple_fields_take_command_line_values(args, field, value):
+def test_none_valued_and_tuple_fields_take_command_line_values(args, field, value, gpu_host_memory):
   _, config = main.configure(["main", *args])
   assert common.value(config, field) == value
 
@@ -130,7 +130,7 @@ def _configs():
 
 
 @pytest.mark.parametrize("name,experiment,variant", list(_configs()), ids=[f"{n}-{v}" for n, _, v in _configs()])
-def test_every_config_is_valid_and_every_listed_field_takes_its_own_value(name, experiment, variant):
+def test_every_config_is_valid_and_every_listed_field_takes_its_own_value(name, experiment, variant, gpu_host_memory):
   """validate accepts every shipped config (so its rules cover every field: common.check refuses
   a field without one), and every field --help lists round-trips through the command line,
   None-valued ones included, written as --help writes it."""
