@@ -21,12 +21,13 @@ CONFIGS = {
         description="the paper's 25-task protocol in the authors' regime (p=41, 170 constant-lr steps, not grokked), "
                     "3-seed LOO truth; ~15-40 min on 2 cores",
         command="python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu",
-        runtime="49 min on 2 loaded cores (BUILD_NOTES.md, \"Reproducibility and scale (issue 18)\")",
+        runtime="38-49 min on 2 loaded cores (BUILD_NOTES.md, \"Ground truths that hold up (issue 19)\")",
         result="retrains stopped while still learning (p=41, 170 constant-rate AdamW steps, theta0 val acc ~0.37), "
                "so outcomes sit where the released ones do (CE mean 2.65, across-subset variance median 1.19; "
-               "released 1.97 / 0.70); before the issue-20 re-split scoring: LOO Pearson kernel 0.579, linear 0.579, "
-               "influence 0.580 (ceiling 0.687), held-out LDS 0.412 vs 0.405; estimator 13.9 % (no-change 14.5 %), "
-               "2500x per subset"),
+               "released 1.97 / 0.70); over 20 re-splits: LOO Pearson kernel 0.579 ± 0.017, linear 0.579 ± 0.017 "
+               "(ties), influence 0.580 (ceiling 0.687 [0.658, 0.714]), held-out LDS 0.417 vs 0.413 (ties); the replay "
+               "estimator: surrogates on it 0.89 of real fine-tunes on the fine-tune LOO, median error 24.5 % "
+               "(no-change 14.5 %), 117x per subset"),
     "cpu_grokked": contract.Variant(
         description="the 25-task protocol on a 1-layer d=32 model (p=29) that groks, 3-seed LOO truth; "
                     "~15 min on 2 cores",
