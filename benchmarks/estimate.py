@@ -51,9 +51,9 @@ def main(argv):
   c = config_lib.get_config("cpu")
   c.data.p, c.data.bar = _P.value, _BAR.value
   c.model.d_model, c.model.mlp_dim = _D_MODEL.value, 4 * _D_MODEL.value
-  c.train.num_steps, c.train.tracin_checkpoints = _PRETRAIN.value, 1
-  c.finetune.optimizer, c.finetune.lr, c.finetune.steps = _FT_OPT.value, _FT_LR.value, _FT_STEPS.value
-  config_lib.validate(c)
+  c.train.num_steps, c.baselines.tracin_checkpoints = _PRETRAIN.value, 1
+  c.finetune.optimizer, c.finetune.lr, c.finetune.num_steps = _FT_OPT.value, _FT_LR.value, _FT_STEPS.value
+  config_lib.EXPERIMENT.validate(c)
   s = pipeline.setup(c)
   d, apply_fn = s.d, s.apply_fn
   d = d.__class__(**{**d.__dict__, "X_val": s.X_val, "y_val": s.y_val})   # the config's target examples

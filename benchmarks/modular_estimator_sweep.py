@@ -69,8 +69,8 @@ def main(argv):
     th = run.phase("theta0", P.theta0, c, s)
     recipe = run.phase("finetune_recipe", P.finetune_recipe, c, s, store=False)
     ft = run.outcomes("finetune", P.finetune_chunk, c, dsg.S_est[:c.finetune.num_subsets], s, th, recipe,
-                      chunk_size=c.train.chunk_size)
-    ft_loo = run.outcomes("finetune_loo", P.finetune_chunk, c, dsg.S_truth, s, th, recipe, chunk_size=c.train.chunk_size)
+                      chunk_size=c.design.chunk_size)
+    ft_loo = run.outcomes("finetune_loo", P.finetune_chunk, c, dsg.S_truth, s, th, recipe, chunk_size=c.design.chunk_size)
     computed = [n for n, t in run.timings.items() if t.status != "reused"]
   shutil.rmtree(scratch, ignore_errors=True)
   if computed:
