@@ -233,7 +233,10 @@ def save(fig, path) -> None:
   if jax.process_index() != 0:
     return
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
+  # tight_layout packs the panels' own (multi-line) titles up to the top edge: keep a strip for
+  # the figure's title, or it overprints the first row's.
+  top = 1 - 0.45 / fig.get_figheight() if fig.get_suptitle() else 1
+  fig.tight_layout(rect=(0, 0, 1, top))
   fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
