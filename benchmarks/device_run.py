@@ -318,26 +318,23 @@ def main() -> int:
       measured["curve"] = choice
     if env("MODULAR", "1") != "1":
       return
-    argv = python("-m", "experiments.main", "--experiment=modular", f"--config={modular_config}", f"--workdir={mod_work}",
-                  *steps_set, *shlex.split(env("MODULAR_SET", "")))
-    child = Child("modular", argv, scratch / "modular_console.log", {**common, **memory_env(mem_a)})
-    child.run(left() - RESERVE)
-    summary = read_summary(mod_work)
-    measured["lanes"]["modular"] = {"config": modular_config, "argv": argv[1:], "exit": child.rc, "wall_s": child.wall,
-                                    "deadline_reached": child.timed_out, "phases_s": phase_seconds(mod_work, summary),
-                                    "figures": figures(summary, "modular")}
+    run_experiment("modular", modular_config, mod_work, mem_a, [*steps_set, *shlex.split(env("MODULAR_SET", ""))])
 
   def lane_b():
     if env("MORL", "1") != "1":
       return
-    argv = python("-m", "experiments.main", "--experiment=morl", f"--config={morl_config}", f"--workdir={morl_work}",
-                  *shlex.split(env("MORL_SET", "")))
-    child = Child("morl", argv, scratch / "morl_console.log", {**common, **memory_env(mem_b)})
+    run_experiment("morl", morl_config, morl_work, mem_b, shlex.split(env("MORL_SET", "")))
+
+  def run_experiment(name, config, workdir, memory_fraction, overrides):
+    """One experiment to its summary (or the deadline), recorded under measured["lanes"][name]."""
+    argv = python("-m", "experiments.main", f"--experiment={name}", f"--config={config}", f"--workdir={workdir}",
+                  *overrides)
+    child = Child(name, argv, scratch / f"{name}_console.log", {**common, **memory_env(memory_fraction)})
     child.run(left() - RESERVE)
-    summary = read_summary(morl_work)
-    measured["lanes"]["morl"] = {"config": morl_config, "argv": argv[1:], "exit": child.rc, "wall_s": child.wall,
-                                 "deadline_reached": child.timed_out, "phases_s": phase_seconds(morl_work, summary),
-                                 "figures": figures(summary, "morl")}
+    summary = read_summary(workdir)
+    measured["lanes"][name] = {"config": config, "argv": argv[1:], "exit": child.rc, "wall_s": child.wall,
+                               "deadline_reached": child.timed_out, "phases_s": phase_seconds(workdir, summary),
+                               "figures": figures(summary, name)}
 
   lanes = [threading.Thread(target=lane_a), threading.Thread(target=lane_b)]
   for t in lanes:
