@@ -32,10 +32,10 @@ CONFIGS = {
         description="the 25-task protocol on a 1-layer d=32 model (p=29) that groks, 3-seed LOO truth; "
                     "~15 min on 2 cores",
         command="python -m experiments.main --experiment=modular --config=cpu_grokked --workdir=/tmp/mod_grok",
-        runtime="14.6 min on 2 idle cores (32 min under load)",
+        runtime="13 min on 2 lightly loaded cores (32 min under load)",
         result="the previous cpu config (p=29, bar=6, 80/20, 600 steps at lr 1e-2, warmup + cosine; val acc 1.000); "
-               "before the issue-20 re-split scoring (one 40 / 10 split): LOO Pearson kernel 0.519, linear 0.518, "
-               "influence 0.503 (ceiling 0.720); estimator 28.0 % vs Adam fine-tunes (no-change 34.6 %), 1033x per "
+               "over 20 re-splits: LOO Pearson kernel 0.464 ± 0.023, linear 0.464 ± 0.023 (ties), influence 0.379 "
+               "(ceiling 0.757 [0.723, 0.788]); replay estimator 11.2 % vs Adam fine-tunes (no-change 30.4 %), 130x per "
                "subset"),
     "quad": contract.Variant(
         description="the cpu config on x^2+xy+y^2 (GELU, 360 steps), the authors' quad regime; ~30-60 min on 2 cores",
