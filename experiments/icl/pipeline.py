@@ -4,8 +4,9 @@ model (unsaved) -> per task: data (unsaved) -> design (prompts, estimator prompt
 random sets) -> exact outcomes of the sampled prompts (chunked real inference) -> swap outcomes
 (real inference on the swapped prompts) -> estimate (first-order embedding-space estimator at a
 few anchors, on thousands of prompts; error, LDS and speed against real inference) -> swap
-correlation of every method -> selection (every C(K, shots) set scored by each surrogate; the
-chosen sets and the baselines run for real on HELD-OUT queries) -> one driver.Problem per task.
+correlation of every method -> selection (per selection seed, every C(K, shots) set scored by each
+surrogate fitted on that seed's prompts; the chosen sets and the baselines run for real on
+HELD-OUT queries) -> one driver.Problem per task.
 Outcomes are per-query 2-way cross-entropies (lower is better; ln 2 = chance).
 """
 from __future__ import annotations
@@ -321,61 +322,97 @@ def random_sets(c, K: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Picks:
-  """The prompt each method picks: every surrogate family (fitted on all sampled prompts' real
-  outcomes and on the estimated prompts; swap pairs and held-out queries are never part of a
-  fit), the best sampled prompt by real loss, the similarity baseline."""
-  prompts: dict          # {method: demonstration ids [shots]}
+  """Per selection seed (one per design.split_seeds seed), the set each method picks: every
+  surrogate family fitted on that split's fit prompts' real outcomes ("exact") or on a seeded
+  half of the estimated prompts ("estimated"), and the best of the split's fit prompts by real
+  loss; plus the similarity baseline, which has no seed. Swap pairs and held-out queries are
+  never part of a fit."""
+  per_seed: list         # [{method: demonstration ids [shots]}], one dict per seed
+  similarity: np.ndarray  # [shots]
+
+
+def _mean_scores(g, cand, K: int, chunk: int) -> np.ndarray:
+  """A surrogate's predicted mean query loss of every candidate set, scored in chunks."""
+  return np.concatenate([np.asarray(g.predict(icl_data.indicators(cand[i:i + chunk], K))).mean(1)
+                         for i in range(0, len(cand), chunk)])
 
 
 def select(c, s: Setup, dsg: Design, exact: dict, est: Estimates, families) -> Picks:
-  """Each surrogate's lowest predicted mean loss over all C(K, shots) sets (scored in chunks)."""
-  surrogates = families_lib.fit_all(families(c, s.name), {
-      "exact": (dsg.S, exact["F"]), "estimated": (icl_data.indicators(est.many, s.K), est.F_many)})
+  """Per seed, each surrogate's lowest predicted mean loss over all C(K, shots) sets.
+
+  The seeds re-draw what a user would have measured (the split's num_fit prompts, as the paper's
+  80), so the spread of the picks' held-out losses over seeds is the selection's own noise."""
   cand = all_sets(s.K, c.data.shots)
-  chunk = c.selection.predict_chunk
-  picks = {}
-  for name, g in surrogates.items():
-    score = np.concatenate([np.asarray(g.predict(icl_data.indicators(cand[i:i + chunk], s.K))).mean(1)
-                            for i in range(0, len(cand), chunk)])
-    picks[name] = cand[int(np.argmin(score))]
-  picks["best_sampled"] = dsg.prompts[int(np.argmin(exact["F"].mean(1)))]
-  picks["similarity"] = similarity_set(s, c.data.shots)
-  return Picks(prompts=picks)
+  X_est = icl_data.indicators(est.many, s.K)
+  per_seed = []
+  for seed, (fit, _) in zip(c.design.split_seeds, splits(c, len(dsg.prompts))):
+    half = np.sort(np.random.default_rng(2000 + seed).permutation(len(est.many))[:len(est.many) // 2])
+    surrogates = families_lib.fit_all(families(c, s.name), {
+        "exact": (dsg.S[fit], exact["F"][fit]), "estimated": (X_est[half], est.F_many[half])})
+    picks = {name: cand[int(np.argmin(_mean_scores(g, cand, s.K, c.selection.predict_chunk)))]
+             for name, g in surrogates.items()}
+    picks["best_sampled"] = dsg.prompts[fit][int(np.argmin(exact["F"][fit].mean(1)))]
+    per_seed.append(picks)
+  return Picks(per_seed=per_seed, similarity=similarity_set(s, c.data.shots))
 
 
 def selection_prompts(c, s: Setup, picks: Picks) -> np.ndarray:
-  """The picked prompts, then the random sets: what runs for real on the held-out queries."""
-  return np.concatenate([np.stack(list(picks.prompts.values())), random_sets(c, s.K)]).astype(np.int32)
+  """Every distinct picked set, the similarity set and the random sets: what runs for real on the
+  held-out queries (each set once, however many seeds or methods chose it)."""
+  chosen = [p for d in picks.per_seed for p in d.values()] + [picks.similarity]
+  return np.unique(np.concatenate([np.stack(chosen), random_sets(c, s.K)]).astype(np.int32), axis=0)
 
 
 def _bootstrap(rng, n, B):
   return rng.integers(0, n, (B, n))
 
 
-def selection_summary(c, picks: dict, F_sel: np.ndarray) -> tuple[dict, dict]:
-  """Held-out loss and accuracy per method (bootstrap s.e. over queries; random: s.d. over sets)
-  and the kernel-vs-linear relative loss reduction with a 95% bootstrap interval over queries."""
-  names = list(picks)
-  F = {n: F_sel[i] for i, n in enumerate(names)}
-  F_rand = F_sel[len(names):]
+# Paired regret differences the summary reports: the project's pair and the authors' pair.
+SELECTION_PAIRS = (("kernel_exact", "linear_exact"), ("kernel_official_exact", "linear_official_exact"))
+
+
+def selection_summary(c, s: Setup, picks: Picks, prompts: np.ndarray, F_sel: np.ndarray) -> tuple[dict, dict]:
+  """Held-out loss, accuracy and regret per method over the selection seeds, and paired
+  kernel-minus-linear regret differences with 95 % intervals.
+
+  regret = a pick's held-out loss minus the lowest held-out loss of any set run here (every
+  seed's picks, the similarity and the random sets), so it is >= 0 and comparable across seeds.
+  The seeds' fit prompts overlap (num_fit of num_subsets each), so the intervals over seeds use
+  the re-split correction (`metrics.resplit_interval`), not a t interval for independent draws.
+  The similarity set has no seed: its s.e. is a bootstrap over queries; random: s.d. over sets."""
+  row = {tuple(int(k) for k in p): i for i, p in enumerate(prompts)}
+  at = lambda sets: np.array([row[tuple(int(k) for k in p)] for p in sets])
+  loss, acc = F_sel.mean(1), (F_sel < LN2).mean(1)
+  best = float(loss.min())
+  tf = 1.0 - c.design.num_fit / c.design.num_subsets
+  table, regret = {}, {}
+  for m in picks.per_seed[0]:
+    sets = [d[m] for d in picks.per_seed]
+    i = at(sets)
+    li, ai, ri = (metrics.resplit_interval(v, test_fraction=tf) for v in (loss[i], acc[i], loss[i] - best))
+    regret[m] = loss[i] - best
+    table[m] = {"loss": li.mean, "loss_se": li.se, "accuracy": ai.mean, "accuracy_se": ai.se,
+                "regret": ri.mean, "regret_se": ri.se, "loss_per_seed": loss[i].tolist(),
+                "demos_per_seed": [[int(k) for k in p] for p in sets]}
+  f = F_sel[at([picks.similarity])[0]]
   idx = _bootstrap(np.random.default_rng(c.seed + 5), F_sel.shape[1], c.selection.num_bootstrap)
-  table = {}
-  for n, f in F.items():
-    table[n] = {"loss": float(f.mean()), "loss_se": float(f[idx].mean(1).std()),
-                "accuracy": float((f < LN2).mean()), "accuracy_se": float((f[idx] < LN2).mean(1).std()),
-                "demos": [int(k) for k in picks[n]]}
-  table["random"] = {"loss": float(F_rand.mean()), "loss_sd_over_sets": float(F_rand.mean(1).std()),
-                     "accuracy": float((F_rand < LN2).mean()),
-                     "accuracy_sd_over_sets": float((F_rand < LN2).mean(1).std()), "num_sets": int(len(F_rand))}
-  gain = {"num_heldout_queries": int(F_sel.shape[1])}
-  if "kernel_exact" in F and "linear_exact" in F:
-    lk, ll = F["kernel_exact"][idx].mean(1), F["linear_exact"][idx].mean(1)
-    red = 1 - lk / ll
-    gain.update({"kernel_vs_linear_relative_loss_reduction": float(1 - F["kernel_exact"].mean() / F["linear_exact"].mean()),
-                 "interval_95": [float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))]})
-  if "kernel_estimated" in F and "linear_exact" in F:
-    gain["kernel_estimated_vs_linear_relative_loss_reduction"] = float(1 - F["kernel_estimated"].mean()
-                                                                       / F["linear_exact"].mean())
+  table["similarity"] = {"loss": float(f.mean()), "loss_se": float(f[idx].mean(1).std()),
+                         "accuracy": float((f < LN2).mean()), "accuracy_se": float((f[idx] < LN2).mean(1).std()),
+                         "regret": float(f.mean() - best), "demos": [int(k) for k in picks.similarity]}
+  r = at(random_sets(c, s.K))
+  table["random"] = {"loss": float(loss[r].mean()), "loss_sd_over_sets": float(loss[r].std()),
+                     "accuracy": float(acc[r].mean()), "accuracy_sd_over_sets": float(acc[r].std()),
+                     "regret": float(loss[r].mean() - best), "num_sets": int(len(r))}
+  b = int(np.argmin(loss))
+  gain = {"num_heldout_queries": int(F_sel.shape[1]), "num_selection_seeds": len(picks.per_seed),
+          "num_sets_run": int(len(prompts)), "lowest_heldout_loss": best,
+          "lowest_loss_set": [int(k) for k in prompts[b]]}
+  for kern, lin in SELECTION_PAIRS:
+    if kern in regret and lin in regret:
+      difference = metrics.resplit_interval(regret[kern] - regret[lin], test_fraction=tf)
+      key = f"{kern.removesuffix('_exact')}_minus_{lin.removesuffix('_exact')}_regret"
+      gain.update({f"{kern}_vs_{lin}_regret_reduction": float(1 - regret[kern].mean() / max(regret[lin].mean(), 1e-9)),
+                   **difference.entries(key), f"{key}_verdict": difference.verdict(higher_is_better=False)})
   return table, gain
 
 
@@ -432,8 +469,9 @@ def plot_top_demos(path, truth, labels, title: str, top: int = 12) -> None:
 
 
 def plot_selection(path, table: dict, title: str) -> None:
-  """Held-out loss and accuracy of each method's chosen set; bars: bootstrap s.e. over queries
-  (random: s.d. over the random sets)."""
+  """Held-out loss and accuracy of each method's chosen sets: bars the mean over selection seeds
+  with its s.e. (similarity: bootstrap s.e. over queries; random: s.d. over the random sets),
+  dots each seed's pick."""
   methods = [m for m in table if m != "random"] + ["random"]
   fig, axes = report.subplots(1, 2, figsize=(9.0, 3.6))
   for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -441,6 +479,13 @@ def plot_selection(path, table: dict, title: str) -> None:
     ax.bar(range(len(methods)), [table[m][metric] for m in methods], yerr=err, capsize=2,
            color=["tab:blue" if m.startswith("kernel") else "tab:orange" if m.startswith("linear") else "0.6"
                   for m in methods])
+    if metric == "loss":
+      for j, m in enumerate(methods):
+        seeds = table[m].get("loss_per_seed", [])
+        ax.scatter(np.full(len(seeds), j), seeds, s=8, color="k", zorder=3,
+                   label="one seed's pick" if j == 0 and seeds else None)
+      if any(table[m].get("loss_per_seed") for m in methods):
+        ax.legend(fontsize=7, loc="upper left")
     ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel(f"held-out query {metric}" + (" (2-way CE)" if metric == "loss" else ""), fontsize=8)
     chance = LN2 if metric == "loss" else 0.5
@@ -449,7 +494,7 @@ def plot_selection(path, table: dict, title: str) -> None:
     ax.annotate("chance" + (" (ln 2)" if metric == "loss" else ""), xy=(1, chance),
                 xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     if metric == "loss":
-      lo = min(table[m][metric] for m in methods)
+      lo = min([table[m][metric] for m in methods] + [v for m in methods for v in table[m].get("loss_per_seed", [])])
       ax.set_ylim(max(0.0, lo - 0.15), None)
   fig.suptitle(title, fontsize=9)
   report.save(fig, path)
@@ -473,9 +518,9 @@ def problems(config, run: runs.Run, families):
     sw = run.phase(f"swap_design_{name}", swap_design, c, s, dsg)
     swapped = run.outcomes(f"swap_{name}", exact_chunk, c, sw.run, s, "scoring", chunk_size=cs)
     picks = run.phase(f"selection_picks_{name}", select, c, s, dsg, exact, est, families, store=False)
-    prompts = run.phase(f"selection_prompts_{name}", selection_prompts, c, s, picks, store=False)
-    sel = run.outcomes(f"selection_{name}", exact_chunk, c, prompts, s, "heldout", chunk_size=cs)
-    yield _problem(c, s, dsg, sw, exact, est, swapped, picks, sel)
+    sel_prompts = run.phase(f"selection_prompts_{name}", selection_prompts, c, s, picks, store=False)
+    sel = run.outcomes(f"selection_{name}", exact_chunk, c, sel_prompts, s, "heldout", chunk_size=cs)
+    yield _problem(c, s, dsg, sw, exact, est, swapped, picks, sel_prompts, sel)
   if c.released_coin_flip:
     yield released_coin_flip()
 
@@ -503,10 +548,10 @@ def estimator_summary(info: dict) -> dict:
           "seconds_inference": seconds_inference, "speedup": seconds_inference / seconds_estimate}
 
 
-def _problem(c, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, picks: Picks, sel):
+def _problem(c, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, picks: Picks, sel_prompts, sel):
   K = s.K
   per_pair = swap_truth(dsg, sw, exact, swapped, K)        # [n_swap, K, T]: the truth's repeats
-  table, gain = selection_summary(c, picks.prompts, sel["F"])
+  table, gain = selection_summary(c, s, picks, sel_prompts, sel["F"])
   labels = [_short(s, k) for k in range(K)]
   prompt_loss = exact["F"].mean(1)
 
@@ -533,5 +578,6 @@ def _problem(c, s: Setup, dsg: Design, sw: SwapDesign, exact, est, swapped, pick
                "top_demonstrations": lambda result, path: plot_top_demos(
                    path, per_pair.mean(0), labels, f"{s.name}: top demonstrations by real swap effect"),
                "selection": lambda result, path: plot_selection(
-                   path, table, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries"
-                   " (bars: bootstrap s.e.; random: s.d. over sets)")})
+                   path, table, f"{s.name}: chosen demonstrations on {gain['num_heldout_queries']} held-out queries, "
+                   f"{gain['num_selection_seeds']} selection seeds\n(bars: mean and s.e. over seeds; similarity: "
+                   "bootstrap s.e. over queries; random: s.d. over sets)")})
