@@ -26,9 +26,10 @@ CONFIGS = {
         description="SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; "
                     "~2 h on 2 cores",
         command="python -m experiments.main --experiment=icl --config=cpu --workdir=/tmp/icl_cpu",
-        runtime="131 min of compute on 2 CPU cores (run it with nohup; it resumes where it stopped)",
-        result="before the issue-20 re-split scoring: LDS kernel / linear 0.328 / 0.333 (sentiment), 0.135 / 0.161 "
-               "(coin flip); both pick the same set (BUILD_NOTES.md)"),
+        runtime="~110 min on 2 CPU cores (run it with nohup; it resumes where it stopped)",
+        result="LDS kernel / linear 0.330 +- 0.063 / 0.331 +- 0.062 (sentiment), 0.114 +- 0.076 / 0.129 +- 0.074 "
+               "(coin flip), ties; selection over 5 seeds: kernel - linear regret +0.002 +- 0.027 / -0.045 +- 0.101, "
+               "ties; the estimator loses to the nearest anchor's real value (172 % vs 79 % error, sentiment)"),
     "paper": contract.Variant(
         description="the cpu protocol with 200+200 queries and larger batches, for a GPU (not yet run)",
         command="python -m experiments.main --experiment=icl --config=paper --workdir=/tmp/icl_paper",
