@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from ksurrogate import report  # noqa: E402
+from ksurrogate.harness import report  # noqa: E402
 
 _DIRS = {name: flags.DEFINE_string(name, None, f"workdir of a finished {name} run") for name in ("modular", "morl", "icl")}
 
@@ -69,6 +69,8 @@ def rows(experiment: str, summary: dict) -> list[dict]:
 def _cell(v):
   if v is None or (isinstance(v, float) and math.isnan(v)):
     return "-"
+  if isinstance(v, float) and 0 < abs(v) < 1e-2:
+    return f"{v:.2g}"     # seconds per estimated subset: three decimals would print 0.000
   return v
 
 

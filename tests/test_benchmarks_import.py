@@ -1,0 +1,37 @@
+"""Every benchmark script loads: its imports still name modules that exist (a benchmark is not
+run by the default tests, so a renamed module would otherwise break it unnoticed), and
+estimator_table prints its table from summaries."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+
+# Loads the script as a module (its `if __name__ == "__main__"` body does not run) with the
+# script's folder first on sys.path, as `python benchmarks/X.py` has it, in a fresh interpreter
+# so that scripts defining the same absl flags cannot collide.
+LOAD = "import os, runpy, sys; sys.path.insert(0, os.path.dirname(sys.argv[1])); runpy.run_path(sys.argv[1], run_name='bench')"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_script_loads(script):
+  r = subprocess.run([sys.executable, "-c", LOAD, str(ROOT / "benchmarks" / script)], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_estimator_table_prints_each_experiments_row(tmp_path):
+  icl = {"estimator": {"sentiment": {"median_relative_error": 1.5, "median_relative_error_anchor_value": 0.75,
+                                     "lds_vs_real": 0.12, "seconds_estimate_per_prompt": 1.5e-05,
+                                     "seconds_real_per_prompt": 4.0, "speedup_including_gradients": 23.0}}}
+  (tmp_path / "summary.json").write_text(json.dumps(icl))
+  r = subprocess.run([sys.executable, "benchmarks/estimator_table.py", f"--icl={tmp_path}"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  row = next(line.split() for line in r.stdout.splitlines() if line.startswith("icl"))
+  # dataset, method, error, no-change error, their ratio, lds, surrogate ratio (absent), s per subset
+  assert row[1:9] == ["sentiment", "-", "1.500", "0.750", "2.000", "0.120", "-", "1.5e-05"], r.stdout
