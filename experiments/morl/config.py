@@ -25,7 +25,7 @@ CONFIGS = {
         description="10 CartPole objectives, PPO meta-policy, 100 random fine-tunes, a 16-seed leave-one-out "
                     "truth, selection on 5 seeds; ~15 min (2 shared cores)",
         command="python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
-        runtime="14.3 min on 2 shared cores (load 7-9)",
+        runtime="7.8 min on 2 quiet cores; 14.3 min on 2 shared cores (load 7-9)",
         result="a truth with split-half reliability 0.81 on the mean target (3 seeds gave 0.45), 0.31 per target; "
                "LOO Pearson per target kernel 0.562 ± 0.121 vs linear 0.572 ± 0.117 (ties), mean target 0.964 vs 0.964 "
                "(ceiling 0.903, flagged); selection "
