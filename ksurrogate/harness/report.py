@@ -187,16 +187,19 @@ def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> 
   targets = list(table)
   methods = list(next(iter(table.values())))
   width = 0.8 / len(methods)
-  fig, ax = subplots(figsize=(max(6.0, 1.1 * len(targets) + 2), 4.2))
+  fig, ax = subplots(figsize=(max(6.0, 1.1 * len(targets) + 2) + 2.2, 4.2))
+  # tab20: up to 20 methods without a repeated colour (the default cycle repeats after 10)
+  colors = matplotlib.colormaps["tab20"](np.arange(len(methods)) % 20)
   for i, m in enumerate(methods):
     mean = [table[t][m]["return"] for t in targets]
     std = [table[t][m]["return_std"] for t in targets]
     ax.bar(np.arange(len(targets)) + (i - (len(methods) - 1) / 2) * width, mean, width, yerr=std, capsize=2,
-           label=m)
+           label=m, color=colors[i])
   ax.set_xticks(np.arange(len(targets)), targets, rotation=30, ha="right", fontsize=8)
   ax.set(ylabel=ylabel, xlabel="target objective")
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=7, ncol=min(3, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.28))
+  # beside the axes: below them it covered the x-axis label
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
   save(fig, path)
 
 
