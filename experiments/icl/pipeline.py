@@ -389,10 +389,10 @@ def selection_summary(c, s: Setup, picks: Picks, prompts: np.ndarray, F_sel: np.
   for m in picks.per_seed[0]:
     sets = [d[m] for d in picks.per_seed]
     i = at(sets)
-    li, ai, ri = (metrics.resplit_interval(v, test_fraction=tf) for v in (loss[i], acc[i], loss[i] - best))
-    regret[m] = loss[i] - best
+    li, ai = (metrics.resplit_interval(v, test_fraction=tf) for v in (loss[i], acc[i]))
+    regret[m] = loss[i] - best   # a shift of the losses: the same s.e.
     table[m] = {"loss": li.mean, "loss_se": li.se, "accuracy": ai.mean, "accuracy_se": ai.se,
-                "regret": ri.mean, "regret_se": ri.se, "loss_per_seed": loss[i].tolist(),
+                "regret": li.mean - best, "regret_se": li.se, "loss_per_seed": loss[i].tolist(),
                 "demos_per_seed": [[int(k) for k in p] for p in sets]}
   f = F_sel[at([picks.similarity])[0]]
   idx = _bootstrap(np.random.default_rng(c.seed + 5), F_sel.shape[1], c.selection.num_bootstrap)
