@@ -1,4 +1,7 @@
 """Shared by the benchmark scripts (run as `python benchmarks/NAME.py`, so this folder is on sys.path)."""
+import pathlib
+import shutil
+import tempfile
 import time
 
 import jax
@@ -10,3 +13,17 @@ def timed(fn):
   out = fn()
   jax.block_until_ready(jax.tree.leaves(out))
   return out, time.perf_counter() - t0
+
+
+def scratch_copy(workdir) -> pathlib.Path:
+  """A private copy of a finished run's stored phases (not its lock), so that reading them never
+  waits on, or disturbs, a job still holding the run. The caller removes it."""
+  src = pathlib.Path(workdir)
+  if not (src / "run.json").is_file():
+    raise SystemExit(f"workdir: {src} holds no run (no run.json)")
+  dst = pathlib.Path(tempfile.mkdtemp(prefix="sweep_"))
+  for item in src.iterdir():
+    if item.is_dir():
+      shutil.copytree(item, dst / item.name)
+  shutil.copy(src / "run.json", dst / "run.json")
+  return dst

@@ -23,9 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
-import pathlib  # noqa: E402
 import shutil  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -33,6 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+import common  # noqa: E402
 import ksurrogate as ks  # noqa: E402
 from experiments.modular import config as config_lib  # noqa: E402
 from experiments.modular import pipeline as P  # noqa: E402
@@ -49,20 +48,10 @@ _SETTINGS = flags.DEFINE_list("settings", ["margin:gaussian:64:onestep", "margin
                               "small models)")
 
 
-def _copy_phases(src: pathlib.Path) -> pathlib.Path:
-  dst = pathlib.Path(tempfile.mkdtemp(prefix="sweep_"))
-  for item in src.iterdir():
-    if item.name != ".lock" and item.is_dir():
-      shutil.copytree(item, dst / item.name)
-    elif item.name in ("run.json",):
-      shutil.copy(item, dst / item.name)
-  return dst
-
-
 def main(argv):
   del argv
   c = config_lib.get_config(_CONFIG.value)
-  scratch = _copy_phases(pathlib.Path(_WORKDIR.value))
+  scratch = common.scratch_copy(_WORKDIR.value)
   with runs.Run(scratch, name="modular", progress=False, log=lambda m: None) as run:
     s = run.phase("setup", P.setup, c, store=False)
     dsg = run.phase("design", P.design, c, s, store=False)

@@ -3,6 +3,7 @@ import json
 import math
 import pathlib
 import subprocess
+import sys
 
 import pytest
 from conftest import run_experiment
@@ -74,3 +75,27 @@ def test_rerun_reuses_every_phase(tiny_run):
   assert all(status[p] == "reused" for p in ("meta_policy", "exact_random", "estimate", "baselines", "selection_seed0"))
   assert without_seconds(again["datasets"]) == without_seconds(s["datasets"])   # the same scores, bit for bit
   assert again["selection"] == s["selection"] and again["comparisons"] == s["comparisons"]
+
+
+def test_estimator_sweep_reproduces_the_runs_estimator_and_refuses_bad_settings(tiny_run, tmp_path):
+  workdir, s, _ = tiny_run
+  out = tmp_path / "sweep.json"
+  # the tiny config's own estimator setting (estimate: dim 16, ridge 1, quadratic, 2 envs) and a stronger ridge
+  cmd = [sys.executable, "benchmarks/morl_estimator_sweep.py", f"--workdir={workdir}", "--config=tiny",
+         "--settings=16:1:quadratic:2:surrogate,16:1000:quadratic:2:surrogate", f"--out={out}"]
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "were computed here" not in r.stdout          # every stored phase read back, nothing recomputed
+  rows = json.loads(out.read_text())["rows"]
+  d = s["datasets"]["morl"]
+  default, strong = rows
+  assert default["constant_targets"] == 0
+  # The sweep's setting equal to the config is the run's own estimator: the kernel on its estimates
+  # scores the run's kernel_estimated LOO Pearson, over the run's kernel_exact.
+  assert default["surrogate_loo"] == pytest.approx(d["kernel_estimated"]["loo_pearson"], abs=1e-6)
+  assert default["surrogate_ratio"] == pytest.approx(
+      d["kernel_estimated"]["loo_pearson"] / d["kernel_exact"]["loo_pearson"], abs=1e-6)
+  # A ridge 1000 times the curvature all but freezes the policy: the estimate nears no change.
+  assert abs(strong["held_ratio"] - 1) < abs(default["held_ratio"] - 1) or abs(strong["held_ratio"] - 1) < 0.02
+  bad = subprocess.run(cmd[:3] + ["--settings=16:1:quadratic"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "is not dim:ridge:solver:num_envs:mode" in bad.stderr + bad.stdout

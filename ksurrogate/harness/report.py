@@ -67,7 +67,8 @@ def score_intervals(path, scores: dict, ceiling: dict, title: str, *, keys: list
       ax.axvline(top, color="grey", lw=1, ls="--", label="ceiling")
       if band:
         ax.axvspan(*band, color="grey", alpha=0.15, label="ceiling 95 % interval")
-      ax.legend(fontsize=7, loc="lower right")
+      # above the axes: inside, it covered the last method's point wherever that sat near the ceiling
+      ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2, ncol=2, frameon=False)
     ax.set_xlabel(f"{key} (mean, 95 % interval)", fontsize=8)
     ax.grid(alpha=0.3, axis="x")
     _plain_axes(ax)
