@@ -27,3 +27,13 @@ def scratch_copy(workdir) -> pathlib.Path:
       shutil.copytree(item, dst / item.name)
   shutil.copy(src / "run.json", dst / "run.json")
   return dst
+
+
+def apply_overrides(c, overrides: dict):
+  """c with section.field = value for each item of `overrides` (values given as text are cast to
+  the field's type): the settings a stored run was made with, or the one a benchmark varies."""
+  for path, value in overrides.items():
+    section, field = path.split(".")
+    old = c[section][field]
+    c[section][field] = type(old)(value) if old is not None and not isinstance(old, bool) else value
+  return c

@@ -46,6 +46,7 @@ Estimators:
                        logit (C = k + 1; cross-entropy exact at theta0; k = 0 is the margin).
   <any replay>+cal     a scalar step scale chosen on the calibration fine-tunes (median relative
                        error over 2^[-2, 2]); without it the recipe's own learning rate is used.
+  lib:...+lib          the same choice made by the library (ks.estimate_finetune(calibrate=...)).
 
 Per estimator x recipe it prints: median relative error on the held-out fine-tunes, the no-change
 error (theta0's own outcome) and their ratio; LDS of the estimate vs the held-out fine-tunes;
@@ -84,6 +85,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
+import common  # noqa: E402
 import ksurrogate as ks  # noqa: E402
 from experiments.modular import config as config_lib  # noqa: E402
 from experiments.modular import pipeline as P  # noqa: E402
@@ -379,14 +381,6 @@ def example_kernels(J_NxD, Jt_TxD, p_D, slices):
 # ----------------------------------------------------------------------------------------------
 # theta0, the real fine-tunes and their cache.
 
-def _apply(c, setting: dict):
-  for path, value in setting.items():
-    section, field = path.split(".")
-    old = c[section][field]
-    c[section][field] = type(old)(value) if old is not None and not isinstance(old, bool) else value
-  return c
-
-
 def _built_from(c) -> dict:
   """The config sections theta0, the fine-tunes and the estimators here read: everything but the
   pipeline's own estimator block (whose fields do not change what is cached)."""
@@ -526,14 +520,21 @@ def make_estimator(ctx: Context, name: str):
     out = features.output_fn(s.apply_fn, output)
     lib_loss = estimation.default_loss(output)
 
+    calibration = {}
+
     def fn_lib(S, scale):
       rec = ks.Recipe(recipe.optimizer, recipe.lr * scale, recipe.steps, recipe.b1, recipe.b2, recipe.eps)
       F, info = ks.estimate_finetune(out, ctx.th.params, (s.d.X_train, s.d.y_train), task, S, (s.X_val, s.y_val),
                                      recipe=rec, loss=lib_loss, space=space, dim=_PROJ_DIM.value,
-                                     key=jax.random.key(ctx.c.seed + 5), chunk_size=_NTK_CHUNK.value, return_info=True)
+                                     key=jax.random.key(ctx.c.seed + 5), chunk_size=_NTK_CHUNK.value,
+                                     calibrate=calibration.get("set"), return_info=True)
       fn_lib.info = info
       return F
-    return fn_lib, 0.0, 0, (_calibrate_scale if cal else None)
+
+    def calibrate_in_library(S_cal, F_cal):   # "+lib": estimate_finetune(calibrate=...) picks the scale
+      calibration["set"] = (S_cal, F_cal)
+      return 1.0
+    return fn_lib, 0.0, 0, (calibrate_in_library if cal == "lib" else _calibrate_scale if cal else None)
 
   if parts[0] in ("onestep", "newton"):
     tr, tg, t_feat = _projected_features(ctx, _PROJ_DIM.value)
@@ -721,7 +722,7 @@ def main(argv):
   cache = pathlib.Path(_CACHE.value)
   cache.mkdir(parents=True, exist_ok=True)
   overrides = dict(kv.split("=", 1) for kv in _SET.value)
-  c = _apply(config_lib.get_config(_CONFIG.value), overrides)
+  c = common.apply_overrides(config_lib.get_config(_CONFIG.value), overrides)
   config_lib.EXPERIMENT.validate(c)
   t0 = time.perf_counter()
   s, dsg, th = build(c, cache)
@@ -766,6 +767,7 @@ def main(argv):
         t_est = (time.perf_counter() - t0) / len(S_all)
         if hasattr(fn, "info"):   # the library reports its own split of one-time and per-subset cost
           t_est, setup, nbytes = fn.info["seconds_per_subset"], fn.info["seconds_setup"], fn.info["memory_bytes"]
+          scale *= fn.info["step_scale"]   # 1 unless the library calibrated ("+lib")
           name_space = fn.info["space"]
           print(f"{name}: space {name_space}", flush=True)
         t_ft_row, reused = t_ft, False

@@ -1,10 +1,10 @@
 """Which lever moves the MORL estimator against the fine-tuning it replaces (issue 17's sweep).
 
-  python benchmarks/morl_estimator_sweep.py --workdir=/tmp/runs/morl_final   # a finished morl cpu run (~6 min)
+  python benchmarks/morl_estimator_sweep.py --workdir=/tmp/runs/morl_cpu   # a finished morl cpu run (~30 min at load)
 
 Reads the meta-policy, the random subsets' real fine-tunes (`exact_random`) and the leave-one-out
 truth (`exact_structured_seed*`) from a finished morl run (a scratch copy: a running job keeps its
-lock) and, per estimator setting `dim:ridge:solver:num_envs:mode` (one lever changed at a time from
+lock) and, per estimator setting `dim:ridge:solver:num_envs:mode[:seed]` (one lever changed at a time from
 the cpu config's 128:1:quadratic:64:surrogate; see experiments/morl/estimate.py), rebuilds the
 first-order estimator and reports:
   * median relative error against the real fine-tunes, beside the no-change guess (the
@@ -47,23 +47,30 @@ from ksurrogate.harness import report, runs  # noqa: E402
 DEFAULT = "128:1:quadratic:64:surrogate"
 _WORKDIR = flags.DEFINE_string("workdir", None, "a finished morl run", required=True)
 _CONFIG = flags.DEFINE_string("config", "cpu", "the run's config")
+_SET = flags.DEFINE_multi_string("set", [], "section.field=value the run was made with on top of --config "
+                                 "(e.g. estimate.num_envs=16 for a run of an older default)")
 _SETTINGS = flags.DEFINE_list(
     "settings", ["128:1:quadratic:16:surrogate", "32:1:quadratic:16:surrogate", "512:1:quadratic:16:surrogate",
                  "2048:1:quadratic:16:surrogate", "128:0.1:quadratic:16:surrogate", "128:10:quadratic:16:surrogate",
                  "128:100:quadratic:16:surrogate", "128:1000:quadratic:16:surrogate", DEFAULT,
                  "128:1:quadratic:256:surrogate", "128:1:quadratic:16:rollout", "128:10:quadratic:16:rollout",
                  "512:10:quadratic:64:surrogate"],
-    "dim:ridge:solver:num_envs:mode (mode 'surrogate' reads returns off the meta-policy's rollouts, "
-    "'rollout' rolls the linearized policy out in every target, ~10x slower)")
+    "dim:ridge:solver:num_envs:mode[:seed] (mode 'surrogate' reads returns off the meta-policy's rollouts, "
+    "'rollout' rolls the linearized policy out in every target, ~10x slower; seed: the estimator's rollouts, "
+    "default the config's)")
 _OUT = flags.DEFINE_string("out", None, "write every row as JSON here")
 
 
 def parse(setting: str, base: morl_estimate.EstimatorConfig):
   try:
-    dim, ridge, solver, num_envs, mode = setting.split(":")
-    cfg = dataclasses.replace(base, dim=int(dim), ridge=float(ridge), solver=solver, num_envs=int(num_envs))
+    parts = setting.split(":")
+    if len(parts) not in (5, 6):
+      raise ValueError(f"{len(parts)} fields")
+    dim, ridge, solver, num_envs, mode = parts[:5]
+    seed = int(parts[5]) if len(parts) == 6 else base.seed
+    cfg = dataclasses.replace(base, dim=int(dim), ridge=float(ridge), solver=solver, num_envs=int(num_envs), seed=seed)
   except ValueError as e:
-    raise SystemExit(f"settings: {setting!r} is not dim:ridge:solver:num_envs:mode ({e})") from None
+    raise SystemExit(f"settings: {setting!r} is not dim:ridge:solver:num_envs:mode[:seed] ({e})") from None
   if mode not in ("surrogate", "rollout"):
     raise SystemExit(f"settings: mode in {setting!r} must be 'surrogate' or 'rollout'")
   return cfg, mode
@@ -71,7 +78,7 @@ def parse(setting: str, base: morl_estimate.EstimatorConfig):
 
 def main(argv):
   del argv
-  c = config_lib.get_config(_CONFIG.value)
+  c = common.apply_overrides(config_lib.get_config(_CONFIG.value), dict(kv.split("=", 1) for kv in _SET.value))
   base = P.setup(c).est_cfg
   settings = [parse(text, base) for text in _SETTINGS.value]   # bad settings refused before any work
   scratch = common.scratch_copy(_WORKDIR.value)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Callable
 
 import jax
@@ -48,10 +49,12 @@ from jax.flatten_util import ravel_pytree
 from ksurrogate import _checks
 from ksurrogate import batching
 from ksurrogate import features
+from ksurrogate import metrics
 from ksurrogate.estimation import OutputLoss
 
 OPTIMIZERS = ("sgd", "adam")
 SPACES = ("auto", "example", "parameter")
+STEP_SCALES = tuple(2.0 ** np.arange(-2, 3))   # the learning-rate multipliers `calibrate` tries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,10 +163,16 @@ def _design_second_moment(G_KxD, task_ids, S, num_tasks):
   return v / len(S)
 
 
+def _weights(S, task_ids):
+  """[m, N]: each subset's examples weighted equally (the subset's mean loss)."""
+  W = S[:, task_ids].astype(np.float32)
+  return W / W.sum(1, keepdims=True)
+
+
 def estimate_finetune(output_fn: Callable, params0, train, task_ids, S, target, *, recipe: Recipe,
                       loss: OutputLoss, space: str = "auto", dim: int = 1024, key=None,
                       memory_bytes: int = 1 << 31, batch_size: int = 64, chunk_size: int = 64,
-                      return_info: bool = False):
+                      calibrate=None, step_scales=STEP_SCALES, return_info: bool = False):
   """F_hat [m, T]: the target losses after fine-tuning params0 on each subset row of S [m, K],
   estimated by replaying `recipe` in the linearized model (see the module docstring).
 
@@ -174,7 +183,15 @@ def estimate_finetune(output_fn: Callable, params0, train, task_ids, S, target, 
   space: "example", "parameter" or "auto" (the cost rule); dim and key: parameter space's
   projection. With `return_info`, also returns {"space", "memory_bytes", "seconds_setup" (the
   one-time preconditioner, Jacobians and kernels), "seconds_replay" (all subsets, compile
-  included), "seconds_per_subset" (steady state: the chunks after the first)}.
+  included), "seconds_per_subset" (steady state: the chunks after the first), "step_scale"}.
+
+  calibrate: optional (S_cal [c, K], F_cal [c, T]), real fine-tunes of a few subsets by the same
+  recipe (never the subsets you score on). The recipe's learning rate is then multiplied by the
+  one of `step_scales` whose replay of S_cal has the lowest median relative error against F_cal
+  (one warning when it is the grid's edge), and S is replayed at it; info adds
+  "step_scale_errors". Where the network moves less than its linearization (a model still
+  learning), the replay at the recipe's own rate overshoots every subset alike: calibrating fixes
+  the size of the change, not its ranking across subsets.
   """
   if not isinstance(recipe, Recipe):
     raise ValueError(f"recipe: expected ksurrogate.replay.Recipe, got {type(recipe).__name__}")
@@ -227,9 +244,20 @@ def estimate_finetune(output_fn: Callable, params0, train, task_ids, S, target, 
   jax.block_until_ready(ops)
   seconds_setup = time.perf_counter() - t0
 
-  W = S[:, task_ids].astype(np.float32)
-  W /= W.sum(1, keepdims=True)
   args = (jnp.asarray(o0), jnp.asarray(y), jnp.asarray(o0t), jnp.asarray(yt))
+  scale, errors = 1.0, None
+  if calibrate is not None:
+    W_cal, F_cal = _calibration_set(calibrate, task_ids, K, len(X), len(Xt))
+    errors = {}
+    for a in step_scales:
+      scaled = dataclasses.replace(recipe, lr=recipe.lr * float(a))
+      F_a = np.asarray(_replay_chunk(ops, qref, *args, jnp.asarray(W_cal), recipe=scaled, loss=loss, space=space))
+      errors[float(a)] = metrics.relative_error(F_a, F_cal)["median"]
+    scale = min(errors, key=errors.get)
+    if len(errors) > 1 and scale in (min(errors), max(errors)):
+      warnings.warn(f"calibrate: step scale {scale:g} at the edge of step_scales {sorted(errors)}", stacklevel=2)
+    recipe = dataclasses.replace(recipe, lr=recipe.lr * scale)
+  W = _weights(S, task_ids)
   times = []
 
   def run(W_c):
@@ -241,8 +269,29 @@ def estimate_finetune(output_fn: Callable, params0, train, task_ids, S, target, 
   # every chunk after the first runs the compiled program: their mean is the steady-state cost
   warm = np.mean(times[1:]) / chunk_size if len(times) > 1 else times[0] / len(S)
   info = {"space": space, "memory_bytes": int(used_bytes), "seconds_setup": seconds_setup,
-          "seconds_replay": float(np.sum(times)), "seconds_per_subset": float(warm)}
+          "seconds_replay": float(np.sum(times)), "seconds_per_subset": float(warm), "step_scale": scale}
+  if errors is not None:
+    info["step_scale_errors"] = errors
   return (F_hat, info) if return_info else F_hat
+
+
+def _calibration_set(calibrate, task_ids, K: int, N: int, T: int):
+  """(weights [c, N], outcomes [c, T]) of the calibration fine-tunes, checked."""
+  if not (isinstance(calibrate, (tuple, list)) and len(calibrate) == 2):
+    raise ValueError(f"calibrate: expected (S_cal, F_cal), got {type(calibrate).__name__}")
+  try:
+    S_cal = _checks.as_subsets(calibrate[0])
+    if S_cal.shape[1] != K:
+      raise ValueError(f"{S_cal.shape[1]} tasks where S has {K}")
+    S_cal, _ = _checks.subsets_with_tasks(S_cal, task_ids, N)
+  except ValueError as e:
+    raise ValueError(f"calibrate: S_cal: {e}") from None
+  F_cal = np.asarray(calibrate[1], np.float64)
+  if F_cal.shape != (len(S_cal), T):
+    raise ValueError(f"calibrate: F_cal has shape {F_cal.shape}, expected {(len(S_cal), T)} (subsets x targets)")
+  if not np.all(np.isfinite(F_cal)):
+    raise ValueError("calibrate: F_cal holds non-finite values")
+  return _weights(S_cal, task_ids), F_cal
 
 
 def _pair(data, name):

@@ -327,3 +327,31 @@ def test_estimate_and_statistics_name_the_non_finite_rows():
     ks.estimate(train, task_ids, S, target, ridge=1.0, stats=(g_bad, H_K))
   with pytest.raises(ValueError, match="^stats: expected shapes"):
     ks.estimate(train, task_ids, S, target, ridge=1.0, stats=(g_K[:4], H_K))
+
+
+def test_replay_step_calibration_picks_the_scale_the_calibration_fine_tunes_ask_for():
+  # Real fine-tunes run at half the rate the recipe names: the calibration, given a few of them,
+  # must pick scale 0.5 and then match the other subsets' real fine-tunes (SGD on a model linear
+  # in its parameters is replayed exactly, so only the scale can be wrong).
+  params0, X, y, Xt, yt, task_ids = _problem(3)
+  S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1]], bool)
+  real = _real_finetunes(logreg, params0, X, y, Xt, yt, task_ids, S, optax.sgd(0.25), 30)
+  out = features.output_fn(logreg, "logits")
+  kw = dict(recipe=ks.Recipe("sgd", 0.5, 30), loss=ks.estimation.SOFTMAX_CROSS_ENTROPY, space="example",
+            return_info=True)
+  F_plain, info_plain = ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), **kw)
+  F_cal, info = ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=(S[:3], real[:3]), **kw)
+  assert info_plain["step_scale"] == 1.0 and "step_scale_errors" not in info_plain
+  assert info["step_scale"] == 0.5 and set(info["step_scale_errors"]) == set(ks.replay.STEP_SCALES)
+  assert min(info["step_scale_errors"].values()) == info["step_scale_errors"][0.5] < 1e-4
+  np.testing.assert_allclose(F_cal, real[3:], rtol=1e-4, atol=1e-5)
+  assert np.abs(F_plain - real[3:]).max() > 100 * np.abs(F_cal - real[3:]).max()   # the recipe's own rate is off
+  with pytest.warns(UserWarning, match="^calibrate: step scale 0.25 at the edge"):
+    _, edge = ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=(S[:3], real[:3]),
+                                   step_scales=(0.25, 1.0), **kw)
+  assert edge["step_scale"] == 0.25
+  for bad, match in [((S[:3],), "^calibrate: expected"), ((S[:3, :2], real[:3]), "^calibrate: S_cal: 2 tasks"),
+                     ((S[:3], real[:2]), "^calibrate: F_cal has shape"),
+                     ((S[:3], np.full_like(real[:3], np.nan)), "^calibrate: F_cal holds non-finite")]:
+    with pytest.raises(ValueError, match=match):
+      ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=bad, **kw)

@@ -89,9 +89,10 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # (`truth_seeds`: 0, 1, ... skipping design.random_seed): the truth is their mean, their
   # split-half reliability its ceiling.
   c.truth = dict(seeds=16)
-  # 64 rollout slots per objective (128,000 states): on the fit fine-tunes of the cpu run they beat 16
-  # on both error and LDS, and 256 adds LDS at 4x the cost and a worse error
-  # (benchmarks/morl_estimator_sweep.py; BUILD_NOTES "MORL: which lever moves the estimator").
+  # 64 rollout slots per objective (128,000 states): on the fit fine-tunes of the cpu run they rank
+  # better than 16 on each of 3 estimator seeds (LDS 0.21-0.29 vs 0.09-0.20) at the same error;
+  # 256 cost 4x more (benchmarks/morl_estimator_sweep.py; BUILD_NOTES "MORL: which lever moves
+  # the estimator").
   c.estimate = dict(num_envs=64, num_steps=200, dim=128, ridge=1.0, solver="quadratic", num_subsets=2048)
   c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, states_per_objective=256,
                      tracin_checkpoints=5)
