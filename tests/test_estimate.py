@@ -355,3 +355,7 @@ def test_replay_step_calibration_picks_the_scale_the_calibration_fine_tunes_ask_
                      ((S[:3], np.full_like(real[:3], np.nan)), "^calibrate: F_cal holds non-finite")]:
     with pytest.raises(ValueError, match=match):
       ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=bad, **kw)
+  for scales in [(), (0.5, -1.0)]:
+    with pytest.raises(ValueError, match="^step_scales:"):
+      ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=(S[:3], real[:3]),
+                           step_scales=scales, **kw)
