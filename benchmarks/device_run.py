@@ -13,9 +13,9 @@ memory: these models leave most of an H200 idle):
              median in [0.35, 1.4], every target kept) and closest to the released 1.97 / 0.70;
              none in range: the config's own (425). Only fit-subset retrains are used: never
              leave-one-out or held-out outcomes.
-          2. `python -m experiments.main --experiment=modular --config=paper` with that step count:
+          2. `ksurrogate-run --experiment=modular --config=paper` with that step count:
              3-seed LOO truth, fine-tune LOO, estimates, baselines, surrogates, plots, summary.
-  lane B  `python -m experiments.main --experiment=morl --config=gpu` (24 truth seeds, 5
+  lane B  `ksurrogate-run --experiment=morl --config=gpu` (24 truth seeds, 5
           selection seeds).
   last    (DETCOST=1, when at least 100 s are left) what deterministic GPU ops cost: the same
           32 paper-size retrains of 200 steps timed with and without the determinism flag.
@@ -327,7 +327,7 @@ def main() -> int:
 
   def run_experiment(name, config, workdir, memory_fraction, overrides):
     """One experiment to its summary (or the deadline), recorded under measured["lanes"][name]."""
-    argv = python("-m", "experiments.main", f"--experiment={name}", f"--config={config}", f"--workdir={workdir}",
+    argv = python("-m", "ksurrogate_experiments.main", f"--experiment={name}", f"--config={config}", f"--workdir={workdir}",
                   *overrides)
     child = Child(name, argv, scratch / f"{name}_console.log", {**common, **memory_env(memory_fraction)})
     child.run(left() - RESERVE)

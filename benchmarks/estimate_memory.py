@@ -9,10 +9,7 @@ arrays the design says dominate.
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 import resource
 import time
@@ -23,9 +20,9 @@ from absl import app
 from absl import flags
 
 import ksurrogate as ks
-from experiments.modular import data as data_lib
-from experiments.modular import config as config_lib
-from experiments.modular import pipeline
+from ksurrogate_experiments.modular import data as data_lib
+from ksurrogate_experiments.modular import config as config_lib
+from ksurrogate_experiments.modular import pipeline
 from ksurrogate import features
 
 _P = flags.DEFINE_integer("p", 97, "modulus")

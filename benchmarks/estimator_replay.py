@@ -63,10 +63,7 @@ estimators found in the cache carry the timings of the run that made them (reuse
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
@@ -87,8 +84,8 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import common  # noqa: E402
 import ksurrogate as ks  # noqa: E402
-from experiments.modular import config as config_lib  # noqa: E402
-from experiments.modular import pipeline as P  # noqa: E402
+from ksurrogate_experiments.modular import config as config_lib  # noqa: E402
+from ksurrogate_experiments.modular import pipeline as P  # noqa: E402
 from ksurrogate import batching, estimation, features, metrics  # noqa: E402
 from ksurrogate.harness import report  # noqa: E402
 

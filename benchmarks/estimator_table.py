@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

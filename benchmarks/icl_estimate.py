@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.icl import data as icl_data  # noqa: E402
-from experiments.icl import estimate as embedding_estimate  # noqa: E402
-from experiments.icl import gguf_llama  # noqa: E402
-from experiments.icl import inference  # noqa: E402
+from ksurrogate_experiments.icl import data as icl_data  # noqa: E402
+from ksurrogate_experiments.icl import estimate as embedding_estimate  # noqa: E402
+from ksurrogate_experiments.icl import gguf_llama  # noqa: E402
+from ksurrogate_experiments.icl import inference  # noqa: E402
 from ksurrogate import metrics  # noqa: E402
 
 

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.icl import data as D  # noqa: E402
-from experiments.icl import gguf_llama as G  # noqa: E402
-from experiments.icl import inference as I  # noqa: E402
+from ksurrogate_experiments.icl import data as D  # noqa: E402
+from ksurrogate_experiments.icl import gguf_llama as G  # noqa: E402
+from ksurrogate_experiments.icl import inference as I  # noqa: E402
 
 
 def main(argv=None):

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from experiments import contract  # noqa: E402
-from experiments.icl import data as icl_data  # noqa: E402
-from experiments.icl import pipeline as icl_pipeline  # noqa: E402
+from ksurrogate_experiments import contract  # noqa: E402
+from ksurrogate_experiments.icl import data as icl_data  # noqa: E402
+from ksurrogate_experiments.icl import pipeline as icl_pipeline  # noqa: E402
 from ksurrogate.harness import driver, report, runs  # noqa: E402
 
 

@@ -10,10 +10,7 @@ Nystrom path: fit + CV time at a large m and its prediction gap to exact KRR at 
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 
 import jax

@@ -18,7 +18,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)   # the repo root, uninstalled
 
 import numpy as np
 from absl import app

@@ -18,10 +18,7 @@ Nothing here touches the retraining ground truth or the run's held-out retrains.
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 import shutil  # noqa: E402
 import time  # noqa: E402
@@ -33,8 +30,8 @@ from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 import ksurrogate as ks  # noqa: E402
-from experiments.modular import config as config_lib  # noqa: E402
-from experiments.modular import pipeline as P  # noqa: E402
+from ksurrogate_experiments.modular import config as config_lib  # noqa: E402
+from ksurrogate_experiments.modular import pipeline as P  # noqa: E402
 from ksurrogate import features, metrics  # noqa: E402
 from ksurrogate.harness import report, runs  # noqa: E402
 

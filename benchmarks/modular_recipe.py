@@ -11,10 +11,7 @@ pair (y, x) is in training: a model that only memorizes (plus commutativity) get
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 import dataclasses
 import time
@@ -24,8 +21,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from experiments.modular import config as config_lib
-from experiments.modular import pipeline
+from ksurrogate_experiments.modular import config as config_lib
+from ksurrogate_experiments.modular import pipeline
 
 GRID = [  # (field, value) settings tried, each on top of the cpu config
     {"train.lr": 1e-3, "train.num_steps": 800},

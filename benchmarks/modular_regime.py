@@ -37,10 +37,7 @@ variance printed is numpy's default (ddof 0), which is how the released 0.70 / 3
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 import ast  # noqa: E402
 import dataclasses  # noqa: E402
@@ -53,10 +50,10 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from experiments.modular import config as config_lib  # noqa: E402
-from experiments.modular import pipeline  # noqa: E402
-from experiments.modular import regime  # noqa: E402
-from experiments.reference.config import DATA_DIR  # noqa: E402
+from ksurrogate_experiments.modular import config as config_lib  # noqa: E402
+from ksurrogate_experiments.modular import pipeline  # noqa: E402
+from ksurrogate_experiments.modular import regime  # noqa: E402
+from ksurrogate_experiments.reference.config import DATA_DIR  # noqa: E402
 from ksurrogate import metrics, subsets, training  # noqa: E402
 
 _RECIPE = flags.DEFINE_multi_string("recipe", [], "SECTION.FIELD=VALUE,... on top of --config (repeatable)")

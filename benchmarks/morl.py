@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.morl import envs, ppo  # noqa: E402
+from ksurrogate_experiments.morl import envs, ppo  # noqa: E402
 from ksurrogate import subsets  # noqa: E402
 
 

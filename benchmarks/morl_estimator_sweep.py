@@ -21,10 +21,7 @@ The estimator's first-order error at really fine-tuned policies (the run's
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -38,9 +35,9 @@ from absl import flags  # noqa: E402
 
 import common  # noqa: E402
 import ksurrogate as ks  # noqa: E402
-from experiments.morl import config as config_lib  # noqa: E402
-from experiments.morl import estimate as morl_estimate  # noqa: E402
-from experiments.morl import pipeline as P  # noqa: E402
+from ksurrogate_experiments.morl import config as config_lib  # noqa: E402
+from ksurrogate_experiments.morl import estimate as morl_estimate  # noqa: E402
+from ksurrogate_experiments.morl import pipeline as P  # noqa: E402
 from ksurrogate import metrics  # noqa: E402
 from ksurrogate.harness import report, runs  # noqa: E402
 

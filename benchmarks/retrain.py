@@ -17,10 +17,7 @@ the same final losses.
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +27,8 @@ from absl import flags
 
 import ksurrogate as ks
 from common import timed
-from experiments.modular import config as config_lib
-from experiments.modular import pipeline
+from ksurrogate_experiments.modular import config as config_lib
+from ksurrogate_experiments.modular import pipeline
 from ksurrogate import training
 
 _P = flags.DEFINE_integer("p", 29, "modulus")

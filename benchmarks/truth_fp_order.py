@@ -17,11 +17,8 @@ Run under the machine's defaults it checks that a rerun gives the stored bits.
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repo root, uninstalled
 
-import functools  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -31,8 +28,8 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from experiments.modular import config as config_lib  # noqa: E402
-from experiments.modular import pipeline  # noqa: E402
+from ksurrogate_experiments.modular import config as config_lib  # noqa: E402
+from ksurrogate_experiments.modular import pipeline  # noqa: E402
 from ksurrogate import metrics  # noqa: E402
 from ksurrogate.harness import runs  # noqa: E402
 

@@ -1,7 +1,7 @@
 """What an experiment is, in one place, and the registry of experiments.
 
 An experiment is one `Experiment` value, `EXPERIMENT`, defined in its config module (the module
-`REGISTRY` names). That module imports only ml_collections and `experiments.common` (and this
+`REGISTRY` names). That module imports only ml_collections and `ksurrogate_experiments.common` (and this
 module), so `--help` and config checks never import a pipeline, JAX models or an environment
 library: the pipeline is named by a string ("package.module:function") and imported when the
 experiment runs.
@@ -32,14 +32,14 @@ import dataclasses
 import importlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from experiments import common
+from ksurrogate_experiments import common
 
 # name -> the module holding its EXPERIMENT (imported on demand).
 REGISTRY = {
-    "reference": "experiments.reference.config",
-    "modular": "experiments.modular.config",
-    "morl": "experiments.morl.config",
-    "icl": "experiments.icl.config",
+    "reference": "ksurrogate_experiments.reference.config",
+    "modular": "ksurrogate_experiments.modular.config",
+    "morl": "ksurrogate_experiments.morl.config",
+    "icl": "ksurrogate_experiments.icl.config",
 }
 DEFAULT = "reference"
 

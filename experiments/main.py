@@ -1,9 +1,9 @@
 """Runs any experiment through the shared attribution driver.
 
-  python -m experiments.main                                   # the default experiment and config
-  python -m experiments.main --experiment=reference --workdir=runs/ref
-  python -m experiments.main --experiment=modular --config=tiny --config.train.num_steps=80
-  python -m experiments.main --help                            # experiments, configs and fields
+  ksurrogate-run                                   # the default experiment and config
+  ksurrogate-run --experiment=reference --workdir=runs/ref
+  ksurrogate-run --experiment=modular --config=tiny --config.train.num_steps=80
+  ksurrogate-run --help                            # experiments, configs and fields
 
 `--config` names one of the experiment's configs (or, as ml_collections' config_flags takes it,
 PATH:ARG of any config file); `--config.SECTION.FIELD=VALUE` overrides a field (type-checked, then
@@ -28,8 +28,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import contract
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
 
 DEFAULT_WORKDIR = "runs/default"
 

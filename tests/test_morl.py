@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("gymnax")
 
-from experiments.morl import envs, estimate, ppo  # noqa: E402
+from ksurrogate_experiments.morl import envs, estimate, ppo  # noqa: E402
 
 TINY = ppo.PPOConfig(num_envs=4, num_steps=8, num_updates=3, update_epochs=2, num_minibatches=2,
                      lr=1e-3, anneal_lr=False)
@@ -233,7 +233,7 @@ def test_bad_input_messages(suite, meta, finetune, estimator):
 
 
 def test_truth_seeds_skip_the_random_subsets_seed_and_extend_the_cpu_ones():
-  from experiments.morl import config as morl_config
+  from ksurrogate_experiments.morl import config as morl_config
   cpu, gpu = morl_config.get_config("cpu"), morl_config.get_config("gpu")
   assert morl_config.truth_seeds(cpu) == (*range(10), *range(11, 17))          # 16 seeds, 10 (the random subsets') left out
   seeds = morl_config.truth_seeds(gpu)

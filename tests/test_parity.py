@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from experiments.reference import config as reference_config
-from experiments.reference import pipeline as reference_pipeline
+from ksurrogate_experiments.reference import config as reference_config
+from ksurrogate_experiments.reference import pipeline as reference_pipeline
 from ksurrogate import metrics
 from ksurrogate import parity
 

@@ -417,13 +417,13 @@ def test_damaged_records_do_not_stop_the_check_on_entry(tmp_path, capsys):
 
 
 def test_the_cli_refuses_a_changed_setting_before_setup(tmp_path):
-  """experiments.main passes the config to Run: the refusal comes before any phase runs."""
-  from experiments import contract
+  """ksurrogate_experiments.main passes the config to Run: the refusal comes before any phase runs."""
+  from ksurrogate_experiments import contract
   config = contract.load("modular").get_config("tiny")
   with runs.Run(tmp_path, name="modular", log=lambda m: None) as run:
     run.phase("theta0", lambda c: {"lr": c.train.lr}, config)
   env = {**os.environ, "PYTHONPATH": str(REPO)}
-  done = subprocess.run([sys.executable, "-m", "experiments.main", "--experiment=modular", "--config=tiny",
+  done = subprocess.run([sys.executable, "-m", "ksurrogate_experiments.main", "--experiment=modular", "--config=tiny",
                          f"--workdir={tmp_path}", "--config.train.lr=0.5"],
                         capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
   assert done.returncode == 2
@@ -436,7 +436,7 @@ def test_the_cli_refuses_a_changed_setting_before_setup(tmp_path):
 def test_a_workdir_of_a_version_with_other_field_names_is_refused_naming_the_field(tmp_path):
   """Issue 20 renamed config fields (train.chunk_size -> design.chunk_size, ...): a workdir stored
   before the rename is refused, in one line naming the stored field, before anything runs."""
-  from experiments import contract
+  from ksurrogate_experiments import contract
   config = contract.load("modular").get_config("tiny")
   with runs.Run(tmp_path, name="modular", log=lambda m: None) as run:
     run.phase("retrain", lambda c: {"lr": c.train.lr}, config)
@@ -444,7 +444,7 @@ def test_a_workdir_of_a_version_with_other_field_names_is_refused_naming_the_fie
   record["reads"] = {**record["reads"], "train.chunk_size": 8}           # as the version before the rename stored it
   _write_record(tmp_path, "retrain", runs._seal(record))
   env = {**os.environ, "PYTHONPATH": str(REPO)}
-  done = subprocess.run([sys.executable, "-m", "experiments.main", "--experiment=modular", "--config=tiny",
+  done = subprocess.run([sys.executable, "-m", "ksurrogate_experiments.main", "--experiment=modular", "--config=tiny",
                          f"--workdir={tmp_path}"], capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ksurrogate as ks
-from experiments import common
+from ksurrogate_experiments import common
 from ksurrogate import families
 from ksurrogate.harness import driver, runs
 

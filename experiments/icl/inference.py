@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.icl import model as llama
-from experiments.icl.data import EncodedTask
+from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.icl.data import EncodedTask
 
 PREFIX_BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
 QUERY_BUCKETS = (8, 16, 24, 32, 40, 48, 64, 96, 128)

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
-from experiments import common
-from experiments.icl import data as icl_data
-from experiments.icl import estimate as embedding_estimate
-from experiments.icl import gguf_llama
-from experiments.icl import inference
-from experiments.icl import model as llama
+from ksurrogate_experiments import common
+from ksurrogate_experiments.icl import data as icl_data
+from ksurrogate_experiments.icl import estimate as embedding_estimate
+from ksurrogate_experiments.icl import gguf_llama
+from ksurrogate_experiments.icl import inference
+from ksurrogate_experiments.icl import model as llama
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs
@@ -209,7 +209,7 @@ class Estimates:
 
 
 def estimate(c, s: Setup, dsg: Design, exact: dict) -> Estimates:
-  """The first-order embedding-space estimator (experiments.icl.estimate) at the first
+  """The first-order embedding-space estimator (ksurrogate_experiments.icl.estimate) at the first
   num_anchors sampled prompts, scored against real inference on the other sampled prompts. Its
   zeroth-order counterpart (the nearest anchor's real value) is scored the same way and reported
   next to it: for whole-demonstration swaps the expansion is measured to be less accurate."""
@@ -529,8 +529,8 @@ def released_coin_flip() -> driver.Problem:
   """The paper authors' released Qwen2-7B coin-flip outcomes (200 prompts x 869 queries, shipped
   with the reference experiment), scored with the same surrogates on the paper's 80 / 120 splits:
   the large-model counterpart of this experiment's own coin-flip rows."""
-  from experiments.reference import config as reference_config
-  from experiments.reference import pipeline as reference_pipeline
+  from ksurrogate_experiments.reference import config as reference_config
+  from ksurrogate_experiments.reference import pipeline as reference_pipeline
   p = reference_pipeline.problem(reference_config.get_config(), "coin_flip")
   return driver.Problem(name="coin_flip_qwen2_7b_released", S=p.S, F=p.F, splits=p.splits,
                         higher_is_better=False, outcome_name="query cross-entropy", task_noun="demonstration",

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
-from experiments import contract
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
 
 CONFIGS = {
     "tiny": contract.Variant(
         description="smoke test of every phase (p=11, 16 tasks, width 16); ~1 min, numbers meaningless",
-        command="python -m experiments.main --experiment=modular --config=tiny --workdir=/tmp/mod_tiny",
+        command="ksurrogate-run --experiment=modular --config=tiny --workdir=/tmp/mod_tiny",
         runtime="~1 min on 2 quiet cores (4 min at load 10)",
         result="a smoke test: its 40-step retrains do not fit their data and its numbers mean nothing "
                "(tests pin them only to see that results do not change unnoticed)"),
     "cpu": contract.Variant(
         description="the paper's 25-task protocol in the authors' regime (p=41, 170 constant-lr steps, not grokked), "
                     "3-seed LOO truth; ~15-40 min on 2 cores",
-        command="python -m experiments.main --experiment=modular --config=cpu --workdir=/tmp/mod_cpu",
+        command="ksurrogate-run --experiment=modular --config=cpu --workdir=/tmp/mod_cpu",
         runtime="38-49 min on 2 loaded cores (BUILD_NOTES.md, \"Ground truths that hold up (issue 19)\")",
         result="retrains stopped while still learning (p=41, 170 constant-rate AdamW steps, theta0 val acc ~0.37), "
                "so outcomes sit where the released ones do (CE mean 2.65, across-subset variance median 1.19; "
@@ -31,7 +31,7 @@ CONFIGS = {
     "cpu_grokked": contract.Variant(
         description="the 25-task protocol on a 1-layer d=32 model (p=29) that groks, 3-seed LOO truth; "
                     "~15 min on 2 cores",
-        command="python -m experiments.main --experiment=modular --config=cpu_grokked --workdir=/tmp/mod_grok",
+        command="ksurrogate-run --experiment=modular --config=cpu_grokked --workdir=/tmp/mod_grok",
         runtime="13 min on 2 lightly loaded cores (32 min under load)",
         result="the previous cpu config (p=29, bar=6, 80/20, 600 steps at lr 1e-2, warmup + cosine; val acc 1.000); "
                "over 20 re-splits: LOO Pearson kernel 0.464 ± 0.023, linear 0.464 ± 0.023 (ties), influence 0.379 "
@@ -39,7 +39,7 @@ CONFIGS = {
                "subset"),
     "quad": contract.Variant(
         description="the cpu config on x^2+xy+y^2 (GELU, 360 steps), the authors' quad regime; ~30-60 min on 2 cores",
-        command="python -m experiments.main --experiment=modular --config=quad --workdir=/tmp/mod_quad",
+        command="ksurrogate-run --experiment=modular --config=quad --workdir=/tmp/mod_quad",
         runtime="~2x the cpu run",
         result="outcomes of two seeds of 40 subsets: mean 1.71 / 1.74, variance median 3.18 / 2.91 (released "
                "1.15 / 3.26); scores not measured yet"),
@@ -53,7 +53,7 @@ CONFIGS = {
     "study": contract.Variant(
         description="the cpu model over inclusion rates p and exact budgets m: where the kernel pays off; "
                     "~45-60 min on 2 cores",
-        command="python -m experiments.main --experiment=modular --config=study --workdir=/tmp/mod_cpu",
+        command="ksurrogate-run --experiment=modular --config=study --workdir=/tmp/mod_cpu",
         runtime="45 min more than the cpu run on loaded cores (in the cpu workdir it reuses theta0 and the truth)",
         result="measured on the grokked model (the previous cpu config), before the issue-20 re-split scoring: the "
                "kernel never beats the linear surrogate by more than 0.011 LOO Pearson (BUILD_NOTES.md); not yet run "
@@ -346,4 +346,4 @@ def checks(c) -> None:
 
 EXPERIMENT = contract.Experiment(
     name="modular", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
-    memory=memory, problems="experiments.modular.pipeline:problems", across="experiments.modular.study:across")
+    memory=memory, problems="ksurrogate_experiments.modular.pipeline:problems", across="ksurrogate_experiments.modular.study:across")

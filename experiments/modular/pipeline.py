@@ -20,10 +20,10 @@ import numpy as np
 import optax
 
 import ksurrogate as ks
-from experiments import common
-from experiments.modular import data as data_lib
-from experiments.modular import model as model_lib
-from experiments.modular import regime
+from ksurrogate_experiments import common
+from ksurrogate_experiments.modular import data as data_lib
+from ksurrogate_experiments.modular import model as model_lib
+from ksurrogate_experiments.modular import regime
 from ksurrogate import baselines, diagnostics, estimation, features, metrics, training
 from ksurrogate.harness import driver, report, runs
 
@@ -386,7 +386,7 @@ def run_baselines(c, s: Setup, th: Theta0, fs: FeatureSet, tg: Targets) -> dict:
 def problems(config, run: runs.Run, families=None):
   """The experiment's one Problem (or, with `config.study.enabled`, the regime study's cells)."""
   if config.study.enabled:
-    from experiments.modular import study   # the study builds on this module's phases
+    from ksurrogate_experiments.modular import study   # the study builds on this module's phases
     yield from study.problems(config, run, families)
     return
   c = config

@@ -39,7 +39,7 @@ def outcome_statistics(F, threshold: float = RELEASED_THRESHOLD) -> dict:
 def released_statistics(op: str) -> dict:
   """outcome_statistics of the released outcomes of operation `op` ('add', 'quad'): their 40 fit
   subsets (`train_scores`)."""
-  from experiments.reference.config import DATA_DIR   # the shipped npz files
+  from ksurrogate_experiments.reference.config import DATA_DIR   # the shipped npz files
   if op not in RELEASED_FILES:
     raise ValueError(f"data.op: no released outcomes for {op!r}; expected one of {sorted(RELEASED_FILES)}")
   with np.load(DATA_DIR / f"{RELEASED_FILES[op]}.npz") as d:

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 
 import ksurrogate as ks
-from experiments.modular import pipeline
-from experiments.modular import regime
+from ksurrogate_experiments.modular import pipeline
+from ksurrogate_experiments.modular import regime
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import common
-from experiments import contract
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
 
 # The objectives `envs.OBJECTIVES` defines, in its order (kept here so that --help and config
 # checks never import gymnax; a test checks that both agree).
@@ -18,13 +18,13 @@ OBJECTIVE_NAMES = ("balance", "short_pole", "coarse_time", "high_gravity", "weak
 CONFIGS = {
     "tiny": contract.Variant(
         description="smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
-        command="python -m experiments.main --experiment=morl --config=tiny --workdir=/tmp/morl_tiny",
+        command="ksurrogate-run --experiment=morl --config=tiny --workdir=/tmp/morl_tiny",
         runtime="~2 min on 2 quiet cores",
         result="a smoke test: numbers mean nothing (tests pin them only to see that results do not change unnoticed)"),
     "cpu": contract.Variant(
         description="10 CartPole objectives, PPO meta-policy, 100 random fine-tunes, a 16-seed leave-one-out "
                     "truth, selection on 5 seeds; ~15 min (2 shared cores)",
-        command="python -m experiments.main --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
+        command="ksurrogate-run --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
         runtime="7.8 min on 2 quiet cores; 14.3 min on 2 shared cores (load 7-9)",
         result="a truth with split-half reliability 0.81 on the mean target (3 seeds gave 0.45), 0.31 per target; "
                "LOO Pearson per target kernel 0.562 ± 0.121 vs linear 0.572 ± 0.117 (ties), mean target 0.964 vs 0.964 "
@@ -33,7 +33,7 @@ CONFIGS = {
                "that hold up (issue 19)'"),
     "gpu": contract.Variant(
         description="the cpu config with 24 truth seeds (reliability ~0.87 on the mean target, ~0.41 per target) in chunks of 32",
-        command="OUT=/tmp/out bash benchmarks/device_run.sh   # or: python -m experiments.main --experiment=morl "
+        command="OUT=/tmp/out bash benchmarks/device_run.sh   # or: ksurrogate-run --experiment=morl "
                 "--config=gpu --workdir=/tmp/morl_gpu",
         runtime="~3-4 min planned on one H200 (device_run.sh runs it beside the modular paper config); ~20 min on 2 cores",
         result="not run yet: the cpu config's 16 seeds measured a split-half reliability of 0.81 on the mean target "
@@ -186,4 +186,4 @@ def checks(c) -> None:
 
 EXPERIMENT = contract.Experiment(
     name="morl", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
-    memory=memory, problems="experiments.morl.pipeline:problems")
+    memory=memory, problems="ksurrogate_experiments.morl.pipeline:problems")

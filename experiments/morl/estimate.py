@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
-from experiments.morl import ppo
-from experiments.morl.envs import Suite, check_masks
+from ksurrogate_experiments.morl import ppo
+from ksurrogate_experiments.morl.envs import Suite, check_masks
 from ksurrogate import features as features_lib
 
 

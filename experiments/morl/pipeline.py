@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
-from experiments import common
-from experiments.morl import config as morl_config
-from experiments.morl import envs
-from experiments.morl import estimate as morl_estimate
-from experiments.morl import ppo
+from ksurrogate_experiments import common
+from ksurrogate_experiments.morl import config as morl_config
+from ksurrogate_experiments.morl import envs
+from ksurrogate_experiments.morl import estimate as morl_estimate
+from ksurrogate_experiments.morl import ppo
 from ksurrogate import baselines, diagnostics, metrics
 from ksurrogate import families as families_lib
 from ksurrogate.harness import driver, report, runs

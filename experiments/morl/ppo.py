@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from experiments.morl.envs import Suite, check_masks
+from ksurrogate_experiments.morl.envs import Suite, check_masks
 from ksurrogate import batching
 
 

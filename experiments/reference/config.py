@@ -8,8 +8,8 @@ import pathlib
 
 import ml_collections
 
-from experiments import common
-from experiments import contract
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 DATASETS = ("modular_addition", "modular_quad", "coin_flip")
@@ -22,14 +22,14 @@ MODULAR_FIT = 40   # the released modular data's own split: 40 fit, 10 held out
 CONFIGS = {
     "default": contract.Variant(
         description="the released outcome data: modular addition, modular quad, coin flip, 40 re-splits each; minutes",
-        command="python -m experiments.main --experiment=reference --workdir=runs/ref",
+        command="ksurrogate-run --experiment=reference --workdir=runs/ref",
         runtime="23 min on 2 CPU cores shared with other work (load average 8-10)",
         result="official_* rows reproduce the reference README to 3 decimals on the declared splits; over the "
                "re-splits no kernel tuning beats the ridge-CV linear surrogate in LDS on any dataset (README.md's "
                "table; BUILD_NOTES.md, issue 20)"),
     "tiny": contract.Variant(
         description="the same with one declared coin-flip split and 5 re-splits (tests); ~1 min",
-        command="python -m experiments.main --experiment=reference --config=tiny --workdir=/tmp/ref_tiny",
+        command="ksurrogate-run --experiment=reference --config=tiny --workdir=/tmp/ref_tiny",
         runtime="~1 min on 2 CPU cores",
         result="a smoke test of the whole path; its intervals are too wide to mean much"),
 }
@@ -84,4 +84,4 @@ def families(config, problem_name: str) -> list:
 
 EXPERIMENT = contract.Experiment(
     name="reference", configs=CONFIGS, default_config="default", get_config=get_config, rules=RULES, checks=checks,
-    problems="experiments.reference.pipeline:problems", families=families)
+    problems="ksurrogate_experiments.reference.pipeline:problems", families=families)

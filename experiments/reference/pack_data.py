@@ -1,7 +1,7 @@
 """Packs the authors' released outcome files into the compact npz shipped with the project.
 
 Run once from the repo root on the folder holding the authors' released JSON files:
-`python -m experiments.reference.pack_data DIR`.
+`python -m ksurrogate_experiments.reference.pack_data DIR`.
 Values are copied exactly (float64 from the JSON decimals); indicator matrices become bool.
 """
 import json

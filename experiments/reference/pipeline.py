@@ -5,7 +5,7 @@ import pathlib
 
 import numpy as np
 
-from experiments import common
+from ksurrogate_experiments import common
 from ksurrogate import subsets
 from ksurrogate.harness import driver
 
