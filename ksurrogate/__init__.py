@@ -1,6 +1,6 @@
 """ksurrogate: task attribution with kernel surrogate models, in JAX.
 
-Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.estimation`, `ks.replay`,
+Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.estimation`, `ks.estimators`,
 `ks.surrogates`, `ks.attribution`, `ks.baselines`, `ks.metrics`, `ks.diagnostics`, ...); the names
 most code needs are also here at the top level. The harness that runs experiments (run
 directories, the driver, figures, storage) is `ksurrogate.harness`, imported only where it is used.
@@ -11,12 +11,12 @@ from ksurrogate import baselines
 from ksurrogate import batching
 from ksurrogate import diagnostics
 from ksurrogate import estimation
+from ksurrogate import estimators
 from ksurrogate import features
 from ksurrogate import kernels
 from ksurrogate import linearization
 from ksurrogate import metrics
 from ksurrogate import parity
-from ksurrogate import replay
 from ksurrogate import subsets
 from ksurrogate import surrogates
 from ksurrogate import training
@@ -35,8 +35,8 @@ from ksurrogate.features import Features
 from ksurrogate.features import featurize
 from ksurrogate.linearization import empirical_ntk_fn
 from ksurrogate.linearization import linearize
-from ksurrogate.replay import Recipe
-from ksurrogate.replay import estimate_finetune
+from ksurrogate.estimators import EstimatorReport
+from ksurrogate.estimators import Recipe
 from ksurrogate.surrogates import KernelSurrogate
 from ksurrogate.surrogates import LinearSurrogate
 from ksurrogate.surrogates import fit_kernel
@@ -49,13 +49,13 @@ __version__ = "0.2.0"
 
 __all__ = [
     # modules
-    "attribution", "baselines", "batching", "diagnostics", "estimation", "features", "kernels",
-    "linearization", "metrics", "parity", "replay", "subsets", "surrogates", "training",
+    "attribution", "baselines", "batching", "diagnostics", "estimation", "estimators", "features", "kernels",
+    "linearization", "metrics", "parity", "subsets", "surrogates", "training",
     # surrogates and readouts
     "KernelSurrogate", "LinearSurrogate", "fit_kernel", "fit_linear", "predicted_loo", "interactions", "shapley",
     "suggest_subsets",
     # outcome sources
     "trainer", "retrain_subsets", "finetune_subsets", "map_subsets", "chunked_map",
     "Features", "featurize", "OutputLoss", "estimate", "solve", "calibrate_ridge", "task_statistics",
-    "linearize", "empirical_ntk_fn", "Recipe", "estimate_finetune",
+    "linearize", "empirical_ntk_fn", "Recipe", "EstimatorReport",
 ]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ksurrogate import _checks
+from ksurrogate import _timing
 from ksurrogate import batching
 from ksurrogate import metrics
 from ksurrogate.features import Features, margin
@@ -256,7 +257,7 @@ def solve(train: Features, task_ids, S, *, ridge: float, method: str = "onestep"
                 mean=mean, chunk_size=chunk_size, stats=stats)
 
 
-def _solve(train, task_ids, S, *, ridge, method, num_iters, loss, mean, chunk_size, stats):
+def _solve(train, task_ids, S, *, ridge, method, num_iters, loss, mean, chunk_size, stats, timing=None):
   m, K = S.shape
   # Task weights per subset: 1 per selected task, or 1 / (examples in the subset) for the mean.
   S_w = S.astype(np.float32)
@@ -266,15 +267,20 @@ def _solve(train, task_ids, S, *, ridge, method, num_iters, loss, mean, chunk_si
     g_K, H_K = stats if stats is not None else task_statistics(train, task_ids, K, loss=loss)
     g_K, H_K = jnp.asarray(g_K, jnp.float32), jnp.asarray(H_K, jnp.float32)
     chunk_size = chunk_size or max(1, min(m, (1 << 28) // (4 * train.dim ** 2)))
-    run = lambda S_c: _onestep_chunk(jnp.asarray(S_c), g_K, H_K, ridge)  # noqa: E731
-  else:
-    phi, o0, y = (jnp.asarray(a) for a in (train.phi, train.offsets, train.labels))
-    N, C, d = train.phi.shape
-    # Per-subset working set of the Hessian build is about N*C*d floats; keep a chunk near 1 GiB.
-    chunk_size = chunk_size or max(1, min(m, (1 << 28) // max(1, N * C * d + d * d)))
-    run = lambda S_c: _newton_chunk(jnp.asarray(S_c[:, task_ids]), phi, o0, y, ridge,  # noqa: E731
-                                    loss=loss, num_iters=num_iters)
-  return np.asarray(batching.chunked_map(run, S_w, chunk_size=chunk_size))
+    return _timing.run_chunks(_onestep_chunk, S_w, g_K, H_K, ridge, chunk_size=chunk_size, timing=timing)
+  phi, o0, y = (jnp.asarray(a) for a in (train.phi, train.offsets, train.labels))
+  N, C, d = train.phi.shape
+  # Per-subset working set of the Hessian build is about N*C*d floats; keep a chunk near 1 GiB.
+  chunk_size = chunk_size or max(1, min(m, (1 << 28) // max(1, N * C * d + d * d)))
+  return _timing.run_chunks(_newton_chunk, S_w, phi, o0, y, ridge, chunk_size=chunk_size, timing=timing,
+                            rows_fn=lambda S_c: S_c[:, task_ids], loss=loss, num_iters=num_iters)
+
+
+def _targets(Z, target: Features, *, loss, outcome, output, timing=None):
+  """[m, T] target losses or margins of the solutions Z [m, d]."""
+  phi_t, o0_t, y_t = (jnp.asarray(a) for a in (target.phi, target.offsets, target.labels))
+  return _timing.run_chunks(_target_outcomes, Z, phi_t, o0_t, y_t, chunk_size=min(len(Z), 1024), timing=timing,
+                            loss=loss, outcome=outcome, output=output)
 
 
 def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, method: str = "onestep",
@@ -299,15 +305,11 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
   if outcome == "margin" and train.output not in ("margin", "logits"):
     raise ValueError(f"outcome: 'margin' needs margin or logits features, got output {train.output!r}")
   task_ids, S = _check_inputs(train, task_ids, S, target)
-  m, K = S.shape
   if stats is not None and method == "onestep":
-    stats = _check_stats(stats, K, train.dim)
+    stats = _check_stats(stats, S.shape[1], train.dim)
   Z = _solve(train, task_ids, S, ridge=ridge, method=method, num_iters=num_iters, loss=loss, mean=mean,
              chunk_size=chunk_size, stats=stats)
-  phi_t, o0_t, y_t = (jnp.asarray(a) for a in (target.phi, target.offsets, target.labels))
-  F_hat = np.asarray(batching.chunked_map(
-      lambda Z_c: _target_outcomes(jnp.asarray(Z_c), phi_t, o0_t, y_t, loss=loss, outcome=outcome, output=train.output),
-      Z, chunk_size=min(m, 1024)))
+  F_hat = _targets(Z, target, loss=loss, outcome=outcome, output=train.output)
   return (F_hat, Z) if return_params else F_hat
 
 

@@ -75,6 +75,14 @@ def _top_k(output: str):
   return None
 
 
+def num_outputs(output: str, num_classes: int) -> int:
+  """C, the outputs per example of a provided kind: every logit, one margin, or k + 1 for top<k>."""
+  k = _top_k(output)
+  if output not in ("logits", "margin") and k is None:
+    raise ValueError(f"output: must be 'logits', 'margin' or 'top<k>' with k >= 1, got {output!r}")
+  return num_classes if output == "logits" else 1 if output == "margin" else k + 1
+
+
 def output_fn(apply_fn: Callable, output: str) -> Callable:
   """A provided output function (params, (x, y)) -> [C] of a classifier apply(params, x_batch) -> logits.
 

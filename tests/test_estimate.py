@@ -10,7 +10,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import optimize
 
 import ksurrogate as ks
-from ksurrogate import diagnostics, features, training
+from ksurrogate import diagnostics, estimators, features, training
 
 
 def logreg(params, X):
@@ -173,7 +173,7 @@ def test_pluggable_output_loss_squared_is_ridge_regression_and_edge_of_grid_warn
 
 
 # ----------------------------------------------------------------------------------------------
-# estimate_finetune: the fine-tuning recipe replayed in the linearized model.
+# The replay estimator: the fine-tuning recipe replayed in the linearized model.
 
 def _real_finetunes(apply_fn, params0, X, y, Xt, yt, task_ids, S, optimizer, steps):
   """Target cross-entropies after full-batch fine-tuning from params0 on each subset (real training)."""
@@ -182,20 +182,25 @@ def _real_finetunes(apply_fn, params0, X, y, Xt, yt, task_ids, S, optimizer, ste
   return np.asarray(jax.vmap(lambda p: training.cross_entropy(apply_fn(p, Xt), yt))(stacked))
 
 
+def _replay(apply_fn, params0, X, y, Xt, yt, task_ids, S, recipe, *, output="logits", calibrate=None, **settings):
+  """(F_hat, report) of the replay estimator on the subsets S (its preconditioner's design)."""
+  est = estimators.Replay(recipe, **settings)
+  data = estimators.Data.classifier(apply_fn, params0, (X, y), task_ids, (Xt, yt), output=output)
+  return est.estimate(est.prepare(data, design=S, calibrate=calibrate), S)
+
+
 @pytest.mark.parametrize("space", ["example", "parameter"])
 def test_replay_equals_real_sgd_finetuning_on_a_model_linear_in_params(space):
   params0, X, y, Xt, yt, task_ids = _problem(3)
   D = ravel_pytree(params0)[0].size
   S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1]], bool)
   recipe = ks.Recipe("sgd", 0.5, 30)
-  out = features.output_fn(logreg, "logits")
   # parameter space at dim >> D: the Gaussian projection keeps the kernel to a few percent
-  F_hat, info = ks.estimate_finetune(out, params0, (X, y), task_ids, S, (Xt, yt), recipe=recipe,
-                                     loss=ks.estimation.SOFTMAX_CROSS_ENTROPY, space=space, dim=20000 if space == "parameter" else 8,
-                                     chunk_size=2, return_info=True)
+  F_hat, rep = _replay(logreg, params0, X, y, Xt, yt, task_ids, S, recipe, space=space,
+                       dim=20000 if space == "parameter" else 8, chunk_size=2)
   real = _real_finetunes(logreg, params0, X, y, Xt, yt, task_ids, S, optax.sgd(0.5), 30)
   base = np.asarray(training.cross_entropy(logreg(params0, Xt), yt))
-  assert info["space"] == space and D == 12
+  assert rep.space == space and rep.dim == (D if space == "example" else 20000) and D == 12
   assert np.abs(real - base).max() > 0.05                  # the fine-tunes really move
   np.testing.assert_allclose(F_hat, real, **(dict(rtol=1e-4, atol=1e-5) if space == "example" else dict(rtol=0.03, atol=1e-3)))
 
@@ -210,8 +215,7 @@ def test_replay_is_adam_exactly_for_one_parameter():
   params0 = {"a": np.float32(0.2)}
   task_ids = np.repeat(np.arange(4), 10)
   S = np.array([[1, 1, 1, 1], [1, 0, 0, 1], [0, 1, 1, 0]], bool)
-  F_hat = ks.estimate_finetune(features.output_fn(apply_fn, "logits"), params0, (X, y), task_ids, S, (Xt, yt),
-                               recipe=ks.Recipe("adam", 0.05, 25), loss=ks.estimation.SOFTMAX_CROSS_ENTROPY)
+  F_hat, _ = _replay(apply_fn, params0, X, y, Xt, yt, task_ids, S, ks.Recipe("adam", 0.05, 25))
   real = _real_finetunes(apply_fn, params0, X, y, Xt, yt, task_ids, S, optax.adam(0.05), 25)
   np.testing.assert_allclose(F_hat, real, rtol=1e-4, atol=1e-5)
 
@@ -230,34 +234,42 @@ def test_replay_tracks_adam_finetunes_of_an_mlp_better_than_no_change():
   S[S.sum(1) == 0, 0] = True
   real = _real_finetunes(golden_models.mlp, params0, X, y, Xt, yt, task_ids, S, optax.adam(3e-3), 40)
   base = np.asarray(training.cross_entropy(golden_models.mlp(params0, Xt), yt))
-  err = lambda F: np.median(np.abs(F - real) / np.abs(real))   # noqa: E731
   for output in ("logits", "margin", "top1"):
-    F_hat = ks.estimate_finetune(features.output_fn(golden_models.mlp, output), params0, (X, y), task_ids, S, (Xt, yt),
-                                 recipe=ks.Recipe("adam", 3e-3, 40), loss=ks.estimation.default_loss(output))
-    assert err(F_hat) < 0.5 * err(np.broadcast_to(base, real.shape)), output
+    F_hat, rep = _replay(golden_models.mlp, params0, X, y, Xt, yt, task_ids, S, ks.Recipe("adam", 3e-3, 40),
+                         output=output)
+    scored = rep.scored(F_hat, real, F_base=base)
+    assert scored.ratio_to_no_change < 0.5 and scored.output == output, output
 
 
 def test_replay_bad_inputs():
   params0, X, y, Xt, yt, task_ids = _problem(3)
-  out = features.output_fn(logreg, "logits")
   S = np.ones((2, 4), bool)
-  kw = dict(recipe=ks.Recipe("sgd", 0.1, 3), loss=ks.estimation.SOFTMAX_CROSS_ENTROPY)
-  for bad, match in [(dict(recipe=("sgd", 0.1, 3)), "^recipe:"), (dict(loss="ce"), "^loss:"), (dict(space="both"), "^space:"),
-                     (dict(dim=0), "^dim:")]:
+  recipe = ks.Recipe("sgd", 0.1, 3)
+  for bad, match in [(dict(recipe=("sgd", 0.1, 3)), "^recipe:"), (dict(space="both"), "^space:"), (dict(dim=0), "^dim:"),
+                     (dict(groups="all"), "^groups:"), (dict(preconditioner="none"), "^preconditioner:")]:
     with pytest.raises(ValueError, match=match):
-      ks.estimate_finetune(out, params0, (X, y), task_ids, S, (Xt, yt), **{**kw, **bad})
+      estimators.Replay(**{"recipe": recipe, **bad})
   with pytest.raises(ValueError, match="^recipe.optimizer:"):
     ks.Recipe("rmsprop", 0.1, 3)
   with pytest.raises(ValueError, match="^recipe.lr:"):
     ks.Recipe("sgd", -1.0, 3)
   with pytest.raises(ValueError, match="^recipe.steps:"):
     ks.Recipe("sgd", 0.1, 0)
-  with pytest.raises(ValueError, match="^train:"):
-    ks.estimate_finetune(out, params0, (X, y[:-1]), task_ids, S, (Xt, yt), **kw)
+  est = estimators.Replay(recipe)
+  out = features.output_fn(logreg, "logits")
+  loss = ks.estimation.SOFTMAX_CROSS_ENTROPY
+  for data, match in [(estimators.Data(out, params0, (X, y[:-1]), task_ids, (Xt, yt), loss), "^train:"),
+                      (estimators.Data(None, params0, (X, y), task_ids, (Xt, yt), loss), "^output_fn:"),
+                      (estimators.Data(out, params0, (X, y), task_ids, (Xt, yt), "ce"), "^loss:"),
+                      (estimators.Data(out, params0, (X, y), task_ids, None, loss), "^data: the replay reads")]:
+    with pytest.raises(ValueError, match=match):
+      est.prepare(data, design=S)
+  data = estimators.Data(out, params0, (X, y), task_ids, (Xt, yt), loss)
+  state = est.prepare(data)   # SGD: no preconditioner, no design needed
   with pytest.raises(ValueError, match="^S:"):
-    ks.estimate_finetune(out, params0, (X, y), task_ids, np.zeros((2, 4), bool), (Xt, yt), **kw)
-  with pytest.raises(ValueError, match="^output_fn:"):
-    ks.estimate_finetune(None, params0, (X, y), task_ids, S, (Xt, yt), **kw)
+    est.estimate(state, np.zeros((2, 4), bool))
+  with pytest.raises(ValueError, match="^design: the 'design' preconditioner"):
+    estimators.Replay(ks.Recipe("adam", 0.1, 3)).prepare(data)
 
 
 def test_mean_objective_is_the_sum_at_a_ridge_scaled_by_subset_size():
@@ -336,26 +348,25 @@ def test_replay_step_calibration_picks_the_scale_the_calibration_fine_tunes_ask_
   params0, X, y, Xt, yt, task_ids = _problem(3)
   S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1]], bool)
   real = _real_finetunes(logreg, params0, X, y, Xt, yt, task_ids, S, optax.sgd(0.25), 30)
-  out = features.output_fn(logreg, "logits")
-  kw = dict(recipe=ks.Recipe("sgd", 0.5, 30), loss=ks.estimation.SOFTMAX_CROSS_ENTROPY, space="example",
-            return_info=True)
-  F_plain, info_plain = ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), **kw)
-  F_cal, info = ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=(S[:3], real[:3]), **kw)
-  assert info_plain["step_scale"] == 1.0 and "step_scale_errors" not in info_plain
-  assert info["step_scale"] == 0.5 and set(info["step_scale_errors"]) == set(ks.replay.STEP_SCALES)
-  assert min(info["step_scale_errors"].values()) == info["step_scale_errors"][0.5] < 1e-4
+  kw = dict(space="example")
+  recipe = ks.Recipe("sgd", 0.5, 30)
+  F_plain, plain = _replay(logreg, params0, X, y, Xt, yt, task_ids, S[3:], recipe, **kw)
+  F_cal, cal = _replay(logreg, params0, X, y, Xt, yt, task_ids, S[3:], recipe, calibrate=(S[:3], real[:3]), **kw)
+  assert plain.step_scale == 1.0 and plain.calibration is None and plain.num_calibration is None
+  assert cal.step_scale == 0.5 and set(cal.calibration) == set(estimators.replay.STEP_SCALES) and cal.num_calibration == 3
+  assert min(cal.calibration.values()) == cal.calibration[0.5] < 1e-4
+  assert cal.recipe == recipe and cal.to_summary()["calibration"]["0.5"] == cal.calibration[0.5]
   np.testing.assert_allclose(F_cal, real[3:], rtol=1e-4, atol=1e-5)
   assert np.abs(F_plain - real[3:]).max() > 100 * np.abs(F_cal - real[3:]).max()   # the recipe's own rate is off
   with pytest.warns(UserWarning, match="^calibrate: step scale 0.25 at the edge"):
-    _, edge = ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=(S[:3], real[:3]),
-                                   step_scales=(0.25, 1.0), **kw)
-  assert edge["step_scale"] == 0.25
+    _, edge = _replay(logreg, params0, X, y, Xt, yt, task_ids, S[3:], recipe, calibrate=(S[:3], real[:3]),
+                      step_scales=(0.25, 1.0), **kw)
+  assert edge.step_scale == 0.25
   for bad, match in [((S[:3],), "^calibrate: expected"), ((S[:3, :2], real[:3]), "^calibrate: S_cal: 2 tasks"),
                      ((S[:3], real[:2]), "^calibrate: F_cal has shape"),
                      ((S[:3], np.full_like(real[:3], np.nan)), "^calibrate: F_cal holds non-finite")]:
     with pytest.raises(ValueError, match=match):
-      ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=bad, **kw)
+      _replay(logreg, params0, X, y, Xt, yt, task_ids, S[3:], recipe, calibrate=bad, **kw)
   for scales in [(), (0.5, -1.0)]:
     with pytest.raises(ValueError, match="^step_scales:"):
-      ks.estimate_finetune(out, params0, (X, y), task_ids, S[3:], (Xt, yt), calibrate=(S[:3], real[:3]),
-                           step_scales=scales, **kw)
+      estimators.Replay(recipe, step_scales=scales)
