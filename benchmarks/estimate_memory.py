@@ -22,7 +22,7 @@ from absl import flags
 import ksurrogate as ks
 from ksurrogate_experiments.modular import data as data_lib
 from ksurrogate_experiments.modular import config as config_lib
-from ksurrogate_experiments.modular import pipeline
+from ksurrogate_experiments.modular import phases as pipeline
 from ksurrogate import features
 
 _P = flags.DEFINE_integer("p", 97, "modulus")

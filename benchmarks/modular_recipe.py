@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 
 from ksurrogate_experiments.modular import config as config_lib
-from ksurrogate_experiments.modular import pipeline
+from ksurrogate_experiments.modular import phases as pipeline
 
 GRID = [  # (field, value) settings tried, each on top of the cpu config
     {"train.lr": 1e-3, "train.num_steps": 800},

@@ -51,7 +51,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from ksurrogate_experiments.modular import config as config_lib  # noqa: E402
-from ksurrogate_experiments.modular import pipeline  # noqa: E402
+from ksurrogate_experiments.modular import phases as pipeline  # noqa: E402
 from ksurrogate_experiments.modular import regime  # noqa: E402
 from ksurrogate_experiments.reference.config import DATA_DIR  # noqa: E402
 from ksurrogate import metrics, subsets, training  # noqa: E402

@@ -28,7 +28,7 @@ from absl import flags
 import ksurrogate as ks
 from common import timed
 from ksurrogate_experiments.modular import config as config_lib
-from ksurrogate_experiments.modular import pipeline
+from ksurrogate_experiments.modular import phases as pipeline
 from ksurrogate import training
 
 _P = flags.DEFINE_integer("p", 29, "modulus")

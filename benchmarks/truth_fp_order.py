@@ -29,7 +29,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from ksurrogate_experiments.modular import config as config_lib  # noqa: E402
-from ksurrogate_experiments.modular import pipeline  # noqa: E402
+from ksurrogate_experiments.modular import phases as pipeline  # noqa: E402
 from ksurrogate import metrics  # noqa: E402
 from ksurrogate.harness import runs  # noqa: E402
 

@@ -16,8 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAMILIES = ("kernel", "kernel_lds", "kernel_official", "linear", "linear_official")
 SOURCES = ("exact", "estimated", "finetuned", "estimated_same")
 METHODS = tuple(f"{f}_{s}" for s in SOURCES for f in FAMILIES)
-ESTIMATOR_KEYS = ("median_relative_error", "mean_relative_error", "linearization_error", "lds_vs_retrain",
-                  "seconds_estimate", "seconds_finetune", "speedup", "speedup_per_subset")
+ESTIMATOR_KEYS = ("median_relative_error", "mean_relative_error", "linearization_error", "lds_vs_real",
+                  "seconds_per_subset", "seconds_real_per_subset", "speedup_with_setup", "speedup_per_subset")
 # Seeded figures of the tiny config, pinned so that a change altering results is seen. Two runs on
 # one machine gave bitwise-identical summaries; the bands only absorb float rounding across CPUs.
 PINNED = {
@@ -90,7 +90,8 @@ def test_tiny_summary_pins_seeded_figures_and_holds_every_section(full_run):
   assert "the tiny config is a smoke test" in r.stderr
   est = s["estimator"]["modular"]
   # the default estimator replays the finetune block's recipe; the tiny kernel fits the memory rule
-  assert est["method"] == "replay" and est["space"] == "example" and est["recipe"]["num_steps"] == 10
+  assert est["solver"] == "replay" and est["space"] == "example" and est["recipe"]["steps"] == 10
+  assert math.isfinite(est["details"]["lds_vs_retrain"]) and est["num_scored"] == 12 - 4
   for what in ("loo_real_vs_predicted", "interactions", "predicted_vs_true", "training_curves", "top_tasks", "scores"):
     path = pathlib.Path(s["files"][f"modular/{what}"])
     assert path.parent == workdir / "modular" and path.stat().st_size > 1000

@@ -161,16 +161,16 @@ def estimator(suite, meta):
   return est
 
 
-def test_quadratic_solver_is_one_newton_step(suite, meta, estimator):
+def test_onestep_solver_is_one_newton_step(suite, meta, estimator):
   import dataclasses
-  cfg = dataclasses.replace(estimator.cfg, solver="quadratic")
-  quad = estimate.Estimator(suite, meta, estimator.norm, estimator.targets_T, cfg, ECFG)
+  cfg = dataclasses.replace(estimator.cfg, solver="onestep")
+  onestep = estimate.Estimator(suite, meta, estimator.norm, estimator.targets_T, cfg, ECFG)
   for i, m in enumerate(MASKS):   # the maximizer of the objective's second-order model at z = 0
     f = lambda z: -estimator.objective(z, jnp.asarray(m))   # noqa: E731
     z0 = jnp.zeros(cfg.dim)
     one_step = -jnp.linalg.solve(jax.hessian(f)(z0), jax.grad(f)(z0))
-    np.testing.assert_allclose(quad.z(MASKS)[i], one_step, rtol=1e-3, atol=1e-5)
-  assert not np.allclose(quad.z(MASKS), estimator.z(MASKS), atol=1e-5)  # more steps do move
+    np.testing.assert_allclose(onestep.z(MASKS)[i], one_step, rtol=1e-3, atol=1e-5)
+  assert not np.allclose(onestep.z(MASKS), estimator.z(MASKS), atol=1e-5)  # more steps do move
 
 
 def test_features_are_projected_jacobians(suite, meta, estimator):

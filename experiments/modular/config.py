@@ -157,12 +157,13 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # mean and its split-half reliability across seeds the ceiling every method is reported against.
   c.truth = dict(seeds=3)
   c.estimate = dict(
-      # solver "replay": the finetune block's recipe replayed in the linearized model
-      # (ks.estimate_finetune) on the `output` ("top1": the label's strongest competitor at theta0
-      # and the rest lumped), in example space (exact kernel) when it fits memory_gib, else in
-      # parameter space projected to dim. "onestep" / "newton": the ridge minimizer on margin
-      # features projected to dim. BUILD_NOTES.md ("Estimated outcomes: replaying the fine-tuning")
-      # has the comparison.
+      # solver (a ksurrogate.estimators name) "replay": the finetune block's recipe replayed in the
+      # linearized model on the `output` ("top1": the label's strongest competitor at theta0 and
+      # the rest lumped), in example space (exact kernel) when it fits memory_gib, else in parameter
+      # space projected to dim. "onestep" / "newton": the ridge minimizer on margin features
+      # projected to dim. "linearized": the recipe by optax on the unprojected linearized model (the
+      # accuracy reference, as costly as fine-tuning). BUILD_NOTES.md ("Estimated outcomes:
+      # replaying the fine-tuning") has the comparison.
       dim=256, feature_batch=64, solver="replay", output="top1", space="auto", memory_gib=2.0,
       num_subsets=2000,
       sizes=(22, 24),   # sizes of the estimated subsets: up to K - 1, next to the LOO sets
@@ -181,6 +182,25 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   c.study = dict(enabled=False, rates=(0.5, 0.7, 0.9), budget_rate=0.7, budgets=(40, 80, 160), other_budget=80,
                  num_heldout=20, num_estimated=5000, num_pairs=6, active_seeds=3, active_base=40, active_more=40)
   return common.apply_variant(c, VARIANTS[arg])   # fields without a base value are set by every variant
+
+
+def recipe(c):
+  """The fine-tuning from theta0 (the finetune block) as the library's Recipe: the real fine-tunes'
+  optimizer and what the replay follows."""
+  from ksurrogate import estimators
+  f = c.finetune
+  return estimators.Recipe(f.optimizer, f.lr, f.num_steps)
+
+
+def estimator(c, solver=None):
+  """The library estimator `estimate.solver` (or `solver`) names, with this config's settings (the
+  ridge solvers calibrate their ridge over 10^-1..10^7 on real outcomes)."""
+  import numpy as np
+  from ksurrogate import estimators
+  e = c.estimate
+  return estimators.from_settings(solver or e.solver, dict(
+      recipe=recipe(c), space=e.space, dim=e.dim, memory_bytes=int(e.memory_gib * 2 ** 30), batch_size=e.feature_batch,
+      ridge_grid=tuple(10.0 ** np.arange(-1.0, 8.0))))
 
 
 def network_size(c) -> int:
@@ -206,22 +226,23 @@ def memory(c) -> dict:
   out = {
       "design.chunk_size": (4 * c.design.chunk_size * (4 * D + max(batch, n_train) * per_example()),
                             f"{c.design.chunk_size} vmapped trainings (parameters, Adam state, activations)"),
-      "estimate.dim": (8 * K * d * d + 4 * (n_train + T) * d,
-                            f"the one-step statistics ({K} x {d} x {d} float64) and the projected features"),
       "estimate.feature_batch": (4 * c.estimate.feature_batch * D,
                                  f"the per-example gradients of {c.estimate.feature_batch} examples x {D} parameters"),
       "estimate.num_subsets": (4 * max(estimated) * (K + d + T),
                                f"{max(estimated)} estimated subsets (indicators, solutions, outcomes)"),
       "design.num_subsets": (4 * c.design.num_subsets * (K + T), f"{c.design.num_subsets} retrained subsets"),
   }
-  if c.estimate.solver == "replay":   # ks.estimate_finetune's cost rule: the exact kernel when it fits
-    o = c.estimate.output
-    C = 1 if o == "margin" else c.data.p if o == "logits" else int(o[3:]) + 1
-    rows = (n_train + T) * C
-    exact = 4 * rows * (D + n_train * C)
-    fits = exact <= c.estimate.memory_gib * 2 ** 30
-    out["estimate.memory_gib"] = ((exact, f"the replay's Jacobian rows and exact kernel ({rows} rows x {D} parameters)")
-                                  if fits else (4 * rows * d, f"the replay's projected features ({rows} rows x {d})"))
+  # the estimators' own cost rules (ksurrogate.estimators; imported here, not at the top, so that
+  # --help stays light): the features phase's margin features with the one-step statistics, and
+  # the replay's exact kernel or projected features
+  from ksurrogate import estimators, features
+  sizes = dict(num_train=n_train, num_target=T, num_params=D, num_tasks=K)
+  cost = estimator(c, solver="onestep").memory(estimators.Sizes(num_outputs=1, **sizes))
+  out["estimate.dim"] = (cost.bytes, cost.what)
+  est = estimator(c)
+  if not est.requires_calibration:   # the replay linearizes estimate.output, not the margin features
+    cost = est.memory(estimators.Sizes(num_outputs=features.num_outputs(c.estimate.output, c.data.p), **sizes))
+    out["estimate.memory_gib"] = (cost.bytes, cost.what)
   if c.surrogates.num_inducing is not None:
     n = max(estimated)
     m = min(n, c.surrogates.num_inducing)
@@ -269,7 +290,7 @@ RULES = {
     "truth.seeds": common.integer(1),
     "estimate.dim": common.integer(1),
     "estimate.feature_batch": common.integer(1),
-    "estimate.solver": common.choice("replay", "onestep", "newton"),
+    "estimate.solver": common.choice("replay", "onestep", "newton", "linearized"),
     "estimate.output": common.Rule(lambda v: v in ("margin", "logits") or (isinstance(v, str) and v.startswith("top")
                                                                             and v[3:].isdigit() and int(v[3:]) >= 1),
                                    "'margin', 'logits' or 'top<k>' (k >= 1)"),

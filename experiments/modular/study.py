@@ -30,8 +30,10 @@ import jax
 import numpy as np
 
 import ksurrogate as ks
-from ksurrogate_experiments.modular import pipeline
+from ksurrogate_experiments.modular import config as config_lib
+from ksurrogate_experiments.modular import phases
 from ksurrogate_experiments.modular import regime
+from ksurrogate import estimators
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs
@@ -68,7 +70,7 @@ def pool_size(c, rate: float) -> int:
   return max(ms) + st.num_heldout
 
 
-def study_design(c, s: pipeline.Setup) -> StudyDesign:
+def study_design(c, s: phases.Setup) -> StudyDesign:
   K, st = s.K, c.study
   rates = tuple(float(r) for r in st.rates)
   pools = tuple(ks.subsets.distinct_bernoulli(jax.random.key(c.seed + 20 + i), pool_size(c, r), K, r, full=False)
@@ -89,27 +91,25 @@ class StudyEstimates:
   seconds: np.ndarray   # per rate: estimator wall time
 
 
-def estimate_pools(c, s: pipeline.Setup, sd: StudyDesign, fs: pipeline.FeatureSet, pools: list,
-                   tg: pipeline.Targets) -> StudyEstimates:
+def estimate_pools(c, s: phases.Setup, sd: StudyDesign, fs: phases.FeatureSet, pools: list,
+                   tg: phases.Targets) -> StudyEstimates:
   """Estimated outcomes of every rate's S_est; each rate's ridge is the best LDS against the exact
   retrains of the rows every cell of that rate fits on (never held-out rows or LOO)."""
-  e, keep, task = c.estimate, tg.keep, s.d.task_train
-  train_f, target_f = fs.train, fs.target
-  kept = fs.target_rows(keep)
+  keep = tg.keep
   # the study estimates retrains from scratch, calibrated against them: the ridge minimizer, not a
   # replay of the fine-tuning from theta0 ("replay" falls back to onestep here)
-  method = "newton" if e.solver == "newton" else "onestep"
-  est = dict(method=method, stats=ks.task_statistics(train_f, task, sd.K)) if method == "onestep" else dict(method=method)
-  grid = 10.0 ** np.arange(-1.0, 8.0)
+  est = config_lib.estimator(c, solver="newton" if c.estimate.solver == "newton" else "onestep")
+  data = estimators.Data.classifier(s.apply_fn, None, s.train_data, s.d.task_train, (s.X_val, s.y_val),
+                                    output=fs.output, num_tasks=sd.K)
+  state = est.prepare(data, features=(fs.train, fs.target))   # (params0 unread: the stored features)
   Fs, ridges, seconds = [], [], []
   for rate, S_pool, S_est, pool in zip(sd.rates, sd.pools, sd.S_est, pools):
     n_fit = min(m for r, m in cells(c) if r == rate)
-    ridge, _ = ks.calibrate_ridge(train_f, task, kept, S_pool[:n_fit], pool["F"][:n_fit][:, keep], grid=grid,
-                                  criterion="lds", **est)
+    at_rate = est.calibrated(state, S_pool[:n_fit], pool["F"][:n_fit][:, keep], criterion="lds", targets=keep)
     t0 = time.perf_counter()
-    Fs.append(np.asarray(ks.estimate(train_f, task, S_est, target_f, ridge=ridge, **est)))
+    Fs.append(est.estimate(at_rate, S_est)[0])
     seconds.append(time.perf_counter() - t0)
-    ridges.append(ridge)
+    ridges.append(at_rate.ridge)
   return StudyEstimates(F=tuple(Fs), ridges=np.asarray(ridges), seconds=np.asarray(seconds))
 
 
@@ -170,28 +170,28 @@ def active_sampling(c, sd: StudyDesign, pool: dict, loo_true, keep, families) ->
 def problems(config, run: runs.Run, families):
   """One driver Problem per cell, after one `driver.Across` entry with the study-wide readouts."""
   c, st = config, config.study
-  s = run.phase("setup", pipeline.setup, c, store=False)
-  dsg = run.phase("design", pipeline.design, c, s, store=False)
+  s = run.phase("setup", phases.setup, c, store=False)
+  dsg = run.phase("design", phases.design, c, s, store=False)
   sd = run.phase("study_design", study_design, c, s, store=False)
-  th = run.phase("theta0", pipeline.theta0, c, s)
+  th = run.phase("theta0", phases.theta0, c, s)
   cs = c.design.chunk_size
-  truths = pipeline.truth_retrains(c, run, s, dsg)
-  pools = [run.outcomes(f"pool_p{r:g}", pipeline.retrain_chunk, c, S, s, chunk_size=cs) for r, S in zip(sd.rates, sd.pools)]
+  truths = phases.truth_retrains(c, run, s, dsg)
+  pools = [run.outcomes(f"pool_p{r:g}", phases.retrain_chunk, c, S, s, chunk_size=cs) for r, S in zip(sd.rates, sd.pools)]
   budget_pool = pools[sd.rates.index(float(st.budget_rate))]
   # stops here when too few targets vary across the budget rate's pool
-  tg = run.phase("targets", pipeline.targets, c, s, th, budget_pool, dsg, f"pool_p{float(st.budget_rate):g}", store=False)
-  pairs_out = [run.outcomes(f"pairs_seed{r}", functools.partial(pipeline.retrain_chunk, train_seed=r), c, sd.S_pairs, s,
+  tg = run.phase("targets", phases.targets, c, s, th, budget_pool, dsg, f"pool_p{float(st.budget_rate):g}", store=False)
+  pairs_out = [run.outcomes(f"pairs_seed{r}", functools.partial(phases.retrain_chunk, train_seed=r), c, sd.S_pairs, s,
                             chunk_size=cs) for r in range(c.truth.seeds)]
-  fs = run.phase("features", pipeline.featurize, c, s, th)
+  fs = run.phase("features", phases.featurize, c, s, th)
   est = run.phase("study_estimate", estimate_pools, c, s, sd, fs, pools, tg)
-  predictions = dict(run.phase("baselines", pipeline.run_baselines, c, s, th, fs, tg))
+  predictions = dict(run.phase("baselines", phases.run_baselines, c, s, th, fs, tg))
   influence_solve = predictions.pop("influence_solve", None)   # the damping influence's CG converged at
   keep, K = tg.keep, sd.K
-  effects = pipeline.loo_effects(truths, K)[:, :, keep]
+  effects = phases.loo_effects(truths, K)[:, :, keep]
   loo_true = effects.mean(0)
   inter = interactions_exact(truths, pairs_out, sd, keep)
   active = run.phase("active_sampling", active_sampling, c, sd, budget_pool, loo_true, keep, families)
-  losses, unconverged = pipeline.retrain_losses(c, run, truths + pools + pairs_out)
+  losses, unconverged = phases.retrain_losses(c, run, truths + pools + pairs_out)
   yield driver.Across(info={
       "influence_solve": influence_solve,
       "study": {"interactions_exact": {"pairs": sd.pairs.tolist(),
@@ -219,7 +219,7 @@ def problems(config, run: runs.Run, families):
         info={"cell": {"rate": rate, "budget": int(m), "heldout": int(h)},
               # the cell's fit retrains (Bernoulli(rate) subsets, not the released 22-of-25 design)
               "outcomes": regime.summary(pools[i]["F"][:m], c.data.op)},
-        outcome_name="validation loss", task_labels=pipeline.task_labels(K))
+        outcome_name="validation loss", task_labels=phases.task_labels(K))
 
 
 # method -> line style; kernel and linear lines often coincide, so they differ in marker and dash

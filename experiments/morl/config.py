@@ -93,7 +93,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # better than 16 on each of 3 estimator seeds (LDS 0.21-0.29 vs 0.09-0.20) at the same error;
   # 256 cost 4x more (benchmarks/morl_estimator_sweep.py; BUILD_NOTES "MORL: which lever moves
   # the estimator").
-  c.estimate = dict(num_envs=64, num_steps=200, dim=128, ridge=1.0, solver="quadratic", num_subsets=2048)
+  c.estimate = dict(num_envs=64, num_steps=200, dim=128, ridge=1.0, solver="onestep", num_subsets=2048)
   c.baselines = dict(curvature="gauss_newton", damping=0.1, cg_iters=200, states_per_objective=256,
                      tracin_checkpoints=5)
   c.selection = dict(seeds=(100, 101, 102, 103, 104), num_random=4)
@@ -115,10 +115,13 @@ def memory(c) -> dict:
   the field that sets their size: what `validate` checks against memory."""
   K, e, b = len(c.objectives), c.estimate, c.baselines
   states = K * e.num_envs * e.num_steps
+  # the library estimator's cost rule (imported here, not at the top, so that --help stays light):
+  # projected gradients of 2 action logits per state, the projection, the per-objective statistics
+  from ksurrogate import estimators
+  cost = estimators.Onestep(dim=e.dim).memory(estimators.Sizes(num_train=states, num_target=0, num_outputs=2,
+                                                                num_params=POLICY_PARAMS, num_tasks=K))
   return {
-      "estimate.dim": (4 * (states * 2 * e.dim + POLICY_PARAMS * e.dim) + 8 * K * e.dim * e.dim,
-                       f"the estimator's projected gradients ({states} states x 2 actions x {e.dim}), projection and "
-                       "per-objective curvature"),
+      "estimate.dim": (cost.bytes, f"the estimator's {cost.what}"),
       "estimate.num_envs": (4 * states * (2 * e.dim + 16), f"the estimator's rollouts ({states} states)"),
       "estimate.num_subsets": (4 * e.num_subsets * (2 * K + e.dim), f"{e.num_subsets} estimated subsets"),
       "baselines.states_per_objective": (4 * K * b.states_per_objective * POLICY_PARAMS,
@@ -150,7 +153,7 @@ RULES = {
     "estimate.num_steps": common.integer(1),
     "estimate.dim": common.integer(1),
     "estimate.ridge": common.positive(),
-    "estimate.solver": common.choice("quadratic", "newton"),
+    "estimate.solver": common.choice("onestep", "newton"),
     "estimate.num_subsets": common.integer(2),
     "baselines.curvature": common.choice("gauss_newton", "hessian"),
     "baselines.damping": common.number(0.0),

@@ -11,8 +11,9 @@
    rollout actions under the linearized logits f(theta0, s) + G(s) z, averaged over S's states
    (every objective has as many, as the fine-tuning spreads env slots evenly over S), minus a
    ridge (lam / 2) |z|^2. Weights exp(clip(A / std)) are positive (AWR), which keeps the problem
-   convex. Solvers: "quadratic" (default; the library's "onestep": one Newton step from z = 0
-   from per-objective sufficient statistics, K d^2 + d^3 per subset) or "newton" (iterated).
+   convex. Solvers (`ksurrogate.estimators`): "onestep" (default: one Newton step from z = 0
+   from per-objective sufficient statistics, K d^2 + d^3 per subset) or "newton" (iterated); the
+   ridge is relative to the full-set curvature (`relative_ridge`), so it is scale-free.
 4. The outcome of S, two ways:
    - "rollout": the linearized policy f(theta0) + J P z_S is rolled out greedily in each target
      environment on the exact evaluator's reset seeds, one `jax.jvp` per step. Faithful (the
@@ -52,13 +53,16 @@ def policy_logits(actor_params, example):
   return ppo.actor_logits(actor_params, obs[None])[0]
 
 
+SOLVERS = ("onestep", "newton")   # the ridge solvers: the fine-tuning is PPO, no recipe to replay
+
+
 @dataclasses.dataclass(frozen=True)
 class EstimatorConfig:
   num_envs: int = 16          # rollout slots per objective
   num_steps: int = 200        # rollout length per slot (one time-limit episode)
   dim: int = 128              # projection dimension d
-  ridge: float = 1.0          # lam, relative to trace(H_full) / d at z = 0 (scale-free)
-  solver: str = "quadratic"   # "quadratic": one Newton step from z = 0; "newton": iterate
+  ridge: float = 1.0          # lam, relative to trace(H_full) / (N d) at z = 0 (scale-free)
+  solver: str = "onestep"     # "onestep": one Newton step from z = 0; "newton": iterate
   newton_steps: int = 6
   adv_clip: float = 3.0
   seed: int = 7
@@ -70,11 +74,17 @@ class EstimatorConfig:
         raise ValueError(f"{f}: must be a positive int, got {v!r}")
     if not self.ridge > 0:
       raise ValueError(f"ridge: must be positive, got {self.ridge}")
-    if self.solver not in ("quadratic", "newton"):
-      raise ValueError(f"solver: must be 'quadratic' or 'newton', got {self.solver!r}")
+    if self.solver not in SOLVERS:
+      raise ValueError(f"solver: must be one of {', '.join(map(repr, SOLVERS))}, got {self.solver!r}")
+
+  @property
+  def estimator(self) -> ks.estimators.Ridge:
+    """The library estimator: the subset's mean loss, the ridge relative to the curvature."""
+    return ks.estimators.get(self.solver)(dim=self.dim, ridge=self.ridge, relative_ridge=True, mean=True,
+                                          num_iters=self.newton_steps, batch_size=512)
 
 
-# Newton iterations over all rollout states cost N d^2 per step and subset; the quadratic solver
+# Newton iterations over all rollout states cost N d^2 per step and subset; the one-step solver
 # pays that once per objective and then d^3 per subset, so it affords more states and larger d.
 NEWTON_SMALL = EstimatorConfig(num_envs=4, dim=32, solver="newton")
 
@@ -124,14 +134,13 @@ class Estimator:
     sd = jnp.sqrt(per((adv - mu[obj]) ** 2)) + 1e-8
     self.w = jnp.exp(jnp.clip((adv - mu[obj]) / sd[obj], -cfg.adv_clip, cfg.adv_clip))
     labels = np.stack([np.asarray(self.data["action"], np.float32), np.asarray(self.w)], 1)
-    self.feats = ks.featurize(None, params0["actor"], np.asarray(self.data["obs"]), labels, key=key, dim=cfg.dim,
-                              output=policy_logits, batch_size=512)
+    data = ks.estimators.Data(policy_logits, params0["actor"], (np.asarray(self.data["obs"]), labels),
+                              np.asarray(obj), None, AWR, output="policy_logits", num_tasks=suite.K)
+    self.state = cfg.estimator.prepare(data, key=key)
+    self.feats, self.stats, self.lam = self.state.train, self.state.stats, self.state.ridge
     self.P = features_lib.projection_matrix(key, self.flat0.size, cfg.dim)   # the blocks featurize used
     self.G, self.logits0 = jnp.asarray(self.feats.phi), jnp.asarray(self.feats.offsets)
     self.obj = np.asarray(obj)
-    self.stats = ks.task_statistics(self.feats, self.obj, suite.K, loss=AWR)
-    # Scale-free ridge: lam relative to the mean curvature of the full-set problem at z = 0.
-    self.lam = float(cfg.ridge * np.trace(self.stats[1].sum(0)) / len(self.obj) / cfg.dim)
     # Arrays go into the jitted programs as arguments, not as baked-in constants.
     self.arrays = {"G": self.G, "logits0": self.logits0, "w": self.w, "P": self.P, "flat0": self.flat0,
                    "R_meta": norm.meta_T, "lam": self.lam,
@@ -153,10 +162,12 @@ class Estimator:
 
   def z(self, S):
     """Solutions z_S [m, d] (the library's solver on the subset's mean loss)."""
+    return self.solve(S)[0]
+
+  def solve(self, S):
+    """(z_S [m, d], the library's EstimatorReport of the solve)."""
     S = np.asarray(check_masks(S, self.suite.K, "S"))
-    method = "onestep" if self.cfg.solver == "quadratic" else "newton"
-    return ks.solve(self.feats, self.obj, S, ridge=self.lam, method=method, num_iters=self.cfg.newton_steps,
-                    loss=AWR, mean=True, stats=self.stats if method == "onestep" else None)
+    return self.cfg.estimator.solve(self.state, S)
 
   def _rollout_returns(self, a, z_d):
     dtheta = a["P"] @ z_d
