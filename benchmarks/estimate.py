@@ -25,8 +25,8 @@ from absl import flags
 import ksurrogate as ks
 from common import timed
 from ksurrogate_experiments.modular import config as config_lib
-from ksurrogate_experiments.modular import pipeline
-from ksurrogate import diagnostics, features, training
+from ksurrogate_experiments.modular import phases as pipeline
+from ksurrogate import diagnostics, estimators, features, training
 
 _P = flags.DEFINE_integer("p", 29, "modulus")
 _BAR = flags.DEFINE_integer("bar", 6, "task block width (29 / 6 -> 25 tasks)")
@@ -102,21 +102,24 @@ def main(argv):
   print(f"\n[fine-tune] {n_ft} subsets of {size}/{d.num_tasks} tasks, {_FT_STEPS.value} {_FT_OPT.value} steps (lr {_FT_LR.value:g}) from theta0: "
         f"{t_ft / n_ft:.3f} s per subset. No-change baseline F(theta0): median relative error {base_err['median']:.4f}")
   ridges = {}
+  data = estimators.Data.classifier(apply_fn, params0, (d.X_train, d.y_train), d.task_train, (d.X_val, d.y_val),
+                                    output="margin", num_tasks=d.num_tasks)
+  lin_err = diagnostics.linearization_error(apply_fn, params0, held, d.X_val)
   for method in ("onestep", "newton"):
-    kw = dict(method=method, stats=stats) if method == "onestep" else dict(method=method)
-    ridge, table = ks.calibrate_ridge(train, d.task_train, target, S_ft[:half], F_ft[:half], grid=10.0 ** np.arange(-1, 8), **kw)
-    ridges[method] = ridge
-    ks.estimate(train, d.task_train, S_ft[half:], target, ridge=ridge, **kw)
-    F_hat, t_est = timed(lambda: ks.estimate(train, d.task_train, S_ft[half:], target, ridge=ridge, **kw))
-    rep = diagnostics.error_report(F_hat, F_ft[half:], F_base=F_base,
-                                   linearization_errors=diagnostics.linearization_error(apply_fn, params0, held, d.X_val))
-    per_ft, per_est = t_ft / n_ft, t_est / (n_ft - half)
-    print(f"[vs fine-tune, {method}] ridge {ridge:g} (calibrated on {half} subsets: {dict((k, round(v, 4)) for k, v in table.items())})")
-    print(f"  held-out {n_ft - half} subsets: median relative error {rep['median_relative_error']:.4f}, mean {rep['mean_relative_error']:.4f}, "
-          f"LDS vs fine-tune {rep['lds_vs_finetune']:.3f}; linearization error (paper's definition) median "
-          f"{rep['linearization_error']:.4f}, mean {rep['linearization_error_mean']:.4f}")
-    print(f"  time per subset: fine-tune {per_ft:.3f} s, estimate {per_est * 1e3:.2f} ms: speedup {per_ft / per_est:,.0f}x;"
-          f" with featurization + statistics amortized over 1000 subsets: {per_ft / (per_est + (t_feat + t_stats) / 1000):,.0f}x")
+    est = estimators.get(method)(dim=_DIM.value, ridge_grid=tuple(10.0 ** np.arange(-1, 8)))
+    state = est.prepare(data, features=(train, target), calibrate=(S_ft[:half], F_ft[:half]))
+    ridges[method] = state.ridge
+    F_hat, rep = est.estimate(state, S_ft[half:])
+    rep = rep.scored(F_hat, F_ft[half:], F_base=F_base, linearization_errors=lin_err)
+    per_ft, per_est = t_ft / n_ft, rep.seconds_per_subset
+    table = {k: round(v, 4) for k, v in state.calibration.items()}
+    print(f"[vs fine-tune, {method}] ridge {state.ridge:g} (calibrated on {half} subsets: {table})")
+    print(f"  held-out {n_ft - half} subsets: median relative error {rep.median_relative_error:.4f}, mean "
+          f"{rep.mean_relative_error:.4f}, LDS vs fine-tune {rep.lds_vs_real or float('nan'):.3f}; linearization error "
+          f"(paper's definition) median {rep.linearization_error:.4f}, mean {rep.linearization_error_mean:.4f}")
+    print(f"  time per subset: fine-tune {per_ft:.3f} s, estimate {per_est * 1e3:.2f} ms (compile {rep.seconds_compile:.2f} s "
+          f"apart): speedup {per_ft / per_est:,.0f}x; with featurization + statistics amortized over 1000 subsets: "
+          f"{per_ft / (per_est + (t_feat + t_stats) / 1000):,.0f}x")
 
   # 3. Estimator throughput at the calibrated ridges.
   print(f"\n[estimate] per-task statistics: {t_stats:.2f} s (once)")

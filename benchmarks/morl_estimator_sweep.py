@@ -5,7 +5,7 @@
 Reads the meta-policy, the random subsets' real fine-tunes (`exact_random`) and the leave-one-out
 truth (`exact_structured_seed*`) from a finished morl run (a scratch copy: a running job keeps its
 lock) and, per estimator setting `dim:ridge:solver:num_envs:mode[:seed]` (one lever changed at a time from
-the cpu config's 128:1:quadratic:64:surrogate; see experiments/morl/estimate.py), rebuilds the
+the cpu config's 128:1:onestep:64:surrogate; see experiments/morl/estimate.py), rebuilds the
 first-order estimator and reports:
   * median relative error against the real fine-tunes, beside the no-change guess (the
     meta-policy's own return) and their ratio (target <= 0.5), and LDS against them (target >= 0.8),
@@ -41,17 +41,17 @@ from ksurrogate_experiments.morl import pipeline as P  # noqa: E402
 from ksurrogate import metrics  # noqa: E402
 from ksurrogate.harness import report, runs  # noqa: E402
 
-DEFAULT = "128:1:quadratic:64:surrogate"
+DEFAULT = "128:1:onestep:64:surrogate"
 _WORKDIR = flags.DEFINE_string("workdir", None, "a finished morl run", required=True)
 _CONFIG = flags.DEFINE_string("config", "cpu", "the run's config")
 _SET = flags.DEFINE_multi_string("set", [], "section.field=value the run was made with on top of --config "
                                  "(e.g. estimate.num_envs=16 for a run of an older default)")
 _SETTINGS = flags.DEFINE_list(
-    "settings", ["128:1:quadratic:16:surrogate", "32:1:quadratic:16:surrogate", "512:1:quadratic:16:surrogate",
-                 "2048:1:quadratic:16:surrogate", "128:0.1:quadratic:16:surrogate", "128:10:quadratic:16:surrogate",
-                 "128:100:quadratic:16:surrogate", "128:1000:quadratic:16:surrogate", DEFAULT,
-                 "128:1:quadratic:256:surrogate", "128:1:quadratic:16:rollout", "128:10:quadratic:16:rollout",
-                 "512:10:quadratic:64:surrogate"],
+    "settings", ["128:1:onestep:16:surrogate", "32:1:onestep:16:surrogate", "512:1:onestep:16:surrogate",
+                 "2048:1:onestep:16:surrogate", "128:0.1:onestep:16:surrogate", "128:10:onestep:16:surrogate",
+                 "128:100:onestep:16:surrogate", "128:1000:onestep:16:surrogate", DEFAULT,
+                 "128:1:onestep:256:surrogate", "128:1:onestep:16:rollout", "128:10:onestep:16:rollout",
+                 "512:10:onestep:64:surrogate"],
     "dim:ridge:solver:num_envs:mode[:seed] (mode 'surrogate' reads returns off the meta-policy's rollouts, "
     "'rollout' rolls the linearized policy out in every target, ~10x slower; seed: the estimator's rollouts, "
     "default the config's)")

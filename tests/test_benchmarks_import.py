@@ -25,9 +25,10 @@ def test_benchmark_script_loads(script):
 
 
 def test_estimator_table_prints_each_experiments_row(tmp_path):
-  icl = {"estimator": {"sentiment": {"median_relative_error": 1.5, "median_relative_error_anchor_value": 0.75,
-                                     "lds_vs_real": 0.12, "seconds_estimate_per_prompt": 1.5e-05,
-                                     "seconds_real_per_prompt": 4.0, "speedup_including_gradients": 23.0}},
+  icl = {"estimator": {"sentiment": {"solver": "first_order", "median_relative_error": 1.5,
+                                     "no_change_median_relative_error": 0.75, "ratio_to_no_change": 2.0,
+                                     "lds_vs_real": 0.12, "seconds_per_subset": 1.5e-05,
+                                     "seconds_real_per_subset": 4.0, "speedup_with_setup": 23.0}},
          "datasets": {"sentiment": {"kernel_exact": {"swap_pearson": 0.6}, "kernel_estimated": {"swap_pearson": 0.24}}}}
   (tmp_path / "summary.json").write_text(json.dumps(icl))
   r = subprocess.run([sys.executable, "benchmarks/estimator_table.py", f"--icl={tmp_path}"], cwd=ROOT,
@@ -35,4 +36,4 @@ def test_estimator_table_prints_each_experiments_row(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   row = next(line.split() for line in r.stdout.splitlines() if line.startswith("icl"))
   # dataset, method, error, no-change error, their ratio, lds, surrogate ratio (on the swaps), s per subset
-  assert row[1:9] == ["sentiment", "-", "1.500", "0.750", "2.000", "0.120", "0.400", "1.5e-05"], r.stdout
+  assert row[1:9] == ["sentiment", "first_order", "1.500", "0.750", "2.000", "0.120", "0.400", "1.5e-05"], r.stdout

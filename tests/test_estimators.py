@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 import ksurrogate as ks
 from ksurrogate import estimators, training
+from test_estimate import _problem, logreg
 
 # Every experiment's summary block has exactly these keys (EstimatorReport.to_summary).
 SUMMARY_KEYS = {
@@ -22,19 +23,6 @@ SUMMARY_KEYS = {
     "seconds_real_per_subset", "seconds_real_compile", "details", "skipped", "speedup_per_subset",
     "speedup_with_setup"}
 S = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [1, 0, 0, 1]], bool)
-
-
-def logreg(params, X):
-  return X @ params["w"] + params["b"]
-
-
-def _problem(C, seed=0, N=48, K=4, T=9):
-  r = np.random.default_rng(seed)
-  X = r.normal(size=(N + T, 3)).astype(np.float32)
-  y = r.integers(0, C, N + T)
-  params0 = {"w": r.normal(0, 0.3, (3, C)).astype(np.float32), "b": np.zeros(C, np.float32)}
-  task_ids = np.repeat(np.arange(K), N // K)
-  return params0, X[:N], y[:N], X[N:], y[N:], task_ids
 
 
 def _data(C=3, output="logits", apply_fn=logreg, **kw):

@@ -228,6 +228,8 @@ class Replay(base.Estimator):
     _checks.choice(self.preconditioner, PRECONDITIONERS, "preconditioner")
     for name in ("dim", "memory_bytes", "batch_size", "chunk_size"):
       _checks.positive_int(getattr(self, name), name)
+    if self.groups == "layer" and self.space == "parameter":
+      raise ValueError("groups: 'layer' needs the example space (one exact kernel per parameter array)")
     if not (len(self.step_scales) and all(float(a) > 0 for a in self.step_scales)):
       raise ValueError(f"step_scales: need at least one positive learning-rate multiplier, got {self.step_scales!r}")
 
