@@ -21,8 +21,9 @@ CONFIGS = {
         description="SmolLM2-135M-Instruct, LoRA r=8 on the top 2 blocks over cached hidden states, 40 Adam steps of "
                     "8 examples per fine-tune; 160 random subsets, LOO on 3 seeds, probes; needs the full 2 cores",
         command="ksurrogate-run --experiment=tasks --config=cpu --workdir=/tmp/tasks_cpu",
-        runtime="projected ~60 min on 2 quiet cores (BUILD_NOTES.md, \"Fine-tuning SmolLM2 on task subsets\"); "
-                "not run end to end yet",
+        runtime="projected 42-66 min on 2 quiet cores from FLOP counts (228 fine-tunes of ~1.1 TFLOP each at "
+                "70-110 GFLOP/s; BUILD_NOTES.md, \"Fine-tuning SmolLM2 on task subsets\"); 61 s per fine-tune measured "
+                "at load 10-13; not run end to end yet",
         result="not run end to end yet (part 2); the pilot's effects are in BUILD_NOTES.md"),
     "gpu": contract.Variant(
         description="full-depth LoRA (every block, no cache), 64 examples per task, 60 steps of 16: one GPU call",

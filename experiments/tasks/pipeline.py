@@ -268,7 +268,7 @@ def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, tuned: dict) -> Estimates
   n_cal, n_fit = c.estimate.num_calibration, c.design.num_fit
   F_ex = tuned["F_examples"]
   ridge, table = ks.calibrate_ridge(train_f, task, eval_f, dsg.S_rand[:n_cal], F_ex[:n_cal],
-                                    grid=10.0 ** np.arange(-4.0, 4.0), **kw)
+                                    grid=10.0 ** np.arange(-4.0, 6.0), **kw)
   F_est, t_est, compile_est = runs.steady(lambda: s.per_target(ks.estimate(train_f, task, dsg.S_est, eval_f,
                                                                           ridge=ridge, **kw)))
   F_rand = s.per_target(ks.estimate(train_f, task, dsg.S_rand, eval_f, ridge=ridge, **kw))
