@@ -40,6 +40,7 @@ REGISTRY = {
     "modular": "ksurrogate_experiments.modular.config",
     "morl": "ksurrogate_experiments.morl.config",
     "icl": "ksurrogate_experiments.icl.config",
+    "tasks": "ksurrogate_experiments.tasks.config",
 }
 DEFAULT = "reference"
 

@@ -1,6 +1,6 @@
 """ksurrogate: task attribution with kernel surrogate models, in JAX.
 
-Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.estimation`, `ks.estimators`,
+Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.projection`, `ks.estimation`, `ks.estimators`,
 `ks.surrogates`, `ks.attribution`, `ks.baselines`, `ks.metrics`, `ks.diagnostics`, ...); the names
 most code needs are also here at the top level. The harness that runs experiments (run
 directories, the driver, figures, storage) is `ksurrogate.harness`, imported only where it is used.
@@ -17,6 +17,7 @@ from ksurrogate import kernels
 from ksurrogate import linearization
 from ksurrogate import metrics
 from ksurrogate import parity
+from ksurrogate import projection
 from ksurrogate import subsets
 from ksurrogate import surrogates
 from ksurrogate import training
@@ -50,7 +51,7 @@ __version__ = "0.2.0"
 __all__ = [
     # modules
     "attribution", "baselines", "batching", "diagnostics", "estimation", "estimators", "features", "kernels",
-    "linearization", "metrics", "parity", "subsets", "surrogates", "training",
+    "linearization", "metrics", "parity", "projection", "subsets", "surrogates", "training",
     # surrogates and readouts
     "KernelSurrogate", "LinearSurrogate", "fit_kernel", "fit_linear", "predicted_loo", "interactions", "shapley",
     "suggest_subsets",

