@@ -250,11 +250,13 @@ def gib(n_bytes: float) -> str:
 def check_memory(estimates: Mapping[str, tuple[float, str]], *, available: Optional[int] = None) -> None:
   """Refuses settings whose largest array cannot fit in memory. `estimates` maps the field that
   sets an array's size to (bytes, what the array is); the first that exceeds the machine's memory
-  (or `available`) is one ValueError line with both figures."""
+  (or `available`) is one ValueError line with both figures. Where several exceed, the largest is
+  named: it is the field to change first (a huge dim also inflates the arrays sized by it)."""
   available = machine_memory() if available is None else available
-  for path, (n_bytes, what) in estimates.items():
-    if n_bytes > available:
-      raise ValueError(f"{path}: {what} needs {gib(n_bytes)}, more than this machine's {gib(available)} of memory")
+  over = [(n_bytes, path, what) for path, (n_bytes, what) in estimates.items() if n_bytes > available]
+  if over:
+    n_bytes, path, what = max(over, key=lambda o: o[0])
+    raise ValueError(f"{path}: {what} needs {gib(n_bytes)}, more than this machine's {gib(available)} of memory")
 
 
 def require_varying(F, threshold: float, minimum: int, *, phase: str, threshold_field: Optional[str]) -> np.ndarray:

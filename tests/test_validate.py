@@ -29,8 +29,7 @@ REFUSED = [
     (["--experiment=modular", "--config=tiny", "--config.model.num_heads=3"],
      "model.num_heads: 3 must divide model.d_model=16"),
     (["--experiment=modular", "--config=tiny", f"--config.estimate.dim={HUGE}"],
-     "estimate.dim: the one-step statistics (16 x 1000000000 x 1000000000 float64) and the projected features "
-     "needs "),
+     "estimate.dim: the projected features (121 rows x 1000000000) and the one-step statistics "),
     (["--experiment=modular", "--config=tiny", f"--config.estimate.num_subsets={HUGE}"],
      "estimate.num_subsets: 1000000000 estimated subsets (indicators, solutions, outcomes) needs "),
     (["--experiment=modular", "--config=tiny", f"--config.design.num_subsets={HUGE}"],
@@ -82,7 +81,7 @@ REFUSED = [
      "--config.design.pairs: expected a tuple like ((1, 2), (3, 4)), got '0,1'"),
     (["--experiment=morl", "--config=tiny", "--config.design.pairs=((0,7),)"],
      "design.pairs: (0, 7) is not a pair of distinct objective indices in [0, 5)"),
-    (["--experiment=morl", "--config=tiny", f"--config.estimate.dim={HUGE}"], "estimate.dim: the estimator's projected"),
+    (["--experiment=morl", "--config=tiny", f"--config.estimate.dim={HUGE}"], "estimate.dim: the projected features"),
     (["--experiment=morl", "--config=tiny", "--config.meta.num_envs=4"],
      "meta.num_envs: 4 env slots leave some of the 5 objectives without one"),
 ]

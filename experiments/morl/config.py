@@ -121,7 +121,7 @@ def memory(c) -> dict:
   cost = estimators.Onestep(dim=e.dim).memory(estimators.Sizes(num_train=states, num_target=0, num_outputs=2,
                                                                 num_params=POLICY_PARAMS, num_tasks=K))
   return {
-      "estimate.dim": (cost.bytes, f"the estimator's {cost.what}"),
+      "estimate.dim": (cost.bytes, cost.what),
       "estimate.num_envs": (4 * states * (2 * e.dim + 16), f"the estimator's rollouts ({states} states)"),
       "estimate.num_subsets": (4 * e.num_subsets * (2 * K + e.dim), f"{e.num_subsets} estimated subsets"),
       "baselines.states_per_objective": (4 * K * b.states_per_objective * POLICY_PARAMS,
