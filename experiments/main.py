@@ -307,7 +307,7 @@ def run_cli(argv=None):
   group = group_from_argv(argv)
   if group is not None:
     from ksurrogate.harness import runs
-    runs.initialize_distributed(*group)
+    runs.initialize_distributed(*group, on_error=_fail)
   app.run(main, argv=prepare_argv(argv))
 
 

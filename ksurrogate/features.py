@@ -21,7 +21,6 @@ cost C times the scalar ones; prefer output="margin" (one vector) unless the est
 from __future__ import annotations
 
 import math
-import pathlib
 from typing import Callable, Optional
 
 import flax.struct
@@ -32,7 +31,6 @@ from jax.flatten_util import ravel_pytree
 
 from ksurrogate import _checks
 from ksurrogate import batching
-from ksurrogate import store
 
 OUTPUTS = ("logits", "margin", "top<k>")
 PROJECTIONS = ("gaussian", "rademacher", "identity")
@@ -236,20 +234,3 @@ def featurize(apply_fn: Callable | None, params0, X, y, *, key, dim: int, output
   if not np.all(np.isfinite(offsets)):
     raise ValueError("params0: model outputs are non-finite on some examples; cannot linearize there")
   return Features(phi=phi, offsets=offsets, labels=y, output=name)
-
-
-def save(directory, feats: Features) -> None:
-  """Stores features under `directory` (phi.npy, memory-mappable, + meta.npz); atomic per file."""
-  directory = pathlib.Path(directory)
-  store.save_npy(directory / "phi.npy", feats.phi)
-  store.save_arrays(directory / "meta.npz", offsets=feats.offsets, labels=feats.labels, output=np.array(feats.output))
-
-
-def load(directory, mmap: bool = False) -> Features:
-  """Reloads saved features; `mmap=True` leaves phi on disk (np.memmap) for larger-than-RAM sets."""
-  directory = pathlib.Path(directory)
-  if not (directory / "phi.npy").is_file() or not (directory / "meta.npz").is_file():
-    raise FileNotFoundError(f"directory: no stored features (phi.npy + meta.npz) in {directory}")
-  meta = store.load_arrays(directory / "meta.npz")
-  phi = np.load(directory / "phi.npy", mmap_mode="r" if mmap else None)
-  return Features(phi=phi, offsets=meta["offsets"], labels=meta["labels"], output=str(meta["output"]))

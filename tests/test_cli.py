@@ -62,7 +62,7 @@ def test_bad_workdirs_are_refused_before_any_compute(tmp_path):
   assert r.returncode == 2 and r.stderr.strip().startswith("error: workdir: empty")
   (tmp_path / "f").write_text("x")
   r = _main("--experiment=reference", f"--workdir={tmp_path / 'f'}")
-  assert r.returncode == 2 and r.stderr.strip() == f"error: workdir: {tmp_path / 'f'} is a file, not a directory"
+  assert r.returncode == 2 and r.stderr.strip() == f"error: workdir: {tmp_path / 'f'} is a file, not a directory; use another --workdir"
 
 
 def test_help_lists_experiments_configs_and_fields_without_importing_a_pipeline():

@@ -109,3 +109,28 @@ def test_a_killed_group_resumes_computing_only_the_missing_chunks(single, tmp_pa
   group = dict(np.load(tmp_path / "out.npz"))
   for k in single:
     np.testing.assert_array_equal(group[k], single[k], err_msg=k)
+
+
+def test_a_dead_peer_is_reported_in_one_line_and_process_0_stops(tmp_path):
+  """Before: process 0 waited for its dead peer until jax.distributed's heartbeat aborted it
+  (58 s, a faulthandler dump, rc -6). Now the peer watch on the locks ends it in one line. (The
+  other way round, process 0 dead, JAX's client ends the others itself at once, with its own
+  fatal message: no public JAX API lets Python code run first.)"""
+  w = tmp_path / "w"
+  procs = start_group(w, tmp_path / "out.npz", CHUNK_SLEEP=1.5)
+  record = w / "map" / "record.json"
+  deadline = time.time() + 120
+  while time.time() < deadline and not (record.exists() and json.loads(record.read_text())["chunks"]):
+    time.sleep(0.05)
+  os.killpg(procs[1].pid, signal.SIGKILL)
+  (rc, log), _ = finish(procs, timeout=90)
+  assert rc == 1, log
+  lines = [line for line in log.splitlines() if "died" in line]
+  assert len(lines) == 1 and lines[0].endswith(
+      f"stopped: process 1 of 2 died (its lock {w / '.lock.1'} was released while it ran: killed, or its machine "
+      "lost); rerun the same command in every process to resume (finished phases and chunks are kept)"), log
+  assert not any(s in log for s in ("Traceback", "Fatal Python error", "Check failure", "Terminating process")), log
+  assert "process 1 of 2 died" in (w / "run.log").read_text()
+  (rc0, log0), (rc1, log1) = finish(start_group(w, tmp_path / "out.npz"))   # and the rerun resumes
+  assert rc0 == 0 and rc1 == 0, log0 + log1
+  assert " of 7 chunks reused, computing " in log0, log0

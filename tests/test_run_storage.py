@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from ksurrogate.harness import runs, store
+from ksurrogate.harness.runs import checks, records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -78,9 +79,9 @@ def test_records_carry_a_checksum_of_their_content(tmp_path):
   for phase in ("model", "scale", "outcomes"):
     record = _record(tmp_path, phase)
     assert record["kind"] == ("outcomes" if phase == "outcomes" else "phase")
-    assert runs._record_problem(record) is None
+    assert records.problem(record) is None
     record["seconds"] += 1.0
-    assert "does not match its checksum" in runs._record_problem(record)
+    assert "does not match its checksum" in records.problem(record)
 
 
 def test_a_hand_edited_record_value_is_damage_and_recomputed(tmp_path, capsys):
@@ -95,7 +96,7 @@ def test_a_hand_edited_record_value_is_damage_and_recomputed(tmp_path, capsys):
   assert CALLS == ["scale"]                              # only the edited phase (its files are byte-identical)
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "scale/record.json is damaged (it does not match its checksum" in err[0]
-  assert runs._record_problem(_record(tmp_path, "scale")) is None
+  assert records.problem(_record(tmp_path, "scale")) is None
 
 
 def _drop(field):
@@ -139,8 +140,7 @@ def test_a_malformed_record_is_damage_not_a_traceback(tmp_path, capsys, case):
   first = _run_all(tmp_path)
   record = _record(tmp_path, phase)
   edit(record)
-  record.pop("checksum", None)   # as an earlier version would have written it: no checksum to catch it
-  _write_record(tmp_path, phase, record)
+  _write_record(tmp_path, phase, records.seal(record))   # sealed again: only the field checks can catch it
   capsys.readouterr()
   CALLS.clear()
   again = _run_all(tmp_path)
@@ -158,38 +158,45 @@ def test_a_record_that_is_not_an_object_is_damage(tmp_path, capsys):
   assert "model/record.json is damaged (it holds a list, not a phase record)" in capsys.readouterr().err
 
 
-def _as_written_before_checksums(d):
-  """Rewrites every record as the previous version of runs.py wrote it."""
-  for phase in ("model", "scale", "outcomes"):
-    record = _record(d, phase)
-    for field in ("checksum", "kind", "seconds_compile"):
-      record.pop(field, None)
-    for entry in record.get("chunks", {}).values():
-      entry.pop("seconds_compile", None)
-    _write_record(d, phase, record)
-
-
-def test_records_written_before_checksums_are_reused_once_and_sealed(tmp_path, capsys):
+def test_a_record_without_a_checksum_is_damage_not_accepted(tmp_path, capsys):
+  """A value edited by hand and the checksum key removed: recomputed, the edit never flows on."""
   first = _run_all(tmp_path)
-  _as_written_before_checksums(tmp_path)
+  record = _record(tmp_path, "scale")
+  record["plain"]["label"] = "edited by hand"
+  del record["checksum"]
+  _write_record(tmp_path, "scale", record)
+  capsys.readouterr()
   CALLS.clear()
   again = _run_all(tmp_path)
-  assert CALLS == []                                      # hours of stored work are not recomputed
-  assert capsys.readouterr().err == ""
-  assert sum("predates record checksums; accepted as stored and sealed" in m for m in again["log"]) == 3
+  assert again["scaled"]["label"] == "scaled" and CALLS == ["scale"]
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].endswith("scale/record.json is damaged (it has no checksum: edited by hand or "
+                                           "written by other code); recomputing scale")
   np.testing.assert_array_equal(again["F"]["F"], first["F"]["F"])
+  assert records.problem(_record(tmp_path, "scale")) is None
+
+
+def test_a_workdir_of_an_earlier_record_format_is_refused_on_entry(tmp_path):
+  """Records as the version before identities wrote them (sealed, no format, args or chunk
+  identities): refused before anything runs, naming the field, never reinterpreted."""
+  _run_all(tmp_path)
   for phase in ("model", "scale", "outcomes"):
-    assert "checksum" in _record(tmp_path, phase)
-  third = _run_all(tmp_path)                              # sealed: said once only
-  assert not any("predates" in m for m in third["log"])
-  assert {t.status for t in third["run"].timings.values()} == {"reused"}
+    record = _record(tmp_path, phase)
+    del record["format"], record["args"]
+    record["checksum"] = records.checksum(record)
+    _write_record(tmp_path, phase, record)
+  CALLS.clear()
+  with pytest.raises(runs.DifferentConfigError, match=r"^workdir: phase '\w+' in .* was stored with record format=1, "
+                                                      r"2 now \(an earlier version's run storage\); use a new --workdir$"):
+    _run_all(tmp_path, config=_config())
+  assert CALLS == []
 
 
 def test_stored_chunks_of_code_returning_other_fields_are_recomputed(tmp_path, capsys):
   _run_all(tmp_path)
   record = _record(tmp_path, "outcomes")
   del record["chunks"]["2"]
-  _write_record(tmp_path, "outcomes", runs._seal(record))
+  _write_record(tmp_path, "outcomes", records.seal(record))
 
   def more_fields(c, S_chunk, chunk, model):
     out = chunk_outcomes(c, S_chunk, chunk, model)
@@ -302,6 +309,86 @@ def test_a_real_full_disk_keeps_stored_phases_and_resumes(tmp_path, caplog):
     subprocess.run(["umount", str(disk)], check=False)
 
 
+_FULL_DISK_APP = """
+import sys
+import ml_collections
+import numpy as np
+from absl import app, logging
+from ksurrogate.harness import runs
+
+
+def chunk(c, S_chunk, i):
+  return {{"F": np.random.default_rng(i).standard_normal((len(S_chunk), 40_000)).astype(np.float32)}}
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)   # as the command line sets it
+  c = ml_collections.ConfigDict({{"seed": 0}})
+  try:
+    with runs.Run({workdir!r}, name="t", progress=False) as run:
+      run.phase("small", lambda c: {{"x": np.arange(10.0) + c.seed}}, c)
+      run.outcomes("big", chunk, c, np.eye(4, dtype=bool)[np.arange(8) % 4], chunk_size=2)
+  except runs.StorageError as e:
+    print(f"error: {{e}}", file=sys.stderr)
+    sys.exit(2)
+
+
+app.run(main)
+"""
+
+
+def test_a_real_full_disk_on_the_command_line_prints_one_line(tmp_path):
+  """A 2 MiB tmpfs with ~100 KiB left: a chunk's save fails inside orbax; stderr holds the one
+  StorageError line and nothing else (no orbax or asyncio tracebacks from its threads)."""
+  disk = tmp_path / "disk"
+  if not _mount_tmpfs(disk, "2m"):
+    pytest.skip("mounting a tmpfs is not permitted here")
+  try:
+    (disk / "fill").write_bytes(b"\0" * (2048 - 100) * 1024)
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK_APP.format(workdir=str(disk / "w"))], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith(f"error: workdir: no space left on device writing {disk / 'w' / 'big'}")
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def _thread_that_fails():
+  import threading
+
+  def fail():
+    raise RuntimeError("Event loop is closed")
+
+  t = threading.Thread(target=fail, name="orbax-save")
+  t.start()
+  t.join()
+
+
+def test_what_orbax_threads_report_during_a_failed_write_is_dropped(tmp_path, caplog, monkeypatch):
+  """What orbax's save threads say as a save fails for want of space (an ERROR record, asyncio's
+  complaint about a closed loop, a thread's traceback) is held back: only the one line remains."""
+  import threading
+  from ksurrogate.harness.runs import storage
+  died = []
+  monkeypatch.setattr(threading, "excepthook", died.append)
+  with pytest.raises(runs.StorageError):
+    with storage.writing(tmp_path / "p"):
+      logging.getLogger("asyncio").error("Task exception was never retrieved")
+      _thread_that_fails()
+      raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "p" / "x"))
+  assert died == [] and not [r for r in caplog.records if r.name == "asyncio"]
+  assert threading.excepthook == died.append                  # the hook is put back
+  with pytest.raises(KeyError):   # any other failure: they come through as they came
+    with storage.writing(tmp_path / "p"):
+      logging.getLogger("asyncio").error("Task exception was never retrieved")
+      _thread_that_fails()
+      raise KeyError("x")
+  assert [str(a.exc_value) for a in died] == ["Event loop is closed"]
+  assert [r for r in caplog.records if r.name == "asyncio"]
+
+
 _UNPRIVILEGED = """
 import sys
 from ksurrogate.harness import runs
@@ -355,7 +442,7 @@ def test_read_only_files_in_a_writable_workdir_are_one_line(shared_dir, read_onl
   _run_all(workdir)
   record = _record(workdir, "outcomes")
   del record["chunks"]["2"]                   # so the rerun must store a chunk
-  _write_record(workdir, "outcomes", runs._seal(record))
+  _write_record(workdir, "outcomes", records.seal(record))
   (workdir / "scale" / "record.json").unlink()   # so the rerun must replace the phase
   _give_away(workdir)
   victim = workdir / read_only
@@ -375,7 +462,8 @@ def test_a_read_only_workdir_is_refused_before_anything_runs(shared_dir):
   _run_all(workdir)
   workdir.chmod(0o555)
   done = _run_unprivileged(workdir)
-  assert "Traceback" in done.stderr and done.stderr.strip().splitlines()[-1] == f"ValueError: workdir: {workdir} is not writable"
+  assert "Traceback" in done.stderr and done.stderr.strip().splitlines()[-1] == (
+      f"ValueError: workdir: {workdir} is not writable; make it writable by this user or use another --workdir")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,7 +530,7 @@ def test_a_workdir_of_a_version_with_other_field_names_is_refused_naming_the_fie
     run.phase("retrain", lambda c: {"lr": c.train.lr}, config)
   record = _record(tmp_path, "retrain")
   record["reads"] = {**record["reads"], "train.chunk_size": 8}           # as the version before the rename stored it
-  _write_record(tmp_path, "retrain", runs._seal(record))
+  _write_record(tmp_path, "retrain", records.seal(record))
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   done = subprocess.run([sys.executable, "-m", "ksurrogate_experiments.main", "--experiment=modular", "--config=tiny",
                          f"--workdir={tmp_path}"], capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
@@ -487,7 +575,7 @@ def test_non_finite_chunks_stored_by_earlier_versions_are_refused(tmp_path):
 
 def test_likely_causes_put_learning_rates_and_the_phase_section_first():
   reads = {"data.p": 7, "train.lr": 0.1, "finetune.lr": 1e30, "finetune.steps": 10, "train.chunk_size": 8}
-  assert runs._likely_causes(reads, {"train.chunk_size"}, "finetune", limit=3) == (
+  assert checks.likely_causes(reads, {"train.chunk_size"}, "finetune", limit=3) == (
       "finetune.lr=1e+30, train.lr=0.1, finetune.steps=10 (and 2 more)")
 
 

@@ -132,3 +132,55 @@ def test_an_unmeasurable_design_stops_with_one_line():
   assert "min_varying_targets=2" in msg
   with pytest.raises(driver.Unmeasurable, match="^min_varying_targets: after phase 'exact_sentiment' only 0 of 5"):
     common.require_varying(np.ones((4, 5)), 0.0, 2, phase="exact_sentiment", threshold_field=None)
+
+
+_KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import dataclasses
+import test_summary as t
+from ksurrogate.harness import store
+
+def die(*args, **kwargs):
+  os.kill(os.getpid(), signal.SIGKILL)
+
+where = {where!r}
+problem = t._problem()
+if where == "arrays":
+  store.save_arrays = die                                  # between the summary and the arrays it lists
+elif where == "figure":
+  problem = dataclasses.replace(problem, figures={{"late": lambda res, path: die()}})   # among the figures
+t._run({workdir!r}, [problem])
+"""
+
+
+@pytest.mark.parametrize("where", ["arrays", "figure"])
+def test_a_run_killed_while_writing_never_leaves_a_summary_listing_a_missing_file(tmp_path, where):
+  """Before: summary.json was written first, listing arrays.npz and every figure; a kill right
+  after it left a summary naming files that did not exist."""
+  import subprocess
+  import sys
+  tests = str(pathlib.Path(__file__).resolve().parent)
+  done = subprocess.run([sys.executable, "-c", _KILLED_RUN.format(tests=tests, where=where, workdir=str(tmp_path))],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == -9, done.stderr[-2000:]
+  summary = tmp_path / "summary.json"
+  if where == "figure":
+    assert summary.exists()
+  if summary.exists():
+    files = json.loads(summary.read_text())["files"]
+    assert "p/arrays" in files and "summary" in files
+    missing = [what for what, path in files.items() if not pathlib.Path(path).is_file()]
+    assert not missing, missing
+
+
+def test_a_figure_that_fails_leaves_the_summary_listing_what_was_drawn(tmp_path):
+  def broken(res, path):
+    raise RuntimeError("plotting failed")
+
+  problem = dataclasses.replace(_problem(), figures={"broken": broken})
+  with pytest.raises(RuntimeError, match="plotting failed"):
+    _run(tmp_path, [problem])
+  files = json.loads((tmp_path / "summary.json").read_text())["files"]
+  assert "p/broken" not in files and "p/predicted_vs_true" in files and "p/arrays" in files
+  assert all(pathlib.Path(path).is_file() for path in files.values())

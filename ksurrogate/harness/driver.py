@@ -12,8 +12,10 @@ A run goes one way, in separate steps:
      their verdicts (`Interval.verdict`).
   2. `summarize`: one summary dict from every Result (and the protocol's cross-problem readouts,
      which take the Results themselves).
-  3. `write`: DIR/summary.json and DIR/<problem>/arrays.npz.
-  4. `draw`: the figures, after the summary exists (a plotting failure never costs the summary).
+  3. `write`: DIR/<problem>/arrays.npz, then DIR/summary.json listing them.
+  4. `draw`: the figures, after the summary exists (a plotting failure never costs the summary);
+     the summary is written again listing them. At every moment the summary on disk lists only
+     files that exist.
 
 Exact-outcome families are refitted on every re-split; families fitted on another outcome source
 (estimated outcomes, real fine-tunes of other subsets) do not depend on the split and are fitted
@@ -552,8 +554,8 @@ def _figure_plan(protocol: Protocol, results: Mapping[str, Result], across_figur
 
 
 def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
-  """Runs every problem of the protocol: evaluate, summarize, write DIR/summary.json and
-  DIR/<problem>/arrays.npz, draw DIR/<problem>/*.png. Returns the summary (None in a process p > 0
+  """Runs every problem of the protocol: evaluate, summarize, write DIR/<problem>/arrays.npz and
+  then DIR/summary.json, draw DIR/<problem>/*.png. Returns the summary (None in a process p > 0
   of a group: it takes its part in every phase, and process 0 alone evaluates and writes)."""
   if not getattr(workdir_run, "is_primary", True):
     for _ in protocol.problems(config, workdir_run, protocol.families):
@@ -577,21 +579,55 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
                                      resplit_count=settings["resplits"], num_bootstrap=settings["bootstrap"],
                                      seed=settings["seed"], comparisons=protocol.comparisons, skipped=[])
   summary, across_figures = summarize(protocol, config, results, across, workdir_run, settings)
-  plan = _figure_plan(protocol, results, across_figures, out_dir)
-  files = {f"{name}/arrays": str(out_dir / name / "arrays.npz") for name in results}
-  files.update({what: str(path) for what, (path, _) in plan.items()})
-  files["summary"] = str(out_dir / "summary.json")
-  summary["files"] = files
-  store.save_json(out_dir / "summary.json", summary)
-  for name, res in results.items():
-    store.save_arrays(out_dir / name / "arrays.npz", **{k.replace("/", "__"): v for k, v in res.arrays.items()})
-  for what, (path, draw) in plan.items():
-    draw(path)
+  write(out_dir, summary, results)
+  draw(out_dir, summary, _figure_plan(protocol, results, across_figures, out_dir))
   print_summary(summary, results, workdir_run)
   print(f"results in {out_dir}:", flush=True)
-  for what, path in files.items():
+  for what, path in summary["files"].items():
     print(f"  {what:<34} {path}", flush=True)
   return summary
+
+
+def _save_summary(out_dir: pathlib.Path, summary: dict, files: dict) -> None:
+  summary["files"] = {**files, "summary": str(out_dir / "summary.json")}
+  store.save_json(out_dir / "summary.json", summary)
+
+
+def write(out_dir: pathlib.Path, summary: dict, results: Mapping[str, Result]) -> None:
+  """Writes DIR/<problem>/arrays.npz, then DIR/summary.json listing them.
+
+  The summary is written after the arrays it lists, so a run killed in between leaves the
+  previous summary (or none), never one that lists a missing file.
+
+  Args:
+    out_dir: the workdir.
+    summary: from `summarize`; its `files` are set here.
+    results: the evaluated problems.
+  """
+  files = {}
+  for name, res in results.items():
+    path = out_dir / name / "arrays.npz"
+    store.save_arrays(path, **{k.replace("/", "__"): v for k, v in res.arrays.items()})
+    files[f"{name}/arrays"] = str(path)
+  _save_summary(out_dir, summary, files)
+
+
+def draw(out_dir: pathlib.Path, summary: dict, plan: dict) -> None:
+  """Draws the figures, after the summary exists (a plotting failure never costs the summary),
+  then writes the summary again listing the figures that were drawn (also when one failed).
+
+  Args:
+    out_dir: the workdir.
+    summary: the summary `write` wrote.
+    plan: {what: (path, draw(path))} from `_figure_plan`.
+  """
+  files = {k: v for k, v in summary["files"].items() if k != "summary"}
+  try:
+    for what, (path, fn) in plan.items():
+      fn(path)
+      files[what] = str(path)
+  finally:
+    _save_summary(out_dir, summary, {k: v for k, v in files.items() if pathlib.Path(v).is_file()})
 
 
 def _cell(scores: dict, key: str):
