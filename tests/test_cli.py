@@ -73,7 +73,7 @@ def test_help_lists_experiments_configs_and_fields_without_importing_a_pipeline(
                "command: ksurrogate-run --experiment=morl --config=cpu", "--config.eval.resplits=20  [int]"):
     assert text in r.stdout, text
   # the registry is lazy: --help loads every experiment's config module and nothing heavier
-  probe = subprocess.run([sys.executable, "-c", "import sys; from ksurrogate_experiments import main; main.usage(); "
+  probe = subprocess.run([sys.executable, "-c", "import sys; from ksurrogate_experiments import contract, main; contract.describe(); "
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'gymnax', 'flax', 'orbax', "
                           "'tokenizers', 'gguf', 'matplotlib', 'ksurrogate') or m.endswith(('pipeline', 'envs'))))"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -147,7 +147,7 @@ def synth(tmp_path, monkeypatch):
 
 
 def test_the_readme_checklist_gives_a_working_experiment(synth, tmp_path, capsys):
-  assert "experiment synth:" in main.usage() and "--config.design.num_subsets=60  [int]" in main.usage()
+  assert "experiment synth:" in contract.describe() and "--config.design.num_subsets=60  [int]" in contract.describe()
   with pytest.raises(SystemExit):                                         # its rules and checks run
     main.configure(["main", "--experiment=synth", "--config.design.num_fit=59"])
   assert capsys.readouterr().err.startswith("error: design.num_fit: 59 leaves fewer than 2 held-out subsets")
