@@ -13,6 +13,7 @@ import pytest
 from ksurrogate_experiments import common
 from ksurrogate_experiments import contract
 from ksurrogate_experiments import main
+from ksurrogate import families
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HUGE = "1000000000"
@@ -61,8 +62,8 @@ REFUSED = [
      "data.datasets: ('modular_add',) item 'modular_add' is not one of"),
     (["--experiment=reference", "--config.eval.resplits=1"], "eval.resplits: must be an integer >= 2, got 1"),
     (["--experiment=reference", "--config.surrogates.families=kernel,krr"],
-     "surrogates.families: unknown ['krr']; expected some of ['kernel', 'kernel_lds', 'kernel_official', 'linear', "
-     "'linear_official'] (or 'standard' for all)"),
+     f"surrogates.families: unknown ['krr']; expected some of {[f.name for f in families.standard()]} (or 'standard' "
+     "for all)"),
     (["--experiment=icl", "--config=tiny", "--config.model.gguf_path=missing.gguf"],
      "model.gguf_path: 'missing.gguf' cannot be read (No such file or directory)"),
     (["--experiment=icl", "--config=tiny", f"--config.model.gguf_path={__file__}"],
