@@ -24,9 +24,9 @@ import ksurrogate as ks
 from ksurrogate_experiments import common
 from ksurrogate_experiments.icl import data as icl_data
 from ksurrogate_experiments.icl import estimate as embedding_estimate
-from ksurrogate_experiments.icl import gguf_llama
 from ksurrogate_experiments.icl import inference
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import gguf_llama
+from ksurrogate_experiments.shared import llama
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs
