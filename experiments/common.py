@@ -282,22 +282,44 @@ def require_varying(F, threshold: float, minimum: int, *, phase: str, threshold_
 # Fields on the command line.
 
 def field_type(config, field: str):
-  """The declared type of a field (None-valued fields declare theirs as typed placeholders)."""
+  """The declared type of a field (None-valued fields declare theirs as typed placeholders).
+
+  Args:
+    config: a ConfigDict.
+    field: the field's dotted path, e.g. "train.num_steps".
+
+  Returns:
+    The type config_flags parses its overrides as.
+  """
   section, _, key = field.rpartition(".")
   node = value(config, section) if section else config
   return node.get_type(key)
 
 
 def type_name(kind) -> str:
-  """How --help and type errors name a field type (`Optional[int]` as "int or None")."""
+  """How --help and type errors name a field type.
+
+  Args:
+    kind: a type, as `field_type` gives it.
+
+  Returns:
+    Its name ("int", ...; `Optional[int]` as "int or None").
+  """
   if kind == Optional[int]:
     return "int or None"
   return getattr(kind, "__name__", str(kind))
 
 
 def shown(v, *, quote: bool = True) -> str:
-  """A value as it is typed in a shell (quoted where needed; a tuple of plain items
-  comma-separated, a nested one as a literal without spaces)."""
+  """A value as it is typed in a shell.
+
+  Args:
+    v: a field's value.
+    quote: shell-quote it where needed.
+
+  Returns:
+    The text (a tuple of plain items comma-separated, a nested one as a literal without spaces).
+  """
   if isinstance(v, tuple) and v and all(isinstance(x, (str, int, float)) for x in v):
     text = ",".join(str(x) for x in v)
   elif isinstance(v, tuple):
@@ -313,8 +335,17 @@ def tuple_override(field: str, parsed: tuple, default: tuple) -> tuple:
   """A tuple override as config_flags parsed it, with its items of the default's item type.
 
   config_flags reads a Python literal (`14,17`, `((1,2),)`); bare words (`a,b,c`, `(a,b)`) come
-  back as one string, split here. A ValueError "--config.FIELD: expected a tuple like ..."
-  when the items cannot take the default's type."""
+  back as one string, split here.
+
+  Args:
+    field: the field's dotted path (for the error).
+    parsed: what config_flags parsed.
+    default: the field's value before the override (its items' type is the one cast to).
+
+  Returns:
+    The tuple. A ValueError "--config.FIELD: expected a tuple like ..." when the items cannot
+    take the default's type.
+  """
   items = list(parsed)
   if len(items) == 1 and isinstance(items[0], str):
     body = items[0].strip()

@@ -221,8 +221,16 @@ class _OptionalIntParser(flags.ArgumentParser):
 
 
 def flag_error(error: Exception, flag_values: flags.FlagValues) -> str:
-  """absl's error for a flag value its type refuses ("flag --F=V: why") as the one line
-  "--F: expected TYPE, got 'V'"; any other flags error as its own first line."""
+  """A flags error as the CLI prints it.
+
+  Args:
+    error: an absl `flags.Error`.
+    flag_values: the flag set it was raised on (for the flag's type).
+
+  Returns:
+    One line: a value its type refuses ("flag --F=V: why") as "--F: expected TYPE, got 'V'", any
+    other error as its own text on one line.
+  """
   found = re.match(r"flag --([^=\s]+)=(.*?): ", str(error))
   if found and found[1] in flag_values:
     return f"--{found[1]}: expected {flag_values[found[1]].flag_type()}, got {found[2]!r}"
@@ -230,8 +238,12 @@ def flag_error(error: Exception, flag_values: flags.FlagValues) -> str:
 
 
 def describe() -> str:
-  """The experiments' part of `--help`: each experiment's configs (description, command, runtime,
-  result) and every field with its default and type."""
+  """The experiments' part of `--help`.
+
+  Returns:
+    Each registered experiment's configs (description, command, runtime, result) and every field
+    of its default config with its default and type, as text.
+  """
   lines = []
   for name in REGISTRY:
     experiment = load(name)

@@ -34,7 +34,7 @@ def _fail(message: str):
   sys.exit(2)
 
 
-def parse(argv, fv: flags.FlagValues, *, to_run: bool = False) -> tuple:
+def _parse(argv, fv: flags.FlagValues, *, to_run: bool = False) -> tuple:
   """(experiment, checked config, workdir) of a command line: the flags above, then the experiment's
   config flag and `validate`; `to_run`: first joins the process group the flags name (before any
   pipeline is imported), and checks the workdir. A bad setting exits 2 with its one line."""
@@ -61,8 +61,16 @@ def parse(argv, fv: flags.FlagValues, *, to_run: bool = False) -> tuple:
 
 
 def configure(argv):
-  """(experiment, checked config) for a command line, as the CLI builds them on a fresh flag set."""
-  return parse(argv, flags.FlagValues())[:2]
+  """The experiment and checked config of a command line, built as the CLI builds them but on a
+  fresh flag set (for tests and scripts); a bad setting exits 2 with its one line.
+
+  Args:
+    argv: the command line, argv[0] the program.
+
+  Returns:
+    (contract.Experiment, its validated config).
+  """
+  return _parse(argv, flags.FlagValues())[:2]
 
 
 def main(parsed) -> None:
@@ -94,7 +102,7 @@ def run_cli(argv=None):
     listed = fv.get_help(include_special_flags=False).split(":\n", 1)[1]   # less absl's module-name line
     print(f"{__doc__.strip()}\n\nflags:\n{listed}\n\n{contract.describe()}")
     sys.exit(0)
-  app.run(main, argv=argv, flags_parser=lambda args: parse(args, flags.FLAGS, to_run=True))
+  app.run(main, argv=argv, flags_parser=lambda args: _parse(args, flags.FLAGS, to_run=True))
 
 
 if __name__ == "__main__":

@@ -122,15 +122,29 @@ def standard(*, cv: int = 5, num_inducing: Optional[int] = None, official_ridge:
 
 
 def comparison_pairs(families: Sequence[Family]) -> list[tuple[str, str]]:
-  """(a, b) family names, a compared against b: each non-baseline family against each baseline
-  one, in the order of `families`."""
+  """The pairs the driver reports on every outcome source: each non-baseline family against each
+  baseline one, in the order of `families`.
+
+  Args:
+    families: the families fitted.
+
+  Returns:
+    [(a, b)] family names, a compared against b.
+  """
   bases = [f.name for f in families if f.baseline]
   return [(f.name, b) for f in families if not f.baseline for b in bases]
 
 
 def counterpart_pairs(families: Sequence[Family]) -> list[tuple[str, str]]:
-  """(a, b) family names: each family that names a counterpart, with it, where `families` holds
-  both (the like-for-like pairs selection summaries report)."""
+  """The like-for-like pairs the selection summaries report: each family that names a
+  counterpart, with it, where `families` holds both.
+
+  Args:
+    families: the families fitted.
+
+  Returns:
+    [(a, b)] family names, a and its counterpart b.
+  """
   names = {f.name for f in families}
   return [(f.name, f.counterpart) for f in families if f.counterpart in names]
 

@@ -18,7 +18,14 @@ from ksurrogate import metrics
 
 
 def test_fraction(config) -> float:
-  """The held-out fraction of the design's subsets, 1 - design.num_fit / design.num_subsets."""
+  """The held-out fraction of the design's subsets, the test fraction of `seed_interval`.
+
+  Args:
+    config: the experiment's config (its design.num_fit and design.num_subsets).
+
+  Returns:
+    1 - design.num_fit / design.num_subsets.
+  """
   return 1.0 - config.design.num_fit / config.design.num_subsets
 
 
