@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from ksurrogate_experiments.icl import data as icl_data  # noqa: E402
 from ksurrogate_experiments.icl import estimate as embedding_estimate  # noqa: E402
-from ksurrogate_experiments.icl import gguf_llama  # noqa: E402
+from ksurrogate_experiments.shared import gguf_llama  # noqa: E402
 from ksurrogate_experiments.icl import inference  # noqa: E402
 from ksurrogate import metrics  # noqa: E402
 

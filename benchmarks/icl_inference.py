@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ksurrogate_experiments.icl import data as D  # noqa: E402
-from ksurrogate_experiments.icl import gguf_llama as G  # noqa: E402
+from ksurrogate_experiments.shared import gguf_llama as G  # noqa: E402
 from ksurrogate_experiments.icl import inference as I  # noqa: E402
 
 

@@ -1,5 +1,6 @@
 """What every experiment's config shares: the variant check, the common fields, applying a variant,
-and the one range-check vocabulary every experiment's `validate` is written in.
+the one range-check vocabulary every experiment's `validate` is written in, and how a field and
+its value are written on the command line.
 
 A `validate` is a table of rules, one per field `--help` lists (`check` refuses a config with a
 field no rule covers, so a new field cannot slip through unchecked), then the cross-field checks
@@ -12,6 +13,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import shlex
 from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
@@ -54,9 +56,10 @@ def apply_variant(c: ml_collections.ConfigDict, variant: dict) -> ml_collections
 
 
 def optional_int() -> config_dict.FieldReference:
-  """A field that is None by default and takes an int from the command line
-  (`--config.F=64`; a plain None would refuse every value but None)."""
-  return config_dict.placeholder(int)
+  """A field that is None by default and takes an int or None (`--config.F=64`, `--config.F=None`;
+  a plain None would refuse every value but None). `contract.Experiment.parse_config` registers
+  the flag parser of its type, `Optional[int]`, with config_flags."""
+  return config_dict.placeholder(Optional[int])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,3 +278,105 @@ def require_varying(F, threshold: float, minimum: int, *, phase: str, threshold_
         f"targets vary by more than {threshold:g} across its {len(F)} subsets (largest variance {float(np.max(var)):.3g}; "
         f"min_varying_targets={minimum}); lower {fields_}, or change the design so that outcomes differ")
   return keep
+
+
+# ----------------------------------------------------------------------------------------------
+# Fields on the command line.
+
+def field_type(config, field: str):
+  """The declared type of a field (None-valued fields declare theirs as typed placeholders).
+
+  Args:
+    config: a ConfigDict.
+    field: the field's dotted path, e.g. "train.num_steps".
+
+  Returns:
+    The type config_flags parses its overrides as.
+  """
+  section, _, key = field.rpartition(".")
+  node = value(config, section) if section else config
+  return node.get_type(key)
+
+
+def type_name(kind) -> str:
+  """How --help and type errors name a field type.
+
+  Args:
+    kind: a type, as `field_type` gives it.
+
+  Returns:
+    Its name ("int", ...; `Optional[int]` as "int or None").
+  """
+  if kind == Optional[int]:
+    return "int or None"
+  return getattr(kind, "__name__", str(kind))
+
+
+def shown(v, *, quote: bool = True) -> str:
+  """A value as it is typed in a shell.
+
+  Args:
+    v: a field's value.
+    quote: shell-quote it where needed.
+
+  Returns:
+    The text (a tuple of plain items comma-separated, a nested one as a literal without spaces).
+  """
+  if isinstance(v, tuple) and v and all(isinstance(x, (str, int, float)) for x in v):
+    text = ",".join(str(x) for x in v)
+  elif isinstance(v, tuple):
+    text = repr(v).replace(" ", "")
+  elif isinstance(v, str):
+    text = v
+  else:
+    return str(v)
+  return shlex.quote(text) if quote else text
+
+
+def tuple_override(field: str, parsed: tuple, default: tuple) -> tuple:
+  """A tuple override as config_flags parsed it, with its items of the default's item type.
+
+  config_flags reads a Python literal (`14,17`, `((1,2),)`); bare words (`a,b,c`, `(a,b)`) come
+  back as one string, split here.
+
+  Args:
+    field: the field's dotted path (for the error).
+    parsed: what config_flags parsed.
+    default: the field's value before the override (its items' type is the one cast to).
+
+  Returns:
+    The tuple. A ValueError "--config.FIELD: expected a tuple like ..." when the items cannot
+    take the default's type.
+  """
+  items = list(parsed)
+  if len(items) == 1 and isinstance(items[0], str):
+    body = items[0].strip()
+    wrapped = body[:1] + body[-1:] in ("()", "[]")
+    if wrapped or "," in body:
+      items = [item.strip() for item in (body[1:-1] if wrapped else body).split(",") if item.strip()]
+  kinds = {type(x) for x in default}
+  if len(kinds) != 1:
+    return tuple(items)
+  (kind,) = kinds
+  try:
+    out = []
+    for item in items:
+      if kind in (tuple, list):
+        if not isinstance(item, (tuple, list)):
+          raise ValueError
+        out.append(tuple(item))
+      elif kind is int and isinstance(item, (float, bool)):
+        raise ValueError
+      else:
+        out.append(kind(item) if kind in (str, int, float) else item)
+  except (TypeError, ValueError):
+    plain = not isinstance(default[0], (tuple, list))
+    raise ValueError(f"--config.{field}: expected a tuple like {shown(default) if plain else repr(default)}, got "
+                     f"{shown(parsed, quote=False)!r}") from None
+  return tuple(out)
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+  """warnings.formatwarning for the CLI: one line (the default adds the source line below)."""
+  del line
+  return f"{category.__name__}: {' '.join(str(message).split())} ({pathlib.Path(filename).name}:{lineno})\n"

@@ -15,8 +15,16 @@ linear surrogate two ways,
   linear           ridge regression with an intercept, ridge by K-fold CV  (`fit_linear`)
   linear_official  minimum-norm least squares, no intercept                (`parity.official_lstsq`)
 
+Each family declares what it is compared against. A `baseline` family is a reference: every other
+family is paired with every baseline (`comparison_pairs`: the driver reports each such pair on
+every outcome source), so a new family is measured against the linear surrogates without
+declaring anything, and a new baseline is measured by every other family. A non-baseline family
+may also name its `counterpart`, the baseline fitted by the same recipe (`kernel` and `linear`
+are both tuned by CV, the two `*_official` ones are the released code's): the selection
+summaries report those like-for-like pairs (`counterpart_pairs`).
+
 Adding a surrogate to every experiment is one `Family` in `standard()`; a user passes their own
-(`Family("mine", my_fit, kind="kernel")`) to the experiment's protocol instead. `fit_all` fits a
+(`Family("mine", my_fit)`) to the experiment's protocol instead. `fit_all` fits a
 list of families on named outcome sources ("exact", "estimated", ...): the driver, the
 experiments' selection phases and the regime study's active sampling all get their surrogates
 from it.
@@ -59,20 +67,27 @@ def readouts(fitted) -> tuple[str, ...]:
 class Family:
   """A surrogate family: `fit(S, F, **options)` with fixed `options`.
 
-  kind: what paired comparisons group families by ("kernel" vs "linear"; any other name is
-  compared with neither). view: "task" fits the task-level indicators (the readouts are per
-  task); "sample" fits a problem's sample-level indicators where it carries them (the official
-  code's representation; no per-task readouts then) and the task-level ones elsewhere.
+  baseline: True for a reference the other families are measured against (each non-baseline
+  family is paired with each baseline one; see the module doc). counterpart: for a non-baseline
+  family, the name of the baseline fitted by the same recipe, its like-for-like pair in the
+  selection summaries (None: it has none). view: "task" fits the task-level indicators (the
+  readouts are per task); "sample" fits a problem's sample-level indicators where it carries
+  them (the official code's representation; no per-task readouts then) and the task-level ones
+  elsewhere.
   """
   name: str
   fit: Callable[..., Surrogate]
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  kind: str = "kernel"
+  baseline: bool = False
+  counterpart: Optional[str] = None
   view: str = "task"
 
   def __post_init__(self):
     if not self.name or not self.name.replace("_", "").isalnum():
       raise ValueError(f"name: a family name is letters, digits and underscores, got {self.name!r}")
+    if self.counterpart is not None and (self.baseline or self.counterpart == self.name):
+      raise ValueError(f"counterpart: {self.name!r} is {'a baseline' if self.baseline else 'its own counterpart'}; "
+                       "only a non-baseline family names the baseline it is paired with")
     if self.view not in ("task", "sample"):
       raise ValueError(f"view: must be 'task' or 'sample', got {self.view!r}")
 
@@ -96,12 +111,42 @@ def standard(*, cv: int = 5, num_inducing: Optional[int] = None, official_ridge:
   `official_view="sample"` fits the official pair on sample-level indicators, as the released code
   does, where a problem carries them."""
   return [
-      Family("kernel", _kernel_fit, {"cv": cv, "cv_metric": "mse", "num_inducing": num_inducing}),
+      Family("kernel", _kernel_fit, {"cv": cv, "cv_metric": "mse", "num_inducing": num_inducing},
+             counterpart="linear"),
       Family("kernel_lds", _kernel_fit, {"cv": cv, "cv_metric": "lds", "num_inducing": num_inducing}),
-      Family("kernel_official", parity.official_krr, {"ridge": official_ridge}, view=official_view),
-      Family("linear", surrogates.fit_linear, {"cv": cv}, kind="linear"),
-      Family("linear_official", parity.official_lstsq, kind="linear", view=official_view),
+      Family("kernel_official", parity.official_krr, {"ridge": official_ridge}, counterpart="linear_official",
+             view=official_view),
+      Family("linear", surrogates.fit_linear, {"cv": cv}, baseline=True),
+      Family("linear_official", parity.official_lstsq, baseline=True, view=official_view),
   ]
+
+
+def comparison_pairs(families: Sequence[Family]) -> list[tuple[str, str]]:
+  """The pairs the driver reports on every outcome source: each non-baseline family against each
+  baseline one, in the order of `families`.
+
+  Args:
+    families: the families fitted.
+
+  Returns:
+    [(a, b)] family names, a compared against b.
+  """
+  bases = [f.name for f in families if f.baseline]
+  return [(f.name, b) for f in families if not f.baseline for b in bases]
+
+
+def counterpart_pairs(families: Sequence[Family]) -> list[tuple[str, str]]:
+  """The like-for-like pairs the selection summaries report: each family that names a
+  counterpart, with it, where `families` holds both.
+
+  Args:
+    families: the families fitted.
+
+  Returns:
+    [(a, b)] family names, a and its counterpart b.
+  """
+  names = {f.name for f in families}
+  return [(f.name, f.counterpart) for f in families if f.counterpart in names]
 
 
 def select(families: Sequence[Family], names: Optional[Sequence[str]]) -> list[Family]:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from ksurrogate import families
 from ksurrogate_experiments.reference import config as reference_config
 from ksurrogate_experiments.reference import pipeline as reference_pipeline
 
@@ -24,7 +25,7 @@ def test_reference_run_writes_summary_and_plots(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   for name in ("modular_addition", "modular_quad", "coin_flip"):
-    for method in ("kernel_exact", "kernel_lds_exact", "kernel_official_exact", "linear_exact", "linear_official_exact"):
+    for method in (f"{f.name}_exact" for f in families.standard()):
       for key in ("lds", "normalized_error", "lds_declared", "normalized_error_declared", "lds_se"):
         assert math.isfinite(summary["datasets"][name][method][key]), (name, method, key)
     for png in ("predicted_vs_true.png", "scores.png", "interactions.png"):
@@ -34,7 +35,8 @@ def test_reference_run_writes_summary_and_plots(tmp_path):
   assert quad["kernel_official_exact"]["lds_declared"] == pytest.approx(0.536, abs=5e-4)
   assert quad["linear_official_exact"]["lds_declared"] == pytest.approx(0.510, abs=5e-4)
   assert summary["evaluation"]["resplits"] == 5
-  assert set(summary["comparisons"]["coin_flip"]) >= {"kernel_exact-linear_exact", "kernel_official_exact-linear_official_exact"}
+  assert set(summary["comparisons"]["coin_flip"]) >= {f"{a}_exact-{b}_exact" for a, b in families.comparison_pairs(
+      families.standard())}
   assert "kernel_official_exact" in r.stdout and " ± " in r.stdout and "lds verdict" in r.stdout
 
 
@@ -73,7 +75,7 @@ def test_help_lists_experiments_configs_and_fields_without_importing_a_pipeline(
                "command: ksurrogate-run --experiment=morl --config=cpu", "--config.eval.resplits=20  [int]"):
     assert text in r.stdout, text
   # the registry is lazy: --help loads every experiment's config module and nothing heavier
-  probe = subprocess.run([sys.executable, "-c", "import sys; from ksurrogate_experiments import main; main.usage(); "
+  probe = subprocess.run([sys.executable, "-c", "import sys; from ksurrogate_experiments import contract, main; contract.describe(); "
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'gymnax', 'flax', 'orbax', "
                           "'tokenizers', 'gguf', 'matplotlib', 'ksurrogate') or m.endswith(('pipeline', 'envs'))))"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -147,7 +147,7 @@ def synth(tmp_path, monkeypatch):
 
 
 def test_the_readme_checklist_gives_a_working_experiment(synth, tmp_path, capsys):
-  assert "experiment synth:" in main.usage() and "--config.design.num_subsets=60  [int]" in main.usage()
+  assert "experiment synth:" in contract.describe() and "--config.design.num_subsets=60  [int]" in contract.describe()
   with pytest.raises(SystemExit):                                         # its rules and checks run
     main.configure(["main", "--experiment=synth", "--config.design.num_fit=59"])
   assert capsys.readouterr().err.startswith("error: design.num_fit: 59 leaves fewer than 2 held-out subsets")
@@ -176,21 +176,24 @@ def test_a_user_surrogate_joins_every_problem_through_the_protocol(synth, tmp_pa
   def ridge_one(S, F):
     return surrogates.fit_linear(S, F, ridge=1.0)
 
-  mine = families.Family("linear_ridge1", ridge_one, kind="linear")
+  mine = families.Family("linear_ridge1", ridge_one, baseline=True)
   experiment, config = main.configure(["main", "--experiment=synth", "--config=tiny", "--config.surrogates.families=kernel"])
   with runs.Run(tmp_path, name="synth", progress=False, log=lambda m: None) as run:
     s = driver.run(experiment.protocol(config, extra_families=[mine]), config, run)
   d = s["datasets"]["synth"]
   assert set(d) == {"kernel_exact", "linear_ridge1_exact"} and d["linear_ridge1_exact"]["loo_pearson"] is not None
-  assert "kernel_exact-linear_ridge1_exact" in s["comparisons"]["synth"]     # paired as a linear surrogate
+  assert "kernel_exact-linear_ridge1_exact" in s["comparisons"]["synth"]     # paired as the baseline it declares
 
 
 def test_families_are_declared_and_selected_by_name():
-  names = [f.name for f in families.standard()]
-  assert names == ["kernel", "kernel_lds", "kernel_official", "linear", "linear_official"]
-  assert {f.kind for f in families.standard()} == {"kernel", "linear"}
+  std = families.standard()
+  names = [f.name for f in std]
+  assert len(set(names)) == len(names) == 5
+  # the kernel surrogates are measured against the linear ones, like for like where they name one
+  assert [f.name for f in std if f.baseline] == ["linear", "linear_official"]
+  assert families.counterpart_pairs(std) == [("kernel", "linear"), ("kernel_official", "linear_official")]
   with pytest.raises(ValueError, match=r"^families: unknown \['krr'\]"):
-    families.select(families.standard(), ["kernel", "krr"])
+    families.select(std, ["kernel", "krr"])
   r = np.random.default_rng(0)
   S = r.random((30, 5)) < 0.5
   F = S @ r.normal(size=(5, 2))
@@ -203,6 +206,32 @@ def test_families_are_declared_and_selected_by_name():
   assert out == {} and skipped["kernel_tiny"].startswith("cv: 3 folds exceed the 2 distinct subsets")
   with pytest.raises(ValueError, match="^name: a family name is letters"):
     families.Family("my family", surrogates.fit_linear)
+
+
+def test_pairs_follow_each_familys_declaration():
+  """A third family type is paired by what it declares: a non-baseline one against every baseline,
+  a baseline one by every non-baseline; a counterpart is reported only where both are fitted."""
+  std = families.standard()
+  mine = families.Family("mine", surrogates.fit_linear)
+  ref = families.Family("ref", surrogates.fit_linear, baseline=True)
+  candidates = [f.name for f in std if not f.baseline]
+  bases = [f.name for f in std if f.baseline]
+  pairs = families.comparison_pairs([*std, mine, ref])
+  assert pairs == [(a, b) for a in [*candidates, "mine"] for b in [*bases, "ref"]]
+  assert families.comparison_pairs([mine]) == [] and families.comparison_pairs([ref, mine]) == [("mine", "ref")]
+  assert families.counterpart_pairs([f for f in std if f.name != "linear"]) == [("kernel_official", "linear_official")]
+  problem = driver.Problem(name="p", S=np.ones((4, 2), bool), F=np.zeros((4, 1)), splits=[(np.arange(2), np.arange(2, 4))],
+                           sources={"estimated": (np.ones((4, 2), bool), np.zeros((4, 1)))},
+                           estimates_of={"estimated": "exact"})
+  methods = [f"{f}_{src}" for f in ("mine", "ref", "kernel") for src in ("exact", "estimated")]
+  fams = [mine, ref, *families.select(std, ["kernel"])]
+  assert driver.standard_comparisons(problem, fams, methods) == [
+      ("mine_exact", "ref_exact"), ("kernel_exact", "ref_exact"), ("mine_estimated", "ref_estimated"),
+      ("kernel_estimated", "ref_estimated"), ("mine_estimated", "mine_exact"), ("ref_estimated", "ref_exact"),
+      ("kernel_estimated", "kernel_exact")]
+  for bad in (dict(baseline=True, counterpart="linear"), dict(counterpart="mine")):
+    with pytest.raises(ValueError, match="^counterpart: "):
+      families.Family("mine", surrogates.fit_linear, **bad)
 
 
 def test_the_registry_config_modules_import_nothing_heavy():

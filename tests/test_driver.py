@@ -88,7 +88,7 @@ def test_estimated_sources_are_fitted_once_and_paired_with_their_real_source():
     calls.append(len(S))
     return ks.fit_linear(S, F, cv=3)
 
-  fams = [families.Family("linear", counting_linear, kind="linear")]
+  fams = [families.Family("linear", counting_linear, baseline=True)]
   res = driver.evaluate(p, fams, threshold=0.0, **FAST)
   # declared split + 4 re-splits on the exact rows (at most 40 distinct subsets), the estimates once
   assert len(calls) == 1 + 4 + 1 and sum(n > 40 for n in calls) == 1

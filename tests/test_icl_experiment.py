@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from conftest import run_experiment
 
+from ksurrogate import families
 from ksurrogate_experiments.icl import config as icl_config
 from ksurrogate_experiments.icl import pipeline as icl_pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASKS = ("sentiment", "coin_flip")
-FAMILIES = ("kernel", "kernel_lds", "kernel_official", "linear", "linear_official")
+FAMILIES = tuple(f.name for f in families.standard())
 METHODS = tuple(f"{f}_{s}" for s in ("exact", "estimated") for f in FAMILIES)
 # Seeded figures of the tiny config, pinned so that a change altering results is seen. Two runs on
 # one machine gave bitwise-identical summaries; the bands only absorb float rounding across CPUs.

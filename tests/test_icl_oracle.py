@@ -7,7 +7,7 @@ import pytest
 from ksurrogate_experiments.icl import data as icl_data
 from ksurrogate_experiments.icl import estimate as embedding_estimate
 from ksurrogate_experiments.icl import inference
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import llama
 
 
 @pytest.fixture(scope="module")

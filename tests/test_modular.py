@@ -12,8 +12,10 @@ import time
 
 import pytest
 
+from ksurrogate import families
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FAMILIES = ("kernel", "kernel_lds", "kernel_official", "linear", "linear_official")
+FAMILIES = tuple(f.name for f in families.standard())
 SOURCES = ("exact", "estimated", "finetuned", "estimated_same")
 METHODS = tuple(f"{f}_{s}" for s in SOURCES for f in FAMILIES)
 ESTIMATOR_KEYS = ("median_relative_error", "mean_relative_error", "linearization_error", "lds_vs_real",
@@ -73,8 +75,9 @@ def test_tiny_summary_pins_seeded_figures_and_holds_every_section(full_run):
     # the second ground truth (LOO by fine-tuning from theta0) scores every method too
     assert math.isfinite(d[m]["loo_finetune_pearson"]) and "loo_pearson_of_ceiling" in d[m]
   comparisons = s["comparisons"]["modular"]
-  for pair in ("kernel_exact-linear_exact", "kernel_lds_exact-linear_official_exact", "kernel_exact-influence",
-               "kernel_estimated-kernel_exact", "kernel_estimated_same-kernel_finetuned"):
+  lead = next(f.name for f in families.standard() if not f.baseline)   # the driver's lead family
+  for pair in ([f"{a}_exact-{b}_exact" for a, b in families.comparison_pairs(families.standard())] +
+               [f"{lead}_exact-influence", f"{lead}_estimated-{lead}_exact", f"{lead}_estimated_same-{lead}_finetuned"]):
     assert comparisons[pair]["loo_pearson_verdict"] in ("wins", "ties", "loses"), pair
   assert comparisons["kernel_exact-linear_exact"]["lds_verdict"] == "ties"
   truth = s["ground_truth"]["modular"]

@@ -95,7 +95,7 @@ def test_one_and_two_tasks_go_through_the_driver(tmp_path, K):
   """K = 1: no leave-one-out correlation exists (one task); K = 2: it is defined on two points."""
   def fams(config, name):   # K = 1 has 2 distinct subsets: too few to cross-validate, so fixed settings
     fixed = [families.Family("kernel", ks.fit_kernel, dict(gamma=1.0, ridge=1e-3, cv=None)),
-             families.Family("linear", ks.fit_linear, dict(ridge=1e-3, cv=None), kind="linear"),
+             families.Family("linear", ks.fit_linear, dict(ridge=1e-3, cv=None), baseline=True),
              families.Family("kernel_cv", ks.fit_kernel, dict(cv=2))]
     return fixed if K == 1 else _families()
 

@@ -8,7 +8,7 @@ from conftest import run_experiment
 from jax.flatten_util import ravel_pytree
 
 from ksurrogate import projection
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import llama
 from ksurrogate_experiments.icl.pipeline import tiny_tokenizer
 from ksurrogate_experiments.tasks import config as tasks_config
 from ksurrogate_experiments.tasks import data

@@ -1,6 +1,6 @@
 """Every setting is checked before the first phase: one line naming the field, exit code 2.
 
-The cases run through the CLI's own parsing (`main.configure`: the same prepare_argv, config_flags
+The cases run through the CLI's own parsing (`main.configure`: the same flags, config_flags
 and validate as a real run, on a fresh flag set) in-process; a few run as real subprocesses."""
 import pathlib
 import shlex
@@ -13,6 +13,7 @@ import pytest
 from ksurrogate_experiments import common
 from ksurrogate_experiments import contract
 from ksurrogate_experiments import main
+from ksurrogate import families
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HUGE = "1000000000"
@@ -45,7 +46,7 @@ REFUSED = [
     (["--experiment=modular", "--config=tiny", "--config.train.batch_size=5000"],
      "train.batch_size: 5000 exceeds the 97 training examples"),
     (["--experiment=modular", "--config=tiny", "--config.train.batch_size=abc"],
-     "--config.train.batch_size: expected int, got 'abc'"),
+     "--config.train.batch_size: expected int or None, got 'abc'"),
     (["--experiment=modular", "--config=tiny", "--config.finetune.lr=nan"], "finetune.lr: must be a finite number > 0"),
     (["--experiment=modular", "--config=tiny", "--config.min_varying_targets=25"],
      "min_varying_targets: 25 exceeds the 24 targets"),   # 30 asked, 24 validation pairs exist
@@ -60,8 +61,8 @@ REFUSED = [
      "data.datasets: ('modular_add',) item 'modular_add' is not one of"),
     (["--experiment=reference", "--config.eval.resplits=1"], "eval.resplits: must be an integer >= 2, got 1"),
     (["--experiment=reference", "--config.surrogates.families=kernel,krr"],
-     "surrogates.families: unknown ['krr']; expected some of ['kernel', 'kernel_lds', 'kernel_official', 'linear', "
-     "'linear_official'] (or 'standard' for all)"),
+     f"surrogates.families: unknown ['krr']; expected some of {[f.name for f in families.standard()]} (or 'standard' "
+     "for all)"),
     (["--experiment=icl", "--config=tiny", "--config.model.gguf_path=missing.gguf"],
      "model.gguf_path: 'missing.gguf' cannot be read (No such file or directory)"),
     (["--experiment=icl", "--config=tiny", f"--config.model.gguf_path={__file__}"],
@@ -84,6 +85,14 @@ REFUSED = [
     (["--experiment=morl", "--config=tiny", f"--config.estimate.dim={HUGE}"], "estimate.dim: the projected features"),
     (["--experiment=morl", "--config=tiny", "--config.meta.num_envs=4"],
      "meta.num_envs: 4 env slots leave some of the 5 objectives without one"),
+    # the flags themselves, parsed by absl / config_flags, refused in the same one line
+    (["--experiment=modular", "--config=tiny", "--config.train.num_steps=None"],
+     "--config.train.num_steps: expected int, got 'None'"),
+    (["--experiment=modular", "--config=tiny", "--config.nosection.field=1"],
+     "--config.nosection.field: no such field in modular's config 'tiny'"),
+    (["--experiment=reference", "--num_processes=two"], "--num_processes: expected int, got 'two'"),
+    (["--experiment=reference", "--nosuchflag=1"], "unexpected arguments: ['--nosuchflag=1']"),
+    (["--experiment=reference", "--config=/nonexistent/config.py:tiny"], "--config: "),
 ]
 
 
@@ -121,6 +130,14 @@ def test_none_valued_and_tuple_fields_take_command_line_values(args, field, valu
   assert common.value(config, field) == value
 
 
+def test_a_config_file_given_as_path_and_arg_takes_overrides(tmp_path):
+  """--config=PATH:ARG loads any config file, as config_flags does; overrides and rules apply."""
+  from ksurrogate_experiments.reference import config as C
+  _, config = main.configure(["main", "--experiment=reference", f"--config={C.__file__}:tiny", "--config.surrogates.cv=3"])
+  assert config.surrogates.cv == 3 and config.to_dict() == {**C.get_config("tiny").to_dict(), "surrogates": {
+      **C.get_config("tiny").surrogates.to_dict(), "cv": 3}}
+
+
 def _configs():
   for name in contract.REGISTRY:
     experiment = contract.load(name)
@@ -137,10 +154,10 @@ def test_every_config_is_valid_and_every_listed_field_takes_its_own_value(name, 
   experiment.validate(config)
   args = [f"--experiment={name}", f"--config={variant}"]
   for field, value in common.fields(config):
-    assert main._field_type(config, field) is not type(None), f"{field} has no type: the flag parser refuses it"
+    assert common.field_type(config, field) is not type(None), f"{field} has no type: the flag parser refuses it"
     if field == "data.dir":
       continue   # checked as a directory; its value is an absolute path
-    args.append(f"--config.{field}={main._shown(value)}")
+    args.append(f"--config.{field}={common.shown(value)}")
   _, parsed = main.configure(["main", *shlex.split(" ".join(args))])   # as a shell splits the line
   assert parsed.to_dict() == config.to_dict()
 
@@ -179,11 +196,11 @@ def test_real_command_lines(tmp_path):
 
 
 def test_warnings_print_one_line():
-  r = subprocess.run([sys.executable, "-c", "import warnings; from ksurrogate_experiments import main; "
-                      "warnings.formatwarning = main.one_line_warning; warnings.warn('grid: edge\\n of the grid')"],
+  r = subprocess.run([sys.executable, "-c", "import warnings; from ksurrogate_experiments import common; "
+                      "warnings.formatwarning = common.one_line_warning; warnings.warn('grid: edge\\n of the grid')"],
                      cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.stderr.strip().startswith("UserWarning: grid: edge of the grid (<string>:1)"), r.stderr
   assert len(r.stderr.strip().splitlines()) == 1
-  line = main.one_line_warning(warnings.WarningMessage("a\nb", RuntimeWarning, "/x/y.py", 3).message, RuntimeWarning,
-                               "/x/y.py", 3, "source line")
+  line = common.one_line_warning(warnings.WarningMessage("a\nb", RuntimeWarning, "/x/y.py", 3).message, RuntimeWarning,
+                                 "/x/y.py", 3, "source line")
   assert line == "RuntimeWarning: a b (y.py:3)\n"

@@ -162,12 +162,6 @@ def checks(c) -> None:
   field to change."""
   req = common.require
   K, shots = c.data.num_demos, c.data.shots
-  if c.model.kind == "gguf" and not c.model.gguf_path:
-    from ksurrogate_experiments.icl import gguf_llama
-    try:
-      gguf_llama.default_gguf_path()
-    except FileNotFoundError as e:
-      raise ValueError(f"model.gguf_path: {str(e).split(': ', 1)[-1]}") from None
   req(shots < K, "data.shots", f"{shots} must be below data.num_demos={K} (swaps need a free demonstration)")
   req(c.design.num_subsets <= _ordered_prompts(K, shots), "design.num_subsets",
       f"{c.design.num_subsets} exceeds the {_ordered_prompts(K, shots)} distinct ordered {shots}-shot prompts of {K} "
@@ -182,6 +176,12 @@ def checks(c) -> None:
       f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted prompts")
   req(c.min_varying_targets <= c.data.num_queries, "min_varying_targets",
       f"{c.min_varying_targets} exceeds the data.num_queries={c.data.num_queries} targets")
+  if c.model.kind == "gguf":   # last: the cheap checks answer first
+    from ksurrogate_experiments.shared import gguf_llama
+    try:
+      gguf_llama.check(c.model.gguf_path or None, tokenizer=True)
+    except (FileNotFoundError, ValueError) as e:
+      raise ValueError(f"model.gguf_path: {str(e).split(': ', 1)[-1]}") from None
 
 
 EXPERIMENT = contract.Experiment(

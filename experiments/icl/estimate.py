@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ksurrogate_experiments.icl import inference
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import llama
 from ksurrogate_experiments.icl.data import EncodedTask
 
 

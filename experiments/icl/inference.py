@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import llama
 from ksurrogate_experiments.icl.data import EncodedTask
 
 PREFIX_BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)

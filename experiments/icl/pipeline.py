@@ -24,9 +24,10 @@ import ksurrogate as ks
 from ksurrogate_experiments import common
 from ksurrogate_experiments.icl import data as icl_data
 from ksurrogate_experiments.icl import estimate as embedding_estimate
-from ksurrogate_experiments.icl import gguf_llama
 from ksurrogate_experiments.icl import inference
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import gguf_llama
+from ksurrogate_experiments.shared import llama
+from ksurrogate_experiments.shared import selection
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate.harness import driver, report, runs
@@ -320,6 +321,7 @@ class Picks:
   never part of a fit."""
   per_seed: list         # [{method: demonstration ids [shots]}], one dict per seed
   similarity: np.ndarray  # [shots]
+  families: list          # the ksurrogate.families.Family list the surrogates were fitted from
 
 
 def _mean_scores(g, cand, K: int, chunk: int) -> np.ndarray:
@@ -336,15 +338,16 @@ def select(c, s: Setup, dsg: Design, exact: dict, est: Estimates, families) -> P
   cand = all_sets(s.K, c.data.shots)
   X_est = icl_data.indicators(est.many, s.K)
   per_seed = []
+  fams = families(c, s.name)
   for seed, (fit, _) in zip(c.design.split_seeds, splits(c, len(dsg.prompts))):
     half = np.sort(np.random.default_rng(2000 + seed).permutation(len(est.many))[:len(est.many) // 2])
-    surrogates = families_lib.fit_all(families(c, s.name), {
+    surrogates = families_lib.fit_all(fams, {
         "exact": (dsg.S[fit], exact["F"][fit]), "estimated": (X_est[half], est.F_many[half])})
     picks = {name: cand[int(np.argmin(_mean_scores(g, cand, s.K, c.selection.predict_chunk)))]
              for name, g in surrogates.items()}
     picks["best_sampled"] = dsg.prompts[fit][int(np.argmin(exact["F"][fit].mean(1)))]
     per_seed.append(picks)
-  return Picks(per_seed=per_seed, similarity=similarity_set(s, c.data.shots))
+  return Picks(per_seed=per_seed, similarity=similarity_set(s, c.data.shots), families=list(fams))
 
 
 def selection_prompts(c, s: Setup, picks: Picks) -> np.ndarray:
@@ -358,29 +361,24 @@ def _bootstrap(rng, n, B):
   return rng.integers(0, n, (B, n))
 
 
-# Paired regret differences the summary reports: the project's pair and the authors' pair.
-SELECTION_PAIRS = (("kernel_exact", "linear_exact"), ("kernel_official_exact", "linear_official_exact"))
-
-
 def selection_summary(c, s: Setup, picks: Picks, prompts: np.ndarray, F_sel: np.ndarray) -> tuple[dict, dict]:
-  """Held-out loss, accuracy and regret per method over the selection seeds, and paired
-  kernel-minus-linear regret differences with 95 % intervals.
+  """Held-out loss, accuracy and regret per method over the selection seeds, and the paired regret
+  differences of every family with its counterpart (`selection.regret_comparisons`).
 
   regret = a pick's held-out loss minus the lowest held-out loss of any set run here (every
   seed's picks, the similarity and the random sets), so it is >= 0 and comparable across seeds.
-  The seeds' fit prompts overlap (num_fit of num_subsets each), so the intervals over seeds use
-  the re-split correction (`metrics.resplit_interval`), not a t interval for independent draws.
+  The seeds' fit prompts overlap (num_fit of num_subsets each), so the intervals over seeds are
+  `selection.seed_interval`'s re-split-corrected ones, not t intervals for independent draws.
   The similarity set has no seed: its s.e. is a bootstrap over queries; random: s.d. over sets."""
   row = {tuple(int(k) for k in p): i for i, p in enumerate(prompts)}
   at = lambda sets: np.array([row[tuple(int(k) for k in p)] for p in sets])
   loss, acc = F_sel.mean(1), (F_sel < LN2).mean(1)
   best = float(loss.min())
-  tf = 1.0 - c.design.num_fit / c.design.num_subsets
   table, regret = {}, {}
   for m in picks.per_seed[0]:
     sets = [d[m] for d in picks.per_seed]
     i = at(sets)
-    li, ai = (metrics.resplit_interval(v, test_fraction=tf) for v in (loss[i], acc[i]))
+    li, ai = (selection.seed_interval(v, c) for v in (loss[i], acc[i]))
     regret[m] = loss[i] - best   # a shift of the losses: the same s.e.
     table[m] = {"loss": li.mean, "loss_se": li.se, "accuracy": ai.mean, "accuracy_se": ai.se,
                 "regret": li.mean - best, "regret_se": li.se, "loss_per_seed": loss[i].tolist(),
@@ -398,12 +396,7 @@ def selection_summary(c, s: Setup, picks: Picks, prompts: np.ndarray, F_sel: np.
   gain = {"num_heldout_queries": int(F_sel.shape[1]), "num_selection_seeds": len(picks.per_seed),
           "num_sets_run": int(len(prompts)), "lowest_heldout_loss": best,
           "lowest_loss_set": [int(k) for k in prompts[b]]}
-  for kern, lin in SELECTION_PAIRS:
-    if kern in regret and lin in regret:
-      difference = metrics.resplit_interval(regret[kern] - regret[lin], test_fraction=tf)
-      key = f"{kern.removesuffix('_exact')}_minus_{lin.removesuffix('_exact')}_regret"
-      gain.update({f"{kern}_vs_{lin}_regret_reduction": float(1 - regret[kern].mean() / max(regret[lin].mean(), 1e-9)),
-                   **difference.entries(key), f"{key}_verdict": difference.verdict(higher_is_better=False)})
+  gain.update(selection.regret_comparisons(regret, families_lib.counterpart_pairs(picks.families), c))
   return table, gain
 
 

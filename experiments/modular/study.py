@@ -129,7 +129,7 @@ def active_sampling(c, sd: StudyDesign, pool: dict, loo_true, keep, families) ->
   family whose surrogate declares a posterior variance (the MSE-CV kernel) on base + suggested vs
   base + random, scored on the pool's held-out rows and the LOO truth."""
   st = c.study
-  family = next(f for f in families(c, "active_sampling") if f.kind == "kernel")
+  family = next(f for f in families(c, "active_sampling") if not f.baseline)
   S, F = sd.pools[sd.rates.index(float(st.budget_rate))], pool["F"][:, keep]
   n = len(S) - st.num_heldout
   held = np.arange(n, len(S))

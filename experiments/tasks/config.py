@@ -143,7 +143,7 @@ def checks(c) -> None:
   """The checks across fields (after RULES); each error is one line naming the field to change."""
   req = common.require
   if c.model.kind == "gguf" and not c.model.gguf_path:
-    from ksurrogate_experiments.icl import gguf_llama
+    from ksurrogate_experiments.shared import gguf_llama
     try:
       gguf_llama.default_gguf_path()
     except FileNotFoundError as e:

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 import ksurrogate as ks
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import llama
 from ksurrogate_experiments.tasks import lora as lora_lib
 
 

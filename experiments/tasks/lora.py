@@ -1,4 +1,4 @@
-"""LoRA on the top blocks of the Llama of `ksurrogate_experiments.icl.model`, as pure functions over
+"""LoRA on the top blocks of the Llama of `ksurrogate_experiments.shared.llama`, as pure functions over
 its flax params pytree, and the answer-token losses the fine-tunes and the estimator use.
 
 A LoRA pytree is {"layers_i/attn/q": {"A": [I, r], "B": [r, O]}, ...} (the path of the nn.Dense it
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from ksurrogate.features import margin
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import llama
 
 MATRICES = ("attn/q", "attn/k", "attn/v", "attn/o", "mlp/gate", "mlp/up", "mlp/down")
 

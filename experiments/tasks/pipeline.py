@@ -20,8 +20,8 @@ from ksurrogate import metrics
 from ksurrogate import projection
 from ksurrogate.harness import driver, runs
 from ksurrogate_experiments import common
-from ksurrogate_experiments.icl import gguf_llama
-from ksurrogate_experiments.icl import model as llama
+from ksurrogate_experiments.shared import gguf_llama
+from ksurrogate_experiments.shared import llama
 from ksurrogate_experiments.tasks import data as data_lib
 from ksurrogate_experiments.tasks import finetune as ft_lib
 from ksurrogate_experiments.tasks import lora as lora_lib

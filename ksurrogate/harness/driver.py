@@ -153,17 +153,16 @@ class Result:
 
 
 def standard_comparisons(problem: Problem, families: Sequence[families_lib.Family], methods: Sequence[str]):
-  """The pairs every experiment reports: on each outcome source, each kernel family against each
-  linear one; the MSE-CV kernel on exact outcomes against every method that is not a surrogate
-  (influence functions, ...); each family on an estimated source against the same family on the
-  real source it stands in for."""
+  """The pairs every experiment reports, as the families declare them: on each outcome source, each
+  non-baseline family against each baseline one (`families.comparison_pairs`); the first
+  non-baseline family on exact outcomes against every method that is not a surrogate (influence
+  functions, ...); each family on an estimated source against the same family on the real source
+  it stands in for."""
   names = set(methods)
-  kernels = [f.name for f in families if f.kind == "kernel"]
-  linears = [f.name for f in families if f.kind == "linear"]
   pairs = []
   for source in ("exact", *problem.sources):
-    pairs += [(f"{k}_{source}", f"{lin}_{source}") for k in kernels for lin in linears]
-  lead = f"{kernels[0]}_exact" if kernels else None
+    pairs += [(f"{a}_{source}", f"{b}_{source}") for a, b in families_lib.comparison_pairs(families)]
+  lead = next((f"{f.name}_exact" for f in families if not f.baseline), None)
   for truth in problem.truths.values():
     pairs += [(lead, p) for p in truth.predictions if lead]
   for est, real in problem.estimates_of.items():
