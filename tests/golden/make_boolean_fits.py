@@ -24,9 +24,12 @@ def cases():
   return out
 
 
-def values() -> dict:
+def values(names=None) -> dict:
+  """{"<case>/<family>/<what>": array} for the named cases (default: all)."""
   out = {}
   for name, (S, F) in cases().items():
+    if names is not None and name not in names:
+      continue
     K = S.shape[1]
     probe = np.random.default_rng(1).random((16, K)) < 0.5
     fits = {
