@@ -40,6 +40,7 @@ REGISTRY = {
     "modular": "ksurrogate_experiments.modular.config",
     "morl": "ksurrogate_experiments.morl.config",
     "icl": "ksurrogate_experiments.icl.config",
+    "regmix": "ksurrogate_experiments.regmix.config",
 }
 DEFAULT = "reference"
 

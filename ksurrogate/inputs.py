@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ksurrogate import _checks
+from ksurrogate._util import x64
 
 DOMAINS = ("subsets", "simplex", "weights")
 MAP_NAMES = ("identity", "sqrt", "log")
@@ -47,8 +48,9 @@ class InputMap:
     if self.name != "log" and self.eps != 0.0:
       raise ValueError(f"input_map: eps belongs to the log map only, got eps={self.eps!r} for {self.name!r}")
 
+  @x64
   def __call__(self, X):
-    """phi(X), elementwise, as a jnp array (differentiable: jax.grad goes through it)."""
+    """phi(X), elementwise, as a float64 jnp array (differentiable: jax.grad goes through it)."""
     X = jnp.asarray(X, jnp.float64)
     if self.name == "sqrt":
       return jnp.sqrt(X)

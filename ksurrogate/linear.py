@@ -48,6 +48,7 @@ class LinearSurrogate:
   def num_tasks(self) -> int:
     return self.coef.shape[0]
 
+  @x64
   def apply(self, X) -> jax.Array:
     """g at float inputs X [n, K] with no input checks: a pure jnp function (jax.grad goes through)."""
     return self.intercept + self.input_map(X) @ self.coef
@@ -76,6 +77,7 @@ class PairwiseSurrogate:
   def num_tasks(self) -> int:
     return self.tasks
 
+  @x64
   def apply(self, X) -> jax.Array:
     """As `LinearSurrogate.apply`."""
     return self.intercept + pairwise_features(self.input_map(X), self.squares) @ self.coef

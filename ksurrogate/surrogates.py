@@ -104,6 +104,7 @@ class KernelSurrogate:
     """The GP view's noise variance (the ridge)."""
     return self.ridge
 
+  @x64
   def apply(self, X) -> jax.Array:
     """g at float inputs X [n, K] with no input checks: a pure jnp function (jax.grad goes through)."""
     return self.offset + self.gram(self.input_map(X)) @ self.alpha
