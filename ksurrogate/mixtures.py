@@ -159,8 +159,9 @@ def sample_dirichlet(key, alpha, num_samples: int) -> jax.Array:
 class Selection:
   """A chosen mixture: `mixture` [K], the surrogate's prediction there `predicted` [T], the
   objective it minimizes (`objective`: the weighted predicted loss), the posterior variance of
-  that objective (`variance`; None for a surrogate without the "variance" readout) and how it was
-  found (`method`, `info`)."""
+  that objective (`variance`: the GP view's, in units of its prior variance, so it compares picks
+  and is no loss scale; None for a surrogate without the "variance" readout) and how it was found
+  (`method`, `info`)."""
   mixture: np.ndarray
   predicted: np.ndarray
   objective: float

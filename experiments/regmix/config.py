@@ -51,6 +51,9 @@ VARIANTS = {
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   """The config `arg` names (CONFIGS): the base below with the variant's fields."""
   c = common.base_config("regmix", arg, VARIANTS)
+  # OpenBLAS threads while the experiment runs (threadpoolctl): on cores shared with other work
+  # its spinning threads slowed float64 eigh 5-30x (BUILD_NOTES.md); raise it on a quiet machine.
+  c.blas_threads = 1
   c.data = dict(dir=str(DATA_DIR))
   # num_fit: the training runs used (the first num_fit of the 512); sizes: training-set sizes of
   # the learning curve, each re-drawn `redraws` times from those (once at num_fit itself).
@@ -72,11 +75,15 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # The driver's re-splits refit every family on random 512 / 256 splits of all 768 runs (the
   # learning curve's intervals come from re-drawn training sets and a bootstrap over test runs).
   c.eval.resplits = 5
+  # Bootstrap resamples of the learning curve's intervals (the driver has no ground truth here to
+  # resample): 400 keep the 2.5 / 97.5 % quantiles within about 0.1 s.e. of their limit.
+  c.eval.bootstrap = 400
   return common.apply_variant(c, VARIANTS[arg])
 
 
 RULES = {
     **common.SHARED_RULES,
+    "blas_threads": common.integer(1),
     "data.dir": common.existing_dir(),
     "design.num_fit": common.integer(8, NUM_TRAIN),
     "design.sizes": common.sequence(common.integer(4, NUM_TRAIN), distinct=True),

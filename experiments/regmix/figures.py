@@ -80,3 +80,4 @@ def mixtures(path, result: dict, domains) -> None:
   ax.set_title(f"mixtures selected for the {result['target']} validation loss", fontsize=9)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
   report.save(fig, path)
+

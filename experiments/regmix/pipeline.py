@@ -16,6 +16,7 @@ from ksurrogate import mixtures
 from ksurrogate.harness import driver
 from ksurrogate_experiments import common
 from ksurrogate_experiments.regmix import config as regmix_config
+from ksurrogate_experiments.regmix import console
 from ksurrogate_experiments.regmix import figures
 from ksurrogate_experiments.regmix import released
 from ksurrogate_experiments.regmix import scores
@@ -23,14 +24,16 @@ from ksurrogate_experiments.regmix import scores
 NAME = "regmix"
 
 
-def _data(config):
+def load(config) -> dict:
+  """The training runs used (the first `design.num_fit`) and the test runs: {"X", "Y", "X_test",
+  "Y_test", "domains", "targets"}."""
   d = released.load(config.data.dir)
   n = config.design.num_fit
   X, Y = d["train"]
   return dict(X=X[:n], Y=Y[:n], X_test=d["test"][0], Y_test=d["test"][1], domains=d["domains"], targets=d["targets"])
 
 
-def _fit(family, X, Y, skipped: dict):
+def fit_one(family, X, Y, skipped: dict):
   """(surrogate or None, seconds) through `families.fit_all` (its refusal stored in `skipped`)."""
   t0 = time.perf_counter()
   why = {}
@@ -40,7 +43,7 @@ def _fit(family, X, Y, skipped: dict):
   return fitted.get(families_lib.method_name(family, "exact")), time.perf_counter() - t0
 
 
-def _draws(config, size: int) -> list[np.ndarray]:
+def draws(config, size: int) -> list[np.ndarray]:
   """The training rows of each re-draw at `size` (one draw: all rows, at num_fit itself)."""
   n = config.design.num_fit
   if size >= n:
@@ -54,7 +57,7 @@ def learning_curve(config, families) -> dict:
   Spearman (mean over targets, and per target) and normalized error, each with a 95 % interval
   (a bootstrap over test runs and re-draws); paired differences of every kernel family against
   every other one, with verdicts; fit seconds per family."""
-  data = _data(config)
+  data = load(config)
   fams = families(config, NAME)
   Yt = data["Y_test"]
   B = config.eval.bootstrap
@@ -62,13 +65,13 @@ def learning_curve(config, families) -> dict:
          "scores": {}, "comparisons": {}, "fit_seconds": {f.name: 0.0 for f in fams}, "skipped": {},
          "bootstrap": B, "redraws": config.design.redraws, "load_before": os.getloadavg()[0]}
   for size in config.design.sizes:
-    rows = _draws(config, size)
+    rows = draws(config, size)
     counts, draw_w = scores.resamples([config.seed, size], len(Yt), len(rows), B)
     reps = {}
     for fam in fams:
       preds = []
       for r in rows:
-        surr, sec = _fit(fam, data["X"][r], data["Y"][r], out["skipped"])
+        surr, sec = fit_one(fam, data["X"][r], data["Y"][r], out["skipped"])
         out["fit_seconds"][fam.name] += sec
         if surr is None:
           break
@@ -110,7 +113,7 @@ def select_mixtures(config, families) -> dict:
   `selection.families`, the mixture `ksurrogate.mixtures.select` picks by the RegMix recipe and by
   exponentiated-gradient descent (where the surrogate is differentiable), with its predicted
   loss and posterior variance."""
-  data = _data(config)
+  data = load(config)
   obj = _objective(config, data["targets"])
   w = np.full(len(data["targets"]), 1.0 / len(data["targets"])) if obj is None else np.eye(len(data["targets"]))[obj]
   measured = {"train": (data["X"], data["Y"] @ w), "test": (data["X_test"], data["Y_test"] @ w)}
@@ -121,7 +124,7 @@ def select_mixtures(config, families) -> dict:
       "ranked_first": {}, "selected": {}, "skipped": {}}
   s = config.selection
   for fam in families(config, NAME):
-    surr, _ = _fit(fam, data["X"], data["Y"], out["skipped"])
+    surr, _ = fit_one(fam, data["X"], data["Y"], out["skipped"])
     if surr is None:
       continue
     row = {}
@@ -152,7 +155,7 @@ def active_selection(config, families) -> dict:
   (`ks.suggest_subsets` on the pool), `active.batch` at a time from `active.initial` random ones,
   against random order from the same start: the test Spearman at every size, per seed, and the
   runs each needs to reach the full pool's Spearman (within `active.tolerance`)."""
-  data = _data(config)
+  data = load(config)
   n, a = config.design.num_fit, config.active
   # The `kernel` family whether or not surrogates.families names it (its settings come from the config).
   (kernel,) = [f for f in regmix_config.families(config, NAME, chosen_only=False) if f.name == "kernel"]
@@ -168,7 +171,7 @@ def active_selection(config, families) -> dict:
       chosen, curve = list(start), []
       for size in sizes:
         rows = np.asarray(chosen[:size] if strategy == "active" else order[:size])
-        surr, _ = _fit(kernel, data["X"][rows], data["Y"][rows], skipped)
+        surr, _ = fit_one(kernel, data["X"][rows], data["Y"][rows], skipped)
         curve.append(float(metrics.lds(np.asarray(surr.predict(data["X_test"])), Yt)))
         if strategy == "active" and size < n:
           pool = np.setdiff1d(np.arange(n), rows)
@@ -192,12 +195,24 @@ def active_selection(config, families) -> dict:
 
 
 def problems(config, run, families):
-  """One Problem: the training runs used and the test runs, the released split declared."""
-  data = _data(config)
+  """One Problem: the training runs used and the test runs, the released split declared.
+
+  Everything runs with OpenBLAS limited to `blas_threads` (threadpoolctl), the driver's scoring
+  too: the limit holds while this generator waits at its `yield`, and is lifted when it ends. On
+  a machine whose cores are shared, OpenBLAS's spinning threads made float64 eigh of 170-512
+  rows 5-30x slower (BUILD_NOTES.md)."""
+  from threadpoolctl import threadpool_limits
+  with threadpool_limits(limits=config.blas_threads, user_api="blas"):
+    yield from _problems(config, run, families)
+
+
+def _problems(config, run, families):
+  data = load(config)
   common.require_varying(data["Y"], 0.0, config.min_varying_targets, phase=NAME, threshold_field=None)
   curve = run.phase("learning_curve", learning_curve, config, families)
   selection = run.phase("mixture_selection", select_mixtures, config, families)
   active = run.phase("active_selection", active_selection, config, families)
+  print(console.summary(curve, selection, active), flush=True)
   n = len(data["X"])
   S = np.concatenate([data["X"], data["X_test"]])
   F = np.concatenate([data["Y"], data["Y_test"]])

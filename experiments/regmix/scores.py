@@ -28,55 +28,61 @@ def resamples(seed, n_test: int, n_draws: int, count: int):
 def weighted_ranks(V, counts):
   """Average ranks [B, n, C] of each column of V [n, C] in each resample (counts [B, n])."""
   n, C = V.shape
+  B = len(counts)
   order = np.argsort(V, axis=0, kind="stable")
   Vs = np.take_along_axis(V, order, axis=0)
-  pos = np.arange(n)[:, None].repeat(C, 1)
-  new = np.r_[np.ones((1, C), bool), Vs[1:] != Vs[:-1]]
-  start = np.maximum.accumulate(np.where(new, pos, 0), axis=0)
-  last = np.r_[Vs[1:] != Vs[:-1], np.ones((1, C), bool)]
-  end = np.flip(np.minimum.accumulate(np.flip(np.where(last, pos, n), 0), axis=0), 0)
-  Cs = counts[:, order]                                             # [B, n, C]
+  flat = lambda idx: (idx * C + np.arange(C)).ravel()               # noqa: E731  ([n, C] -> into [n * C])
+  Cs = counts[:, order.ravel()].reshape(B, n, C)                    # counts in each column's sorted order
   cum = np.cumsum(Cs, axis=1)
-  before = cum - Cs
-  ranks_sorted = 0.5 * (np.take_along_axis(before, start[None], 1) + np.take_along_axis(cum, end[None], 1) + 1.0)
+  ranks_sorted = cum - 0.5 * (Cs - 1.0)                              # no ties: the copies' mean rank
+  tied = np.flatnonzero((Vs[1:] == Vs[:-1]).any(0))
+  if len(tied):   # a tie group shares (count before it + count through it + 1) / 2
+    Vt, pos = Vs[:, tied], np.arange(n)[:, None]
+    new = np.r_[np.ones((1, len(tied)), bool), Vt[1:] != Vt[:-1]]
+    last = np.r_[Vt[1:] != Vt[:-1], np.ones((1, len(tied)), bool)]
+    start = np.maximum.accumulate(np.where(new, pos, 0), axis=0)
+    end = np.flip(np.minimum.accumulate(np.flip(np.where(last, pos, n), 0), axis=0), 0)
+    ct, cu = Cs[:, :, tied], cum[:, :, tied]
+    k = len(tied)
+    pick = lambda arr, idx: arr.reshape(B, n * k)[:, (idx * k + np.arange(k)).ravel()].reshape(B, n, k)  # noqa: E731
+    ranks_sorted[:, :, tied] = 0.5 * (pick(cu - ct, start) + pick(cu, end) + 1.0)
   inverse = np.argsort(order, axis=0)
-  return np.take_along_axis(ranks_sorted, inverse[None], 1)
-
-
-def _weighted_corr(X, Y, w):
-  """Count-weighted Pearson along axis 1 of X, Y [B, n, ...] with weights w [B, n, 1...]; 0 where
-  either side is constant."""
-  total = w.sum(1, keepdims=True)
-  xc = X - (w * X).sum(1, keepdims=True) / total
-  yc = Y - (w * Y).sum(1, keepdims=True) / total
-  num = (w * xc * yc).sum(1)
-  den = np.sqrt((w * xc * xc).sum(1) * (w * yc * yc).sum(1))
-  with np.errstate(invalid="ignore", divide="ignore"):
-    r = num / den
-  return np.where(den > 1e-12 * np.maximum(np.abs(num), 1.0), r, 0.0)
+  return ranks_sorted.reshape(B, n * C)[:, flat(inverse)].reshape(B, n, C)
 
 
 def resampled_scores(preds, truth, counts, draws):
   """Spearman and normalized error of predictions [D, n, T] against truth [n, T] on each resample:
   ({"spearman": [B], "spearman_per_target": [B, T], "normalized_error": [B]}) averaged over
-  targets and over the resample's draws."""
+  targets and over the resample's draws.
+
+  Ranks in a resample of n rows average (n + 1) / 2 whatever the counts, so the correlation needs
+  only count-weighted sums of rank products and squares; the errors come from count-weighted sums
+  that are matrix products."""
   D, n, T = preds.shape
   P = np.moveaxis(preds, 0, 1).reshape(n, D * T)
+  Yd = np.tile(truth, (1, D))                                              # [n, D * T], P's columns
+  mid = 0.5 * (n + 1)
   out = {"spearman": [], "spearman_per_target": [], "normalized_error": []}
   for lo in range(0, len(counts), CHUNK):
     c, wd = counts[lo:lo + CHUNK], draws[lo:lo + CHUNK]
-    rp = weighted_ranks(P, c).reshape(len(c), n, D, T)
-    rt = weighted_ranks(truth, c)[:, :, None, :]
-    w = c[:, :, None, None]
-    rho = _weighted_corr(rp, np.broadcast_to(rt, rp.shape), w)                 # [b, D, T]
-    total = c.sum(1)[:, None, None]
-    mse = (w * (np.moveaxis(preds, 0, 1)[None] - truth[None, :, None, :]) ** 2).sum(1) / total
-    ybar = (c[:, :, None] * truth[None]).sum(1, keepdims=True) / c.sum(1)[:, None, None]
-    var = (c[:, :, None] * (truth[None] - ybar) ** 2).sum(1) / c.sum(1)[:, None]  # [b, T]
+    b = len(c)
+    rp = (weighted_ranks(P, c) - mid).reshape(b, n, D, T)
+    rt = weighted_ranks(truth, c) - mid                                    # [b, n, T]
+    crt = c[:, :, None] * rt
+    cov = np.einsum("bndt,bnt->bdt", rp, crt)
+    var_p = np.einsum("bn,bndt->bdt", c, rp * rp)
+    var_t = np.einsum("bnt,bnt->bt", crt, rt)[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+      rho = np.where(var_p > 1e-9 * var_t, cov / np.sqrt(var_p * var_t), 0.0)     # [b, D, T]
+    m = c.sum(1)[:, None]
+    sse = c @ (P * P) - 2.0 * (c @ (P * Yd)) + c @ (Yd * Yd)               # [b, D * T]
+    ybar = (c @ truth) / m
+    var = c @ (truth * truth) / m - ybar ** 2                               # [b, T]
+    err = (sse / m).reshape(b, D, T) / var[:, None, :]
     per_target = np.einsum("bdt,bd->bt", rho, wd)
     out["spearman_per_target"].append(per_target)
     out["spearman"].append(per_target.mean(1))
-    out["normalized_error"].append(np.einsum("bdt,bd->b", mse / var[:, None, :], wd) / T)
+    out["normalized_error"].append(np.einsum("bdt,bd->b", err, wd) / T)
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
