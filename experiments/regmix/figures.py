@@ -18,7 +18,7 @@ def learning_curve(path, curve: dict) -> None:
   for ax, zoom in zip(axes, (False, True)):
     for i, f in enumerate(fams):
       rows = curve["scores"][f]
-      sizes = [int(s) for s in rows]
+      sizes = sorted(int(s) for s in rows)          # a stored summary sorts its keys as strings
       mean = np.array([100 * rows[str(s)]["spearman"] for s in sizes])
       ci = np.array([[100 * v for v in (rows[str(s)]["spearman_ci95"] or [rows[str(s)]["spearman"]] * 2)]
                      for s in sizes])
@@ -32,7 +32,9 @@ def learning_curve(path, curve: dict) -> None:
     ax.grid(alpha=0.3)
     if zoom:
       top = [100 * curve["scores"][f][str(max(sizes))]["spearman"] for f in fams if str(max(sizes)) in curve["scores"][f]]
-      ax.set_ylim(min(top) - 2 if top else 80, 100)
+      # the families within 5 points of the best at the largest size: a zoom on the worst would be none
+      near = [v for v in top if v >= max(top) - 5] if top else []
+      ax.set_ylim(min(near) - 5 if near else 80, 100)
       ax.set_title("zoom on the top", fontsize=9)
     else:
       ax.set_title(f"95 % intervals: {curve['bootstrap']} bootstrap resamples of the 256 test runs and of "
@@ -80,4 +82,3 @@ def mixtures(path, result: dict, domains) -> None:
   ax.set_title(f"mixtures selected for the {result['target']} validation loss", fontsize=9)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
   report.save(fig, path)
-
