@@ -45,6 +45,7 @@ REGISTRY = {
     "morl": "ksurrogate_experiments.morl.config",
     "icl": "ksurrogate_experiments.icl.config",
     "tasks": "ksurrogate_experiments.tasks.config",
+    "regmix": "ksurrogate_experiments.regmix.config",
 }
 DEFAULT = "reference"
 

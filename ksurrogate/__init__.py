@@ -1,7 +1,8 @@
 """ksurrogate: task attribution with kernel surrogate models, in JAX.
 
-Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.projection`, `ks.estimation`, `ks.estimators`,
-`ks.surrogates`, `ks.attribution`, `ks.baselines`, `ks.metrics`, `ks.diagnostics`, ...); the names
+Every stage is a public module (`ks.subsets`, `ks.training`, `ks.features`, `ks.projection`, `ks.estimation`,
+`ks.estimators`, `ks.inputs`, `ks.surrogates`, `ks.linear`, `ks.attribution`, `ks.mixtures`, `ks.baselines`,
+`ks.metrics`, `ks.diagnostics`, ...); the names
 most code needs are also here at the top level. The harness that runs experiments (run
 directories, the driver, figures, storage) is `ksurrogate.harness`, imported only where it is used.
 Importing `ksurrogate` changes no global state (no matplotlib backend, no JAX listener).
@@ -13,9 +14,12 @@ from ksurrogate import diagnostics
 from ksurrogate import estimation
 from ksurrogate import estimators
 from ksurrogate import features
+from ksurrogate import inputs
 from ksurrogate import kernels
+from ksurrogate import linear
 from ksurrogate import linearization
 from ksurrogate import metrics
+from ksurrogate import mixtures
 from ksurrogate import parity
 from ksurrogate import projection
 from ksurrogate import subsets
@@ -34,12 +38,15 @@ from ksurrogate.estimation import solve
 from ksurrogate.estimation import task_statistics
 from ksurrogate.features import Features
 from ksurrogate.features import featurize
+from ksurrogate.inputs import InputMap
 from ksurrogate.linearization import empirical_ntk_fn
 from ksurrogate.linearization import linearize
 from ksurrogate.estimators import EstimatorReport
 from ksurrogate.estimators import Recipe
+from ksurrogate.mixtures import select as select_mixture
 from ksurrogate.surrogates import KernelSurrogate
 from ksurrogate.surrogates import LinearSurrogate
+from ksurrogate.surrogates import PairwiseSurrogate
 from ksurrogate.surrogates import fit_kernel
 from ksurrogate.surrogates import fit_linear
 from ksurrogate.training import finetune_subsets
@@ -50,11 +57,12 @@ __version__ = "0.2.0"
 
 __all__ = [
     # modules
-    "attribution", "baselines", "batching", "diagnostics", "estimation", "estimators", "features", "kernels",
-    "linearization", "metrics", "parity", "projection", "subsets", "surrogates", "training",
+    "attribution", "baselines", "batching", "diagnostics", "estimation", "estimators", "features", "inputs",
+    "kernels", "linear", "linearization", "metrics", "mixtures", "parity", "projection", "subsets", "surrogates",
+    "training",
     # surrogates and readouts
-    "KernelSurrogate", "LinearSurrogate", "fit_kernel", "fit_linear", "predicted_loo", "interactions", "shapley",
-    "suggest_subsets",
+    "KernelSurrogate", "LinearSurrogate", "PairwiseSurrogate", "InputMap", "fit_kernel", "fit_linear", "predicted_loo",
+    "interactions", "shapley", "suggest_subsets", "select_mixture",
     # outcome sources
     "trainer", "retrain_subsets", "finetune_subsets", "map_subsets", "chunked_map",
     "Features", "featurize", "OutputLoss", "estimate", "solve", "calibrate_ridge", "task_statistics",

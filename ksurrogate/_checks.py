@@ -94,15 +94,16 @@ def grid(values, name: str, *, allow_zero: bool = False) -> np.ndarray:
   return arr
 
 
-def check_fit_inputs(S, F, cv, *, uses_cv: bool = True, dedupe: bool = True, no_cv_hint: str = ""):
+def check_fit_inputs(S, F, cv, *, uses_cv: bool = True, dedupe: bool = True, no_cv_hint: str = "", rows=as_subsets):
   """Validates a (subsets, outcomes) pair and the fold count for fitting; de-duplicates subsets.
+  `rows` validates S (default: a 0/1 indicator matrix; `inputs.as_inputs` for real-valued rows).
 
   With `uses_cv`, every training fold must keep at least 2 distinct subsets: with fewer, every
   grid point's held-out error is the same (a fold trained on one subset predicts its value
   everywhere), so the "chosen" hyper-parameters would be the first grid entry, silently.
   Without CV (hyper-parameters given), 2 distinct subsets fit with one warning.
   """
-  S = as_subsets(S)
+  S = rows(S)
   F = as_outcomes(F, S.shape[0])
   if dedupe:
     S, F = deduplicate(S, F)

@@ -1,11 +1,16 @@
-"""Attribution readouts from any fitted surrogate g, plus active selection of new subsets.
+"""Attribution readouts from any fitted surrogate g, plus active selection of new inputs.
 
 Sign convention: predicted leave-one-out A_k = g(1 - e_k) - g(1). With a loss outcome,
 A_k > 0 means removing task k raises the target loss, i.e. task k helps the target.
+
+On a surrogate fitted on task weights or mixtures (its `domain`, `ksurrogate.inputs`) "removing
+task k" sets its weight to 0 (and on the simplex renormalizes the rest), read at a point `at`
+(default: every task present, the uniform mixture on the simplex), and the interactions are the
+same four-point difference of removals; Shapley values exist only on subsets. Gradients and
+Hessians at a mixture: `ksurrogate.mixtures`.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -13,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ksurrogate import _checks
-from ksurrogate import kernels
+from ksurrogate import families
+from ksurrogate import inputs
 from ksurrogate import subsets as subsets_lib
 from ksurrogate._util import x64
-from ksurrogate.surrogates import KernelSurrogate
 
 
 def _num_tasks(surrogate, num_tasks):
@@ -34,28 +39,67 @@ def _finite(values, what: str, row: str = "task"):
   return values
 
 
+def _removals(surrogate, at, drop):
+  """g at `at` [K] with each row of `drop` (bool [P, K]) removed, and g at `at` itself: ([P, T], [T])."""
+  domain = inputs.domain_of(surrogate)
+  rows = inputs.removed(at, drop, domain)
+  if domain == "subsets":
+    rows = rows > 0.5
+  return surrogate.predict(rows), surrogate.predict(at[None] > 0.5 if domain == "subsets" else at[None])[0]
+
+
 @x64
-def predicted_loo(surrogate, num_tasks: int | None = None) -> jax.Array:
-  """[K, T]: g(1 - e_k) - g(1). With K = 1 that is g(empty set) - g({task 0})."""
+def predicted_loo(surrogate, num_tasks: int | None = None, *, at=None) -> jax.Array:
+  """[K, T]: g(1 - e_k) - g(1). With K = 1 that is g(empty set) - g({task 0}).
+
+  Args:
+    surrogate: a fitted surrogate (`predict`).
+    num_tasks: K, checked against the surrogate's when given.
+    at: the point read at (default: all tasks present, `inputs.reference`): a subset, or on a
+      surrogate of weights / mixtures a weight vector / mixture; task k is removed from it
+      (`inputs.removed`: weight 0, renormalized on the simplex).
+
+  Returns:
+    [K, T] predicted effects g(at without k) - g(at).
+  """
   K = _num_tasks(surrogate, num_tasks)
-  loo = surrogate.predict(subsets_lib.leave_one_out(K)) - surrogate.predict(subsets_lib.full(K))
+  if at is None and inputs.domain_of(surrogate) == "subsets":
+    loo = surrogate.predict(subsets_lib.leave_one_out(K)) - surrogate.predict(subsets_lib.full(K))
+  else:
+    at = inputs.point(at, inputs.domain_of(surrogate), K)
+    g_drop, g_at = _removals(surrogate, at, np.eye(K, dtype=bool))
+    loo = g_drop - g_at
   return _finite(loo, "predicted leave-one-out values")
 
 
 @x64
-def interactions(surrogate, num_tasks: int | None = None) -> jax.Array:
+def interactions(surrogate, num_tasks: int | None = None, *, at=None) -> jax.Array:
   """[K, K, T]: I_jk = g(1) - g(1 - e_j) - g(1 - e_k) + g(1 - e_j - e_k); zero diagonal.
 
   I_jk > 0 for a loss means the pair is redundant (dropping both costs less than the sum of
-  dropping each); I_jk < 0 means synergy. Zero for every pair under a linear surrogate.
+  dropping each); I_jk < 0 means synergy. Zero for every pair under a linear surrogate (on
+  subsets, or on weights with the identity map).
+
+  Args:
+    surrogate: a fitted surrogate.
+    num_tasks: K, checked against the surrogate's when given.
+    at: the point the removals start from, as in `predicted_loo` (default: all tasks present).
+
+  Returns:
+    [K, K, T], symmetric with a zero diagonal.
   """
   K = _num_tasks(surrogate, num_tasks)
   if K < 2:
     raise ValueError(f"surrogate: pairwise interactions need at least 2 tasks; this one has K={K}")
-  g_full = surrogate.predict(subsets_lib.full(K))[0]
-  g_loo = surrogate.predict(subsets_lib.leave_one_out(K))
   masks, pairs = subsets_lib.leave_two_out(K)
-  g_lto = surrogate.predict(masks)
+  if at is None and inputs.domain_of(surrogate) == "subsets":
+    g_full = surrogate.predict(subsets_lib.full(K))[0]
+    g_loo = surrogate.predict(subsets_lib.leave_one_out(K))
+    g_lto = surrogate.predict(masks)
+  else:
+    at = inputs.point(at, inputs.domain_of(surrogate), K)
+    g_loo, g_full = _removals(surrogate, at, np.eye(K, dtype=bool))
+    g_lto, _ = _removals(surrogate, at, ~np.asarray(masks))
   j, k = pairs[:, 0], pairs[:, 1]
   vals = g_full - g_loo[j] - g_loo[k] + g_lto
   _finite(vals, "pairwise interactions", row="pair")
@@ -74,6 +118,10 @@ def shapley(surrogate, num_tasks: int | None, key, num_permutations: int = 256):
   standard errors are NaN (no spread to estimate them from).
   """
   K = _num_tasks(surrogate, num_tasks)
+  domain = inputs.domain_of(surrogate)
+  if domain != "subsets":
+    raise ValueError(f"surrogate: Shapley values are a game on subsets; this surrogate was fitted on {domain} inputs "
+                     "(read removals with predicted_loo, local effects with ksurrogate.mixtures.gradient)")
   half = max(1, _checks.positive_int(num_permutations, "num_permutations") // 2)
   perms = jax.vmap(lambda k: jax.random.permutation(k, K))(jax.random.split(key, half))
   perms = jnp.concatenate([perms, perms[:, ::-1]])                       # [P, K]
@@ -89,26 +137,23 @@ def shapley(surrogate, num_tasks: int | None, key, num_permutations: int = 256):
   return values, stderr
 
 
-@functools.partial(jax.jit, static_argnames=("n",))
-def _greedy_max_variance(C, surr, n):
-  """Picks n candidates one at a time, each time the one of largest posterior variance given the
-  fitted data and the picks so far (noise = ridge), so a batch never holds near-duplicates."""
-  Kc = surr.gram(C)
-  A = Kc @ surr.var_matrix
-  var = kernels.diag(surr.kernel, C, surr.gamma, surr.degree, surr.coef0) - jnp.sum(A * Kc, 1)
-  U = jnp.zeros((n, C.shape[0]))
-
-  def step(t, carry):
-    var, U, picked, picked_var = carry
-    j = jnp.argmax(var)
-    cov = (kernels.gram(surr.kernel, C, C[j][None], surr.gamma, surr.degree, surr.coef0)[:, 0]
-           - A @ Kc[j] - U.T @ U[:, j])
-    u = cov / jnp.sqrt(jnp.maximum(var[j], 0.0) + surr.ridge)
-    new_var = (var - u ** 2).at[j].set(-jnp.inf)
-    return new_var, U.at[t].set(u), picked.at[t].set(j.astype(picked.dtype)), picked_var.at[t].set(var[j])
-
-  init = (var, U, jnp.zeros(n, jnp.int32), jnp.zeros(n))
-  _, _, picked, picked_var = jax.lax.fori_loop(0, n, step, init)
+def _greedy_max_variance(surrogate, C, n):
+  """Picks n of the candidates C one at a time, each time the one of largest posterior variance
+  given the fitted data and the picks so far (noise = the surrogate's noise variance), so a batch
+  never holds near-duplicates. Through the "variance" readout's methods only: `predict_variance`
+  and `posterior_covariance`."""
+  var = np.asarray(surrogate.predict_variance(C), np.float64).copy()
+  noise = float(getattr(surrogate, "noise_variance", 0.0))
+  U = np.zeros((n, len(C)))
+  picked, picked_var = np.zeros(n, np.int64), np.zeros(n)
+  for t in range(n):
+    j = int(np.argmax(var))
+    cov = np.asarray(surrogate.posterior_covariance(C, C[j:j + 1]))[:, 0] - U[:t].T @ U[:t, j]
+    u = cov / np.sqrt(max(var[j], 0.0) + noise)
+    picked[t], picked_var[t] = j, var[j]
+    var = var - u ** 2
+    var[j] = -np.inf
+    U[t] = u
   return picked, picked_var
 
 
@@ -123,39 +168,66 @@ def _distinct_available(basis, K: int, size: int | None):
 
 @x64
 def suggest_subsets(surrogate, key, n: int, *, num_candidates: int = 4096, size: int | None = None,
-                    p: float | None = None, candidates=None):
-  """Active sampling: the n candidate subsets whose outcome the surrogate is least sure of.
+                    p: float | None = None, candidates=None, return_index: bool = False):
+  """Active sampling: the n candidates whose outcome the surrogate is least sure of.
 
-  Candidates are drawn like the fitted design (fixed size if every fitted subset had the same
-  size, else Bernoulli with the fitted density; override with `size` or `p`), or given as
-  `candidates` [c, K] (e.g. a pool of subsets whose outcomes exist already; `key` is then unused),
-  minus subsets already fitted (for a Nystrom surrogate only its inducing subsets are known as
-  fitted). Returns (subsets bool [n, K], posterior variances [n] at the time each was picked).
-  When fewer than n new distinct subsets come out, one line says why: the design has no more
+  For any surrogate that declares the "variance" readout (`READOUTS`; it provides
+  `predict_variance` and `posterior_covariance`). On subsets, candidates are drawn like the
+  fitted design (fixed size if every fitted subset had the same size, else Bernoulli with the
+  fitted density; override with `size` or `p`), or given as `candidates` [c, K] (e.g. a pool of
+  subsets whose outcomes exist already; `key` is then unused). On task weights or mixtures the
+  candidates must be given (a pool: the runs one could make next). Either way rows already
+  fitted are left out (for a Nystrom surrogate only its inducing rows are known as fitted).
+  When fewer than n new distinct candidates come out, one line says why: the design has no more
   (K too small, or every subset of that size fitted already: lower n) or the draws found too few
   (raise num_candidates).
+
+  Args:
+    surrogate: a fitted surrogate declaring "variance".
+    key: a jax.random key for the drawn candidates (unused with `candidates`).
+    n: how many to pick.
+    num_candidates, size, p: how subset candidates are drawn.
+    candidates: [c, K] rows in the surrogate's domain to pick from.
+    return_index: also return each pick's row in `candidates`.
+
+  Returns:
+    (rows [n, K], posterior variances [n] at the time each was picked), and with `return_index`
+    their rows in `candidates` [n].
   """
-  if not isinstance(surrogate, KernelSurrogate):
-    raise ValueError(f"surrogate: suggest_subsets needs a KernelSurrogate (posterior variance), got {type(surrogate).__name__}")
+  if "variance" not in families.readouts(surrogate):
+    raise ValueError(f"surrogate: suggest_subsets needs a surrogate that declares the 'variance' readout (posterior "
+                     f"variance); {type(surrogate).__name__} declares {families.readouts(surrogate)}")
   n = _checks.positive_int(n, "n")
   K = surrogate.num_tasks
-  basis = np.asarray(surrogate.basis) > 0.5
-  sizes = basis.sum(1)
+  domain = inputs.domain_of(surrogate)
+  given = None
   if candidates is not None:
-    cand = _checks.as_subsets(candidates, "candidates", num_tasks=K)
+    cand = inputs.check(candidates, domain, K, "candidates")
     given = len(cand)
+  elif domain != "subsets":
+    raise ValueError(f"candidates: a surrogate fitted on {domain} inputs draws no candidates itself; pass the pool to "
+                     "pick from (e.g. ksurrogate.mixtures.sample_dirichlet of a fitted prior)")
+  if domain == "subsets":
+    basis = np.asarray(surrogate.basis) > 0.5
+    sizes = basis.sum(1)
+    if candidates is None:
+      num_candidates = _checks.positive_int(num_candidates, "num_candidates")
+      if size is None and p is None and np.all(sizes == sizes[0]):
+        size = int(sizes[0])
+      cand = np.asarray(subsets_lib.fixed_size(key, num_candidates, K, size) if size is not None else
+                        subsets_lib.bernoulli(key, num_candidates, K, float(p if p is not None else basis.mean())))
+    seen = {row.tobytes() for row in basis}
+    mapped = cand
   else:
-    num_candidates = _checks.positive_int(num_candidates, "num_candidates")
-    if size is None and p is None and np.all(sizes == sizes[0]):
-      size = int(sizes[0])
-    cand = np.asarray(subsets_lib.fixed_size(key, num_candidates, K, size) if size is not None else
-                      subsets_lib.bernoulli(key, num_candidates, K, float(p if p is not None else basis.mean())))
-  cand = np.unique(cand, axis=0)
-  seen = {row.tobytes() for row in basis}
-  cand = cand[[row.tobytes() not in seen for row in cand]]
-  if len(cand) < n:
+    basis = np.asarray(getattr(surrogate, "basis", np.zeros((0, K))))
+    seen = {row.tobytes() for row in basis}
+    mapped = np.asarray(getattr(surrogate, "input_map", inputs.IDENTITY)(cand))
+  _, first = np.unique(cand, axis=0, return_index=True)
+  keep = np.array([i for i in first if mapped[i].tobytes() not in seen], np.int64)
+  if len(keep) < n:
     if candidates is not None:
-      raise ValueError(f"candidates: only {len(cand)} of the {given} given are distinct subsets not fitted yet, fewer "
+      noun = "subsets" if domain == "subsets" else "rows"
+      raise ValueError(f"candidates: only {len(keep)} of the {given} given are distinct {noun} not fitted yet, fewer "
                        f"than n={n}; pass more candidates or a smaller n")
     total, available = _distinct_available(basis, K, size)
     design = f"subsets of size {size}" if size is not None else "subsets"
@@ -165,7 +237,10 @@ def suggest_subsets(surrogate, key, n: int, *, num_candidates: int = 4096, size:
     if available < n:
       raise ValueError(f"n: only {available} of the {total} {design} of K={K} tasks are not fitted yet, fewer than "
                        f"n={n}; ask for at most {available} (K is too small for more)")
-    raise ValueError(f"num_candidates: {num_candidates} draws gave {len(cand)} new distinct subsets, fewer than n={n}; "
+    raise ValueError(f"num_candidates: {num_candidates} draws gave {len(keep)} new distinct subsets, fewer than n={n}; "
                      f"raise num_candidates ({available} new {design} exist)")
-  picked, var = _greedy_max_variance(jnp.asarray(cand, jnp.float64), surrogate, n)
-  return jnp.asarray(cand[np.asarray(picked)]), var
+  picked, var = _greedy_max_variance(surrogate, cand[keep], n)
+  rows = jnp.asarray(cand[keep][picked])
+  if return_index:
+    return rows, jnp.asarray(var), keep[picked]
+  return rows, jnp.asarray(var)

@@ -1,4 +1,5 @@
-"""Kernels on subset indicator vectors.
+"""Kernels on subset indicator vectors (and on real-valued task weights or mixtures, after their
+input map: `ksurrogate.inputs`).
 
 On {0,1}^K the RBF kernel exp(-gamma ||s - s'||^2) is a Hamming heat kernel: expanding it in
 products of indicator differences weights interactions of order r by (2 gamma)^r, so one gamma
@@ -43,11 +44,13 @@ def diag(kind: str, A, gamma, degree: int = 2, coef0: float = 1.0):
 
 
 @x64
-def default_gamma(kind: str, S, max_rows: int = 2000) -> float:
+def default_gamma(kind: str, S, max_rows: int = 2000, floor: float = 1.0) -> float:
   """Centre of the gamma grid: 1 / (2 median pairwise squared distance) for RBF, 1 / K otherwise.
 
   The median is taken over a seeded sample of at most `max_rows` subsets: the full m^2 distance
   matrix would dominate a Nystrom fit at m = 10^4, and the median of 2 * 10^6 pairs is as good.
+  `floor` bounds the median from below: 1 on subsets (distinct subsets are at least 1 apart);
+  real-valued inputs, whose distances can all be below 1, pass a tiny one.
   """
   S = np.asarray(S)
   if kind != "rbf":
@@ -58,4 +61,4 @@ def default_gamma(kind: str, S, max_rows: int = 2000) -> float:
   d = sqdist(S, S)
   iu = jnp.triu_indices(S.shape[0], k=1)
   med = jnp.median(d[iu])
-  return float(1.0 / (2.0 * jnp.maximum(med, 1.0)))
+  return float(1.0 / (2.0 * jnp.maximum(med, floor)))

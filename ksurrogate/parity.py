@@ -4,12 +4,15 @@ Official KRR: RBF on the sample-level indicator vectors with gamma = 1 / n_colum
 plus a 1e-8 jitter on the diagonal, no centering. Official linear baseline: minimum-norm least
 squares without an intercept. Neither de-duplicates subsets (the released modular data holds one
 subset twice across the train/test split; the official code fits whatever it is given).
+Both take real-valued rows too (task weights, mixture proportions: `ksurrogate.inputs`), as given:
+the recipe has no input map (`inputs.mapped` gives it one).
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from ksurrogate import _checks
+from ksurrogate import inputs
 from ksurrogate._util import x64
 from ksurrogate.surrogates import KernelSurrogate, LinearSurrogate, solve_kernel
 
@@ -18,15 +21,16 @@ JITTER = 1e-8
 
 @x64
 def official_krr(W, F, *, ridge: float) -> KernelSurrogate:
-  W = _checks.as_subsets(W, "W")
+  W, domain = inputs.as_inputs(W, "W")
   F = _checks.as_outcomes(F, W.shape[0])
   ridge = _checks.positive_number(ridge, "ridge", allow_zero=True)
-  return solve_kernel(W, F, gamma=1.0 / W.shape[1], ridge=ridge + JITTER, kernel="rbf", center=False)
+  return solve_kernel(W, F, gamma=1.0 / W.shape[1], ridge=ridge + JITTER, kernel="rbf", center=False,
+                      simplex=domain == "simplex")
 
 
 @x64
 def official_lstsq(W, F) -> LinearSurrogate:
-  W = _checks.as_subsets(W, "W")
+  W, domain = inputs.as_inputs(W, "W")
   F = _checks.as_outcomes(F, W.shape[0])
   coef = jnp.linalg.lstsq(jnp.asarray(W, jnp.float64), jnp.asarray(F))[0]
-  return LinearSurrogate(intercept=jnp.zeros(F.shape[1]), coef=coef, ridge=jnp.asarray(0.0))
+  return LinearSurrogate(intercept=jnp.zeros(F.shape[1]), coef=coef, ridge=jnp.asarray(0.0), domain=domain)

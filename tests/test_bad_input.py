@@ -17,7 +17,7 @@ def test_fit_rejects_bad_inputs(fit, good):
   S, F = good
   cases = [
       ((S[:-1], F), "^F: .*rows must match"),
-      ((S.astype(int) * 2, F), "^S: .*binary"),
+      ((S.astype(int) - 1, F), "^S: weights must be non-negative"),
       ((S, np.where(np.arange(F.size).reshape(F.shape) == 4, np.nan, F)),
        r"^F: 1 non-finite values \(first nan at subset 1\) in subsets 1; targets 1$"),
       ((S, np.where(np.arange(F.size).reshape(F.shape) == 4, np.inf, F)), "^F: 1 non-finite values .*subsets 1;"),
