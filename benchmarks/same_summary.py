@@ -3,8 +3,8 @@ depends on the clock or the workdir's name.
 
   python benchmarks/same_summary.py RUN_A RUN_B      # two --workdir directories (or summary.json files)
 
-Left out: the `timing` table, the `files` list, and every value whose key holds `seconds` or
-`speedup` (wall-clock figures). Everything else must be equal to the bit: each leaf of
+Left out: the `timing` table, the `files` list, the `provenance` block (command, commit, machine,
+date), and every value whose key holds `seconds` or `speedup` (wall-clock figures). Everything else must be equal to the bit: each leaf of
 summary.json, and every array of every <dataset>/arrays.npz. Prints each difference (path, the two
 values, the largest absolute difference of arrays) and exits 1 when there is one, else prints
 "identical" and exits 0.
@@ -29,7 +29,7 @@ def _load(path: pathlib.Path):
 def _differences(a, b, where=""):
   if isinstance(a, dict) and isinstance(b, dict):
     for k in sorted(set(a) | set(b)):
-      if where == "" and k in ("timing", "files"):
+      if where == "" and k in ("timing", "files", "provenance"):
         continue
       if any(c in k for c in CLOCK):
         continue

@@ -52,6 +52,7 @@ from ksurrogate import attribution
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate import subsets
+from ksurrogate.harness import provenance
 from ksurrogate.harness import report
 from ksurrogate.harness import runs
 from ksurrogate.harness import store
@@ -578,6 +579,7 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
                                      resplit_count=settings["resplits"], num_bootstrap=settings["bootstrap"],
                                      seed=settings["seed"], comparisons=protocol.comparisons, skipped=[])
   summary, across_figures = summarize(protocol, config, results, across, workdir_run, settings)
+  summary["provenance"] = provenance.describe()   # what a results table cites for this run
   write(out_dir, summary, results)
   draw(out_dir, summary, _figure_plan(protocol, results, across_figures, out_dir))
   print_summary(summary, results, workdir_run)
