@@ -146,12 +146,12 @@ def families(config, problem_name: str, chosen_only: bool = True) -> list:
       Family("kernel_raw", surrogates.fit_kernel, {"cv": s.cv, "input_map": "identity"}),
       Family("kernel_lds_raw", surrogates.fit_kernel, {"cv": s.cv, "cv_metric": "lds", "input_map": "identity"}),
       Family("kernel_official_log", inputs.mapped(parity.official_krr, log), {"ridge": s.official_ridge}),
-      Family("linear_raw", surrogates.fit_linear, {"cv": s.cv, "input_map": "identity"}, kind="linear"),
-      Family("linear_official_log", inputs.mapped(parity.official_lstsq, log), kind="linear"),
-      Family("linear_pairwise", surrogates.fit_linear, {"cv": s.cv, "pairwise": True}, kind="linear"),
+      Family("linear_raw", surrogates.fit_linear, {"cv": s.cv, "input_map": "identity"}, baseline=True),
+      Family("linear_official_log", inputs.mapped(parity.official_lstsq, log), baseline=True),
+      Family("linear_pairwise", surrogates.fit_linear, {"cv": s.cv, "pairwise": True}, baseline=True),
       Family("linear_pairwise_raw", surrogates.fit_linear, {"cv": s.cv, "pairwise": True, "input_map": "identity"},
-             kind="linear"),
-      Family("lightgbm", boosting.fit_lightgbm, dict(config.lightgbm), kind="tree"),
+             baseline=True),
+      Family("lightgbm", boosting.fit_lightgbm, dict(config.lightgbm), baseline=True),
   ]
   return contract.chosen(config, found) if chosen_only else found
 

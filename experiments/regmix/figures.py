@@ -6,7 +6,7 @@ import numpy as np
 
 from ksurrogate.harness import report
 
-STYLE = {"kernel": "-", "linear": "--", "tree": ":"}
+STYLE = {False: "-", True: "--"}   # families solid, their declared baselines dashed
 
 
 def learning_curve(path, curve: dict) -> None:
@@ -24,7 +24,7 @@ def learning_curve(path, curve: dict) -> None:
                      for s in sizes])
       offset = 1 + 0.012 * (i - len(fams) / 2)        # spread the error bars of one size apart
       ax.errorbar(np.array(sizes) * offset, mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean], capsize=2, lw=1,
-                  ls=STYLE.get(curve["kinds"][f], "-."), marker="o", ms=3, color=colors[i], label=f)
+                  ls=STYLE[f in curve["baselines"]], marker="o", ms=3, color=colors[i], label=f)
     ax.set_xscale("log", base=2)
     sizes = [int(s) for s in curve["sizes"]]
     ax.set_xticks(sizes, [str(s) for s in sizes])

@@ -55,13 +55,13 @@ def draws(config, size: int) -> list[np.ndarray]:
 def learning_curve(config, families) -> dict:
   """Every family fitted on re-drawn training sets of each size, scored on the test runs:
   Spearman (mean over targets, and per target) and normalized error, each with a 95 % interval
-  (a bootstrap over test runs and re-draws); paired differences of every kernel family against
-  every other one, with verdicts; fit seconds per family."""
+  (a bootstrap over test runs and re-draws); paired differences of every family against
+  every declared baseline (the linear ones and LightGBM), with verdicts; fit seconds per family."""
   data = load(config)
   fams = families(config, NAME)
   Yt = data["Y_test"]
   B = config.eval.bootstrap
-  out = {"sizes": list(config.design.sizes), "families": [f.name for f in fams], "kinds": {f.name: f.kind for f in fams},
+  out = {"sizes": list(config.design.sizes), "families": [f.name for f in fams], "baselines": [f.name for f in fams if f.baseline],
          "scores": {}, "comparisons": {}, "fit_seconds": {f.name: 0.0 for f in fams}, "skipped": {},
          "bootstrap": B, "redraws": config.design.redraws, "load_before": os.getloadavg()[0]}
   for size in config.design.sizes:
@@ -88,8 +88,8 @@ def learning_curve(config, families) -> dict:
                                                                                     rep["spearman_per_target"][:, j]))
                                     for j, t in enumerate(data["targets"])}
       out["scores"].setdefault(fam.name, {})[str(size)] = row
-    for a in (f.name for f in fams if f.kind == "kernel"):
-      for b in (f.name for f in fams if f.name != a and f.kind != "kernel"):
+    for a in (f.name for f in fams if not f.baseline):   # each family against each declared baseline
+      for b in (f.name for f in fams if f.baseline):
         if a in reps and b in reps:
           pa, pb = out["scores"][a][str(size)], out["scores"][b][str(size)]
           row = {}
