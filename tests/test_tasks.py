@@ -20,7 +20,7 @@ from ksurrogate_experiments.tasks import lora
 def small():
   """Texts, a tiny tokenizer, encoded examples and a random-init tiny Llama."""
   tx = data.texts(3, 2, 0)
-  every = [data.CHAT.format(prompt=p) + a for g in (*tx.train, *tx.targets) for p, a in g]
+  every = [data.full_text(p, a) for g in (*tx.train, *tx.targets) for p, a in g]
   tok = tiny_tokenizer(every, 400)
   enc = data.encode(tx.train, tok, 3, 96, 8, "task")
   cfg = llama.tiny_config(vocab_size=tok.get_vocab_size())
@@ -43,8 +43,8 @@ def test_texts_cover_every_task_with_disjoint_words():
 def test_encode_puts_each_answer_token_after_its_predicting_position(small):
   _, _, enc, _, _ = small
   for row, pk in zip(enc.tokens, enc.packed):
-    n = int(pk[2].sum())
-    assert n >= 1 and np.all(pk[2, :n] == 1) and not pk[2, n:].any()
+    n = int(np.count_nonzero(pk[1]))            # answer tokens; whitespace-only ones are not scored
+    assert pk[2].any() and not pk[2, n:].any() and set(np.unique(pk[2])) <= {0, 1}
     np.testing.assert_array_equal(row[pk[0, :n] + 1], pk[1, :n])
   with pytest.raises(ValueError, match="^data.max_prompt_tokens:"):
     data.encode(small[0].train, small[1], 3, 8, 8, "task")
