@@ -104,10 +104,11 @@ def test_bad_settings_are_refused_with_the_field():
     tasks_config.EXPERIMENT.validate(c)
 
 
-# Seeded figures of the tiny config (random-init model: its losses sit near ln 512 = 6.24).
+# Seeded figures of the tiny config after its format warm-up (random-init model: its losses sit
+# near ln 512 = 6.24).
 PINNED = {
-    ("theta0", "tasks", "target_loss", "reverse_target"): (6.2563, 2e-3),
-    ("theta0", "tasks", "target_loss", "sentiment_target"): (6.2944, 2e-3),
+    ("theta0", "tasks", "target_loss", "reverse_target"): (6.2070, 2e-3),
+    ("theta0", "tasks", "target_loss", "sentiment_target"): (6.3672, 2e-3),
 }
 
 
@@ -127,8 +128,10 @@ def test_tiny_run_holds_every_section(tiny_run):
   assert len(probes["pairs"]) == sum(len(v) for v in data.PLANTED.values())
   assert np.asarray(probes["singleton_effects"]).shape == (15, 6)
   est = s["estimator"]["tasks"]
-  assert est["dim"] == 64 and est["ridge"] > 0 and est["seconds_finetune_per_subset"] > 0
+  assert est["dim"] == 64 and est["solver"] in ("onestep", "replay") and est["seconds_real_per_subset"] > 0
   assert s["ground_truth"]["tasks"]["seeds"] == 2
-  assert {"kernel_exact", "linear_exact", "kernel_estimated", "estimator_direct"} <= set(s["datasets"]["tasks"])
-  for phase in ("cache", "finetune", "truth_seed0", "truth_seed1", "probes", "features", "estimate"):
+  assert {"kernel_exact", "linear_exact", "kernel_estimated", "estimator_direct", "influence", "tracin",
+          "trak"} <= set(s["datasets"]["tasks"])
+  for phase in ("cache", "theta0", "finetune", "truth_seed0", "truth_seed1", "probe_seed0", "probe_seed1",
+                "features", "estimate", "baselines", "selection_seed0", "selection_seed1"):
     assert (workdir / phase / "record.json").is_file(), phase
