@@ -120,6 +120,35 @@ def lora_shapes(pairs: Mapping[str, tuple]) -> dict:
   return out
 
 
+def factored(scale_IxO):
+  """(a [I], b [O]) with a b^T the rank-one approximation of a positive per-entry scale [I, O]:
+  row sums times column sums over the total (Adafactor's factorization; exact for a rank-one
+  scale). A per-parameter scaling of a block then stays factorized: diag(a) G diag(b) =
+  sum_t (a * u_t)(b * v_t)^T (`scaled`)."""
+  M = np.asarray(scale_IxO, np.float64)
+  if M.ndim != 2 or not np.all(np.isfinite(M)) or np.any(M < 0) or not M.sum() > 0:
+    raise ValueError(f"scale_IxO: expected a finite non-negative matrix with a positive sum, got shape {M.shape}")
+  root = np.sqrt(M.sum())
+  return jnp.asarray(M.sum(1) / root, jnp.float32), jnp.asarray(M.sum(0) / root, jnp.float32)
+
+
+def scaled(projections_: Mapping[str, tuple], scales: Mapping[str, tuple]) -> dict:
+  """The projections of the scaled gradient diag(a) G diag(b) of each block in scales {block:
+  (a [I], b [O])} (`factored`): (P_in^T diag(a)) G (diag(b) P_out) is the projection by diag(a)
+  P_in and diag(b) P_out, so a factored per-parameter scale (an optimizer's preconditioner) costs
+  nothing beyond the plain features. Blocks without a scale are unchanged."""
+  out = dict(projections_)
+  for b, (a_in, b_out) in scales.items():
+    P_in, P_out = projections_[b]
+    out[b] = (jnp.asarray(a_in)[:, None] * P_in, jnp.asarray(b_out)[:, None] * P_out)
+  return out
+
+
+def identity(shapes: Mapping[str, tuple[int, int]]) -> dict:
+  """{block: (I_I, I_O)}: the projections that keep every block whole (the exact gradient)."""
+  return {b: (jnp.eye(I, dtype=jnp.float32), jnp.eye(O, dtype=jnp.float32)) for b, (I, O) in shapes.items()}
+
+
 def _plain(name, x, d):
   return {name: (x, d)}
 
@@ -157,16 +186,21 @@ def dense_taps(fn: Callable, names) -> Callable:
   return tapped
 
 
-def make_featurizer(tapped: Callable, projections_: Mapping[str, tuple], factors: Optional[Callable] = None) -> Callable:
+def make_featurizer(tapped: Callable, projections_, factors: Optional[Callable] = None) -> Callable:
   """fn(example) -> (outputs o [C], phi [C, d]) of one example: per output, its gradient's blocks
-  projected by `projections_` ({block: (P_in, P_out)}, concatenated in sorted block order).
+  projected by `projections_` ({block: (P_in, P_out)}, concatenated in sorted block order). A
+  list of such dicts gives (o, [phi per set]): every set from one backward pass.
 
   tapped(perturbations, example) -> (o [C], {layer: (x, y)}) as `dense_taps` returns;
   factors(layer, x, d) -> {block: (u, v)}: the blocks of one layer's gradient sum_t u_t v_t^T
   (default: the layer's own kernel, {layer: (x, d)}; `lora_factors` for LoRA pairs). Blocks
   without a projection are left out (e.g. LoRA A blocks, zero at B = 0)."""
   factors = factors or _plain
-  blocks = sorted(projections_)
+  many = isinstance(projections_, (list, tuple))
+  sets = list(projections_) if many else [projections_]
+  if not sets:
+    raise ValueError("projections_: no projection set given")
+  blocks = sorted(set().union(*sets))
 
   def fn(example):
     shapes = jax.eval_shape(lambda e: tapped(None, e)[1], example)
@@ -181,26 +215,30 @@ def make_featurizer(tapped: Callable, projections_: Mapping[str, tuple], factors
       unknown = set(blocks) - set(found)
       if unknown:
         raise ValueError(f"projections: blocks {sorted(unknown)} are not factors of the tapped layers")
-      return jnp.concatenate([project(*found[b], *projections_[b]) for b in blocks])
-    return o, jax.vmap(one_output)(grads)
+      return [jnp.concatenate([project(*found[b], *P[b]) for b in sorted(P)]) for P in sets]
+    phis = jax.vmap(one_output)(grads)
+    return o, (phis if many else phis[0])
   return fn
 
 
-def featurize(tapped: Callable, projections_: Mapping[str, tuple], X, y, *, factors: Optional[Callable] = None,
-              output: str = "factorized", batch_size: int = 16) -> Features:
+def featurize(tapped: Callable, projections_, X, y, *, factors: Optional[Callable] = None,
+              output: str = "factorized", batch_size: int = 16):
   """Features (phi [N, C, d], offsets [N, C]) of the examples (X [N, ...], y [N, ...]), each
   example (x, y) passed to tapped(perturbations, (x, y)); see `make_featurizer`. Batches of
-  `batch_size` examples run through one jitted program."""
+  `batch_size` examples run through one jitted program. A list of projection sets gives a list
+  of Features, all from one pass (one backward pass per output, whatever the number of sets)."""
   X, y = np.asarray(X), np.asarray(y)
   if len(X) != len(y) or not len(X):
     raise ValueError(f"y: expected one label row per example and at least one example, got {len(X)} and {len(y)}")
   one = make_featurizer(tapped, projections_, factors)
   run = jax.jit(jax.vmap(lambda xb, yb: one((xb, yb))))
   o, phi = batching.chunked_map(run, X, y, chunk_size=_checks.positive_int(batch_size, "batch_size"))
-  o, phi = np.asarray(o, np.float32), np.asarray(phi, np.float32)
-  if not (np.all(np.isfinite(o)) and np.all(np.isfinite(phi))):
+  o = np.asarray(o, np.float32)
+  phis = [np.asarray(p, np.float32) for p in (phi if isinstance(projections_, (list, tuple)) else [phi])]
+  if not (np.all(np.isfinite(o)) and all(np.all(np.isfinite(p)) for p in phis)):
     raise ValueError("X: model outputs or their gradients are non-finite on some examples")
-  return Features(phi=phi, offsets=o, labels=y, output=output)
+  out = [Features(phi=p, offsets=o, labels=y, output=output) for p in phis]
+  return out if isinstance(projections_, (list, tuple)) else out[0]
 
 
 # ----------------------------------------------------------------------------------------------

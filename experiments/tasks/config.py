@@ -42,9 +42,11 @@ VARIANTS = {
         "model": dict(kind="tiny"),
         "data": dict(train_per_task=4, eval_per_target=2, max_prompt_tokens=96, max_answer_tokens=8),
         "finetune": dict(lora_layers=1, rank=4, num_steps=3, batch_size=4),
+        "warmup": dict(per_task=3, num_steps=2, batch_size=4),
         "design": dict(num_subsets=12, num_fit=8, chunk_size=8),
-        "truth": dict(seeds=2),
-        "estimate": dict(dim=64, dim_in=4, num_subsets=64, num_calibration=4),
+        "truth": dict(seeds=2, probe_seeds=2),
+        "estimate": dict(dim=64, dim_in=4, num_subsets=64, num_calibration=4, chunk_size=16),
+        "selection": dict(seeds=2, num_random=1),
         "surrogates": dict(cv=3),
         "eval": dict(resplits=8, bootstrap=200),
     },
@@ -72,20 +74,35 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
   # cache), Adam at lr for num_steps steps of batch_size examples drawn from the subset's union.
   # cache_batch sequences per call when the frozen blocks' outputs are cached.
   c.finetune = dict(lora_layers=2, rank=8, alpha=16.0, lr=1e-3, num_steps=40, batch_size=8, cache_batch=16)
+  # theta0 = the pretrained model after a format warm-up: a LoRA (finetune's rank, alpha and
+  # blocks) fine-tuned for num_steps steps of batch_size on per_task bare-answer examples of each
+  # format-pool task (data.FORMAT_TASKS, disjoint from the tasks and targets), merged into the
+  # kernels. num_steps=0: theta0 is the pretrained model itself.
+  c.warmup = dict(per_task=32, num_steps=80, batch_size=16, lr=1e-3)
   # num_subsets Bernoulli(0.5) subsets (never empty) fine-tuned; the first num_fit fit the
   # surrogates, the rest are held out. chunk_size fine-tunes are vmapped and stored per chunk.
   c.design = dict(num_subsets=160, num_fit=120, chunk_size=8)
-  # Leave-one-out and the full set fine-tuned on `seeds` seeds (LoRA init and minibatch order);
-  # the truth is their mean, its split-half reliability the ceiling.
-  c.truth = dict(seeds=3)
-  # The one-step estimator on LoGra features of the LoRA B blocks at theta0 (dim in all, each
-  # block's input side projected to dim_in), ridge calibrated on the first num_calibration fit
-  # fine-tunes, num_subsets Bernoulli(0.5) subsets estimated; feature_batch examples per call.
-  c.estimate = dict(dim=1024, dim_in=8, num_subsets=1000, num_calibration=16, feature_batch=8)
+  # Leave-one-out, the full set and each planted pair's leave-two-out fine-tuned on `seeds` seeds
+  # (LoRA init and minibatch order); the truth is their mean, its split-half reliability the
+  # ceiling. The probes (empty set, singletons, planted pairs) on probe_seeds seeds.
+  c.truth = dict(seeds=3, probe_seeds=1)
+  # Library estimators (`solvers`: onestep, replay) on LoGra features of the LoRA B blocks at
+  # theta0 (dim in all, each block's input side projected to dim_in), each calibrated on the
+  # first num_calibration fit fine-tunes; the one closer to the other fit fine-tunes estimates
+  # num_subsets Bernoulli(0.5) subsets. feature_batch examples per featurizing call, chunk_size
+  # subsets per replay chunk.
+  c.estimate = dict(dim=1024, dim_in=8, num_subsets=1000, num_calibration=16, feature_batch=8,
+                    solvers=("onestep", "replay"), chunk_size=64)
+  # Influence functions in the feature space: damping relative to the curvature's mean eigenvalue.
+  c.baselines = dict(damping=0.1)
+  # Selection: per target, the picks of `families` (fitted on the exact fit rows and on the
+  # estimates), all tasks, the best singleton, similarity and num_random random subsets,
+  # fine-tuned for real on `seeds` fresh seeds.
+  c.selection = dict(seeds=3, num_random=2, families=("kernel", "linear"))
   return common.apply_variant(c, VARIANTS[arg])
 
 
-NUM_TASKS, NUM_TARGETS = 15, 6
+NUM_TASKS, NUM_TARGETS, NUM_FORMAT_TASKS = 15, 6, 5
 MATRICES_PER_BLOCK = 7
 MODEL_SIZES = {"gguf": dict(d_model=576, n_layers=30, vocab=49152, ffn=1536), "tiny": dict(d_model=32, n_layers=2,
                                                                                             vocab=None, ffn=64)}
@@ -96,7 +113,8 @@ def memory(c) -> dict:
   size = MODEL_SIZES[c.model.kind]
   vocab = size["vocab"] or c.model.tiny_vocab
   L, C = c.data.max_prompt_tokens + c.data.max_answer_tokens, c.data.max_answer_tokens
-  n = NUM_TASKS * c.data.train_per_task + NUM_TARGETS * c.data.eval_per_target
+  n = (NUM_TASKS * c.data.train_per_task + NUM_TARGETS * c.data.eval_per_target
+       + NUM_FORMAT_TASKS * c.warmup.per_task * bool(c.warmup.num_steps))
   layers = c.finetune.lora_layers or size["n_layers"]
   f = c.finetune
   per_example = L * layers * (8 * size["d_model"] + 3 * size["ffn"]) + C * vocab   # kept for the backward pass
@@ -127,15 +145,27 @@ RULES = {
     "finetune.num_steps": common.integer(1),
     "finetune.batch_size": common.integer(1),
     "finetune.cache_batch": common.integer(1),
+    "warmup.per_task": common.integer(1),
+    "warmup.num_steps": common.integer(0),
+    "warmup.batch_size": common.integer(1),
+    "warmup.lr": common.positive(),
     "design.num_subsets": common.integer(4),
     "design.num_fit": common.integer(2),
     "design.chunk_size": common.integer(1),
     "truth.seeds": common.integer(1),
+    "truth.probe_seeds": common.integer(1),
     "estimate.dim": common.integer(1),
     "estimate.dim_in": common.integer(1),
     "estimate.num_subsets": common.integer(2),
     "estimate.num_calibration": common.integer(2),
     "estimate.feature_batch": common.integer(1),
+    "estimate.solvers": common.sequence(common.choice("onestep", "replay"), distinct=True),
+    "estimate.chunk_size": common.integer(1),
+    "baselines.damping": common.number(0.0),
+    "selection.seeds": common.integer(1),
+    "selection.num_random": common.integer(1),
+    "selection.families": common.sequence(common.choice("kernel", "kernel_lds", "kernel_official", "linear",
+                                                         "linear_official"), distinct=True),
 }
 
 
@@ -163,6 +193,10 @@ def checks(c) -> None:
   req(c.estimate.dim >= dim_in * blocks, "estimate.dim",
       f"{c.estimate.dim} is below {dim_in * blocks}: estimate.dim_in={dim_in} (capped at the rank) times the "
       f"{blocks} LoRA B blocks, one output dimension each")
+  chosen = tuple(c.surrogates.families)
+  if chosen != ("standard",):
+    missing = [f for f in c.selection.families if f not in chosen]
+    req(not missing, "selection.families", f"{missing} are not among surrogates.families={list(chosen)}")
   req(c.min_varying_targets <= NUM_TARGETS, "min_varying_targets",
       f"{c.min_varying_targets} exceeds the {NUM_TARGETS} targets")
 

@@ -13,6 +13,12 @@ hand-written templates exist only for the planted relations:
                targets products and chain_sum (reasoning-gym) are arithmetic controls.
 Words of the hand-written templates are reasoning-gym's spell_backward words, split disjointly
 between tasks, so no target example repeats a training example.
+
+A third group, the format pool (`FORMAT_TASKS`), is disjoint from both: bare-answer examples of
+skills no task or target asks for (copying a word, the longer of two words, even or odd, the
+larger of two numbers, reasoning-gym's coin_flip probabilities), on which theta0 is warmed up
+so that it answers in the bare format before any subset is fine-tuned; an outcome then measures
+what a task teaches of a target's skill, not that replies are bare.
 """
 from __future__ import annotations
 
@@ -22,11 +28,29 @@ from typing import Callable
 import numpy as np
 
 CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"   # SmolLM2's template, no system turn
+# Every reply starts with this fixed prefix (part of the prompt, never scored), the answer after a
+# space: the pretrained model then puts the answer itself next, instead of opening with a
+# sentence, and every task shares one reply format.
+ANSWER_PREFIX = "Answer:"
+
+
+def prompt_text(prompt: str) -> str:
+  """The chat-formatted prompt, the reply's fixed prefix included."""
+  return CHAT.format(prompt=prompt) + ANSWER_PREFIX
+
+
+def answer_text(answer: str) -> str:
+  return " " + answer
+
+
+def full_text(prompt: str, answer: str) -> str:
+  return prompt_text(prompt) + answer_text(answer)
 
 TRAIN_TASKS = ("spell_backward", "reverse_letters", "uppercase", "addition", "french_numbers", "sentiment",
                "sentiment_flipped", "gcd", "lcm", "letter_counting", "count_bits", "caesar_cipher",
                "calendar_weekday", "number_sequence", "count_primes")
 TARGETS = ("reverse_target", "reverse_target_upper", "addition_french", "sentiment_target", "products", "chain_sum")
+FORMAT_TASKS = ("copy_word", "longer_word", "even_odd", "larger_number", "coin_flip")
 
 # The planted relations (training-task names, target name), what the summary's `info` lists.
 PLANTED = {
@@ -50,6 +74,7 @@ GYM = {
     "count_primes": ("count_primes", dict(max_n=100)),
     "products": ("products", dict(min_digits=1, max_digits=2)),
     "chain_sum": ("chain_sum", dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2)),
+    "coin_flip": ("coin_flip", dict(min_trials=3, max_trials=4)),
 }
 
 
@@ -88,7 +113,21 @@ WORD_TASKS = {   # hand-written templates of the planted relations over the spli
     "reverse_target": _word_task("Write the word '{w}' backwards.", lambda w: w[::-1]),
     "reverse_target_upper": _word_task("Reverse the word '{w}' and write it in capital letters.",
                                        lambda w: w[::-1].upper()),
+    "copy_word": _word_task("Repeat the word '{w}'.", lambda w: w),
 }
+
+
+def _longer_word(words, rng):
+  """Pairs of consecutive words of different lengths: the longer one is the answer."""
+  pairs = [(a, b) for a, b in zip(words[::2], words[1::2]) if len(a) != len(b)]
+  return [(f"Which word is longer, '{a}' or '{b}'?", max(a, b, key=len)) for a, b in pairs]
+
+
+def _format_numbers(name: str, n: int, rng) -> list[tuple[str, str]]:
+  a, b = rng.integers(0, 1000, n), rng.integers(0, 1000, n)
+  if name == "even_odd":
+    return [(f"Is {x} even or odd?", ("even", "odd")[x % 2]) for x in a]
+  return [(f"Which number is larger, {x} or {y}?", str(max(x, y))) for x, y in zip(a, b) if x != y]
 
 
 def _numbers(name: str, n: int, rng) -> list[tuple[str, str]]:
@@ -111,20 +150,28 @@ def _sentiment(rows, flip: bool) -> list[tuple[str, str]]:
 @dataclasses.dataclass(frozen=True)
 class Texts:
   """Prompt and answer texts of every task: train[k] the examples of training task k, targets[t]
-  the evaluation examples of target t (their `eval_per_target` first ones; the rest spare)."""
+  the evaluation examples of target t (their `eval_per_target` first ones; the rest spare),
+  warmup[f] the examples of format task f."""
   train: list
   targets: list
+  warmup: list
 
 
-def texts(num_per_task: int, num_per_target: int, seed: int, oversample: float = 2.0) -> Texts:
+def texts(num_per_task: int, num_per_target: int, seed: int, oversample: float = 2.0, num_per_format: int = 0) -> Texts:
   """Every task's (prompt, answer) texts, `oversample` times the count asked (later filters
-  drop examples that do not fit the token budget); deterministic in `seed`."""
+  drop examples that do not fit the token budget); deterministic in `seed`. The format pool's
+  words come after every other task's, so adding it leaves the others' examples unchanged."""
   from ksurrogate_experiments.icl import data as icl_data
   n_tr, n_ev = int(oversample * num_per_task) + 8, int(oversample * num_per_target) + 8
+  n_fm = int(oversample * num_per_format) + 8
   rng = np.random.default_rng(seed)
   word_tasks = [t for t in (*TRAIN_TASKS, *TARGETS) if t in WORD_TASKS]
-  words = _words(len(word_tasks) * max(n_tr, n_ev), seed)
-  word_of = {t: words[i * max(n_tr, n_ev):(i + 1) * max(n_tr, n_ev)] for i, t in enumerate(word_tasks)}
+  per = max(n_tr, n_ev)
+  # the format pool's words: one block each for copy_word and longer_word (two words an example)
+  words = _words(len(word_tasks) * per + 3 * n_fm, seed)
+  word_of = {t: words[i * per:(i + 1) * per] for i, t in enumerate(word_tasks)}
+  tail = len(word_tasks) * per
+  word_of["copy_word"], word_of["longer_word"] = words[tail:tail + n_fm], words[tail + n_fm:tail + 3 * n_fm]
   rows = icl_data.sentiment_corpus(max_words=12)
   order = rng.permutation(len(rows))
   need = {"sentiment": n_tr, "sentiment_flipped": n_tr, "sentiment_target": n_ev}
@@ -146,8 +193,16 @@ def texts(num_per_task: int, num_per_target: int, seed: int, oversample: float =
       return _sentiment(tweets[name], flip=name == "sentiment_flipped")
     raise ValueError(f"tasks: unknown task {name!r}")
 
+  def make_format(name, n, offset):
+    if name == "longer_word":
+      return _longer_word(word_of[name], rng)
+    if name in ("even_odd", "larger_number"):
+      return _format_numbers(name, n, np.random.default_rng(seed + offset))
+    return make(name, n, offset)
+
   return Texts(train=[make(t, n_tr, 100 + i) for i, t in enumerate(TRAIN_TASKS)],
-               targets=[make(t, n_ev, 200 + i) for i, t in enumerate(TARGETS)])
+               targets=[make(t, n_ev, 200 + i) for i, t in enumerate(TARGETS)],
+               warmup=[make_format(t, n_fm, 300 + i) for i, t in enumerate(FORMAT_TASKS)] if num_per_format else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,7 +211,8 @@ def texts(num_per_task: int, num_per_target: int, seed: int, oversample: float =
 @dataclasses.dataclass(frozen=True)
 class Encoded:
   """Token form of a set of examples: tokens [N, L] right-padded; packed [N, 3, C]: per answer
-  token c, the position whose logits predict it, its id, and 1 for a real token (0: padding);
+  token c, the position whose logits predict it, its id, and 1 for a scored token (0: padding,
+  or a token that is only whitespace: the space after the prefix carries no answer);
   group [N] the task (or target) of each example."""
   tokens: np.ndarray
   packed: np.ndarray
@@ -167,16 +223,16 @@ class Encoded:
 
 
 def encode(examples_per_group, tokenizer, count: int, max_prompt: int, max_answer: int, what: str) -> Encoded:
-  """The first `count` examples of each group whose chat-formatted prompt and answer fit
-  max_prompt / max_answer tokens. The answer is tokenized on its own after the assistant turn
-  starts (a newline ends the turn marker, so the split matches tokenizing the whole text)."""
+  """The first `count` examples of each group whose chat-formatted prompt (the reply's prefix
+  included) and answer fit max_prompt / max_answer tokens. The answer is tokenized on its own
+  (` answer`: the prefix ends in a colon, so the split matches tokenizing the whole text)."""
   L = max_prompt + max_answer
   tokens, packed, group = [], [], []
   for g, examples in enumerate(examples_per_group):
     kept = 0
     for prompt, answer in examples:
-      p = tokenizer.encode(CHAT.format(prompt=prompt)).ids
-      a = tokenizer.encode(answer).ids
+      p = tokenizer.encode(prompt_text(prompt)).ids
+      a = tokenizer.encode(answer_text(answer)).ids
       if len(p) > max_prompt or not 1 <= len(a) <= max_answer:
         continue
       row = np.zeros(L, np.int32)
@@ -184,7 +240,9 @@ def encode(examples_per_group, tokenizer, count: int, max_prompt: int, max_answe
       pk = np.zeros((3, max_answer), np.int32)
       pk[0, :len(a)] = len(p) - 1 + np.arange(len(a))
       pk[1, :len(a)] = a
-      pk[2, :len(a)] = 1
+      pk[2, :len(a)] = [bool(tokenizer.decode([t]).strip()) for t in a]
+      if not pk[2].any():
+        continue
       tokens.append(row)
       packed.append(pk)
       group.append(g)

@@ -14,7 +14,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import ksurrogate as ks
 from ksurrogate_experiments.shared import llama
@@ -37,24 +36,37 @@ class Recipe:
   def scale(self) -> float:
     return self.alpha / self.rank
 
+  @property
+  def optimizer(self) -> ks.estimators.Recipe:
+    """The optimizer as the library's recipe: the fine-tunes' optax and what a replay follows."""
+    return ks.estimators.Recipe("adam", self.lr, self.num_steps)
+
+
+def _train(cfg: llama.LlamaConfig, recipe: Recipe, lora0, frozen, train, w, key):
+  """(trained LoRA, training losses [steps]): Adam on minibatches drawn from the examples with
+  weight w > 0 (`sampling="subset"`)."""
+  def loss_fn(lora, batch, wb):
+    p = lora_lib.merge(frozen, lora, recipe.scale)
+    losses = jax.vmap(lambda h, pk: lora_lib.answer_loss(p, cfg, recipe.first, h, pk))(*batch)
+    return jnp.sum(wb * losses) / jnp.maximum(jnp.sum(wb), 1e-12)
+  return ks.training.train(loss_fn, lora0, train, w, optimizer=recipe.optimizer.optax(), num_steps=recipe.num_steps,
+                           batch_size=recipe.batch_size, key=key, sampling="subset")
+
+
+def train_all(cfg: llama.LlamaConfig, recipe: Recipe, lora0, frozen, train, key):
+  """(trained LoRA, training losses [steps]) of one fine-tune on every example of `train` (the
+  format warm-up)."""
+  w = jnp.ones(len(train[0]), jnp.float32)
+  return jax.jit(lambda l0, fr, tr, k: _train(cfg, recipe, l0, fr, tr, w, k))(lora0, frozen, train, key)
+
 
 @functools.lru_cache(maxsize=16)
 def program(cfg: llama.LlamaConfig, recipe: Recipe):
   """The per-subset work, one object per setting so its compiled program is reused:
   one((w [N], key), lora0, frozen, train, evals) -> (eval losses [N_eval], training losses [steps])."""
-  opt = optax.adam(recipe.lr)
-
-  def loss_fn(frozen):
-    def fn(lora, batch, wb):
-      p = lora_lib.merge(frozen, lora, recipe.scale)
-      losses = jax.vmap(lambda h, pk: lora_lib.answer_loss(p, cfg, recipe.first, h, pk))(*batch)
-      return jnp.sum(wb * losses) / jnp.maximum(jnp.sum(wb), 1e-12)
-    return fn
-
   def one(row, lora0, frozen, train, evals):
     w, key = row
-    lora, losses = ks.training.train(loss_fn(frozen), lora0, train, w, optimizer=opt, num_steps=recipe.num_steps,
-                                     batch_size=recipe.batch_size, key=key, sampling="subset")
+    lora, losses = _train(cfg, recipe, lora0, frozen, train, w, key)
     p = lora_lib.merge(frozen, lora, recipe.scale)
     ev = jax.lax.map(lambda e: lora_lib.answer_loss(p, cfg, recipe.first, *e), evals, batch_size=recipe.eval_batch)
     return ev, losses

@@ -42,15 +42,25 @@ def init(key, params, adapted, rank: int) -> dict:
   return out
 
 
-def merge(params, lora: dict, scale: float):
-  """params with kernel W -> W + scale A B at every adapted path (a new pytree; params unchanged)."""
+def with_kernels(params, kernels: dict):
+  """params with the kernel at each path of `kernels` replaced (a new pytree; params unchanged)."""
   p = jax.tree.map(lambda x: x, params)   # fresh containers, shared leaves
-  for name, ab in lora.items():
+  for name, kernel in kernels.items():
     node = p["params"]
     for part in name.split("/"):
       node = node[part]
-    node["kernel"] = node["kernel"] + scale * ab["A"] @ ab["B"]
+    node["kernel"] = kernel
   return p
+
+
+def merged_kernels(params, lora: dict, scale: float) -> dict:
+  """{path: W + scale A B}: the adapted kernels with the LoRA folded in."""
+  return {name: _kernel(params, name) + scale * ab["A"] @ ab["B"] for name, ab in lora.items()}
+
+
+def merge(params, lora: dict, scale: float):
+  """params with kernel W -> W + scale A B at every adapted path (a new pytree; params unchanged)."""
+  return with_kernels(params, merged_kernels(params, lora, scale))
 
 
 def frozen_part(params, first: int, cfg: llama.LlamaConfig):

@@ -1,10 +1,12 @@
 """Task-attribution pipeline on a pretrained LM fine-tuned on task subsets: short named phases.
 
-model, data (unsaved) -> cache (hidden states entering the first adapted block, and theta0's
-target losses) -> finetune (chunked: the random subsets) -> truth_seed<r> (chunked: leave-one-out
-and the full set per seed) -> probes (chunked: the empty set, singletons, planted pairs) ->
-features (LoGra-projected answer-margin gradients of the LoRA B blocks at theta0) -> estimate
-(the one-step estimator on thousands of subsets) -> one driver.Problem.
+model, data (unsaved) -> cache (hidden states entering the first adapted block) -> theta0 (the
+format warm-up merged in, theta0's target losses) -> finetune (chunked: the random subsets) ->
+truth_seed<r> (chunked: leave-one-out, the full set and the planted pairs' leave-two-out, per
+seed) -> probe_seed<r> (chunked: the empty set, singletons, planted pairs) -> features (LoGra
+features of the LoRA B blocks at theta0) -> estimate (`ks.estimators` on thousands of subsets) ->
+baselines (influence, TracIn, TRAK, similarity) -> selection_seed<r> (chunked: every method's
+picked subsets on fresh seeds) -> one driver.Problem.
 Outcomes are target answer-token cross-entropies (lower is better), one column per target task.
 """
 from __future__ import annotations
@@ -16,15 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 
 import ksurrogate as ks
+from ksurrogate import families as families_lib
 from ksurrogate import metrics
-from ksurrogate import projection
 from ksurrogate.harness import driver, runs
 from ksurrogate_experiments import common
 from ksurrogate_experiments.shared import gguf_llama
 from ksurrogate_experiments.shared import llama
 from ksurrogate_experiments.tasks import data as data_lib
+from ksurrogate_experiments.tasks import estimate as est_lib
 from ksurrogate_experiments.tasks import finetune as ft_lib
 from ksurrogate_experiments.tasks import lora as lora_lib
+from ksurrogate_experiments.tasks import relations
+from ksurrogate_experiments.tasks import selection as sel_lib
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +42,7 @@ class Setup:
   description: str
   train: data_lib.Encoded     # training examples, group = task
   evals: data_lib.Encoded     # target evaluation examples, group = target
+  warmup: data_lib.Encoded    # format-pool examples, group = format task (none without a warm-up)
   recipe: ft_lib.Recipe
   adapted: tuple              # paths of the LoRA-adapted kernels
 
@@ -58,17 +64,23 @@ class Setup:
     return lora_lib.init(jax.random.fold_in(jax.random.key(init_seed + 13), seed), self.params, self.adapted,
                          self.recipe.rank)
 
+  def frozen(self, t0: "Theta0"):
+    """What the adapted blocks and the head read at theta0: the frozen part with the format
+    warm-up folded into the adapted kernels."""
+    return lora_lib.with_kernels(lora_lib.frozen_part(self.params, self.recipe.first, self.cfg), t0.kernels)
+
 
 def setup(c) -> Setup:
   d = c.data
-  tx = data_lib.texts(d.train_per_task, d.eval_per_target, d.seed)
+  n_format = c.warmup.per_task if c.warmup.num_steps else 0
+  tx = data_lib.texts(d.train_per_task, d.eval_per_target, d.seed, num_per_format=n_format)
   if c.model.kind == "gguf":
     path = c.model.gguf_path or None
     params, cfg = gguf_llama.load_params(path)
     tok, description = gguf_llama.load_tokenizer(path), f"GGUF {path or gguf_llama.default_gguf_path()}"
   else:
     from ksurrogate_experiments.icl.pipeline import tiny_tokenizer
-    every = [data_lib.CHAT.format(prompt=p) + a for group in (*tx.train, *tx.targets) for p, a in group]
+    every = [data_lib.full_text(p, a) for group in (*tx.train, *tx.targets, *tx.warmup) for p, a in group]
     tok = tiny_tokenizer(every, c.model.tiny_vocab)
     cfg = llama.tiny_config(vocab_size=tok.get_vocab_size())
     params = llama.init_params(cfg, jax.random.key(c.model.init_seed))
@@ -80,8 +92,11 @@ def setup(c) -> Setup:
   recipe = ft_lib.Recipe(first=cfg.n_layers - layers, rank=f.rank, alpha=f.alpha, lr=f.lr, num_steps=f.num_steps,
                          batch_size=f.batch_size)
   enc = lambda groups, n, what: data_lib.encode(groups, tok, n, d.max_prompt_tokens, d.max_answer_tokens, what)  # noqa: E731
+  warm = enc(tx.warmup, n_format, "format task") if n_format else data_lib.Encoded(
+      np.zeros((0, d.max_prompt_tokens + d.max_answer_tokens), np.int32), np.zeros((0, 3, d.max_answer_tokens), np.int32),
+      np.zeros(0, np.int32))
   return Setup(params, cfg, description, enc(tx.train, d.train_per_task, "task"),
-               enc(tx.targets, d.eval_per_target, "target"), recipe, tuple(lora_lib.names(cfg, layers)))
+               enc(tx.targets, d.eval_per_target, "target"), warm, recipe, tuple(lora_lib.names(cfg, layers)))
 
 
 @runs.stored("tasks.cache")
@@ -89,7 +104,7 @@ def setup(c) -> Setup:
 class Cache:
   h_train: np.ndarray     # [N, L, d] input of the first adapted block
   h_eval: np.ndarray      # [N_eval, L, d]
-  F0_examples: np.ndarray  # [N_eval] theta0's answer losses
+  h_warmup: np.ndarray    # [N_warmup, L, d]
   seconds: float          # steady seconds per cached sequence
 
   def train_data(self, s: Setup):
@@ -100,15 +115,45 @@ class Cache:
 
 
 def cache(c, s: Setup) -> Cache:
+  """The input of the first adapted block for every example (the blocks below it never change:
+  neither the warm-up nor any fine-tune adapts them)."""
   first = s.recipe.first
   run = jax.jit(jax.vmap(lambda t: lora_lib.hidden_inputs(s.params, s.cfg, t, first)))
-  tokens = np.concatenate([s.train.tokens, s.evals.tokens])
+  tokens = np.concatenate([s.train.tokens, s.evals.tokens, s.warmup.tokens])
   with runs.stopwatch() as sw:
     h = np.asarray(ks.batching.chunked_map(run, tokens, chunk_size=c.finetune.cache_batch))
-  frozen = lora_lib.frozen_part(s.params, first, s.cfg)
-  n = len(s.train)
-  F0 = ft_lib.evaluate(frozen, s.cfg, first, (jnp.asarray(h[n:]), jnp.asarray(s.evals.packed)))
-  return Cache(h[:n], h[n:], F0, sw.steady_seconds / len(tokens))
+  n, n_ev = len(s.train), len(s.evals)
+  return Cache(h[:n], h[n:n + n_ev], h[n + n_ev:], sw.steady_seconds / len(tokens))
+
+
+@runs.stored("tasks.theta0")
+@dataclasses.dataclass(frozen=True)
+class Theta0:
+  kernels: dict               # {path: adapted kernel with the warm-up folded in} ({}: no warm-up)
+  F0_examples: np.ndarray     # [N_eval] theta0's answer losses
+  F_raw_examples: np.ndarray  # [N_eval] the pretrained model's (before the warm-up)
+  warmup_loss: np.ndarray     # [warmup.num_steps] the warm-up's training losses
+  seconds: float              # the warm-up's steady seconds
+
+
+def theta0(c, s: Setup, cch: Cache) -> Theta0:
+  """theta0: the pretrained model after the format warm-up (one LoRA fine-tune of the adapted
+  blocks on the format pool, merged into their kernels), so that it already answers bare."""
+  first = s.recipe.first
+  raw = lora_lib.frozen_part(s.params, first, s.cfg)
+  evals = cch.eval_data(s)
+  F_raw = ft_lib.evaluate(raw, s.cfg, first, evals)
+  w = c.warmup
+  if not w.num_steps:
+    return Theta0({}, F_raw, F_raw, np.zeros(0, np.float32), 0.0)
+  recipe = dataclasses.replace(s.recipe, lr=w.lr, num_steps=w.num_steps, batch_size=w.batch_size)
+  lora0 = lora_lib.init(jax.random.key(c.seed + 17), s.params, s.adapted, s.recipe.rank)
+  with runs.stopwatch() as sw:
+    lora, losses = ft_lib.train_all(s.cfg, recipe, lora0, raw, (jnp.asarray(cch.h_warmup), jnp.asarray(s.warmup.packed)),
+                                    jax.random.key(c.seed + 19))
+    kernels = jax.block_until_ready(lora_lib.merged_kernels(raw, lora, recipe.scale))
+  F0 = ft_lib.evaluate(lora_lib.with_kernels(raw, kernels), s.cfg, first, evals)
+  return Theta0({k: np.asarray(v) for k, v in kernels.items()}, F0, F_raw, np.asarray(losses), sw.steady_seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +162,7 @@ def cache(c, s: Setup) -> Cache:
 @dataclasses.dataclass(frozen=True)
 class Design:
   S_rand: np.ndarray    # [num_subsets, K] fine-tuned random subsets (first num_fit fit)
-  S_truth: np.ndarray   # [K + 1, K] leave-one-out masks, then the full set
+  S_truth: np.ndarray   # [K + 1 + P, K] leave-one-out masks, the full set, leave-two-out of each planted pair
   S_probe: np.ndarray   # [1 + K + P, K] the empty set, singletons, planted pairs
   pairs: list           # [(relation, task a, task b, target)] of the planted pair rows
   S_est: np.ndarray     # [estimate.num_subsets, K] estimated subsets
@@ -132,45 +177,40 @@ def _bernoulli(key, m: int, K: int) -> np.ndarray:
   return S
 
 
-def planted_pairs() -> list:
-  names = list(data_lib.TRAIN_TASKS)
-  return [(rel, names.index(a), names.index(b), list(data_lib.TARGETS).index(t))
-          for rel, rows in data_lib.PLANTED.items() for a, b, t in rows]
-
-
-def probe_subsets(K: int, pairs) -> np.ndarray:
-  rows = [np.zeros(K, bool), *np.eye(K, dtype=bool)]
+def _pair_rows(K: int, pairs, value: bool) -> list:
+  rows = []
   for _, a, b, _ in pairs:
-    r = np.zeros(K, bool)
-    r[[a, b]] = True
+    r = np.full(K, not value)
+    r[[a, b]] = value
     rows.append(r)
-  return np.stack(rows)
+  return rows
 
 
 def design(c, s: Setup) -> Design:
   K = s.K
-  pairs = planted_pairs()
+  pairs = relations.planted_pairs()
   return Design(S_rand=_bernoulli(jax.random.key(c.seed + 2), c.design.num_subsets, K),
-                S_truth=np.concatenate([np.asarray(ks.subsets.leave_one_out(K)), np.ones((1, K), bool)]),
-                S_probe=probe_subsets(K, pairs), pairs=pairs,
-                S_est=_bernoulli(jax.random.key(c.seed + 4), c.estimate.num_subsets, K))
+                S_truth=np.stack([*np.asarray(ks.subsets.leave_one_out(K)), np.ones(K, bool),
+                                  *_pair_rows(K, pairs, False)]),
+                S_probe=np.stack([np.zeros(K, bool), *np.eye(K, dtype=bool), *_pair_rows(K, pairs, True)]),
+                pairs=pairs, S_est=_bernoulli(jax.random.key(c.seed + 4), c.estimate.num_subsets, K))
 
 
 # ---------------------------------------------------------------------------------------------
 # Fine-tunes
 
-def finetune_chunk(c, S_chunk, chunk: int, s: Setup, cch: Cache, seed: int = 0) -> dict:
+def finetune_chunk(c, S_chunk, chunk: int, s: Setup, cch: Cache, t0: Theta0, seed: int = 0) -> dict:
   """Real fine-tunes of one chunk from theta0 of truth seed `seed`; every key a function of (config
   seed, truth seed, chunk), so a resumed run computes the same numbers. Empty rows: theta0."""
   S = np.asarray(S_chunk, bool)
   live = S.any(1)
   steps = s.recipe.num_steps
-  F_ex = np.tile(cch.F0_examples, (len(S), 1))
+  F_ex = np.tile(t0.F0_examples, (len(S), 1))
   losses = np.zeros((len(S), steps), np.float32)   # an empty row takes no step
   seconds = compile_seconds = 0.0
   if live.any():
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(c.seed + 11), seed), chunk)
-    frozen = lora_lib.frozen_part(s.params, s.recipe.first, s.cfg)
+    frozen = s.frozen(t0)
     # a short chunk is padded to the chunk size, so every chunk runs the one compiled shape
     with runs.stopwatch() as sw:
       ev, tl = ft_lib.finetune(s.cfg, s.recipe, s.lora0(seed, c.model.init_seed), frozen, cch.train_data(s),
@@ -181,164 +221,108 @@ def finetune_chunk(c, S_chunk, chunk: int, s: Setup, cch: Cache, seed: int = 0) 
           "seconds": np.full(len(S), seconds), "seconds_compile": np.full(len(S), compile_seconds)}
 
 
-def truth_finetunes(c, run: runs.Run, s: Setup, dsg: Design, cch: Cache) -> list:
-  return [run.outcomes(f"truth_seed{r}", _seeded(r), c, dsg.S_truth, s, cch, chunk_size=c.design.chunk_size)
-          for r in range(c.truth.seeds)]
-
-
-def _seeded(seed: int):
-  def chunk_fn(c, S_chunk, chunk, s, cch):
-    return finetune_chunk(c, S_chunk, chunk, s, cch, seed=seed)
+def seeded(seed: int):
+  """The chunk function of fine-tunes on truth seed `seed` (selection seeds are 1000 + i)."""
+  def chunk_fn(c, S_chunk, chunk, s, cch, t0):
+    return finetune_chunk(c, S_chunk, chunk, s, cch, t0, seed=seed)
   return chunk_fn
 
 
-def probe_summary(dsg: Design, probes: dict) -> dict:
-  """Effects on each target, from the probe fine-tunes: singletons F({k}) - F({}) [K, T] and, per
-  planted pair, both singles, the pair and the interaction F(ab) - F(a) - F(b) + F({})."""
-  F = probes["F"]
-  K = dsg.S_truth.shape[1]
-  single = F[1:K + 1] - F[0]
-  out = {"singleton_effects": single.tolist(), "empty": F[0].tolist(), "pairs": []}
-  for i, (rel, a, b, t) in enumerate(dsg.pairs):
-    ab = F[K + 1 + i, t] - F[0, t]
-    out["pairs"].append({"relation": rel, "tasks": [data_lib.TRAIN_TASKS[a], data_lib.TRAIN_TASKS[b]],
-                         "target": data_lib.TARGETS[t], "effect_a": float(single[a, t]),
-                         "effect_b": float(single[b, t]), "effect_ab": float(ab),
-                         "interaction": float(ab - single[a, t] - single[b, t])})
+def seeded_outcomes(run: runs.Run, name: str, seeds, c, S, s, cch, t0) -> list:
+  return [run.outcomes(f"{name}{r}", seeded(seed), c, S, s, cch, t0, chunk_size=c.design.chunk_size)
+          for r, seed in enumerate(seeds)]
+
+
+def per_target_lds(c, S, F, num_fit: int, families) -> dict:
+  """Per target, each family's held-out LDS over eval.resplits seeded random re-splits of the
+  fine-tuned subsets (the declared split's sizes), and kernel - linear with its re-split interval
+  (the driver pools targets; the planted complements sit on single targets)."""
+  rng = np.random.default_rng(c.seed + 29)
+  lds = {}
+  for _ in range(c.eval.resplits):
+    perm = rng.permutation(len(S))
+    fit, held = perm[:num_fit], perm[num_fit:]
+    for name, g in families_lib.fit_all(families, {"exact": (S[fit], F[fit])}).items():
+      lds.setdefault(name, []).append(metrics.lds(np.asarray(g.predict(S[held])), F[held], per_target=True))
+  lds = {k: np.stack(v) for k, v in lds.items()}             # [resplits, T]
+  frac = 1 - num_fit / len(S)
+  out = {name: {t: float(np.nanmean(v[:, i])) for i, t in enumerate(data_lib.TARGETS)} for name, v in lds.items()}
+  if "kernel_exact" in lds and "linear_exact" in lds:
+    diff = lds["kernel_exact"] - lds["linear_exact"]
+    out["kernel_minus_linear"] = {}
+    for i, t in enumerate(data_lib.TARGETS):
+      iv = metrics.resplit_interval(diff[:, i], test_fraction=frac)
+      out["kernel_minus_linear"][t] = {**iv.entries("lds"), "verdict": iv.verdict(higher_is_better=True)}
   return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Estimate
-
-@runs.stored("tasks.features")
-@dataclasses.dataclass(frozen=True)
-class FeatureSet:
-  train_phi: np.ndarray
-  train_offsets: np.ndarray
-  eval_phi: np.ndarray
-  eval_offsets: np.ndarray
-  seconds: float
-
-  def features(self, s: Setup):
-    F = lambda phi, o, y: ks.Features(phi, o, y, "masked_token_ce")  # noqa: E731
-    return F(self.train_phi, self.train_offsets, s.train.packed), F(self.eval_phi, self.eval_offsets, s.evals.packed)
-
-
-def featurizer(s: Setup, lora0: dict, dim: int, dim_in: int, key):
-  """(tapped, projections, factors) of the answer margins at theta0: LoGra over the LoRA B
-  blocks (the A blocks are exactly zero there, B being zero)."""
-  frozen = lora_lib.frozen_part(s.params, s.recipe.first, s.cfg)
-  merged = lora_lib.merge(frozen, lora0, s.recipe.scale)
-  tapped = projection.dense_taps(lambda ex: lora_lib.answer_margins(merged, s.cfg, s.recipe.first, *ex), s.adapted)
-  pairs = {n: (ab["A"], ab["B"]) for n, ab in lora0.items()}
-  shapes = {b: v for b, v in projection.lora_shapes(pairs).items() if b.endswith("/B")}
-  dims = projection.split_dim(dim, shapes, min(dim_in, s.recipe.rank))
-  return tapped, projection.projections(key, shapes, dims), projection.lora_factors(pairs, s.recipe.scale)
-
-
-def featurize(c, s: Setup, cch: Cache) -> FeatureSet:
-  tapped, P, factors = featurizer(s, s.lora0(0, c.model.init_seed), c.estimate.dim, c.estimate.dim_in,
-                                  jax.random.key(c.seed + 5))
-  with runs.stopwatch() as sw:
-    tr = projection.featurize(tapped, P, cch.h_train, s.train.packed, factors=factors,
-                              batch_size=c.estimate.feature_batch)
-  ev = projection.featurize(tapped, P, cch.h_eval, s.evals.packed, factors=factors, batch_size=c.estimate.feature_batch)
-  return FeatureSet(tr.phi, tr.offsets, ev.phi, ev.offsets, sw.steady_seconds / len(s.train))
-
-
-@runs.stored("tasks.estimates")
-@dataclasses.dataclass(frozen=True)
-class Estimates:
-  F_est: np.ndarray        # [num_estimated, T]
-  F_est_rand: np.ndarray   # [num_subsets, T] the fine-tuned random subsets, estimated
-  F_est_truth: np.ndarray  # [K + 1, T] leave-one-out and full set, estimated
-  info: dict
-
-
-def estimate(c, s: Setup, dsg: Design, fs: FeatureSet, tuned: dict) -> Estimates:
-  """The one-step estimate (`ks.estimate`, mean loss, ridge calibrated on the first
-  estimate.num_calibration fit fine-tunes) of every subset; its error against the other fit
-  fine-tunes and its LDS against the held-out ones."""
-  train_f, eval_f = fs.features(s)
-  loss = lora_lib.masked_token_loss()
-  task = s.train.group
-  stats = ks.task_statistics(train_f, task, s.K, loss=loss)
-  kw = dict(method="onestep", loss=loss, mean=True, stats=stats)
-  n_cal, n_fit = c.estimate.num_calibration, c.design.num_fit
-  F_ex = tuned["F_examples"]
-  ridge, table = ks.calibrate_ridge(train_f, task, eval_f, dsg.S_rand[:n_cal], F_ex[:n_cal],
-                                    grid=10.0 ** np.arange(-4.0, 6.0), **kw)
-  F_est, t_est, compile_est = runs.steady(lambda: s.per_target(ks.estimate(train_f, task, dsg.S_est, eval_f,
-                                                                          ridge=ridge, **kw)))
-  F_rand = s.per_target(ks.estimate(train_f, task, dsg.S_rand, eval_f, ridge=ridge, **kw))
-  loo = s.per_target(ks.estimate(train_f, task, dsg.S_truth, eval_f, ridge=ridge, **kw))
-  scored, held = np.arange(n_cal, n_fit), np.arange(n_fit, len(dsg.S_rand))
-  F_real = tuned["F"]
-  skipped = {}   # figures undefined on this data (metrics.Undefined): None, and why
-  median = lambda r: None if r is None else r["median"]  # noqa: E731
-  ft_seconds = float(np.mean(tuned["seconds"]))
-  info = {
-      "method": "onestep", "projection": "logra", "dim": int(train_f.dim), "ridge": float(ridge),
-      "ridge_calibration": {str(k): v for k, v in table.items()},
-      "median_relative_error": median(metrics.attempt(skipped, "median_relative_error", metrics.relative_error,
-                                                      F_rand[scored], F_real[scored])),
-      "no_change_median_relative_error": median(metrics.attempt(
-          skipped, "no_change_median_relative_error", metrics.relative_error,
-          np.tile(s.per_target(_offsets_loss(fs, s, loss))[0], (len(scored), 1)), F_real[scored])),
-      "lds_vs_finetune_heldout": metrics.attempt(skipped, "lds_vs_finetune_heldout", metrics.lds, F_rand[held],
-                                                 F_real[held]),
-      "seconds_features_per_example": fs.seconds, "seconds_estimate_per_subset": t_est / len(dsg.S_est),
-      "seconds_compile_estimate": compile_est, "seconds_finetune_per_subset": ft_seconds,
-      "num_estimated": int(len(dsg.S_est)), "skipped": skipped,
-  }
-  return Estimates(F_est=F_est, F_est_rand=F_rand, F_est_truth=loo, info=info)
-
-
-def _offsets_loss(fs: FeatureSet, s: Setup, loss) -> np.ndarray:
-  """[1, N_eval] theta0's losses as the features see them (z = 0): equal to the cache's F0."""
-  return np.asarray(loss.values(jnp.asarray(fs.eval_offsets), jnp.asarray(s.evals.packed)))[None]
 
 
 # ---------------------------------------------------------------------------------------------
 # Composition
 
-def problems(config, run: runs.Run, families=None):
-  del families
+def problems(config, run: runs.Run, families):
   c = config
   cs = c.design.chunk_size
   s = run.phase("setup", setup, c, store=False)
   dsg = run.phase("design", design, c, s, store=False)
   cch = run.phase("cache", cache, c, s)
-  tuned = run.outcomes("finetune", finetune_chunk, c, dsg.S_rand, s, cch, chunk_size=cs)
+  t0 = run.phase("theta0", theta0, c, s, cch)
+  tuned = run.outcomes("finetune", finetune_chunk, c, dsg.S_rand, s, cch, t0, chunk_size=cs)
   common.require_varying(tuned["F"], 0.0, c.min_varying_targets, phase="finetune", threshold_field=None)
-  truths = truth_finetunes(c, run, s, dsg, cch)
-  probes = run.outcomes("probes", finetune_chunk, c, dsg.S_probe, s, cch, chunk_size=cs)
-  fs = run.phase("features", featurize, c, s, cch)
-  est = run.phase("estimate", estimate, c, s, dsg, fs, tuned)
-  yield _problem(c, s, dsg, cch, tuned, truths, probes, est)
+  truths = seeded_outcomes(run, "truth_seed", range(c.truth.seeds), c, dsg.S_truth, s, cch, t0)
+  probes = seeded_outcomes(run, "probe_seed", range(c.truth.probe_seeds), c, dsg.S_probe, s, cch, t0)
+  frozen = s.frozen(t0)
+  fs = run.phase("features", est_lib.featurize, c, s, cch, t0, frozen)
+  est = run.phase("estimate", est_lib.estimate, c, s, dsg, cch, t0, frozen, fs, tuned)
+  base = run.phase("baselines", est_lib.baselines, c, s, fs)
+  fit = np.arange(c.design.num_fit)
+  fitted = run.phase("surrogates", lambda c_, *_: families_lib.fit_all(families(c_, "tasks"), {
+      "exact": (dsg.S_rand[fit], tuned["F"][fit]), "estimated": (dsg.S_est, est.F_est)}), c, tuned, est, store=False)
+  singles = np.mean([p["F"][1:s.K + 1] for p in probes], 0)
+  picks = run.phase("selection_picks", lambda c_, *_: sel_lib.picks(
+      c_, s.K, s.T, fitted, singles, base["similarity"]), c, tuned, est, base, *probes, store=False)
+  masks = run.phase("selection_masks", lambda c_, p: sel_lib.masks(p), c, picks, store=False)
+  selected = seeded_outcomes(run, "selection_seed", [1000 + i for i in range(c.selection.seeds)], c, masks, s, cch, t0)
+  yield _problem(c, s, dsg, cch, t0, tuned, truths, probes, est, base, fitted, picks, masks, selected,
+                 families(c, "tasks"))
 
 
-def _problem(c, s: Setup, dsg: Design, cch: Cache, tuned, truths, probes, est: Estimates) -> driver.Problem:
+def _problem(c, s: Setup, dsg: Design, cch: Cache, t0: Theta0, tuned, truths, probes, est, base, fitted, picks, masks,
+             selected, families) -> driver.Problem:
   K = s.K
-  effects = np.stack([t["F"][:K] - t["F"][K][None] for t in truths])   # [seeds, K, T]
+  F_truth = np.stack([t["F"] for t in truths])                  # [seeds, K + 1 + P, T]
+  effects = F_truth[:, :K] - F_truth[:, K:K + 1]               # [seeds, K, T]
   fit, held = np.arange(c.design.num_fit), np.arange(c.design.num_fit, len(dsg.S_rand))
-  F0 = s.per_target(cch.F0_examples[None])[0]
+  F0, F_raw = (s.per_target(F[None])[0] for F in (t0.F0_examples, t0.F_raw_examples))
   curves = np.asarray(tuned["train_loss"])
+  pair_truths = relations.pair_truths(dsg.pairs, F_truth, np.stack([p["F"] for p in probes]))
+  E = est.F_est_truth
   return driver.Problem(
       name="tasks", S=dsg.S_rand, F=tuned["F"], splits=[(fit, held)],
       truths={"loo": driver.Truth(effects, predictions={
-          "estimator_direct": est.F_est_truth[:K] - est.F_est_truth[K][None]})},
+          "estimator_direct": E[:K] - E[K][None],
+          **{k: base[k] for k in ("influence", "tracin", "trak")}})},
       sources={"estimated": (dsg.S_est, est.F_est)}, estimates_of={"estimated": "exact"},
       info={"planted": {rel: [list(r) for r in rows] for rel, rows in data_lib.PLANTED.items()},
-            "probes": probe_summary(dsg, probes), "estimator": est.info,
+            "pair_truths": pair_truths,
+            "pair_recovery": relations.pair_recovery(
+                fitted, dsg.pairs, pair_truths),
+            "per_target_lds": per_target_lds(c, dsg.S_rand, tuned["F"], c.design.num_fit, [
+                f for f in families if f.name in ("kernel", "linear")]),
+            "probes": relations.probe_summary(dsg.pairs, probes), "estimator": est.info,
+            "baselines": {"influence_solve": base["influence_solve"], "similarity": base["similarity"].tolist()},
+            "selection": sel_lib.summary(picks, masks, selected),
             "finetune": {"seconds_per_subset": float(np.mean(tuned["seconds"])),
                          "seconds_compile": float(np.max(tuned["seconds_compile"])),
                          "first_step_loss": float(np.mean(curves[:, 0])),
                          "last_step_loss": float(np.mean(curves[:, -1])),
                          "recipe": dataclasses.asdict(s.recipe), "model": s.description},
-            "cache": {"seconds_per_sequence": cch.seconds, "sequences": int(len(cch.h_train) + len(cch.h_eval))},
-            "theta0": {"target_loss": dict(zip(data_lib.TARGETS, F0.tolist()))},
+            "cache": {"seconds_per_sequence": cch.seconds,
+                      "sequences": int(len(cch.h_train) + len(cch.h_eval) + len(cch.h_warmup))},
+            "theta0": {"target_loss": dict(zip(data_lib.TARGETS, F0.tolist())),
+                       "pretrained_target_loss": dict(zip(data_lib.TARGETS, F_raw.tolist())),
+                       "warmup_first_loss": float(np.mean(t0.warmup_loss[:5])) if len(t0.warmup_loss) else None,
+                       "warmup_last_loss": float(np.mean(t0.warmup_loss[-5:])) if len(t0.warmup_loss) else None,
+                       "warmup_seconds": t0.seconds},
             "ground_truth": {"seeds": int(len(effects)), "loo_effect_sd": float(effects.mean(0).std()),
                              "seed_noise_sd": float(effects.std(0, ddof=1).mean()) if len(effects) > 1 else None}},
       higher_is_better=False, outcome_name="target answer cross-entropy", task_labels=list(data_lib.TRAIN_TASKS))

@@ -17,6 +17,13 @@ targets by -lr K_t r_t. So only kernel-vector products are needed, and they come
 - parameter space: K ~ Phi Phi^T with Phi = J diag(p)^1/2 P [NC, dim], P Gaussian (D -> dim).
   Memory 4 (NC + TC) dim bytes; per step and subset 4 NC dim FLOPs; projection error ~ 1/sqrt(dim).
 
+- given features: `prepare(..., featurizer=fn)` takes the parameter space's rows from the caller,
+  fn(sqrt_p) -> (train, target) `Features` of J diag(sqrt_p) P for any projection P of the
+  caller's (a per-layer factorized one, `ksurrogate.projection`), sqrt_p the preconditioner's
+  square root as a pytree like params0 (ones for SGD). Adam's reference scalar is then taken in
+  that space too (the mean over the design of ||Phi^T r_s||^2), so the step sizes stay consistent
+  with the kernel the features give.
+
 Cost rule (space="auto", `memory`): example space whenever its memory fits `memory_bytes`, else
 parameter space. Exactness is worth more than the per-step cost (which both spaces keep far
 below a real fine-tune's forward and backward passes).
@@ -248,7 +255,7 @@ class Replay(base.Estimator):
                                                 f"{sizes.num_params} parameters)")
     return base.Cost("parameter", int(4 * rows * self.dim), f"the replay's projected features ({rows} rows x {self.dim})")
 
-  def prepare(self, data: base.Data, *, key=None, design=None, calibrate=None) -> ReplayState:
+  def prepare(self, data: base.Data, *, key=None, design=None, calibrate=None, featurizer=None) -> ReplayState:
     """Jacobians at params0, the preconditioner and the kernels (or projected features).
 
     Args:
@@ -259,10 +266,16 @@ class Replay(base.Estimator):
       calibrate: optional (S_cal [c, K], F_cal [c, T]): real fine-tunes of a few subsets by the same
         recipe (never the subsets you score on): the learning-rate multiplier of `step_scales` that
         replays them best (one warning when it is the grid's edge).
+      featurizer: optional fn(sqrt_p) -> (train, target) Features with `data.output_fn`'s outputs:
+        the parameter-space rows J diag(sqrt_p) P of a projection of the caller's (sqrt_p a pytree
+        like params0); the replay then works in that space (`space` must not be "example").
 
     Returns:
       The state `estimate` reads.
     """
+    if featurizer is not None and (self.space == "example" or self.groups == "layer"):
+      raise ValueError("featurizer: given features are a projected (parameter) space; use space='auto' or "
+                       "'parameter' and groups='global'")
     X, y, Xt, yt, task_ids, K = data.checked()
     if Xt is None:
       raise ValueError("data: the replay reads its outcomes on target examples (Data.target)")
@@ -281,6 +294,8 @@ class Replay(base.Estimator):
     C = int(jax.eval_shape(lambda p: data.output_fn(p, (X[0], y[0])), data.params0).shape[-1])
     slices = _groups(data.params0, self.groups)
     cost = self.memory(base.Sizes(len(X), len(Xt), C, D, K, len(slices)))
+    if featurizer is not None:
+      cost = dataclasses.replace(cost, space="parameter")
     NC, TC = len(X) * C, len(Xt) * C
     if self.recipe.optimizer == "adam":
       G_KxD = _loss_gradients_by_task(data.output_fn, data.loss, data.params0, X, y, task_ids, K, self.batch_size)
@@ -294,13 +309,20 @@ class Replay(base.Estimator):
     def preconditioned(u, example):   # its Jacobian at u = 0 is J diag(p)^1/2
       return data.output_fn(unravel(flat0 + sqrt_p * u), example)
 
-    proj = dict(key=jax.random.key(0) if key is None else key, projection="gaussian", dim=self.dim)
-    if cost.space == "example":
-      proj = dict(key=jax.random.key(0), projection="identity", dim=D)
-    feat = features.make_featurizer(None, jnp.zeros(D, flat0.dtype), output=preconditioned, **proj)
-    A, o0 = batching.chunked_map(feat, X, y, chunk_size=self.batch_size)
-    At, o0t = batching.chunked_map(feat, Xt, yt, chunk_size=self.batch_size)
+    if featurizer is None:
+      proj = dict(key=jax.random.key(0) if key is None else key, projection="gaussian", dim=self.dim)
+      if cost.space == "example":
+        proj = dict(key=jax.random.key(0), projection="identity", dim=D)
+      feat = features.make_featurizer(None, jnp.zeros(D, flat0.dtype), output=preconditioned, **proj)
+      A, o0 = batching.chunked_map(feat, X, y, chunk_size=self.batch_size)
+      At, o0t = batching.chunked_map(feat, Xt, yt, chunk_size=self.batch_size)
+    else:
+      (A, o0), (At, o0t) = _given_features(featurizer, unravel(sqrt_p), (len(X), C), (len(Xt), C))
+      if self.recipe.optimizer == "adam":
+        qref = [_projected_reference(A, o0, y, task_ids, K, design, data.loss, self.preconditioner)]
+      cost = dataclasses.replace(cost, bytes=int(4 * (NC + TC) * A.shape[-1]))
     A, At = jnp.asarray(A).reshape(NC, -1), jnp.asarray(At).reshape(TC, -1)
+    dim = D if cost.space == "example" else int(A.shape[-1])
     if not (np.all(np.isfinite(o0)) and np.all(np.isfinite(o0t))):
       raise ValueError("params0: outputs are non-finite on some examples; cannot linearize there")
     if cost.space == "parameter":
@@ -315,7 +337,7 @@ class Replay(base.Estimator):
         ops=ops, qref=jnp.asarray(qref[0] if len(qref) == 1 else qref, jnp.float32), arrays=(jnp.asarray(o0), jnp.asarray(y), jnp.asarray(o0t),
                                                               jnp.asarray(yt)),
         task_ids=task_ids, num_tasks=K, loss=data.loss, recipe=self.recipe, space=cost.space,
-        dim=D if cost.space == "example" else self.dim, output=data.output, memory_bytes=cost.bytes,
+        dim=dim, output=data.output, memory_bytes=cost.bytes,
         seconds_setup=time.perf_counter() - t0)
     return state if calibrate is None else self.calibrated(state, *_calibration_pair(calibrate))
 
@@ -350,6 +372,37 @@ class Replay(base.Estimator):
   def _run(self, state: ReplayState, W, recipe, *, chunk_size, timing=None):
     return _timing.run_chunks(_replay_chunk, W, state.ops, state.qref, *state.arrays, chunk_size=chunk_size,
                               timing=timing, recipe=recipe, loss=state.loss, space=state.space)
+
+
+def _given_features(featurizer, sqrt_p, shape, shape_t):
+  """((phi [N, C, d], o0 [N, C]), (phi_t, o0_t)) from the caller's featurizer, checked."""
+  got = featurizer(sqrt_p)
+  if not (isinstance(got, (tuple, list)) and len(got) == 2 and all(isinstance(f, features.Features) for f in got)):
+    raise ValueError("featurizer: must return a (train, target) pair of ksurrogate.Features")
+  out = []
+  for f, want, what in zip(got, (shape, shape_t), ("train", "target")):
+    phi, o0 = np.asarray(f.phi, np.float32), np.asarray(f.offsets, np.float32)
+    if phi.ndim != 3 or phi.shape[:2] != want or o0.shape != want:
+      raise ValueError(f"featurizer: {what} features have phi {phi.shape} and offsets {o0.shape}; expected "
+                       f"{want + ('d',)} and {want} (examples x outputs)")
+    out.append((phi, o0))
+  if out[0][0].shape[2] != out[1][0].shape[2]:
+    raise ValueError(f"featurizer: train and target features differ in dimension ({out[0][0].shape[2]} vs "
+                     f"{out[1][0].shape[2]})")
+  return out
+
+
+def _projected_reference(phi_NxCxd, o0_NxC, y, task_ids, K: int, S, loss: OutputLoss, preconditioner: str) -> float:
+  """Adam's reference scalar in the given features' space: ||Phi^T r||^2 of the full set's mean
+  loss ("full") or its mean over the design subsets S ("design"), r the residuals at params0."""
+  grad_o = np.asarray(jax.vmap(jax.grad(loss.value))(jnp.asarray(o0_NxC), jnp.asarray(y)), np.float64)
+  h = np.zeros((K, phi_NxCxd.shape[-1]))
+  np.add.at(h, task_ids, np.einsum("ncd,nc->nd", phi_NxCxd, grad_o))   # per-task sums of Phi^T r
+  counts = np.bincount(task_ids, minlength=K).astype(np.float64)
+  if preconditioner == "full":
+    return float(np.sum((h.sum(0) / counts.sum()) ** 2))
+  Sf = np.asarray(S, np.float64)
+  return float(np.mean(np.sum(((Sf @ h) / (Sf @ counts)[:, None]) ** 2, axis=1)))
 
 
 def _calibration_pair(calibrate):
