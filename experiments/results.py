@@ -69,12 +69,12 @@ def _heading(name: str, summary: Mapping) -> list:
   p = summary["provenance"]
   m = p["machine"]
   commit = (p["commit"] or "not a git checkout")[:10] + (" (with local changes)" if p.get("dirty") else "")
-  computed = sum(t.get("seconds", 0.0) for t in summary.get("timing", []) if t.get("status") == "computed")
+  computed = [t.get("seconds", 0.0) for t in summary.get("timing", []) if t.get("status") == "computed"]
+  phases = f"; phases computed in this run: {sum(computed) / 60:.1f} min" if computed else ""
   return [f"## {name}", "",
           f"`{p['command']}`", "",
           f"commit {commit}, ksurrogate {p.get('version')}; {p['date']}; {m['cpu']}, {m['cores']} cores, "
-          f"{m['memory_gib']} GiB, {m['accelerator']}, load {m['load']} at the end; "
-          f"phases computed in this run: {computed / 60:.1f} min", ""]
+          f"{m['memory_gib']} GiB, {m['accelerator']}, load {m['load']} at the end{phases}", ""]
 
 
 def render_run(name: str, summary: Mapping) -> str:

@@ -68,3 +68,9 @@ def test_a_stale_headline_is_caught_and_rendering_replaces_only_the_block():
   assert "old table" not in new and new != readme
   with pytest.raises(ValueError, match=r"^README.md: needs exactly one"):
     results.splice("no markers", "x")
+
+
+def test_the_committed_tables_are_what_the_committed_runs_render():
+  # RESULTS.md and the README's headline block hold only figures of results/*.json: a hand edit,
+  # or a run added without rendering again, fails here
+  assert results.main(["results", "check"]) == 0
