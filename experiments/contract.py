@@ -8,7 +8,7 @@ experiment runs.
 
 An experiment provides:
   name, configs     its named configs, each a `Variant` (a one-line description for --help and the
-                    big_vision facts: the exact command, its measured runtime, what it gives)
+                    big_vision facts: the exact command and its measured runtime; what it gives is in results/)
   default_config    the config `--config` falls back to
   get_config(arg)   the ConfigDict of a named config (built on `common.base_config`)
   rules             {field: common.Rule}: the range of every field `--help` lists
@@ -37,6 +37,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ksurrogate_experiments import common
+from ksurrogate_experiments import results
 
 # name -> the module holding its EXPERIMENT (imported on demand).
 REGISTRY = {
@@ -52,11 +53,11 @@ DEFAULT = "reference"
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One named config: what --help says about it, and the facts its docstring used to hold."""
+  """One named config: what --help says about it and how long it takes. What it gives is not typed
+  here: a figure in code goes stale unseen, so results live in results/ (rendered into RESULTS.md)."""
   description: str   # one line for --help
   command: str       # the exact command that runs it
   runtime: str       # measured, with the machine
-  result: str        # what it gives (measured), or why it has no result yet
 
 
 def _no_checks(config) -> None:
@@ -239,11 +240,17 @@ def flag_error(error: Exception, flag_values: flags.FlagValues) -> str:
   return " ".join(str(error).split())
 
 
+def _stored_result(experiment: str, config: str) -> str:
+  path = results.RESULTS_DIR / f"{experiment}-{config}.json"
+  return f"RESULTS.md, from {path.relative_to(results.ROOT)}" if path.is_file() else "none stored in results/"
+
+
 def describe() -> str:
   """The experiments' part of `--help`.
 
   Returns:
-    Each registered experiment's configs (description, command, runtime, result) and every field
+    Each registered experiment's configs (description, command, runtime, its stored result if
+    results/ holds one) and every field
     of its default config with its default and type, as text.
   """
   lines = []
@@ -253,7 +260,7 @@ def describe() -> str:
     for cname, v in experiment.configs.items():
       mark = " (default)" if cname == experiment.default_config else ""
       lines += [f"  --config={cname}{mark}: {v.description}", f"      command: {v.command}  [{v.runtime}]",
-                f"      result:  {v.result}"]
+                f"      result:  {_stored_result(name, cname)}"]
     lines.append(f"  fields (defaults of --config={experiment.default_config}):")
     config = experiment.get_config(experiment.default_config)
     for field, value in common.fields(config):

@@ -18,6 +18,7 @@ import sys
 from typing import Mapping, Optional
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "results"
 BEGIN, END = "<!-- results:headline begin -->", "<!-- results:headline end -->"
 NAMES = {"lds": "held-out LDS", "normalized_error": "normalized error", "loo_pearson": "LOO Pearson",
          "loo_spearman": "LOO Spearman", "swap_pearson": "swap Pearson", "swap_spearman": "swap Spearman",
@@ -150,7 +151,7 @@ def splice(readme: str, headline: str) -> str:
   return head + headline + rest.split(END, 1)[1]
 
 
-def add(workdir: pathlib.Path, name: Optional[str] = None, results_dir: pathlib.Path = ROOT / "results") -> pathlib.Path:
+def add(workdir: pathlib.Path, name: Optional[str] = None, results_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
   """Copies a finished run's summary into `results_dir` as `<name>.json` (default
   `<experiment>-<config>` from its command), without its absolute file paths.
 
@@ -187,7 +188,7 @@ def main(argv) -> int:
     if argv[1] == "add":
       print(f"wrote {add(pathlib.Path(argv[2]), argv[3] if len(argv) == 4 else None)}")
       return 0
-    results = load(ROOT / "results")
+    results = load(RESULTS_DIR)
     readme = ROOT / "README.md"
     want = {ROOT / "RESULTS.md": render(results), readme: splice(readme.read_text(), render_headline(results))}
   except ValueError as e:

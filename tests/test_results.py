@@ -1,12 +1,14 @@
 """The results tables are generated from the runs' summaries: every figure they show is one a
 summary holds, each run is cited with its command, commit, machine and date, and a stale table is
 caught."""
+import dataclasses
 import json
 import re
 
 import pytest
 
 from ksurrogate.harness import provenance
+from ksurrogate_experiments import contract
 from ksurrogate_experiments import results
 
 
@@ -74,3 +76,13 @@ def test_the_committed_tables_are_what_the_committed_runs_render():
   # RESULTS.md and the README's headline block hold only figures of results/*.json: a hand edit,
   # or a run added without rendering again, fails here
   assert results.main(["results", "check"]) == 0
+
+
+def test_configs_type_no_results_and_help_points_at_the_stored_ones():
+  # a figure typed into a config goes stale unseen; --help names the stored run instead
+  assert "result" not in {f.name for f in dataclasses.fields(contract.Variant)}
+  text = contract.describe()
+  assert "result:  RESULTS.md, from results/reference-default.json" in text
+  stored = {p.stem for p in results.RESULTS_DIR.glob("*.json")}
+  assert text.count("result:  none stored in results/") == sum(
+      len(contract.load(n).configs) for n in contract.REGISTRY) - len(stored)

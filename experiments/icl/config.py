@@ -19,22 +19,16 @@ CONFIGS = {
         description="smoke test of every phase on a random-init tiny Llama (K=12, 40 prompts); ~1 min, numbers "
                     "meaningless",
         command="ksurrogate-run --experiment=icl --config=tiny --workdir=/tmp/icl_tiny",
-        runtime="~1 min on 2 quiet cores",
-        result="a smoke test: a random-init 2-layer d=32 Llama with a 512-token BPE trained on the task texts; numbers "
-               "mean nothing (tests pin them only to see that results do not change unnoticed)"),
+        runtime="~1 min on 2 quiet cores"),
     "cpu": contract.Variant(
         description="SmolLM2-135M, K=50 demonstrations, 200 4-shot prompts, 50+50 queries, swaps and selection; "
                     "~2 h on 2 cores",
         command="ksurrogate-run --experiment=icl --config=cpu --workdir=/tmp/icl_cpu",
-        runtime="~110 min on 2 CPU cores (run it with nohup; it resumes where it stopped)",
-        result="LDS kernel / linear 0.330 +- 0.063 / 0.331 +- 0.062 (sentiment), 0.114 +- 0.076 / 0.129 +- 0.074 "
-               "(coin flip), ties; selection over 5 seeds: kernel - linear regret +0.002 +- 0.027 / -0.045 +- 0.101, "
-               "ties; the estimator loses to the nearest anchor's real value (172 % vs 79 % error, sentiment)"),
+        runtime="~110 min on 2 CPU cores (run it with nohup; it resumes where it stopped)"),
     "paper": contract.Variant(
         description="the cpu protocol with 200+200 queries and larger batches, for a GPU (not yet run)",
         command="ksurrogate-run --experiment=icl --config=paper --workdir=/tmp/icl_paper",
-        runtime="not run yet (no device lent)",
-        result="none yet"),
+        runtime="not run yet (no device lent)"),
 }
 
 VARIANTS = {

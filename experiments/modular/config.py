@@ -14,50 +14,30 @@ CONFIGS = {
     "tiny": contract.Variant(
         description="smoke test of every phase (p=11, 16 tasks, width 16); ~1 min, numbers meaningless",
         command="ksurrogate-run --experiment=modular --config=tiny --workdir=/tmp/mod_tiny",
-        runtime="~1 min on 2 quiet cores (4 min at load 10)",
-        result="a smoke test: its 40-step retrains do not fit their data and its numbers mean nothing "
-               "(tests pin them only to see that results do not change unnoticed)"),
+        runtime="~1 min on 2 quiet cores (4 min at load 10)"),
     "cpu": contract.Variant(
         description="the paper's 25-task protocol in the authors' regime (p=41, 170 constant-lr steps, not grokked), "
                     "3-seed LOO truth; ~15-40 min on 2 cores",
         command="ksurrogate-run --experiment=modular --config=cpu --workdir=/tmp/mod_cpu",
-        runtime="38-49 min on 2 loaded cores (BUILD_NOTES.md, \"Ground truths that hold up (issue 19)\")",
-        result="retrains stopped while still learning (p=41, 170 constant-rate AdamW steps, theta0 val acc ~0.37), "
-               "so outcomes sit where the released ones do (CE mean 2.65, across-subset variance median 1.19; "
-               "released 1.97 / 0.70); over 20 re-splits: LOO Pearson kernel 0.579 ± 0.017, linear 0.579 ± 0.017 "
-               "(ties), influence 0.580 (ceiling 0.687 [0.658, 0.714]), held-out LDS 0.417 vs 0.413 (ties); the replay "
-               "estimator: surrogates on it 0.89 of real fine-tunes on the fine-tune LOO, median error 24.5 % "
-               "(no-change 14.5 %), 117x per subset"),
+        runtime="38-49 min on 2 loaded cores (BUILD_NOTES.md, \"Ground truths that hold up (issue 19)\")"),
     "cpu_grokked": contract.Variant(
         description="the 25-task protocol on a 1-layer d=32 model (p=29) that groks, 3-seed LOO truth; "
                     "~15 min on 2 cores",
         command="ksurrogate-run --experiment=modular --config=cpu_grokked --workdir=/tmp/mod_grok",
-        runtime="13 min on 2 lightly loaded cores (32 min under load)",
-        result="the previous cpu config (p=29, bar=6, 80/20, 600 steps at lr 1e-2, warmup + cosine; val acc 1.000); "
-               "over 20 re-splits: LOO Pearson kernel 0.464 ± 0.023, linear 0.464 ± 0.023 (ties), influence 0.379 "
-               "(ceiling 0.757 [0.723, 0.788]); replay estimator 11.2 % vs Adam fine-tunes (no-change 30.4 %), 130x per "
-               "subset"),
+        runtime="13 min on 2 lightly loaded cores (32 min under load)"),
     "quad": contract.Variant(
         description="the cpu config on x^2+xy+y^2 (GELU, 360 steps), the authors' quad regime; ~30-60 min on 2 cores",
         command="ksurrogate-run --experiment=modular --config=quad --workdir=/tmp/mod_quad",
-        runtime="~2x the cpu run",
-        result="outcomes of two seeds of 40 subsets: mean 1.71 / 1.74, variance median 3.18 / 2.91 (released "
-               "1.15 / 3.26); scores not measured yet"),
+        runtime="~2x the cpu run"),
     "paper": contract.Variant(
         description="the paper's size (p=97, 2 layers d=128, 425 constant-lr steps) in the authors' regime; needs a GPU",
         command="OUT=/tmp/out bash benchmarks/device_run.sh",
-        runtime="< 9 min on one H200, planned (device_run.sh first confirms the step count on the fit subsets)",
-        result="p=97, bar=20, 90/10, 500 targets, 2 layers d=128, 4 heads, MLP 512, batch 512, AdamW lr 1e-3 constant, "
-               "weight decay 1, 425 steps (a curve of 8 subsets: mean 2.02, variance median 0.76 at step 425); "
-               "BUILD_NOTES.md has what it measured"),
+        runtime="< 9 min on one H200, planned (device_run.sh first confirms the step count on the fit subsets)"),
     "study": contract.Variant(
         description="the cpu model over inclusion rates p and exact budgets m: where the kernel pays off; "
                     "~45-60 min on 2 cores",
         command="ksurrogate-run --experiment=modular --config=study --workdir=/tmp/mod_cpu",
-        runtime="45 min more than the cpu run on loaded cores (in the cpu workdir it reuses theta0 and the truth)",
-        result="measured on the grokked model (the previous cpu config), before the issue-20 re-split scoring: the "
-               "kernel never beats the linear surrogate by more than 0.011 LOO Pearson (BUILD_NOTES.md); not yet run "
-               "in the authors' regime"),
+        runtime="45 min more than the cpu run on loaded cores (in the cpu workdir it reuses theta0 and the truth)"),
 }
 
 # What differs between variants; everything else is the base config below.

@@ -19,25 +19,17 @@ CONFIGS = {
     "tiny": contract.Variant(
         description="smoke test of every phase (5 objectives, a few PPO updates); ~2 min, numbers meaningless",
         command="ksurrogate-run --experiment=morl --config=tiny --workdir=/tmp/morl_tiny",
-        runtime="~2 min on 2 quiet cores",
-        result="a smoke test: numbers mean nothing (tests pin them only to see that results do not change unnoticed)"),
+        runtime="~2 min on 2 quiet cores"),
     "cpu": contract.Variant(
         description="10 CartPole objectives, PPO meta-policy, 100 random fine-tunes, a 16-seed leave-one-out "
                     "truth, selection on 5 seeds; ~15 min (2 shared cores)",
         command="ksurrogate-run --experiment=morl --config=cpu --workdir=/tmp/morl_cpu",
-        runtime="7.8 min on 2 quiet cores; 14.3 min on 2 shared cores (load 7-9)",
-        result="a truth with split-half reliability 0.81 on the mean target (3 seeds gave 0.45), 0.31 per target; "
-               "LOO Pearson per target kernel 0.562 ± 0.121 vs linear 0.572 ± 0.117 (ties), mean target 0.964 vs 0.964 "
-               "(ceiling 0.903, flagged); selection "
-               "on 5 seeds: kernel - linear regret +0.27 ± 0.35 (ties). README (MORL), BUILD_NOTES.md 'Ground truths "
-               "that hold up (issue 19)'"),
+        runtime="7.8 min on 2 quiet cores; 14.3 min on 2 shared cores (load 7-9)"),
     "gpu": contract.Variant(
         description="the cpu config with 24 truth seeds (reliability ~0.87 on the mean target, ~0.41 per target) in chunks of 32",
         command="OUT=/tmp/out bash benchmarks/device_run.sh   # or: ksurrogate-run --experiment=morl "
                 "--config=gpu --workdir=/tmp/morl_gpu",
-        runtime="~3-4 min planned on one H200 (device_run.sh runs it beside the modular paper config); ~20 min on 2 cores",
-        result="not run yet: the cpu config's 16 seeds measured a split-half reliability of 0.81 on the mean target "
-               "(0.74 with another draw of 16 seeds) and 0.31 per target; Spearman-Brown puts 24 seeds at ~0.87 / ~0.41"),
+        runtime="~3-4 min planned on one H200 (device_run.sh runs it beside the modular paper config); ~20 min on 2 cores"),
 }
 
 VARIANTS = {

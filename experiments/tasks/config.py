@@ -14,26 +14,19 @@ CONFIGS = {
         description="smoke test of every phase on a random-init tiny Llama (15 tasks, 6 targets, 3-step LoRA "
                     "fine-tunes); ~1-2 min, numbers meaningless",
         command="ksurrogate-run --experiment=tasks --config=tiny --workdir=/tmp/tasks_tiny",
-        runtime="~1-2 min on 2 cores",
-        result="a smoke test: a random-init 2-layer d=32 Llama with a BPE trained on the task texts; numbers mean "
-               "nothing (tests pin them only to see that results do not change unnoticed)"),
+        runtime="~1-2 min on 2 cores"),
     "cpu": contract.Variant(
         description="SmolLM2-135M-Instruct, LoRA r=8 on the top 2 blocks over cached hidden states, 40 Adam steps of "
                     "8 examples per fine-tune; 160 random subsets, LOO on 3 seeds, probes; needs the full 2 cores",
         command="ksurrogate-run --experiment=tasks --config=cpu --workdir=/tmp/tasks_cpu",
         runtime="projected 42-66 min on 2 quiet cores from FLOP counts (228 fine-tunes of ~1.1 TFLOP each at "
                 "70-110 GFLOP/s; BUILD_NOTES.md, \"Fine-tuning SmolLM2 on task subsets\"); 61 s per fine-tune measured "
-                "at load 10-13; not run end to end yet",
-        result="not run end to end yet (part 2); the pilot's effects are in BUILD_NOTES.md"),
+                "at load 10-13; not run end to end yet"),
     "gpu": contract.Variant(
         description="full-depth LoRA (every block, no cache), 64 examples per task, 60 steps of 16: one GPU call",
         command="ksurrogate-run --experiment=tasks --config=gpu --workdir=/tmp/tasks_gpu "
                 "--config.model.gguf_path=/tmp/smollm2.gguf",
-        runtime="not run (no device lent); planned as one <= 10-min call on one H100",
-        result="none yet. Staging: the 98 MB GGUF exceeds one device call's 64 MiB transfer, so split it "
-               "(`split -b 48M model.gguf .stage/part_`, .stage ignored by git), carry .stage/part_aa in a first "
-               "call that copies it to /tmp/stage, .stage/part_ab in a second call on the still-warm machine, "
-               "`cat /tmp/stage/part_* > /tmp/smollm2.gguf` there, then run the command above in the same call"),
+        runtime="not run (no device lent); planned as one <= 10-min call on one H100"),
 }
 
 VARIANTS = {
