@@ -175,3 +175,17 @@ def test_other_ground_truths_and_test_sets_are_scored_beside_the_primary_ones():
   assert {"lds_extra", "normalized_error_extra", "loo_alt_spearman", "loo_pearson_of_ceiling"} <= set(k)
   assert "loo_alt_pearson_of_ceiling" not in k                        # one repeat: no ceiling
   assert np.array_equal(res.arrays["loo_alt_true"], noisy)
+
+
+def test_the_summary_cites_the_commit_the_run_started_on(tmp_path, monkeypatch):
+  # a long run's checkout can move before its summary is written; the code that ran is the start's
+  from ksurrogate.harness import provenance
+  head = {"commit": "a" * 40, "dirty": False, "version": "x"}
+  monkeypatch.setattr(provenance, "commit", lambda: dict(head))
+
+  def problems():   # the checkout moves while the phases run
+    yield _problem("a", 0)
+    head.update(commit="b" * 40, dirty=True)
+
+  summary = _run(tmp_path, problems())
+  assert summary["provenance"]["commit"] == "a" * 40 and summary["provenance"]["dirty"] is False

@@ -561,6 +561,7 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
     for _ in protocol.problems(config, workdir_run, protocol.families):
       pass
     return None
+  code = provenance.commit()   # the checkout as imported; it may move during a long run
   out_dir = workdir_run.dir
   threshold = float(config.get("normalized_error_threshold", 0.1)) if hasattr(config, "get") else 0.1
   settings = _eval_settings(config)
@@ -579,7 +580,7 @@ def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
                                      resplit_count=settings["resplits"], num_bootstrap=settings["bootstrap"],
                                      seed=settings["seed"], comparisons=protocol.comparisons, skipped=[])
   summary, across_figures = summarize(protocol, config, results, across, workdir_run, settings)
-  summary["provenance"] = provenance.describe()   # what a results table cites for this run
+  summary["provenance"] = provenance.describe(code=code)   # what a results table cites for this run
   write(out_dir, summary, results)
   draw(out_dir, summary, _figure_plan(protocol, results, across_figures, out_dir))
   print_summary(summary, results, workdir_run)

@@ -84,15 +84,17 @@ def command(argv: Optional[Sequence[str]] = None) -> str:
   return shlex.join([program, *argv[1:]])
 
 
-def describe(argv: Optional[Sequence[str]] = None) -> dict:
+def describe(argv: Optional[Sequence[str]] = None, code: Optional[dict] = None) -> dict:
   """Everything a results row cites: command, code version, machine, date.
 
   Args:
     argv: the command line (default `sys.argv`).
+    code: `commit()` as taken when the run started (default: now). A long run's checkout can move
+      under it; the code that ran is the one imported at the start.
 
   Returns:
-    {"command", "date" (UTC, ISO 8601), **commit(), "machine": machine()}. The run's times are
-    the summary's `timing` table.
+    {"command", "date" (UTC, ISO 8601), **code, "machine": machine()}. The run's times are the
+    summary's `timing` table.
   """
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  return {"command": command(argv), "date": now, **commit(), "machine": machine()}
+  return {"command": command(argv), "date": now, **(commit() if code is None else code), "machine": machine()}
