@@ -189,3 +189,18 @@ def test_the_summary_cites_the_commit_the_run_started_on(tmp_path, monkeypatch):
 
   summary = _run(tmp_path, problems())
   assert summary["provenance"]["commit"] == "a" * 40 and summary["provenance"]["dirty"] is False
+
+
+@pytest.mark.parametrize("domain, said", [("subsets", "g(1) - g(1-e_j)"), ("simplex", "the uniform mixture"),
+                                          ("weights", "every weight 1")])
+def test_readout_figures_say_which_point_a_removal_starts_from(tmp_path, monkeypatch, domain, said):
+  # on mixtures "removed" means weight to 0 from the uniform mixture, renormalized: the labels say so
+  drawn = []
+  monkeypatch.setattr(report, "save", lambda fig, path: drawn.append(fig))
+  rng = np.random.default_rng(0)
+  report.interaction_heatmap(tmp_path / "i.png", rng.normal(size=(4, 4, 2)), "t", domain=domain)
+  report.top_tasks(tmp_path / "t.png", rng.normal(size=(4, 2)), "t", domain=domain)
+  heat, bars = drawn
+  assert said in heat.axes[1].get_ylabel()
+  xlabel = bars.axes[0].get_xlabel()
+  assert ("uniform mixture" in xlabel) == (domain == "simplex") and ("weight 1 to 0" in xlabel) == (domain == "weights")

@@ -54,5 +54,5 @@ def summary(curve: dict, selection: dict, active: dict) -> str:
   diff = active["runs_needed_active_minus_random"]
   out.append(f"runs to reach the full pool's test Spearman ({100 * active['full_pool_spearman']:.1f}, tolerance "
              f"{100 * active['tolerance']:.1f}): active {need['active']['runs']:.0f}, random {need['random']['runs']:.0f}; "
-             f"active - random {diff['runs']:+.0f} (95 % {diff['runs_ci95']}), {diff['verdict']}")
+             f"active - random {diff['runs']:+.0f} (95 % [{diff['runs_ci95'][0]:.1f}, {diff['runs_ci95'][1]:.1f}]), {diff['verdict']}")
   return "\n".join(out)

@@ -40,8 +40,8 @@ def learning_curve(path, curve: dict) -> None:
       ax.set_title(f"95 % intervals: {curve['bootstrap']} bootstrap resamples of the 256 test runs and of "
                    f"{curve['redraws']} re-drawn training sets", fontsize=8)
   axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-  fig.suptitle("RegMix 1M runs: surrogates of the validation loss, by training runs (solid: kernel, dashed: linear, "
-               "dotted: LightGBM)", fontsize=10)
+  fig.suptitle("RegMix 1M runs: surrogates of the validation loss, by training runs (solid: kernel families, "
+               "dashed: their baselines, linear and LightGBM)", fontsize=10)
   report.save(fig, path)
 
 

@@ -50,6 +50,7 @@ import numpy as np
 
 from ksurrogate import attribution
 from ksurrogate import families as families_lib
+from ksurrogate import inputs
 from ksurrogate import metrics
 from ksurrogate import subsets
 from ksurrogate.harness import provenance
@@ -702,14 +703,16 @@ def _standard_figures(protocol: Protocol, res: Result) -> dict:
         path, loos, arrays["loo_true"], problem.name, scores={m: _cell(scores[m], "loo_pearson") for m in loos},
         outcome_name=problem.outcome_name)
   m = protocol.plot_method
+  domain = inputs.as_inputs(problem.S, "S")[1]   # what "removed" means in the readout figures
   if f"{m}/predicted_loo" in arrays:
     out["top_tasks"] = lambda path: report.top_tasks(
         path, arrays[f"{m}/predicted_loo"], f"{problem.name}: {m}", labels=problem.task_labels,
-        higher_is_better=problem.higher_is_better, outcome_name=problem.outcome_name, task_noun=problem.task_noun)
+        higher_is_better=problem.higher_is_better, outcome_name=problem.outcome_name, task_noun=problem.task_noun,
+        domain=domain)
   if f"{m}/interactions" in arrays:
     out["interactions"] = lambda path: report.interaction_heatmap(
         path, arrays[f"{m}/interactions"], f"{problem.name}: {m}", labels=problem.task_labels,
-        outcome_name=problem.outcome_name, task_noun=problem.task_noun)
+        outcome_name=problem.outcome_name, task_noun=problem.task_noun, domain=domain)
   return out
 
 

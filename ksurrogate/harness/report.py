@@ -117,10 +117,17 @@ def power_of_ten(values) -> tuple[int, str]:
   return power, (f" (x 1e{power})" if power else "")
 
 
+REMOVAL = {"subsets": ("1", ""),
+           "simplex": ("u", "u: the uniform mixture; -e_j: weight j to 0, the rest renormalized"),
+           "weights": ("1", "1: every weight 1; -e_j: weight j to 0")}
+
+
 def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_is_better: bool = False,
-              outcome_name: str = "target loss", task_noun: str = "task") -> None:
+              outcome_name: str = "target loss", task_noun: str = "task", domain: str = "subsets") -> None:
   """Bar chart of the tasks with the largest predicted leave-one-out effect on the mean target,
-  coloured by whether the task helps the target (removing it makes the outcome worse)."""
+  coloured by whether the task helps the target (removing it makes the outcome worse). `domain`
+  (`ksurrogate.inputs`) says what removing means: from the full set, the uniform mixture or unit
+  weights."""
   effect = np.asarray(loo_KxT).mean(axis=1)          # g(1 - e_k) - g(1)
   helps = effect < 0 if higher_is_better else effect > 0
   power, unit = power_of_ten(effect)
@@ -133,7 +140,10 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_i
   ax.set_yticks(range(len(order)), names, fontsize=7)
   ax.axvline(0, color="k", lw=0.6)
   # The colours are explained under the axis (a legend inside would cover bars).
-  ax.set_xlabel(textwrap.fill(f"predicted change of mean {outcome_name} when the {task_noun} is removed{unit}", 60)
+  where = {"subsets": "", "simplex": " from the uniform mixture (the rest renormalized)",
+           "weights": " (its weight 1 to 0)"}[domain]
+  ax.set_xlabel(textwrap.fill(f"predicted change of mean {outcome_name} when the {task_noun} is removed{where}{unit}",
+                              60)
                 + f"\n(green: the {task_noun} helps the target, red: it hurts)", fontsize=8)
   shown = f"the {len(order)} of {len(effect)} {task_noun}s with the largest |effect|" if len(order) < len(effect) \
       else f"all {len(effect)} {task_noun}s"
@@ -205,8 +215,9 @@ def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> 
 
 
 def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_name: str = "target loss",
-                        task_noun: str = "task") -> None:
-  """Pairwise interactions I_jk on the mean target (the diagonal is undefined and left blank)."""
+                        task_noun: str = "task", domain: str = "subsets") -> None:
+  """Pairwise interactions I_jk on the mean target (the diagonal is undefined and left blank),
+  read from the point `domain` implies (`REMOVAL`)."""
   mat = np.asarray(inter_KxKxT, np.float64).mean(axis=2)
   K = mat.shape[0]
   mat[np.arange(K), np.arange(K)] = np.nan
@@ -218,7 +229,9 @@ def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_n
   im = ax.imshow(mat, cmap="RdBu_r", vmin=-v, vmax=v)
   cbar = fig.colorbar(im, ax=ax, shrink=0.8)
   cbar.formatter.set_useOffset(False)
-  cbar.set_label(f"g(1) - g(1-e_j) - g(1-e_k) + g(1-e_j-e_k)\n(mean {outcome_name}){unit}", fontsize=7)
+  at, meaning = REMOVAL[domain]
+  cbar.set_label(f"g({at}) - g({at}-e_j) - g({at}-e_k) + g({at}-e_j-e_k)\n(mean {outcome_name}){unit}"
+                 + (f"\n{meaning}" if meaning else ""), fontsize=7)
   step = max(1, K // 25)
   ticks = np.arange(0, K, step)
   names = [str(labels[i]) if labels is not None else str(i) for i in ticks]
