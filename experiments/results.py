@@ -1,25 +1,34 @@
 """The results tables, generated from the runs' own summaries, never typed.
 
   python -m ksurrogate_experiments.results add WORKDIR     # copy WORKDIR/summary.json into results/
-  python -m ksurrogate_experiments.results render          # write RESULTS.md and README's headline
-  python -m ksurrogate_experiments.results check           # exit 1 if either is stale
+  python -m ksurrogate_experiments.results render          # write RESULTS.md and README's tables
+  python -m ksurrogate_experiments.results check           # exit 1 if any is stale
 
 `results/<experiment>-<config>.json` is a run's summary.json (less its absolute file paths) with the
 provenance the driver records (command, commit, machine, load, date). RESULTS.md holds every
 family's scores with intervals and every standard comparison's verdict, each run headed by its
 command, commit, machine and date; the README's headline table (between the two `results:headline`
-markers) is one row per problem and score of the kernel against its linear counterpart. A test
-renders both again and fails when either differs from what is committed, so a figure in them is
-always one a run produced.
+markers) is one row per problem and score of the kernel against its linear counterpart, and its
+regmix table (between the `results:curve` markers) is the stored regmix run's learning curve; a
+summary's `learning_curve` block is also in RESULTS.md in full. A test renders them again and
+fails when any differs from what is committed, so a figure in them is always one a run produced.
 """
 import json
 import pathlib
 import sys
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "results"
-BEGIN, END = "<!-- results:headline begin -->", "<!-- results:headline end -->"
+def markers(block: str) -> tuple:
+  """The README comments a generated block sits between."""
+  return f"<!-- results:{block} begin -->", f"<!-- results:{block} end -->"
+
+
+BEGIN, END = markers("headline")
+# the README's regmix table: (stored run, problem, families shown, paired differences shown)
+README_CURVE = ("regmix-default", "regmix", ("kernel", "linear", "linear_pairwise", "lightgbm"),
+                ("kernel-linear", "kernel-linear_pairwise", "kernel-lightgbm"))
 NAMES = {"lds": "held-out LDS", "normalized_error": "normalized error", "loo_pearson": "LOO Pearson",
          "loo_spearman": "LOO Spearman", "swap_pearson": "swap Pearson", "swap_spearman": "swap Spearman",
          "loo_finetune_pearson": "fine-tune LOO Pearson", "loo_finetune_spearman": "fine-tune LOO Spearman",
@@ -101,7 +110,44 @@ def render_run(name: str, summary: Mapping) -> str:
         for k in [k[: -len("_verdict")] for k in diff if k.endswith("_verdict")]:
           lines.append(f"| {pair.replace('-', ' − ')} | {_name(k)} | {_interval(diff, k)} | {diff[f'{k}_verdict']} |")
     lines.append("")
+  lines += _curve_sections(summary)
   return "\n".join(lines)
+
+
+def _x100(row: Optional[Mapping], key: str = "spearman") -> str:
+  """A learning-curve cell as the experiment prints it: x100, one decimal, ± its s.e."""
+  if not row or row.get(key) is None:
+    return "n/a"
+  se = row.get(f"{key}_se")
+  return f"{100 * row[key]:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
+
+
+def curve_table(curve: Mapping, families: Optional[Sequence[str]] = None,
+                pairs: Optional[Sequence[str]] = None) -> list:
+  """Markdown rows of a `learning_curve` block (one problem): test Spearman x100 ± s.e. per
+  training size of each family in `families` (default all), then the paired differences `pairs`
+  (default every one stored) with their verdicts."""
+  families = [f for f in (families or curve["families"]) if f in curve["scores"]]
+  pairs = [p for p in (curve["comparisons"] if pairs is None else pairs) if p in curve["comparisons"]]
+  head = ["runs", *families, *[p.replace("-", " − ") for p in pairs]]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for size in (str(s) for s in curve["sizes"]):
+    cells = [_x100(curve["scores"][f].get(size)) for f in families]
+    for p in pairs:
+      diff = curve["comparisons"][p].get(size)
+      cells.append(_x100(diff) + (f" {diff['spearman_verdict']}" if diff and "spearman_verdict" in diff else ""))
+    lines.append(f"| {size} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _curve_sections(summary: Mapping) -> list:
+  lines = []
+  for problem, curve in summary.get("learning_curve", {}).items():
+    lines += [f"### {problem}: learning curve", "",
+              f"Test Spearman x100 (mean over targets) ± s.e. by training runs ({curve['redraws']} re-drawn "
+              f"training sets, {curve['bootstrap']} bootstrap resamples); differences are paired.", ""]
+    lines += curve_table(curve) + [""]
+  return lines
 
 
 def headline_rows(results: Mapping[str, Mapping]) -> list:
@@ -143,12 +189,32 @@ def render(results: Mapping[str, Mapping]) -> str:
   return "\n".join(lines).rstrip() + "\n"
 
 
-def splice(readme: str, headline: str) -> str:
-  """README text with its headline block replaced by `headline`."""
-  if readme.count(BEGIN) != 1 or readme.count(END) != 1:
-    raise ValueError(f"README.md: needs exactly one {BEGIN!r} ... {END!r} block for the headline table")
-  head, rest = readme.split(BEGIN)
-  return head + headline + rest.split(END, 1)[1]
+def render_curve_block(results: Mapping[str, Mapping]) -> str:
+  """The README's learning-curve table (`README_CURVE`), between its markers."""
+  run, problem, families, pairs = README_CURVE
+  curve = results.get(run, {}).get("learning_curve", {}).get(problem)
+  if curve is None:
+    raise ValueError(f"README.md: its {run} learning-curve table needs results/{run}.json with a "
+                     f"learning_curve block for {problem!r}")
+  begin, end = markers("curve")
+  return "\n".join([begin, *curve_table(curve, families, pairs), "",
+                    f"Generated from `results/{run}.json` ({curve['redraws']} re-drawn training sets, "
+                    f"{curve['bootstrap']} bootstrap resamples of the test runs).", end])
+
+
+def splice(readme: str, text: str, block: str = "headline") -> str:
+  """README text with its generated `block` replaced by `text` (which carries the markers)."""
+  begin, end = markers(block)
+  if readme.count(begin) != 1 or readme.count(end) != 1:
+    raise ValueError(f"README.md: needs exactly one {begin!r} ... {end!r} block for the {block} table")
+  head, rest = readme.split(begin)
+  return head + text + rest.split(end, 1)[1]
+
+
+def render_readme(readme: str, results: Mapping[str, Mapping]) -> str:
+  """README text with every generated block rendered again from `results`."""
+  readme = splice(readme, render_headline(results))
+  return splice(readme, render_curve_block(results), "curve")
 
 
 def add(workdir: pathlib.Path, name: Optional[str] = None, results_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
@@ -190,7 +256,7 @@ def main(argv) -> int:
       return 0
     results = load(RESULTS_DIR)
     readme = ROOT / "README.md"
-    want = {ROOT / "RESULTS.md": render(results), readme: splice(readme.read_text(), render_headline(results))}
+    want = {ROOT / "RESULTS.md": render(results), readme: render_readme(readme.read_text(), results)}
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

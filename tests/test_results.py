@@ -86,3 +86,22 @@ def test_configs_type_no_results_and_help_points_at_the_stored_ones():
   stored = {p.stem for p in results.RESULTS_DIR.glob("*.json")}
   assert text.count("result:  none stored in results/") == sum(
       len(contract.load(n).configs) for n in contract.REGISTRY) - len(stored)
+
+
+def _curve():
+  cell = lambda v: {"spearman": v, "spearman_se": 0.002, "spearman_ci95": [v - 0.004, v + 0.004]}
+  return {"sizes": [32, 64], "families": ["kernel", "linear"], "baselines": ["linear"], "redraws": 20,
+          "bootstrap": 400, "scores": {"kernel": {"32": cell(0.9), "64": cell(0.95)},
+                                       "linear": {"32": cell(0.88), "64": cell(0.9)}},
+          "comparisons": {"kernel-linear": {"32": {**cell(0.02), "spearman_verdict": "wins"},
+                                            "64": {**cell(0.05), "spearman_verdict": "wins"}}}}
+
+
+def test_a_learning_curve_is_rendered_from_its_summary_and_a_missing_run_is_one_line():
+  rows = results.curve_table(_curve())
+  assert rows[0] == "| runs | kernel | linear | kernel − linear |"
+  assert rows[2:] == ["| 32 | 90.0 ± 0.2 | 88.0 ± 0.2 | 2.0 ± 0.2 wins |", "| 64 | 95.0 ± 0.2 | 90.0 ± 0.2 | 5.0 ± 0.2 wins |"]
+  section = results.render_run("regmix-default", {**_summary(), "learning_curve": {"regmix": _curve()}})
+  assert "### regmix: learning curve" in section and "| 64 | 95.0 ± 0.2 |" in section
+  with pytest.raises(ValueError, match=r"^README.md: its regmix-default learning-curve table needs results/"):
+    results.render_curve_block({})
