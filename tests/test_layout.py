@@ -35,3 +35,16 @@ def test_importable_outside_the_checkout(tmp_path):
   out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr
   assert "modular" in out.stdout
+
+
+def _slug(title: str) -> str:
+  """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+  return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_build_notes_contents_list_every_section_in_order():
+  # a typed contents list goes stale unseen; this is what keeps it true
+  text = (ROOT / "BUILD_NOTES.md").read_text()
+  heads = [line[3:] for line in text.splitlines() if line.startswith("## ") and line != "## Contents"]
+  listed = re.findall(r"^- \[(.+)\]\(#(.+)\)$", text.split("## Contents", 1)[1].split("\n## ", 1)[0], re.M)
+  assert listed == [(h, _slug(h)) for h in heads]
