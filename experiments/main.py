@@ -23,7 +23,7 @@ def _define(fv: flags.FlagValues) -> None:
                       "of a config file", flag_values=fv)
   flags.DEFINE_string("workdir", "runs/default", "where summary.json, arrays and plots go", flag_values=fv)
   flags.DEFINE_bool("distributed", False, "one of several processes sharing the run, the group read from the "
-                    "launcher (README, \"Across hosts\")", flag_values=fv)
+                    "launcher (docs/scaling.md)", flag_values=fv)
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed)", flag_values=fv)
   flags.DEFINE_integer("num_processes", None, "processes in the group (implies --distributed)", flag_values=fv)
   flags.DEFINE_integer("process_id", None, "this process's index, 0 .. num_processes - 1", flag_values=fv)

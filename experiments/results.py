@@ -1,15 +1,16 @@
 """The results tables, generated from the runs' own summaries, never typed.
 
   python -m ksurrogate_experiments.results add WORKDIR     # copy WORKDIR/summary.json into results/
-  python -m ksurrogate_experiments.results render          # write RESULTS.md and README's tables
+  python -m ksurrogate_experiments.results render          # write RESULTS.md and the docs' tables
   python -m ksurrogate_experiments.results check           # exit 1 if any is stale
 
 `results/<experiment>-<config>.json` is a run's summary.json (less its absolute file paths) with the
 provenance the driver records (command, commit, machine, load, date). RESULTS.md holds every
 family's scores with intervals and every standard comparison's verdict, each run headed by its
 command, commit, machine and date; the README's headline table (between the two `results:headline`
-markers) is one row per problem and score of the kernel against its linear counterpart, and its
-regmix table (between the `results:curve` markers) is the stored regmix run's learning curve; a
+markers) is one row per problem and score of the kernel against its linear counterpart, and the
+regmix table of docs/experiments.md (between the `results:curve` markers) is the stored regmix
+run's learning curve; a
 summary's `learning_curve` block is also in RESULTS.md in full. A test renders them again and
 fails when any differs from what is committed, so a figure in them is always one a run produced.
 """
@@ -21,12 +22,12 @@ from typing import Mapping, Optional, Sequence
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "results"
 def markers(block: str) -> tuple:
-  """The README comments a generated block sits between."""
+  """The markdown comments a generated block sits between."""
   return f"<!-- results:{block} begin -->", f"<!-- results:{block} end -->"
 
 
 BEGIN, END = markers("headline")
-# the README's regmix table: (stored run, problem, families shown, paired differences shown)
+# docs/experiments.md's regmix table: (stored run, problem, families shown, paired differences shown)
 README_CURVE = ("regmix-default", "regmix", ("kernel", "linear", "linear_pairwise", "lightgbm"),
                 ("kernel-linear", "kernel-linear_pairwise", "kernel-lightgbm"))
 NAMES = {"lds": "held-out LDS", "normalized_error": "normalized error", "loo_pearson": "LOO Pearson",
@@ -190,11 +191,11 @@ def render(results: Mapping[str, Mapping]) -> str:
 
 
 def render_curve_block(results: Mapping[str, Mapping]) -> str:
-  """The README's learning-curve table (`README_CURVE`), between its markers."""
+  """docs/experiments.md's learning-curve table (`README_CURVE`), between its markers."""
   run, problem, families, pairs = README_CURVE
   curve = results.get(run, {}).get("learning_curve", {}).get(problem)
   if curve is None:
-    raise ValueError(f"README.md: its {run} learning-curve table needs results/{run}.json with a "
+    raise ValueError(f"docs/experiments.md: its {run} learning-curve table needs results/{run}.json with a "
                      f"learning_curve block for {problem!r}")
   begin, end = markers("curve")
   return "\n".join([begin, *curve_table(curve, families, pairs), "",
@@ -202,19 +203,22 @@ def render_curve_block(results: Mapping[str, Mapping]) -> str:
                     f"{curve['bootstrap']} bootstrap resamples of the test runs).", end])
 
 
-def splice(readme: str, text: str, block: str = "headline") -> str:
-  """README text with its generated `block` replaced by `text` (which carries the markers)."""
+def splice(readme: str, text: str, block: str = "headline", where: str = "README.md") -> str:
+  """Markdown text with its generated `block` replaced by `text` (which carries the markers)."""
   begin, end = markers(block)
   if readme.count(begin) != 1 or readme.count(end) != 1:
-    raise ValueError(f"README.md: needs exactly one {begin!r} ... {end!r} block for the {block} table")
+    raise ValueError(f"{where}: needs exactly one {begin!r} ... {end!r} block for the {block} table")
   head, rest = readme.split(begin)
   return head + text + rest.split(end, 1)[1]
 
 
-def render_readme(readme: str, results: Mapping[str, Mapping]) -> str:
-  """README text with every generated block rendered again from `results`."""
-  readme = splice(readme, render_headline(results))
-  return splice(readme, render_curve_block(results), "curve")
+def rendered_docs(results: Mapping[str, Mapping]) -> dict:
+  """{path: text} of every file holding generated tables, as `results` renders them: RESULTS.md,
+  the README's headline block, docs/experiments.md's learning-curve block."""
+  readme, experiments = ROOT / "README.md", ROOT / "docs" / "experiments.md"
+  return {ROOT / "RESULTS.md": render(results),
+          readme: splice(readme.read_text(), render_headline(results)),
+          experiments: splice(experiments.read_text(), render_curve_block(results), "curve", "docs/experiments.md")}
 
 
 def add(workdir: pathlib.Path, name: Optional[str] = None, results_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
@@ -254,9 +258,7 @@ def main(argv) -> int:
     if argv[1] == "add":
       print(f"wrote {add(pathlib.Path(argv[2]), argv[3] if len(argv) == 4 else None)}")
       return 0
-    results = load(RESULTS_DIR)
-    readme = ROOT / "README.md"
-    want = {ROOT / "RESULTS.md": render(results), readme: render_readme(readme.read_text(), results)}
+    want = rendered_docs(load(RESULTS_DIR))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

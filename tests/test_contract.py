@@ -1,5 +1,5 @@
 """The experiment contract: every registered experiment fulfils it, the registry is lazy, and the
-README's checklist "Adding an experiment", followed step by step for a throwaway synthetic
+checklist "Adding an experiment" (docs/experiments.md), followed step by step for a throwaway synthetic
 experiment, gives an experiment that --help lists and that runs end to end with every
 surrogate family, intervals and a ceiling; a user's own surrogate family joins through the
 protocol."""
@@ -37,7 +37,7 @@ def test_an_unknown_experiment_is_one_line():
     contract.load("nope")
 
 
-# The README checklist, step by step: (1) a package with a docstring, (2) config.py holding the
+# The docs/experiments.md checklist, step by step: (1) a package with a docstring, (2) config.py holding the
 # configs, rules, checks, memory and EXPERIMENT, (3) pipeline.py yielding driver Problems from
 # stored phases, (4) one line in contract.REGISTRY, (5) a tiny config end to end.
 INIT = '"""`synth`: a throwaway synthetic experiment (tests/test_contract.py)."""\n'

@@ -1,4 +1,4 @@
-"""The README's examples run, and say what the README says they say."""
+"""The examples the docs quote run, and say what the docs say they say."""
 import pathlib
 import sys
 

@@ -48,3 +48,20 @@ def test_build_notes_contents_list_every_section_in_order():
   heads = [line[3:] for line in text.splitlines() if line.startswith("## ") and line != "## Contents"]
   listed = re.findall(r"^- \[(.+)\]\(#(.+)\)$", text.split("## Contents", 1)[1].split("\n## ", 1)[0], re.M)
   assert listed == [(h, _slug(h)) for h in heads]
+
+
+def test_the_api_reference_builds_and_every_public_function_has_a_docstring(tmp_path):
+  # docs/api.md's command, in process: a docstring pdoc cannot render, or a public name without
+  # one, fails here rather than in a user's browser
+  import inspect
+
+  import pdoc
+  import pdoc.render
+
+  import ksurrogate as ks
+  pdoc.render.configure(docformat="google")
+  pdoc.pdoc("ksurrogate", output_directory=tmp_path)
+  assert (tmp_path / "ksurrogate.html").is_file() and (tmp_path / "ksurrogate" / "surrogates.html").is_file()
+  bare = [n for n in dir(ks) if not n.startswith("_") and inspect.isfunction(getattr(ks, n))
+          and not inspect.getdoc(getattr(ks, n))]
+  assert bare == []

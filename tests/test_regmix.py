@@ -137,7 +137,7 @@ def test_tiny_run_is_reused_and_the_same(tiny_run):
 
 @pytest.mark.slow
 def test_full_experiment(tmp_path_factory):
-  """The README's run: the targets it reports (BUILD_NOTES.md has the figures and their runtime)."""
+  """The documented run (docs/experiments.md): the targets it reports (BUILD_NOTES.md has the figures and their runtime)."""
   _, s, _ = run_experiment(tmp_path_factory, "regmix", config="default")
   curve = s["learning_curve"]["regmix"]
   assert curve["scores"]["kernel"]["512"]["spearman"] >= 0.98

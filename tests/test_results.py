@@ -103,5 +103,5 @@ def test_a_learning_curve_is_rendered_from_its_summary_and_a_missing_run_is_one_
   assert rows[2:] == ["| 32 | 90.0 ± 0.2 | 88.0 ± 0.2 | 2.0 ± 0.2 wins |", "| 64 | 95.0 ± 0.2 | 90.0 ± 0.2 | 5.0 ± 0.2 wins |"]
   section = results.render_run("regmix-default", {**_summary(), "learning_curve": {"regmix": _curve()}})
   assert "### regmix: learning curve" in section and "| 64 | 95.0 ± 0.2 |" in section
-  with pytest.raises(ValueError, match=r"^README.md: its regmix-default learning-curve table needs results/"):
+  with pytest.raises(ValueError, match=r"^docs/experiments.md: its regmix-default learning-curve table needs results/"):
     results.render_curve_block({})
