@@ -34,7 +34,7 @@ def main():
   cfg = dataclasses.replace(ppo.FINETUNE, num_envs=args.num_envs, num_steps=args.num_steps,
                             num_updates=max(1, budget // (args.num_envs * args.num_steps)))
   meta = ppo.train_meta(suite, ppo.PPOConfig(num_envs=40, num_steps=64, num_updates=20), seed=0)
-  S = np.asarray(subsets.sized(jax.random.key(0), args.subsets, suite.K, 1, suite.K))
+  S = np.asarray(subsets.sized(jax.random.key(0), args.subsets, suite.K, 1, suite.K, distinct=False))
   key = jax.random.key(0)
   steps = args.subsets * cfg.total_steps
 

@@ -380,3 +380,86 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
   """warnings.formatwarning for the CLI: one line (the default adds the source line below)."""
   del line
   return f"{category.__name__}: {' '.join(str(message).split())} ({pathlib.Path(filename).name}:{lineno})\n"
+
+
+# Time: counts whose compute cannot finish are refused, as memory is.
+#
+# A count's time is its units times a per-unit cost measured on a 2-core machine at load ~8
+# (`python benchmarks/speed.py costs` prints them; BUILD_NOTES.md, "Nothing silently wrong ...",
+# has the runs). The figures are lower bounds of the real time (they leave out compilation, I/O
+# and the other phases), so a refused count could not have finished within the bound either.
+FIT_SECONDS = 0.05            # one tuned surrogate fit (CV over its grid) of up to FIT_SUBSETS subsets
+FIT_SUBSETS = 40
+FIT_CUBIC_SECONDS = 4e-9      # x m^3 beyond that: the CV's eigendecompositions of m x m Grams
+BOOTSTRAP_SECONDS = 2e-8      # one bootstrap resample of one method, per (task x target) entry
+TRAIN_FLOPS_PER_SECOND = 2e10  # dense float32 training throughput (forward + backward), XLA on 2 cores
+# Scoring: 1 h. Exact outcomes: 30 days of this machine's throughput, so that a config meant for an
+# accelerator (~30x the throughput) passes here while a count no accelerator finishes in a day does not.
+TIME_BOUNDS = {"eval": 3600.0, "compute": 30 * 86400.0}
+
+
+def fit_seconds(num_fits: int, num_subsets: int) -> float:
+  """Seconds of `num_fits` tuned surrogate fits on `num_subsets` subsets each."""
+  return num_fits * (FIT_SECONDS + FIT_CUBIC_SECONDS * max(num_subsets - FIT_SUBSETS, 0) ** 3)
+
+
+def resplit_seconds(resplits: int, num_families: int, num_fit: int, num_sources: int = 1) -> tuple[float, str]:
+  """(seconds, what) of scoring `resplits` re-splits: every family fitted on every outcome source's
+  `num_fit` fit rows of each re-split."""
+  fits = resplits * num_families * num_sources
+  return (fit_seconds(fits, num_fit),
+          f"{resplits} re-splits x {num_families} families x {num_sources} outcome sources ({fits} fits of {num_fit} "
+          "subsets)")
+
+
+def bootstrap_seconds(bootstrap: int, num_methods: int, num_tasks: int, num_targets: int,
+                      num_truths: int = 1) -> tuple[float, str]:
+  """(seconds, what) of `bootstrap` resamples of every method's leave-one-out scores against
+  every ground truth (num_tasks x num_targets effects each)."""
+  units = bootstrap * num_methods * num_truths * num_tasks * num_targets
+  return (BOOTSTRAP_SECONDS * units,
+          f"{bootstrap} bootstrap resamples x {num_methods} methods x {num_truths} truths of {num_tasks} x {num_targets} "
+          "effects")
+
+
+def training_seconds(num_trainings: int, flops_per_training: float) -> float:
+  """Seconds of `num_trainings` trainings of `flops_per_training` FLOPs each at
+  TRAIN_FLOPS_PER_SECOND (a lower bound: small models run below the dense throughput)."""
+  return num_trainings * flops_per_training / TRAIN_FLOPS_PER_SECOND
+
+
+def duration(seconds: float) -> str:
+  """'42 s', '3.1 h', '2.0e+03 days'."""
+  if seconds < 120:
+    return f"{seconds:.0f} s"
+  if seconds < 2 * 3600:
+    return f"{seconds / 60:.0f} min"
+  if seconds < 2 * 86400:
+    return f"{seconds / 3600:.1f} h"
+  return f"{seconds / 86400:.3g} days"
+
+
+def check_time(estimates: Mapping[str, tuple[float, str]], bound: float) -> None:
+  """Refuses counts that cannot finish: `estimates` maps the field that sets a count to (seconds,
+  what); the longest above `bound` seconds is one ValueError line with both figures."""
+  over = [(s, path, what) for path, (s, what) in estimates.items() if s > bound]
+  if over:
+    s, path, what = max(over, key=lambda o: o[0])
+    raise ValueError(f"{path}: {what} would take at least ~{duration(s)} on this machine (bound {duration(bound)}); "
+                     f"lower {path}")
+
+
+def distinct_subsets(num_tasks: int, low: int, high: int) -> int:
+  """How many distinct subsets of `num_tasks` tasks have `low`..`high` tasks."""
+  return sum(math.comb(num_tasks, k) for k in range(max(low, 0), min(high, num_tasks) + 1))
+
+
+def scoring_time(c, *, num_fit: int, num_tasks: int, num_targets: int, num_sources: int = 1,
+                 num_methods: Optional[int] = None, num_truths: int = 1) -> None:
+  """The shared eval.* counts (`eval.resplits`, `eval.bootstrap`) against TIME_BOUNDS["eval"] for
+  an experiment's sizes (num_methods: the families on every source plus the baselines)."""
+  families = len(c.surrogates.families) if tuple(c.surrogates.families) != ("standard",) else 5
+  methods = families * num_sources + 2 if num_methods is None else num_methods
+  check_time({"eval.resplits": resplit_seconds(c.eval.resplits, families, num_fit, num_sources),
+              "eval.bootstrap": bootstrap_seconds(c.eval.bootstrap, methods, num_tasks, num_targets, num_truths)},
+             TIME_BOUNDS["eval"])

@@ -112,6 +112,9 @@ def check_fit_inputs(S, F, cv, *, uses_cv: bool = True, dedupe: bool = True, no_
     if isinstance(cv, (bool, np.bool_)) or not isinstance(cv, (int, np.integer)) or cv < 2:
       raise ValueError(f"cv: expected an integer number of folds >= 2, got {cv!r}")
   if uses_cv:
+    if m < 4:   # the fewest that leave 2 per training fold at the fewest folds (cv=2)
+      raise ValueError(f"S: {m} distinct subsets (after merging duplicates); cross-validation needs at least 4 "
+                       f"(sample more distinct subsets{no_cv_hint})")
     if cv > m:
       raise ValueError(f"cv: {cv} folds exceed the {m} distinct subsets (after merging duplicates); use cv <= {m}")
     per_fold = m - -(-m // cv)          # training subsets left beside the largest held-out fold
@@ -180,3 +183,17 @@ def choice(value, options, name: str):
   if value not in options:
     raise ValueError(f"{name}: unknown value {value!r}; expected one of {sorted(options)}")
   return value
+
+
+def class_labels(y, num_classes: int, name: str = "y") -> np.ndarray:
+  """Refuses class labels that are not integers in [0, num_classes): an out-of-range label would
+  be clamped by JAX's indexing into a real class and give finite, wrong numbers."""
+  arr = np.asarray(y)
+  if not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f"{name}: class labels must be integers in [0, {num_classes}), got dtype {arr.dtype}")
+  bad = (arr < 0) | (arr >= num_classes)
+  if bad.any():
+    i = int(np.flatnonzero(bad.reshape(len(arr), -1).any(1))[0]) if arr.ndim else 0
+    raise ValueError(f"{name}: label {arr[bad].ravel()[0].item()} (example {i}) is outside [0, {num_classes}) for a "
+                     f"model with {num_classes} classes")
+  return arr

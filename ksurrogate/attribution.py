@@ -214,7 +214,7 @@ def suggest_subsets(surrogate, key, n: int, *, num_candidates: int = 4096, size:
       num_candidates = _checks.positive_int(num_candidates, "num_candidates")
       if size is None and p is None and np.all(sizes == sizes[0]):
         size = int(sizes[0])
-      cand = np.asarray(subsets_lib.fixed_size(key, num_candidates, K, size) if size is not None else
+      cand = np.asarray(subsets_lib.fixed_size(key, num_candidates, K, size, distinct=False) if size is not None else
                         subsets_lib.bernoulli(key, num_candidates, K, float(p if p is not None else basis.mean())))
     seen = {row.tobytes() for row in basis}
     mapped = cand

@@ -30,7 +30,7 @@ from ksurrogate import _checks
 from ksurrogate import _timing
 from ksurrogate import batching
 from ksurrogate import metrics
-from ksurrogate.features import Features, margin
+from ksurrogate.features import Features, check_same_projection, margin
 
 METHODS = ("newton", "onestep")
 OUTCOMES = ("loss", "margin")
@@ -168,6 +168,8 @@ def _check_features(feats, name):
                    what="feature values")
   _checks.finite(np.asarray(feats.offsets), f"{name}.offsets", row="example", col="output")
   _checks.finite(np.asarray(feats.labels), f"{name}.labels", row="example", col="output")
+  if feats.output == "logits":   # the softmax cross-entropy indexes the C logits by the label
+    _checks.class_labels(feats.labels, phi.shape[1], f"{name}.labels")
 
 
 def _check_task_ids(task_ids, num_examples: int, num_tasks: int):
@@ -186,6 +188,7 @@ def _check_inputs(train, task_ids, S, target):
   if train.dim != target.dim or train.output != target.output or train.phi.shape[1] != target.phi.shape[1]:
     raise ValueError(f"target: features (output={target.output}, shape {target.phi.shape[1:]}) do not match train "
                      f"(output={train.output}, shape {train.phi.shape[1:]})")
+  check_same_projection(train, target)
   S, task_ids = _checks.subsets_with_tasks(S, task_ids, train.num_examples)
   return task_ids, S
 

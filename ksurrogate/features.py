@@ -20,6 +20,7 @@ cost C times the scalar ones; prefer output="margin" (one vector) unless the est
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Callable, Optional
 
@@ -50,6 +51,9 @@ class Features:
   offsets: jax.Array
   labels: jax.Array
   output: str = flax.struct.field(pytree_node=False, default="margin")
+  # The projection's fingerprint (`projection_fingerprint`); "" where unknown (features made by
+  # hand). Train and target features with different fingerprints live in different spaces.
+  projection: str = flax.struct.field(pytree_node=False, default="")
 
   @property
   def num_examples(self) -> int:
@@ -123,6 +127,29 @@ def _resolve_output(apply_fn, output):
   if apply_fn is None:
     raise ValueError(f"apply_fn: the provided output {output!r} needs the model's apply function")
   return output_fn(apply_fn, output), output
+
+
+def projection_fingerprint(key, num_params: int, dim: int, projection: str = "gaussian", chunk: int = 16384) -> str:
+  """A short text naming P: its kind, shape, row-block size and a hash of its key (`Features`
+  made with equal fingerprints share one projection)."""
+  if projection == "identity":
+    return f"identity/D={num_params}"
+  digest = hashlib.sha1(np.asarray(jax.random.key_data(key)).tobytes()).hexdigest()[:12]
+  return f"{projection}/D={num_params}/d={dim}/chunk={chunk}/key={digest}"
+
+
+def check_same_projection(train: "Features", target: "Features", name: str = "target") -> None:
+  """Refuses target features projected by another P than `train` (where both say which)."""
+  if train.projection and target.projection and train.projection != target.projection:
+    raise ValueError(f"{name}: features were projected by another P ({target.projection}) than train's "
+                     f"({train.projection}); featurize both with the same key, dim and projection")
+
+
+def num_classes(apply_fn: Callable, params0, x) -> int:
+  """The number of logits a classifier apply_fn(params, x_batch) gives for one example like `x`
+  (shape only: nothing is computed)."""
+  x = np.asarray(x)
+  return int(jax.eval_shape(apply_fn, params0, jax.ShapeDtypeStruct((1, *x.shape), x.dtype)).shape[-1])
 
 
 def projection_block(key, block: int, rows: int, dim: int, projection: str):
@@ -206,6 +233,8 @@ def featurize(apply_fn: Callable | None, params0, X, y, *, key, dim: int, output
     raise ValueError(f"y: has {len(y)} labels for {len(X)} examples")
   if len(X) == 0:
     raise ValueError("X: no examples to featurize")
+  if isinstance(output, str):   # the provided kinds index the logits by the label
+    _checks.class_labels(y, num_classes(apply_fn, params0, X[0]), "y")
   fn = make_featurizer(apply_fn, params0, key=key, dim=dim, output=output, projection=projection, chunk=chunk,
                        materialize_bytes=materialize_bytes)
   n = len(X)
@@ -233,4 +262,6 @@ def featurize(apply_fn: Callable | None, params0, X, y, *, key, dim: int, output
     phi.flush()
   if not np.all(np.isfinite(offsets)):
     raise ValueError("params0: model outputs are non-finite on some examples; cannot linearize there")
-  return Features(phi=phi, offsets=offsets, labels=y, output=name)
+  return Features(phi=phi, offsets=offsets, labels=y, output=name,
+                  projection=projection_fingerprint(key, fn.num_params, dim, projection, chunk))
+

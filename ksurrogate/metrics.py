@@ -122,9 +122,19 @@ def spearman(pred, true, *, per_target: bool = False):
   return _reduce(spearman_columns(P, T), per_target, P, T)
 
 
+@x64
 def lds(pred, true, *, per_target: bool = False):
-  """Linear datamodeling score: pred/true [num_subsets, num_targets]."""
-  return spearman(pred, true, per_target=per_target)
+  """Linear datamodeling score: the Spearman correlation of pred/true [num_subsets, num_targets]
+  down each target, averaged over targets.
+
+  A target whose prediction is constant across the subsets while its truth varies ranks nothing:
+  it scores 0 (no information), so it lowers the mean instead of leaving it. A target whose truth
+  is constant has nothing to rank and is left out (NaN per target); undefined when every truth is.
+  """
+  P, T = _pair(pred, true)
+  values = np.asarray(spearman_columns(P, T))
+  flat_pred = (np.ptp(np.asarray(P), axis=0) == 0) & (np.ptp(np.asarray(T), axis=0) > 0)
+  return _reduce(np.where(flat_pred, 0.0, values), per_target, P, T)
 
 
 def varying_targets(F, threshold: float = 0.0):
@@ -231,7 +241,12 @@ def split_half_ceiling(effects_SxKxT):
 
 def relative_error(estimate, truth, *, eps: float = 1e-12):
   """|estimate - truth| / |truth| elementwise, with summary statistics (undefined on empty or
-  non-finite input)."""
+  non-finite input).
+
+  Where |truth| <= eps the ratio is undefined: `values` holds NaN there, the median and mean are
+  over the other entries and `num_zero_truth` counts them; undefined (`Undefined`, which
+  `attempt` records as skipped) when every truth is zero (compare absolute errors there).
+  """
   E, T = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
   if E.shape != T.shape:
     raise ValueError(f"estimate: shape {E.shape} does not match truth {T.shape}")
@@ -242,8 +257,13 @@ def relative_error(estimate, truth, *, eps: float = 1e-12):
       raise Undefined(f"{name}: {int(bad.sum())} non-finite values at {where}")
   if E.size == 0:
     raise Undefined("estimate: no values to compare")
-  rel = np.abs(E - T) / np.maximum(np.abs(T), eps)
-  return {"median": float(np.median(rel)), "mean": float(np.mean(rel)), "values": rel}
+  zero = np.abs(T) <= eps
+  if zero.all():
+    raise Undefined(f"truth: all {T.size} values are 0 (|truth| <= {eps:g}), where a relative error is undefined; "
+                    "compare absolute errors")
+  rel = np.where(zero, np.nan, np.abs(E - T) / np.where(zero, 1.0, np.abs(T)))
+  return {"median": float(np.nanmedian(rel)), "mean": float(np.nanmean(rel)), "values": rel,
+          "num_zero_truth": int(zero.sum())}
 
 
 # ----------------------------------------------------------------------------------------------

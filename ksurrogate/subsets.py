@@ -6,6 +6,7 @@ pure functions of a `jax.random.key`, so the same key always gives the same desi
 from __future__ import annotations
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,8 @@ from ksurrogate._checks import deduplicate  # noqa: F401  (public: ksurrogate.su
 
 
 def bernoulli(key, num_subsets: int, num_tasks: int, p: float = 0.5) -> jax.Array:
-  """Each task independently in each subset with probability p (the datamodels design)."""
+  """Each task independently in each subset with probability p (the datamodels design), drawn
+  with replacement: subsets may repeat (`distinct_bernoulli` draws distinct ones)."""
   _checks.positive_int(num_subsets, "num_subsets")
   _checks.positive_int(num_tasks, "num_tasks")
   if not 0.0 < p < 1.0:
@@ -24,16 +26,26 @@ def bernoulli(key, num_subsets: int, num_tasks: int, p: float = 0.5) -> jax.Arra
   return jax.random.bernoulli(key, p, (num_subsets, num_tasks))
 
 
-def fixed_size(key, num_subsets: int, num_tasks: int, size: int) -> jax.Array:
-  """Uniformly random subsets of exactly `size` tasks (the paper's design: 22 of 25 tasks)."""
-  return sized(key, num_subsets, num_tasks, size, size)
+def fixed_size(key, num_subsets: int, num_tasks: int, size: int, *, distinct: bool = True) -> np.ndarray:
+  """Uniformly random subsets of exactly `size` tasks (the paper's design: 22 of 25 tasks),
+  distinct unless `distinct=False` (`sized`)."""
+  return sized(key, num_subsets, num_tasks, size, size, distinct=distinct)
 
 
-def sized(key, num_subsets: int, num_tasks: int, low: int, high: int) -> jax.Array:
-  """Each subset's size uniform in [low, high], then the subset uniform given its size.
+def count_sized(num_tasks: int, low: int, high: int) -> int:
+  """How many distinct subsets of `num_tasks` tasks have between `low` and `high` tasks."""
+  return sum(math.comb(num_tasks, k) for k in range(low, high + 1))
+
+
+def sized(key, num_subsets: int, num_tasks: int, low: int, high: int, *, distinct: bool = True) -> np.ndarray:
+  """`num_subsets` distinct subsets (bool [n, K]): each size uniform in [low, high], then the subset
+  uniform given its size; a repeat is dropped and redrawn (kept, with `distinct=False`: i.i.d.
+  draws, e.g. candidates that are de-duplicated afterwards).
 
   Covering sizes up to num_tasks - 1 puts fitted subsets next to the leave-one-out sets a
-  surrogate is read out at, instead of extrapolating to them.
+  surrogate is read out at, instead of extrapolating to them. Distinct, because a repeated subset
+  split between the fit and the held-out rows scores the fit as if it were held out.
+  Raises a one-line ValueError when more are asked than exist.
   """
   _checks.positive_int(num_subsets, "num_subsets")
   _checks.positive_int(num_tasks, "num_tasks")
@@ -41,13 +53,50 @@ def sized(key, num_subsets: int, num_tasks: int, low: int, high: int) -> jax.Arr
     raise ValueError(f"size: must lie in [1, num_tasks={num_tasks}], got {low}")
   if not low <= high <= num_tasks:
     raise ValueError(f"size: the upper size must lie in [{low}, num_tasks={num_tasks}], got {high}")
-  # Ranking i.i.d. uniforms gives a uniform random permutation; the `size` smallest form the subset.
-  u = jax.random.uniform(key, (num_subsets, num_tasks))
-  ranks = jnp.argsort(jnp.argsort(u, axis=1), axis=1)
-  if low == high:
-    return ranks < low
-  return ranks < jax.random.randint(jax.random.fold_in(key, 1), (num_subsets, 1), low, high + 1)
+  available = count_sized(num_tasks, low, high)
+  if distinct and num_subsets > available:
+    raise ValueError(f"num_subsets: {num_subsets} asked, but only {available} distinct subsets of {num_tasks} tasks "
+                     f"have {low}..{high} tasks")
 
+  def draw(k, n):
+    # Ranking i.i.d. uniforms gives a uniform random permutation; the `size` smallest form the subset.
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(k, (n, num_tasks)), axis=1), axis=1)
+    if low == high:
+      return np.asarray(ranks < low)
+    return np.asarray(ranks < jax.random.randint(jax.random.fold_in(k, 1), (n, 1), low, high + 1))
+
+  if not distinct:
+    return draw(key, num_subsets)
+  # Round 0 is the whole draw of the with-replacement sampler (so a design without repeats is
+  # unchanged); later rounds only replace repeats. Near exhaustion redraws would crawl, so a
+  # design asking more than half of what exists is a permutation of all of them instead.
+  if 2 * num_subsets > available:
+    every = np.concatenate([without_sets(num_tasks, k) for k in range(low, high + 1)])
+    return every[np.asarray(jax.random.permutation(key, len(every)))[:num_subsets]]
+  return _distinct_rows(lambda r, n: draw(key if r == 0 else jax.random.fold_in(key, 1000 + r), n), num_subsets)
+
+
+def without_sets(num_tasks: int, size: int) -> np.ndarray:
+  """bool [C(K, size), K]: every subset of exactly `size` tasks, in lexicographic order of ids."""
+  ids = np.array(list(itertools.combinations(range(num_tasks), size)), np.int64).reshape(-1, size)
+  out = np.zeros((len(ids), num_tasks), bool)
+  out[np.arange(len(ids))[:, None], ids] = True
+  return out
+
+
+def _distinct_rows(draw, num_subsets: int, accept=None, max_rounds: int = 64):
+  """The first `num_subsets` distinct rows over rounds of `draw(round, count)` (round 0 draws
+  `num_subsets`, later rounds 2 x what is missing + 64), keeping only rows `accept` allows; None
+  when `max_rounds` do not find enough."""
+  rows, seen = [], set()
+  for r in range(max_rounds):
+    for row in draw(r, num_subsets if r == 0 else 2 * (num_subsets - len(rows)) + 64):
+      if (accept is None or accept(row)) and row.tobytes() not in seen:
+        seen.add(row.tobytes())
+        rows.append(row)
+        if len(rows) == num_subsets:
+          return np.stack(rows)
+  return None
 
 def full(num_tasks: int) -> jax.Array:
   """The full set, as a [1, K] batch."""
@@ -84,20 +133,21 @@ def distinct_bernoulli(key, num_subsets: int, num_tasks: int, p: float = 0.5, *,
                        full: bool = True, max_rounds: int = 64) -> np.ndarray:
   """`num_subsets` distinct Bernoulli(p) subsets in draw order (bool [n, K]), the empty set left
   out unless `empty`, the full set unless `full`. Rounds of 2 n + 64 draws (round r from
-  fold_in(key, r)) until enough are found; refused in one line when `max_rounds` do not suffice."""
+  fold_in(key, r)) until enough are found; refused in one line when more are asked than exist,
+  or when `max_rounds` do not suffice."""
   _checks.positive_int(num_subsets, "num_subsets")
-  rows, seen = [], set()
-  for r in range(max_rounds):
-    for row in np.asarray(bernoulli(jax.random.fold_in(key, r), 2 * num_subsets + 64, num_tasks, p)):
-      size = int(row.sum())
-      if (empty or size > 0) and (full or size < num_tasks) and row.tobytes() not in seen:
-        seen.add(row.tobytes())
-        rows.append(row)
-        if len(rows) == num_subsets:
-          return np.stack(rows)
-  raise ValueError(f"num_subsets: only {len(rows)} distinct subsets of {num_tasks} tasks found at p={p} in {max_rounds} "
-                   f"rounds of draws, asked {num_subsets}")
-
+  _checks.positive_int(num_tasks, "num_tasks")
+  available = 2 ** num_tasks - (not empty) - (not full)
+  if num_subsets > available:
+    raise ValueError(f"num_subsets: {num_subsets} asked, but only {available} distinct subsets of {num_tasks} tasks "
+                     f"exist{'' if empty else ', the empty set left out'}{'' if full else ', the full set left out'}")
+  rows = _distinct_rows(
+      lambda r, n: np.asarray(bernoulli(jax.random.fold_in(key, r), 2 * num_subsets + 64, num_tasks, p)), num_subsets,
+      accept=lambda row: (empty or row.any()) and (full or not row.all()), max_rounds=max_rounds)
+  if rows is None:
+    raise ValueError(f"num_subsets: {num_subsets} distinct subsets of {num_tasks} tasks not found at p={p} in "
+                     f"{max_rounds} rounds of draws (lower num_subsets or move p towards 0.5)")
+  return rows
 
 def from_ids(ids, num_tasks: int) -> np.ndarray:
   """Id lists (e.g. the demonstrations of an ICL prompt, any order) -> bool [m, K]."""

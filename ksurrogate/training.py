@@ -37,6 +37,14 @@ def supervised(apply_fn: Callable, per_example_loss: Callable = cross_entropy) -
   def loss_fn(params, batch, w):
     X, y = batch
     return jnp.sum(w * per_example_loss(apply_fn(params, X), y)) / jnp.maximum(jnp.sum(w), 1e-12)
+
+  if per_example_loss is cross_entropy:   # integer class labels: out of range, JAX would clamp them
+    def check_data(params, data):
+      X, y = data
+      x = np.asarray(X[:1])
+      classes = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape[-1]
+      _checks.class_labels(np.asarray(y), int(classes), "data")
+    loss_fn.check_data = check_data
   return loss_fn
 
 
@@ -102,6 +110,7 @@ def trainer(loss_fn: Callable, optimizer: optax.GradientTransformation, *, num_s
                  key=key, checkpoint_every=checkpoint_every, sampling=sampling)
 
   train_fn.sampling = sampling
+  train_fn.check_data = getattr(loss_fn, "check_data", None)
   return train_fn
 
 
@@ -139,6 +148,8 @@ def retrain_subsets(train_fn: Callable, init_fn: Callable, data, task_ids, S, *,
   Returns `train_fn`'s outputs stacked over subsets (params [m, ...], losses [m, steps], ...).
   """
   W, keys = _subset_weights_and_keys(data, task_ids, S, key, common_random_numbers, train_fn)
+  if getattr(train_fn, "check_data", None) is not None:
+    train_fn.check_data(jax.eval_shape(init_fn, jax.random.key(0)), data)
   own = init_key is None
   start = jnp.zeros(()) if own else jax.random.key_data(init_key)
   return batching.map_subsets(_per_subset(train_fn, init_fn, own), (W, keys), shared=(start, data),
@@ -149,6 +160,8 @@ def finetune_subsets(train_fn: Callable, params0, data, task_ids, S, *, key=None
                      chunk_size: int = 16, progress=None):
   """Fine-tunes params0 with `train_fn` on each subset row of S [m, K]; as `retrain_subsets`."""
   W, keys = _subset_weights_and_keys(data, task_ids, S, key, common_random_numbers, train_fn)
+  if getattr(train_fn, "check_data", None) is not None:
+    train_fn.check_data(params0, data)
   return batching.map_subsets(_per_subset(train_fn, None, False), (W, keys), shared=(params0, data),
                               chunk_size=chunk_size, progress=progress)
 

@@ -16,12 +16,23 @@ def test_spearman_and_pearson_equal_scipy_with_ties(rng):
   assert metrics.lds(P, T) == pytest.approx(np.mean(ref), abs=1e-12)
 
 
-def test_lds_skips_constant_targets(rng):
+def test_lds_counts_a_constant_prediction_as_zero_and_skips_a_constant_truth(rng):
   P, T = rng.normal(size=(10, 3)), rng.normal(size=(10, 3))
   P[:, 1] = 1.0
   per = metrics.lds(P, T, per_target=True)
-  assert np.isnan(per[1])
-  assert metrics.lds(P, T) == pytest.approx(np.nanmean(per))
+  assert per[1] == 0.0 and metrics.lds(P, T) == pytest.approx(np.mean(per))
+  # one constant column beside perfect ones: 2/3, not 1.0
+  assert metrics.lds(np.stack([T[:, 0], np.ones(10), T[:, 2]], 1), T) == pytest.approx(2 / 3)
+  T[:, 2] = 3.0
+  per = metrics.lds(P, T, per_target=True)
+  assert np.isnan(per[2]) and metrics.lds(P, T) == pytest.approx(np.nanmean(per))
+
+
+def test_relative_error_at_zero_truth():
+  out = metrics.relative_error(np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, 1.0]))
+  assert np.isnan(out["values"][0]) and out["num_zero_truth"] == 1 and out["median"] == pytest.approx(0.75)
+  with pytest.raises(metrics.Undefined, match="^truth: all 3 values are 0"):
+    metrics.relative_error(np.ones(3), np.zeros(3))
 
 
 def test_normalized_error_by_hand(rng):
@@ -91,9 +102,10 @@ def test_undefined_is_not_bad_input(rng):
   """Too few rows, constant data and nothing above the threshold are `Undefined` (a ValueError
   the driver reports as an absent metric); a shape mismatch stays a plain ValueError."""
   P, T = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
-  for args in ((P[:1], T[:1]), (P, np.ones_like(T)), (np.ones_like(P), T)):
+  for args in ((P[:1], T[:1]), (P, np.ones_like(T))):
     with pytest.raises(metrics.Undefined, match="^(pred|true): "):
       metrics.lds(*args)
+  assert metrics.lds(np.ones_like(P), T) == 0.0   # a constant prediction ranks nothing
   with pytest.raises(metrics.Undefined, match=r"^threshold: no target has variance >= 0.001 across the 6 rows "
                                               r"\(max 0.000188 over 2 targets\)"):
     metrics.normalized_error(P, 0.0125 * T / T.std(0), threshold=1e-3)   # unbiased variance 1.9e-4 each

@@ -1,3 +1,5 @@
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -13,13 +15,15 @@ _settings = settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 40), K=st.integers(1, 30), data=st.data())
 def test_fixed_size_exact_sizes_and_determinism(seed, m, K, data):
   size = data.draw(st.integers(1, K))
+  m = min(m, math.comb(K, size))
   S = np.asarray(subsets.fixed_size(jax.random.key(seed), m, K, size))
   assert S.shape == (m, K) and S.dtype == bool and np.all(S.sum(1) == size)
+  assert len(np.unique(S, axis=0)) == m
   np.testing.assert_array_equal(S, np.asarray(subsets.fixed_size(jax.random.key(seed), m, K, size)))
 
 
 def test_fixed_size_is_uniform_over_tasks():
-  S = np.asarray(subsets.fixed_size(jax.random.key(0), 20000, 10, 3))
+  S = np.asarray(subsets.fixed_size(jax.random.key(0), 20000, 10, 3, distinct=False))
   np.testing.assert_allclose(S.mean(0), 0.3, atol=0.015)
 
 
@@ -70,7 +74,7 @@ def test_deduplicate_averages():
 
 
 def test_sized_covers_the_size_range_uniformly():
-  S = np.asarray(subsets.sized(jax.random.key(3), 6000, 25, 22, 24))
+  S = np.asarray(subsets.sized(jax.random.key(3), 6000, 25, 22, 24, distinct=False))
   counts = np.bincount(S.sum(1), minlength=26)[22:25]
   assert counts.sum() == 6000 and np.all(np.abs(counts / 6000 - 1 / 3) < 0.03)
   assert np.all(np.abs(S.mean(0) - S.sum(1).mean() / 25) < 0.03)   # no task favoured
@@ -78,3 +82,22 @@ def test_sized_covers_the_size_range_uniformly():
                                 np.asarray(subsets.fixed_size(jax.random.key(3), 5, 25, 22)))
   with pytest.raises(ValueError, match="upper size"):
     subsets.sized(jax.random.key(0), 5, 25, 22, 26)
+
+
+def test_sized_draws_distinct_subsets_and_refuses_more_than_exist():
+  # 14 of 16 tasks: the modular tiny design; with replacement, seed 2 repeats a subset
+  iid = np.asarray(subsets.fixed_size(jax.random.key(2), 14, 16, 13, distinct=False))
+  S = np.asarray(subsets.fixed_size(jax.random.key(2), 14, 16, 13))
+  assert len(np.unique(S, axis=0)) == 14 and np.all(S.sum(1) == 13)
+  first = [i for i in range(14) if not any((iid[i] == iid[:i]).all(1))]
+  assert len(first) < 14   # the i.i.d. draw repeats; the distinct one keeps its first occurrences, in order
+  np.testing.assert_array_equal(S[:len(first)], iid[first])
+  every = np.asarray(subsets.sized(jax.random.key(0), 560, 16, 13, 13))   # all of C(16, 13), permuted
+  assert len(np.unique(every, axis=0)) == 560
+  assert subsets.count_sized(25, 22, 24) == 2625
+  with pytest.raises(ValueError, match=r"^num_subsets: 561 asked, but only 560 distinct subsets of 16 tasks have 13..13"):
+    subsets.fixed_size(jax.random.key(0), 561, 16, 13)
+  with pytest.raises(ValueError, match=r"^num_subsets: 31 asked, but only 30 distinct subsets of 5 tasks exist"):
+    subsets.distinct_bernoulli(jax.random.key(0), 31, 5, full=False)
+  D = subsets.distinct_bernoulli(jax.random.key(0), 30, 5, full=False)
+  assert len(np.unique(D, axis=0)) == 30 and D.any(1).all() and not D.all(1).any()

@@ -157,9 +157,9 @@ def checks(c) -> None:
   req = common.require
   K, shots = c.data.num_demos, c.data.shots
   req(shots < K, "data.shots", f"{shots} must be below data.num_demos={K} (swaps need a free demonstration)")
-  req(c.design.num_subsets <= _ordered_prompts(K, shots), "design.num_subsets",
-      f"{c.design.num_subsets} exceeds the {_ordered_prompts(K, shots)} distinct ordered {shots}-shot prompts of {K} "
-      "demonstrations")
+  req(c.design.num_subsets <= math.comb(K, shots), "design.num_subsets",
+      f"{c.design.num_subsets} exceeds the C({K}, {shots}) = {math.comb(K, shots)} distinct demonstration sets (the "
+      "exact prompts hold distinct sets)")
   req(c.estimate.num_subsets <= _ordered_prompts(K, shots), "estimate.num_subsets",
       f"{c.estimate.num_subsets} exceeds the {_ordered_prompts(K, shots)} distinct ordered prompts")
   req(c.design.num_fit <= c.design.num_subsets - 2, "design.num_fit",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import importlib.util
 import os
 import re
@@ -191,22 +192,29 @@ def coin_flip_data(num_demos: int = 50, num_queries: int = 50, seed: int = 0, nu
 # ---------------------------------------------------------------------------------------------
 # Prompts
 
-def sample_prompts(key, num_prompts: int = 200, num_demos: int = 50, shots: int = 4) -> np.ndarray:
+def sample_prompts(key, num_prompts: int = 200, num_demos: int = 50, shots: int = 4, *,
+                   distinct_sets: bool = False) -> np.ndarray:
   """Distinct ordered k-shot prompts as demonstration ids, int32 [m, shots]; no demonstration
-  repeats inside a prompt. `key` is a typed `jax.random.key`."""
+  repeats inside a prompt. With `distinct_sets`, no two prompts hold the same demonstrations in
+  another order either (a surrogate sees the set: a reordered prompt is the same input). `key`
+  is a typed `jax.random.key`."""
   for arg, v in (("num_prompts", num_prompts), ("num_demos", num_demos), ("shots", shots)):
     if not isinstance(v, (int, np.integer)) or v < 1:
       raise ValueError(f"{arg}: must be a positive int, got {v!r}")
   if shots > num_demos:
     raise ValueError(f"shots: {shots} exceeds num_demos={num_demos}")
+  if distinct_sets and num_prompts > math.comb(num_demos, shots):
+    raise ValueError(f"num_prompts: {num_prompts} exceeds the C({num_demos}, {shots}) = {math.comb(num_demos, shots)} "
+                     "distinct demonstration sets")
   out, seen = [], set()
   while len(out) < num_prompts:
     key, sub = jax.random.split(key)
     n = 2 * (num_prompts - len(out)) + 8
     draw = jax.vmap(lambda k: jax.random.permutation(k, num_demos)[:shots])(jax.random.split(sub, n))
     for row in np.asarray(draw):
-      if tuple(row) not in seen and len(out) < num_prompts:
-        seen.add(tuple(row))
+      name = tuple(sorted(row)) if distinct_sets else tuple(row)
+      if name not in seen and len(out) < num_prompts:
+        seen.add(name)
         out.append(row)
   return np.asarray(out, np.int32)
 

@@ -149,7 +149,8 @@ def swaps(rng, prompts, K, per_demo):
 
 
 def design(c, s: Setup) -> Design:
-  prompts = icl_data.sample_prompts(jax.random.key(c.seed), c.design.num_subsets, s.K, c.data.shots)
+  prompts = icl_data.sample_prompts(jax.random.key(c.seed), c.design.num_subsets, s.K, c.data.shots,
+                                    distinct_sets=True)   # a reordered fit prompt is no held-out input
   return Design(prompts, icl_data.indicators(prompts, s.K))
 
 

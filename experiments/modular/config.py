@@ -85,7 +85,8 @@ VARIANTS = {
         # at this size (top-1 outputs), which fits an H200; below that budget it would fall back
         # to parameter space, which at d = 256 did no better than no change on the cpu config.
         # Not run at this size yet.
-        "estimate": dict(dim=1024, num_subsets=5000, memory_gib=48.0),
+        # sizes from 21: 5000 distinct subsets need more than the 2625 of 22..24 tasks
+        "estimate": dict(dim=1024, num_subsets=5000, memory_gib=48.0, sizes=(21, 24)),
     },
 }
 
@@ -203,9 +204,17 @@ def memory(c) -> dict:
     return m.num_layers * (seq * (12 * m.d_model + 2 * m.mlp_dim) + m.num_heads * seq * seq)
   batch = t.batch_size or n_train
   estimated = [c.estimate.num_subsets] + ([c.study.num_estimated] if c.study.enabled else [])
+  one = 4 * (4 * D + max(batch, n_train) * per_example())   # one training's parameters, Adam state, activations
+  if one <= common.machine_memory() // 2:
+    trainings = ("design.chunk_size", f"{c.design.chunk_size} vmapped trainings (parameters, Adam state, activations)")
+  elif 4 * 4 * D >= max(batch, n_train) * 4 * per_example():   # even one training does not fit: name its size
+    trainings = ("model.d_model", f"one training of {D} parameters (model.d_model={c.model.d_model}, "
+                                  f"data.p={c.data.p}; parameters and Adam state)")
+  else:
+    trainings = ("data.p", f"one training's activations ({n_train} training pairs of data.p={c.data.p}, width "
+                           f"model.d_model={c.model.d_model})")
   out = {
-      "design.chunk_size": (4 * c.design.chunk_size * (4 * D + max(batch, n_train) * per_example()),
-                            f"{c.design.chunk_size} vmapped trainings (parameters, Adam state, activations)"),
+      trainings[0]: (c.design.chunk_size * one, trainings[1]),
       "estimate.feature_batch": (4 * c.estimate.feature_batch * D,
                                  f"the per-example gradients of {c.estimate.feature_batch} examples x {D} parameters"),
       "estimate.num_subsets": (4 * max(estimated) * (K + d + T),
@@ -232,6 +241,25 @@ def memory(c) -> dict:
 
 def num_tasks(c) -> int:
   return (-(-c.data.p // c.data.bar)) ** 2
+
+
+def compute_time(c) -> dict:
+  """{field: (seconds, what)} of the exact trainings the counts imply (common's cost model: FLOPs
+  of forward + backward over every step's batch of 4-token examples, a lower bound)."""
+  K = num_tasks(c)
+  n_train = int(round(c.data.train_fraction * c.data.p ** 2))
+  D, t, ft = network_size(c), c.train, c.finetune
+  retrain = 6.0 * t.num_steps * (t.batch_size or n_train) * 4 * D
+  finetune = 6.0 * ft.num_steps * (t.batch_size or n_train) * 4 * D
+  truth = c.truth.seeds * (K + 1)
+  return {
+      "truth.seeds": (common.training_seconds(truth, retrain),
+                      f"{c.truth.seeds} truth seeds x {K + 1} retrains ({truth} retrains of {t.num_steps} steps)"),
+      "design.num_subsets": (common.training_seconds(c.design.num_subsets, retrain),
+                             f"{c.design.num_subsets} retrains of {t.num_steps} steps"),
+      "finetune.num_subsets": (common.training_seconds(ft.num_subsets, finetune),
+                               f"{ft.num_subsets} fine-tunes of {ft.num_steps} steps"),
+  }
 
 
 RULES = {
@@ -324,6 +352,14 @@ def checks(c) -> None:
       f"{c.design.num_fit} leaves fewer than 2 held-out subsets of design.num_subsets={c.design.num_subsets}")
   lo, hi = c.estimate.sizes
   req(lo <= hi <= K, "estimate.sizes", f"expected low <= high <= {K} (the number of tasks), got {tuple(c.estimate.sizes)}")
+  # the samplers draw distinct subsets: a repeat split between fit and held-out rows would score the fit
+  exist = common.distinct_subsets(K, c.design.size, c.design.size)
+  req(c.design.num_subsets <= exist, "design.num_subsets",
+      f"{c.design.num_subsets} exceeds the C({K}, {c.design.size}) = {exist} distinct subsets of design.size="
+      f"{c.design.size} tasks")
+  exist = common.distinct_subsets(K, lo, hi)
+  req(c.estimate.num_subsets <= exist, "estimate.num_subsets",
+      f"{c.estimate.num_subsets} exceeds the {exist} distinct subsets of {lo}..{hi} of {K} tasks (estimate.sizes)")
   ft = c.finetune
   req(ft.num_subsets <= c.estimate.num_subsets, "finetune.num_subsets",
       f"{ft.num_subsets} exceeds estimate.num_subsets={c.estimate.num_subsets}")
@@ -338,6 +374,9 @@ def checks(c) -> None:
   smallest = min(fit_sets, key=fit_sets.get)
   req(c.surrogates.cv <= fit_sets[smallest], "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the {fit_sets[smallest]} subsets of the smallest fit set ({smallest})")
+  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  common.scoring_time(c, num_fit=max(c.design.num_fit, ft.num_fit), num_tasks=K,
+                      num_targets=min(c.data.num_targets, c.data.p ** 2 - n_train), num_sources=3)
   req(st.budget_rate in tuple(st.rates), "study.budget_rate", f"{st.budget_rate} must be one of study.rates {tuple(st.rates)}")
   if st.enabled:   # the largest pool of distinct subsets (neither empty nor full) the study retrains
     pool = max(*st.budgets, st.other_budget, st.active_base + 2 * st.active_more) + st.num_heldout

@@ -76,14 +76,16 @@ class Data:
   loss: estimation.OutputLoss
   output: str = "custom"
   num_tasks: Optional[int] = None
+  num_classes: Optional[int] = None   # set: labels are class ids, checked to lie in [0, num_classes)
 
   @classmethod
   def classifier(cls, apply_fn: Callable, params0, train, task_ids, target, *, output: str = "top1",
                  num_tasks: Optional[int] = None) -> "Data":
     """A classifier apply_fn(params, x_batch) -> logits, linearized through a provided output kind
     ("logits", "margin", "top<k>") and scored with its cross-entropy."""
+    X, _ = _pair(train, "train")
     return cls(features.output_fn(apply_fn, output), params0, train, task_ids, target, estimation.default_loss(output),
-               output, num_tasks)
+               output, num_tasks, features.num_classes(apply_fn, params0, X[0]))
 
   def checked(self):
     """(X, y, X_t, y_t, task_ids int32, num_tasks) as numpy, each input validated in one line."""
@@ -93,6 +95,10 @@ class Data:
       raise ValueError(f"loss: expected ksurrogate.OutputLoss, got {type(self.loss).__name__}")
     X, y = (np.asarray(a) for a in _pair(self.train, "train"))
     Xt, yt = (None, None) if self.target is None else (np.asarray(a) for a in _pair(self.target, "target"))
+    if self.num_classes is not None:
+      _checks.class_labels(y, self.num_classes, "train")
+      if yt is not None:
+        _checks.class_labels(yt, self.num_classes, "target")
     task_ids = np.asarray(self.task_ids)
     if task_ids.shape != (len(X),) or not np.issubdtype(task_ids.dtype, np.integer):
       raise ValueError(f"task_ids: expected integer shape ({len(X)},) (one task per training example), got "

@@ -108,6 +108,8 @@ class Ridge(base.Estimator):
       target = None if Xt is None else features_lib.featurize(None, data.params0, Xt, yt, **kw).replace(output=data.output)
     else:
       train, target = features
+      if target is not None:
+        features_lib.check_same_projection(train, target)
     stats = None
     if self.solver == "onestep" or self.relative_ridge:
       stats = estimation.task_statistics(train, task_ids, K, loss=data.loss)
@@ -130,7 +132,8 @@ class Ridge(base.Estimator):
     target = state.target
     if targets is not None:
       rows = np.asarray(targets)
-      target = features_lib.Features(target.phi[rows], target.offsets[rows], target.labels[rows], target.output)
+      target = features_lib.Features(target.phi[rows], target.offsets[rows], target.labels[rows], target.output,
+                                      target.projection)
     ridge, table = estimation.calibrate_ridge(
         state.train, state.task_ids, target, S_cal, F_cal, grid=self.ridge_grid, criterion=criterion or self.criterion,
         **self._solver_options(state))
