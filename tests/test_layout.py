@@ -151,7 +151,8 @@ def _public_members(module):
         if inspect.isfunction(fn) and fn.__qualname__ == f"{obj.__qualname__}.{attr}":
           yield f"{module.__name__}.{name}.{attr}", fn, inspect.getdoc(getattr(obj, attr))
       init = vars(obj).get("__init__")
-      if inspect.isfunction(init) and not dataclasses.is_dataclass(obj):
+      if (inspect.isfunction(init) and init.__qualname__ == f"{obj.__qualname__}.__init__"
+          and not dataclasses.is_dataclass(obj)):
         # a hand-written constructor: its parameters are documented on the class (or on __init__)
         yield f"{module.__name__}.{name}", init, inspect.getdoc(init) if init.__doc__ else inspect.getdoc(obj)
 
