@@ -139,14 +139,14 @@ def _public_members(module):
   for name, obj in vars(module).items():
     if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
       continue
-    if inspect.isfunction(obj):
-      yield f"{module.__name__}.{name}", obj, inspect.getdoc(obj)
+    if inspect.isfunction(inspect.unwrap(obj)):   # jax.jit and functools.wraps wrappers included
+      yield f"{module.__name__}.{name}", inspect.unwrap(obj), inspect.getdoc(obj)
     elif inspect.isclass(obj):
       generated = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
       for attr, raw in vars(obj).items():
         if attr.startswith("_") or attr in generated:
           continue
-        fn = raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw
+        fn = inspect.unwrap(raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw)
         # written in the class body, not added by a dataclass decorator (flax's `replace`)
         if inspect.isfunction(fn) and fn.__qualname__ == f"{obj.__qualname__}.{attr}":
           yield f"{module.__name__}.{name}.{attr}", fn, inspect.getdoc(getattr(obj, attr))
