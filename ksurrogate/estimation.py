@@ -307,7 +307,7 @@ def solve(train: Features, task_ids, S, *, ridge: float, method: str = "onestep"
     stats: `task_statistics` output to reuse (method="onestep").
 
   Returns:
-    float32 z [m, d].
+    z [m, d].
 
   Raises:
     ValueError: on an unknown method, a ridge that is not positive, a bad num_iters, bad features,
@@ -374,7 +374,7 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
     return_params: also return the solutions z.
 
   Returns:
-    float32 F_hat [m, T], or (F_hat, z [m, d]) with `return_params`.
+    F_hat [m, T], or (F_hat, z [m, d]) with `return_params`.
 
   Raises:
     ValueError: on an unknown method or outcome, a bad ridge, num_iters or chunk_size, features

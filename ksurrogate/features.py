@@ -222,7 +222,7 @@ def projection_block(key, block: int, rows: int, dim: int, projection: str):
     projection: "gaussian" (N(0, 1/d)); anything else gives Rademacher +-1/sqrt(d).
 
   Returns:
-    float32 [rows, dim], drawn from fold_in(key, block).
+    [rows, dim] (float32 unless x64 is on, for "gaussian"), drawn from fold_in(key, block).
   """
   k = jax.random.fold_in(key, block)
   if projection == "gaussian":
@@ -241,7 +241,7 @@ def projection_matrix(key, num_params: int, dim: int, projection: str = "gaussia
     chunk: the row-block size.
 
   Returns:
-    float32 [D, d].
+    [D, d], exactly the blocks `projection_block` draws.
   """
   n_blocks = -(-num_params // chunk)
   blocks = jax.vmap(lambda c: projection_block(key, c, chunk, dim, projection))(jnp.arange(n_blocks))

@@ -698,7 +698,6 @@ def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0,
 
   Raises:
     ValueError: on another shape, fewer than 2 seeds or 3 tasks, or non-finite values.
-    Undefined: as `split_half_ceiling`.
   """
   E = _check_effects(effects_SxKxT, "effects_SxKxT")
   n, K, T = E.shape

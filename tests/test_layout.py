@@ -67,19 +67,20 @@ def test_the_api_reference_builds_and_every_public_function_has_a_docstring(tmp_
   assert bare == []
 
 
-# The modules whose public functions and methods make up the documented API: every public module of
-# the library, and the harness modules that experiments call (the run directory through its
-# package's names).
-_DOCUMENTED = (
-    "ksurrogate.attribution", "ksurrogate.baselines", "ksurrogate.batching", "ksurrogate.diagnostics",
-    "ksurrogate.estimation", "ksurrogate.estimators.base", "ksurrogate.estimators.linearized",
-    "ksurrogate.estimators.replay", "ksurrogate.estimators.ridge", "ksurrogate.families", "ksurrogate.features",
-    "ksurrogate.inputs", "ksurrogate.kernels", "ksurrogate.linear", "ksurrogate.linearization", "ksurrogate.metrics",
-    "ksurrogate.mixtures", "ksurrogate.nystrom", "ksurrogate.parity", "ksurrogate.projection", "ksurrogate.subsets",
-    "ksurrogate.surrogates", "ksurrogate.training", "ksurrogate.harness.driver", "ksurrogate.harness.output",
-    "ksurrogate.harness.problem", "ksurrogate.harness.provenance", "ksurrogate.harness.report",
-    "ksurrogate.harness.scoring", "ksurrogate.harness.store",
-)
+def _documented_modules() -> list:
+  """Every public module of the library and the harness (no name part with a leading underscore),
+  found by walking the package, so a new module is covered without being listed here. The run
+  directory's modules are left out: its API is what `ksurrogate.harness.runs` re-exports."""
+  import importlib
+  import pkgutil
+
+  import ksurrogate
+  names = [m.name for m in pkgutil.walk_packages(ksurrogate.__path__, "ksurrogate.")
+           if not any(part.startswith("_") for part in m.name.split("."))
+           and not m.name.startswith("ksurrogate.harness.runs.")]
+  return [importlib.import_module(n) for n in sorted(names)]
+
+
 _SECTION = re.compile(r"^(Args|Arguments|Returns|Yields|Raises|Attributes|Example|Examples|Note|Notes):\s*$", re.M)
 
 
@@ -162,16 +163,17 @@ def _docstring_problems() -> list:
 
   from ksurrogate.harness import runs
   problems = []
-  for mod in _DOCUMENTED:
-    for where, fn, doc in _public_members(importlib.import_module(mod)):
+  for module in _documented_modules():
+    for where, fn, doc in _public_members(module):
       _check_callable(where, fn, doc, problems)
-  for name in runs.__all__ if hasattr(runs, "__all__") else [n for n in vars(runs) if not n.startswith("_")]:
-    obj = getattr(runs, name)
-    module = importlib.import_module(getattr(obj, "__module__", "") or "builtins")
-    if module.__name__.startswith("ksurrogate.harness.runs.") and getattr(module, name, None) is obj:
-      for where, fn, doc in _public_members(module):
-        if where.split(".")[4] == name:
-          _check_callable(where, fn, doc, problems)
+  # the run directory's API is what its package re-exports from its modules
+  for name, obj in vars(runs).items():
+    home = getattr(obj, "__module__", None) or ""
+    if name.startswith("_") or not home.startswith("ksurrogate.harness.runs."):
+      continue
+    for where, fn, doc in _public_members(importlib.import_module(home)):
+      if where[len(home) + 1:].split(".")[0] == name:
+        _check_callable(where, fn, doc, problems)
   return problems
 
 

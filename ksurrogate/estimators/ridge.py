@@ -162,7 +162,7 @@ class Ridge(base.Estimator):
       S: bool [m, K] subsets, each selecting at least one example.
 
     Returns:
-      (z float32 [m, dim], `EstimatorReport`).
+      (z [m, dim], `EstimatorReport`).
 
     Raises:
       ValueError: when no ridge is set, S has another number of tasks, or a subset selects no example.
