@@ -61,6 +61,10 @@ def predicted_loo(surrogate, num_tasks: int | None = None, *, at=None) -> jax.Ar
 
   Returns:
     [K, T] predicted effects g(at without k) - g(at).
+
+  Raises:
+    ValueError: when num_tasks differs from the surrogate's, `at` is invalid in its domain, or the
+      predictions are non-finite.
   """
   K = _num_tasks(surrogate, num_tasks)
   if at is None and inputs.domain_of(surrogate) == "subsets":
@@ -87,6 +91,10 @@ def interactions(surrogate, num_tasks: int | None = None, *, at=None) -> jax.Arr
 
   Returns:
     [K, K, T], symmetric with a zero diagonal.
+
+  Raises:
+    ValueError: when K < 2, num_tasks differs from the surrogate's, `at` is invalid, or the
+      predictions are non-finite.
   """
   K = _num_tasks(surrogate, num_tasks)
   if K < 2:
@@ -112,10 +120,23 @@ def shapley(surrogate, num_tasks: int | None, key, num_permutations: int = 256):
   """Monte-Carlo Shapley values of each task in the game v(s) = g(s).
 
   Permutations come in antithetic pairs (a permutation and its reverse), which cancels the
-  first-order part of the sampling noise. Returns (values [K, T], standard_errors [K, T]); the
-  values of each permutation sum to g(1) - g(0) exactly (efficiency). With K = 1 the one value is
-  g(1) - g(0) and its error 0; with num_permutations < 4 there is one antithetic pair and the
-  standard errors are NaN (no spread to estimate them from).
+  first-order part of the sampling noise. The values of each permutation sum to g(1) - g(0)
+  exactly (efficiency). With K = 1 the one value is g(1) - g(0) and its error 0; with
+  num_permutations < 4 there is one antithetic pair and the standard errors are NaN (no spread to
+  estimate them from).
+
+  Args:
+    surrogate: a surrogate fitted on subsets.
+    num_tasks: K, checked against the surrogate's; None takes the surrogate's.
+    key: a `jax.random.key` for the permutations.
+    num_permutations: permutations drawn (rounded down to an even count, at least 2).
+
+  Returns:
+    (values [K, T], standard_errors [K, T]), the errors over the antithetic pairs' means.
+
+  Raises:
+    ValueError: when the surrogate was fitted on weights or mixtures, num_tasks differs from the
+      surrogate's, num_permutations is not a positive integer, or the values are non-finite.
   """
   K = _num_tasks(surrogate, num_tasks)
   domain = inputs.domain_of(surrogate)
@@ -186,13 +207,20 @@ def suggest_subsets(surrogate, key, n: int, *, num_candidates: int = 4096, size:
     surrogate: a fitted surrogate declaring "variance".
     key: a jax.random key for the drawn candidates (unused with `candidates`).
     n: how many to pick.
-    num_candidates, size, p: how subset candidates are drawn.
+    num_candidates: how many subset candidates are drawn.
+    size: draw candidates of exactly this size (None: the fitted design's, as above).
+    p: draw Bernoulli(p) candidates (None: the fitted density).
     candidates: [c, K] rows in the surrogate's domain to pick from.
     return_index: also return each pick's row in `candidates`.
 
   Returns:
     (rows [n, K], posterior variances [n] at the time each was picked), and with `return_index`
     their rows in `candidates` [n].
+
+  Raises:
+    ValueError: when the surrogate does not declare "variance", n is not a positive integer,
+      candidates are invalid or missing (weights / mixtures), or fewer than n new distinct
+      candidates exist (the message says which of the reasons above).
   """
   if "variance" not in families.readouts(surrogate):
     raise ValueError(f"surrogate: suggest_subsets needs a surrogate that declares the 'variance' readout (posterior "

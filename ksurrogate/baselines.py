@@ -76,6 +76,33 @@ def influence(apply_fn: Callable, params, X, y, task_ids, X_target, y_target, *,
   reported. With `return_info`, returns (scores, info): info = {"damping": used,
   "damping_requested", "damping_raises", "lambda": the absolute lambda, "max_relative_residual",
   "cg_iters", "cg_tol"} (JSON-able, for a run's summary).
+
+  Args:
+    apply_fn: the model, apply(params, X [B, ...]) -> outputs [B, ...].
+    params: the trained parameters (a pytree).
+    X: [N, ...] training examples.
+    y: [N, ...] their labels.
+    task_ids: int [N], each example's task in [0, K).
+    X_target: [T, ...] target examples.
+    y_target: [T, ...] their labels.
+    num_tasks: K (positive).
+    curvature: "gauss_newton" or "hessian".
+    damping: the relative damping (>= 0), as above.
+    cg_iters: CG iterations per solve (positive).
+    cg_tol: the relative residual a solve must reach (positive).
+    max_damping_raises: tenfold damping raises allowed (a non-negative integer).
+    num_probes: Hutchinson probes of the mean eigenvalue (positive).
+    loss_fn: (outputs, labels) -> per-example losses; default the integer-label cross-entropy.
+    batch_size: examples per gradient batch.
+    seed: the seed of the probes.
+    return_info: also return the solve's info dict.
+
+  Returns:
+    float [K, T] scores (numpy), or (scores, info) with `return_info`.
+
+  Raises:
+    ValueError: on an unknown curvature, bad numeric settings, a non-finite curvature estimate or
+      task gradients, or CG that does not converge after the last damping raise.
   """
   _checks.choice(curvature, CURVATURES, "curvature")
   damping = _checks.positive_number(damping, "damping", allow_zero=True)
@@ -152,6 +179,25 @@ def tracin(apply_fn: Callable, checkpoints: Sequence, learning_rates: Sequence[f
   `learning_rates` are the step sizes in force at each checkpoint. TracIn's derivation assumes SGD
   steps along the gradient; for models trained with Adam (per-parameter scaled steps) the rates are
   only a heuristic weighting of the checkpoints.
+
+  Args:
+    apply_fn: the model, apply(params, X [B, ...]) -> outputs.
+    checkpoints: parameter pytrees saved during training (at least one).
+    learning_rates: one step size per checkpoint.
+    X: [N, ...] training examples.
+    y: [N, ...] their labels.
+    task_ids: int [N], each example's task in [0, K).
+    X_target: [T, ...] target examples.
+    y_target: [T, ...] their labels.
+    num_tasks: K.
+    loss_fn: (outputs, labels) -> per-example losses; default the integer-label cross-entropy.
+    batch_size: examples per gradient batch.
+
+  Returns:
+    float [K, T] (numpy).
+
+  Raises:
+    ValueError: when there are no checkpoints or not one learning rate per checkpoint.
   """
   if len(checkpoints) != len(learning_rates) or not checkpoints:
     raise ValueError(f"checkpoints: need one learning rate per checkpoint, got {len(checkpoints)} and {len(learning_rates)}")
@@ -166,7 +212,24 @@ def tracin(apply_fn: Callable, checkpoints: Sequence, learning_rates: Sequence[f
 
 
 def trak(train: Features, task_ids, target: Features, *, num_tasks: int, ridge: float = 1e-3):
-  """Predicted-LOO-style scores [K, T] from projected margin gradients."""
+  """Predicted-LOO-style scores [K, T] from projected margin gradients (TRAK's estimator).
+
+  Per task k and target t: sum_{n in k} (1 - p_n) phi_n^T (Phi^T Phi + lambda I)^-1 phi_t, with
+  p_n = sigmoid(margin_n) and lambda = ridge x the mean eigenvalue of Phi^T Phi.
+
+  Args:
+    train: margin `Features` of the training examples (phi [N, 1, d]).
+    task_ids: int [N], each example's task in [0, K).
+    target: margin `Features` of the targets (phi [T, 1, d]).
+    num_tasks: K.
+    ridge: the relative ridge.
+
+  Returns:
+    float32 [K, T] (numpy).
+
+  Raises:
+    ValueError: when either features are not margin features.
+  """
   if train.output != "margin" or target.output != "margin":
     raise ValueError("train: trak needs margin features (features.featurize(..., output='margin'))")
   Phi = jnp.asarray(train.phi[:, 0], jnp.float32)

@@ -22,7 +22,16 @@ from ksurrogate import _checks
 
 
 def pad_rows(a, size: int):
-  """Pads a batch to `size` rows by repeating its last row (numpy, JAX and typed-key arrays)."""
+  """Pads a batch to `size` rows by repeating its last row (numpy, JAX and typed-key arrays).
+
+  Args:
+    a: an array with a leading row axis (numpy, JAX or typed-key), at least one row.
+    size: the number of rows wanted.
+
+  Returns:
+    `a` itself when it has `size` rows or more, else `a` with its last row repeated up to `size`
+    rows (numpy in, numpy out; else a jax array).
+  """
   if len(a) >= size:
     return a
   xp = np if isinstance(a, np.ndarray) else jnp
@@ -30,6 +39,17 @@ def pad_rows(a, size: int):
 
 
 def num_rows(tree) -> int:
+  """The shared length of the leading axes of a pytree's leaves.
+
+  Args:
+    tree: a pytree of arrays that share their leading axis.
+
+  Returns:
+    That length.
+
+  Raises:
+    ValueError: when the tree has no leaves or their leading axes differ.
+  """
   leaves = jax.tree.leaves(tree)
   if not leaves:
     raise ValueError("arrays: nothing to map over")
@@ -49,10 +69,26 @@ def chunked_map(fn: Callable, *arrays, chunk_size: int, pad: bool = True, sink: 
                 progress: Optional[Callable[[int], None]] = None):
   """fn(*chunks) over row chunks of `arrays` (pytrees sharing a leading axis).
 
-  Returns the concatenated outputs (a pytree with the inputs' leading axis), or None when `sink`
-  is given: then `sink(start, stop, outputs)` receives each chunk's outputs (pad rows dropped).
   With pad=False chunks are not padded and outputs are passed on as they are (reductions).
-  `progress(n)` is called with the number of real rows after each chunk.
+
+  Args:
+    fn: a function of one chunk of each of `arrays` (each a pytree of `chunk_size` rows, or fewer
+      for the last chunk when pad=False), returning a pytree whose leaves have a row per input row.
+    *arrays: pytrees whose leaves share the leading axis n.
+    chunk_size: the rows per call (positive).
+    pad: whether the last chunk is padded to `chunk_size` rows (repeating its last row) so a jitted
+      `fn` compiles once; the pad rows are dropped from its outputs.
+    sink: when given, `sink(start, stop, outputs)` receives each chunk's outputs (pad rows dropped)
+      instead of them being kept.
+    progress: when given, called with the number of real rows after each chunk.
+
+  Returns:
+    The concatenated outputs (a pytree with leading axis n; numpy leaves stay numpy), or None when
+    `sink` is given.
+
+  Raises:
+    ValueError: when chunk_size is not a positive integer, or the arrays have no leaves or
+      different leading axes.
   """
   chunk_size = _checks.positive_int(chunk_size, "chunk_size")
   n = num_rows(arrays)
@@ -99,6 +135,19 @@ def map_subsets(fn: Callable, rows, *, shared=(), chunk_size: int = 16, progress
   copied per subset. `fn` must be hashable and the same object across calls for the compiled
   program to be reused (a module-level function, or a closure built once). With several devices,
   `chunk_size` should be a multiple of the device count.
+
+  Args:
+    fn: the work of one subset, `fn(row, *shared) -> pytree`, traceable by vmap and jit.
+    rows: a pytree with leading axis m (e.g. masks bool [m, K], keys [m]).
+    shared: a tuple of pytrees passed unbatched to every call.
+    chunk_size: subsets per compiled call (positive).
+    progress: when given, called with the number of subsets done after each chunk.
+
+  Returns:
+    fn's outputs stacked over the m rows (each leaf [m, ...]).
+
+  Raises:
+    ValueError: when chunk_size is not a positive integer or the leaves of `rows` differ in length.
   """
   run = _vmapped(fn, len(shared))
   sharding = _subset_sharding()

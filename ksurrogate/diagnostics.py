@@ -17,7 +17,17 @@ from ksurrogate import linearization
 
 
 def linearization_error(apply_fn: Callable, params0, params_stacked, X):
-  """The paper's first-order error per subset and example [m, N] (norms over the output vector)."""
+  """The paper's first-order error per subset and example [m, N] (norms over the output vector).
+
+  Args:
+    apply_fn: the model, apply(params, X) -> outputs [N, C].
+    params0: the parameters linearized at.
+    params_stacked: the fine-tuned parameters of m subsets, stacked (leading axis m).
+    X: [N, ...] the examples the outputs are compared on.
+
+  Returns:
+    float [m, N] (numpy).
+  """
   f_lin = linearization.linearize(apply_fn, params0)
   out0 = apply_fn(params0, X)
 

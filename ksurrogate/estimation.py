@@ -52,10 +52,27 @@ class OutputLoss:
   value: Callable
 
   def values(self, o_NxC, y_N):
+    """The loss of every example.
+
+    Args:
+      o_NxC: [N, C] outputs.
+      y_N: [N, ...] labels.
+
+    Returns:
+      [N].
+    """
     return jax.vmap(self.value)(o_NxC, y_N)
 
   def grad_and_curvature(self, o_NxC, y_N):
-    """r [N, C] = dloss/do and Lambda [N, C, C] = d2loss/do2 per example."""
+    """r [N, C] = dloss/do and Lambda [N, C, C] = d2loss/do2 per example.
+
+    Args:
+      o_NxC: [N, C] outputs.
+      y_N: [N, ...] labels.
+
+    Returns:
+      (r [N, C], Lambda [N, C, C]).
+    """
     r = jax.vmap(jax.grad(self.value))(o_NxC, y_N)
     lam = jax.vmap(jax.hessian(self.value))(o_NxC, y_N)
     return r, lam
@@ -87,7 +104,17 @@ COMPETITORS_CROSS_ENTROPY = OutputLoss("competitors_cross_entropy", _competitors
 
 
 def default_loss(output: str) -> OutputLoss:
-  """The cross-entropy written for a provided output kind ("logits", "margin", "top<k>")."""
+  """The cross-entropy written for a provided output kind ("logits", "margin", "top<k>").
+
+  Args:
+    output: the features' output kind.
+
+  Returns:
+    SOFTMAX_CROSS_ENTROPY ("logits"), LOGISTIC ("margin") or COMPETITORS_CROSS_ENTROPY ("top<k>").
+
+  Raises:
+    ValueError: on any other output (a caller's output function needs its own loss).
+  """
   if output == "logits":
     return SOFTMAX_CROSS_ENTROPY
   if output == "margin":
@@ -211,7 +238,22 @@ def _check_stats(stats, K: int, d: int):
 def task_statistics(train: Features, task_ids, num_tasks: int, *, loss: OutputLoss | None = None,
                     batch_size: int = 1024):
   """Per-task gradient g [K, d] and Gauss-Newton Hessian H [K, d, d] of the loss at z = 0,
-  streamed over example batches (phi may be a memmap)."""
+  streamed over example batches (phi may be a memmap).
+
+  Args:
+    train: the training `Features` (phi [N, C, d]).
+    task_ids: int [N], each example's task in [0, K).
+    num_tasks: K (positive).
+    loss: the `OutputLoss`, None for `default_loss(train.output)`.
+    batch_size: examples per compiled call (positive).
+
+  Returns:
+    (g float64 [K, d], H float64 [K, d, d]) (numpy; zero for a task without examples).
+
+  Raises:
+    ValueError: on bad features (shapes, non-finite values, labels), task ids of another shape or
+      outside [0, K), or a num_tasks or batch_size that is not a positive integer.
+  """
   num_tasks = _checks.positive_int(num_tasks, "num_tasks")
   batch_size = _checks.positive_int(batch_size, "batch_size")
   _check_features(train, "train")
@@ -250,7 +292,27 @@ def solve(train: Features, task_ids, S, *, ridge: float, method: str = "onestep"
 
   The loss is summed over the subset's examples, or averaged with `mean=True` (the objective a
   fine-tune on the subset's mean loss has; the ridge is then in units of a mean loss). Other
-  arguments as `estimate`."""
+  arguments as `estimate`.
+
+  Args:
+    train: the training `Features` (phi [N, C, d]).
+    task_ids: int [N], each example's task.
+    S: bool [m, K] subsets, none of them selecting no example.
+    ridge: the ridge, positive.
+    method: "onestep" or "newton".
+    num_iters: Newton iterations (method="newton"), positive.
+    loss: the `OutputLoss`, None for the features' cross-entropy.
+    mean: average the loss over the subset's examples instead of summing it.
+    chunk_size: subsets per compiled call (None: about 1 GiB of working set).
+    stats: `task_statistics` output to reuse (method="onestep").
+
+  Returns:
+    z [m, d].
+
+  Raises:
+    ValueError: on an unknown method, a ridge that is not positive, a bad num_iters, bad features,
+      or task ids and subsets that do not fit (`estimate`).
+  """
   _checks.choice(method, METHODS, "method")
   ridge = _checks.positive_number(ridge, "ridge")
   num_iters = _checks.positive_int(num_iters, "num_iters")
@@ -291,12 +353,34 @@ def estimate(train: Features, task_ids, S, target: Features, *, ridge: float, me
              chunk_size: int | None = None, stats=None, return_params: bool = False):
   """F_hat [m, T] for every subset row of S [m, K] (bool), on the target examples.
 
-  task_ids [N] gives each training example's task. `loss` is the per-example loss in output space
-  the convex problem and the target outcomes use (default: the cross-entropy written for the
-  features' output kind). `stats` reuses `task_statistics` output for method="onestep" (the
-  default: O(K d^2 + d^3) per subset whatever the number of examples). With `return_params`, also
-  returns z [m, d]. `ridge` is in units of a summed loss (`mean=True`: of the subset's mean loss):
-  see `calibrate_ridge`.
+  `ridge` is in units of a summed loss (`mean=True`: of the subset's mean loss): see
+  `calibrate_ridge`.
+
+  Args:
+    train: the training `Features` (phi [N, C, d]).
+    task_ids: int [N], each training example's task in [0, K).
+    S: bool [m, K] subsets, each selecting at least one example.
+    target: the target `Features` (phi [T, C, d]), projected like `train`.
+    ridge: the ridge, positive.
+    method: "onestep" (the default: O(K d^2 + d^3) per subset whatever the number of examples) or
+      "newton".
+    num_iters: Newton iterations (method="newton"), positive.
+    outcome: "loss" (each target's loss) or "margin" (its label margin; margin or logits features).
+    loss: the per-example loss in output space the convex problem and the target outcomes use
+      (default: the cross-entropy written for the features' output kind).
+    mean: average the training loss over the subset's examples instead of summing it.
+    chunk_size: subsets per compiled call (positive; None picks one near 1 GiB).
+    stats: `task_statistics` output to reuse for method="onestep".
+    return_params: also return the solutions z.
+
+  Returns:
+    F_hat [m, T], or (F_hat, z [m, d]) with `return_params`.
+
+  Raises:
+    ValueError: on an unknown method or outcome, a bad ridge, num_iters or chunk_size, features
+      that are malformed, non-finite or mismatched (output kind, shape, projection), task ids of
+      another shape or outside [0, K), an empty subset, malformed stats, or outcome="margin" on
+      features of another output.
   """
   _checks.choice(method, METHODS, "method")
   _checks.choice(outcome, OUTCOMES, "outcome")
@@ -320,11 +404,27 @@ def calibrate_ridge(train: Features, task_ids, target: Features, S, F_real, *, g
                     **kwargs):
   """Picks the ridge whose estimates best match real outcomes F_real [m, T] on a few subsets S.
 
-  criterion "relative_error" (smallest median relative error: the estimate as a stand-in for
-  fine-tuning from theta0) or "lds" (largest LDS: the estimate as a ranking of subsets, e.g. against
-  retrains from scratch). `kwargs` go to `estimate` (same defaults: the ridge is calibrated for the
-  solver that will use it). Warns when the best ridge is at the edge of the grid. Returns
-  (ridge, {ridge: criterion value}).
+  Warns when the best ridge is at the edge of the grid.
+
+  Args:
+    train: the training `Features`.
+    task_ids: int [N], each training example's task.
+    target: the target `Features` (T examples).
+    S: bool [m, K] the subsets with real outcomes.
+    F_real: [m, T] their real outcomes.
+    grid: the ridges tried (positive), None for 10^[-3..3].
+    criterion: "relative_error" (smallest median relative error: the estimate as a stand-in for
+      fine-tuning from theta0) or "lds" (largest LDS: the estimate as a ranking of subsets, e.g.
+      against retrains from scratch).
+    **kwargs: passed to `estimate` (same defaults: the ridge is calibrated for the solver that
+      will use it).
+
+  Returns:
+    (ridge, {ridge: criterion value}), NaN where the criterion is undefined.
+
+  Raises:
+    ValueError: on an unknown criterion, a bad grid, inputs `estimate` refuses, F_real whose rows
+      or columns do not match S and target, or a criterion non-finite at every ridge.
   """
   _checks.choice(criterion, ("relative_error", "lds"), "criterion")
   grid = 10.0 ** np.arange(-3, 4) if grid is None else _checks.grid(grid, "grid")

@@ -46,12 +46,30 @@ class Surrogate(Protocol):
   READOUTS: ClassVar[tuple[str, ...]]
 
   def predict(self, S) -> Any:   # [n, T]
+    """The surrogate's predictions at subsets S.
+
+    Args:
+      S: bool [n, K] subsets (or the inputs of the surrogate's domain).
+
+    Returns:
+      [n, T] predicted outcomes.
+    """
     ...
 
 
 def readouts(fitted) -> tuple[str, ...]:
   """The readouts a fitted surrogate declares (`READOUTS` on its class); refused when it declares
-  none or names an unknown one."""
+  none or names an unknown one.
+
+  Args:
+    fitted: a fitted surrogate.
+
+  Returns:
+    The declared readout names, a tuple.
+
+  Raises:
+    TypeError: when the class declares no READOUTS (or a str) or names an unknown readout.
+  """
   declared = getattr(type(fitted), "READOUTS", None)
   if declared is None or isinstance(declared, str):
     raise TypeError(f"surrogate: {type(fitted).__name__} declares no READOUTS (a tuple of {READOUT_NAMES}); a family's "
@@ -109,7 +127,18 @@ def standard(*, cv: int = 5, num_inducing: Optional[int] = None, official_ridge:
   """The five families every experiment compares (see the module doc). `official_ridge` is the
   released code's fixed ridge (1e-2 for modular arithmetic, 1e-1 for coin flip);
   `official_view="sample"` fits the official pair on sample-level indicators, as the released code
-  does, where a problem carries them."""
+  does, where a problem carries them.
+
+  Args:
+    cv: the CV folds of the kernel and linear fits.
+    num_inducing: None (the kernel fits choose exact or Nystrom KRR by memory) or M (Nystrom on M
+      inducing subsets for every fit set larger than M).
+    official_ridge: the fixed ridge of `kernel_official`.
+    official_view: "task" or "sample", the view of the two official families.
+
+  Returns:
+    A list of five `Family`s: kernel, kernel_lds, kernel_official, linear, linear_official.
+  """
   return [
       Family("kernel", _kernel_fit, {"cv": cv, "cv_metric": "mse", "num_inducing": num_inducing},
              counterpart="linear"),
@@ -150,7 +179,18 @@ def counterpart_pairs(families: Sequence[Family]) -> list[tuple[str, str]]:
 
 
 def select(families: Sequence[Family], names: Optional[Sequence[str]]) -> list[Family]:
-  """The families named (in the given order; None: all), refusing unknown names in one line."""
+  """The families named (in the given order; None: all), refusing unknown names in one line.
+
+  Args:
+    families: the families to choose from.
+    names: family names, or None for all.
+
+  Returns:
+    A list of `Family`s.
+
+  Raises:
+    ValueError: when a name is not among the families.
+  """
   if names is None:
     return list(families)
   by_name = {f.name: f for f in families}
@@ -161,7 +201,15 @@ def select(families: Sequence[Family], names: Optional[Sequence[str]]) -> list[F
 
 
 def method_name(family: Family, source: str) -> str:
-  """How a family fitted on an outcome source is named in summaries: `<family>_<source>`."""
+  """How a family fitted on an outcome source is named in summaries: `<family>_<source>`.
+
+  Args:
+    family: the `Family`.
+    source: the outcome source's name ("exact", "estimated", ...).
+
+  Returns:
+    The str name.
+  """
   return f"{family.name}_{source}"
 
 
@@ -173,6 +221,18 @@ def fit_all(families: Sequence[Family], sources: Mapping[str, tuple], *, skipped
   outcomes averaged, quietly: sampled designs repeat subsets). A fit that refuses its data (a
   ValueError, e.g. too few distinct subsets to cross-validate) raises, or, with `skipped`, is
   left out and its one-line reason stored under the method's name.
+
+  Args:
+    families: the `Family`s to fit.
+    sources: {name: (S bool [m, K], F [m, T])} or {name: (S, F, W [m, n])}.
+    skipped: a dict that collects {method name: one-line reason} of fits that raised a ValueError,
+      or None to let them raise.
+
+  Returns:
+    {`<family>_<source>`: fitted surrogate}, in source-then-family order, without skipped fits.
+
+  Raises:
+    ValueError: from a fit that refuses its data, when `skipped` is None.
   """
   out = {}
   for source, data in sources.items():

@@ -65,7 +65,15 @@ class Features:
 
 
 def margin(logits, label):
-  """logit_y - logsumexp_{c != y} logit_c; cross-entropy = softplus(-margin)."""
+  """logit_y - logsumexp_{c != y} logit_c; cross-entropy = softplus(-margin).
+
+  Args:
+    logits: [C] one example's logits.
+    label: its class, an int in [0, C).
+
+  Returns:
+    A scalar.
+  """
   others = jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits)
   return logits[label] - jax.nn.logsumexp(others)
 
@@ -78,7 +86,18 @@ def _top_k(output: str):
 
 
 def num_outputs(output: str, num_classes: int) -> int:
-  """C, the outputs per example of a provided kind: every logit, one margin, or k + 1 for top<k>."""
+  """C, the outputs per example of a provided kind: every logit, one margin, or k + 1 for top<k>.
+
+  Args:
+    output: "logits", "margin" or "top<k>" (k >= 1).
+    num_classes: the classifier's number of classes.
+
+  Returns:
+    The int C.
+
+  Raises:
+    ValueError: on another output name.
+  """
   k = _top_k(output)
   if output not in ("logits", "margin") and k is None:
     raise ValueError(f"output: must be 'logits', 'margin' or 'top<k>' with k >= 1, got {output!r}")
@@ -95,6 +114,17 @@ def output_fn(apply_fn: Callable, output: str) -> Callable:
   k competitors' logits exact and freezes only the softmax inside the lumped rest, so it
   sits between "margin" (k = 0) and "logits". The ranking is taken through stop_gradient, so it is
   meant for linearization (derivatives at one point), not for training.
+
+  Args:
+    apply_fn: the classifier, apply(params, x [B, ...]) -> logits [B, num_classes].
+    output: "logits", "margin" or "top<k>" (k >= 1).
+
+  Returns:
+    `fn(params, (x, y)) -> [C]` for one example x (no batch axis) with integer label y; for
+    "top<k>" it raises a ValueError when the model has fewer than k + 2 classes.
+
+  Raises:
+    ValueError: on another output name.
   """
   k = _top_k(output)
   if output not in ("logits", "margin") and k is None:
@@ -131,7 +161,18 @@ def _resolve_output(apply_fn, output):
 
 def projection_fingerprint(key, num_params: int, dim: int, projection: str = "gaussian", chunk: int = 16384) -> str:
   """A short text naming P: its kind, shape, row-block size and a hash of its key (`Features`
-  made with equal fingerprints share one projection)."""
+  made with equal fingerprints share one projection).
+
+  Args:
+    key: the projection's `jax.random.key`.
+    num_params: D.
+    dim: d.
+    projection: "gaussian", "rademacher" or "identity".
+    chunk: the row-block size of P.
+
+  Returns:
+    A str such as "gaussian/D=1000/d=64/chunk=16384/key=<12 hex>" ("identity/D=<D>" for identity).
+  """
   if projection == "identity":
     return f"identity/D={num_params}"
   digest = hashlib.sha1(np.asarray(jax.random.key_data(key)).tobytes()).hexdigest()[:12]
@@ -139,7 +180,16 @@ def projection_fingerprint(key, num_params: int, dim: int, projection: str = "ga
 
 
 def check_same_projection(train: "Features", target: "Features", name: str = "target") -> None:
-  """Refuses target features projected by another P than `train` (where both say which)."""
+  """Refuses target features projected by another P than `train` (where both say which).
+
+  Args:
+    train: the training `Features`.
+    target: features to be used beside them.
+    name: the argument's name in the error message.
+
+  Raises:
+    ValueError: when both carry a fingerprint and the fingerprints differ.
+  """
   if train.projection and target.projection and train.projection != target.projection:
     raise ValueError(f"{name}: features were projected by another P ({target.projection}) than train's "
                      f"({train.projection}); featurize both with the same key, dim and projection")
@@ -147,13 +197,33 @@ def check_same_projection(train: "Features", target: "Features", name: str = "ta
 
 def num_classes(apply_fn: Callable, params0, x) -> int:
   """The number of logits a classifier apply_fn(params, x_batch) gives for one example like `x`
-  (shape only: nothing is computed)."""
+  (shape only: nothing is computed).
+
+  Args:
+    apply_fn: the classifier, apply(params, x [B, ...]) -> logits [B, C].
+    params0: its parameters.
+    x: one example (no batch axis).
+
+  Returns:
+    The int C.
+  """
   x = np.asarray(x)
   return int(jax.eval_shape(apply_fn, params0, jax.ShapeDtypeStruct((1, *x.shape), x.dtype)).shape[-1])
 
 
 def projection_block(key, block: int, rows: int, dim: int, projection: str):
-  """Rows [block*rows, (block+1)*rows) of P."""
+  """Rows [block*rows, (block+1)*rows) of P.
+
+  Args:
+    key: the projection's `jax.random.key`.
+    block: the row block's index.
+    rows: the rows per block (the chunk size).
+    dim: d.
+    projection: "gaussian" (N(0, 1/d)); anything else gives Rademacher +-1/sqrt(d).
+
+  Returns:
+    [rows, dim] (float32 unless x64 is on, for "gaussian"), drawn from fold_in(key, block).
+  """
   k = jax.random.fold_in(key, block)
   if projection == "gaussian":
     return jax.random.normal(k, (rows, dim)) / math.sqrt(dim)
@@ -161,7 +231,18 @@ def projection_block(key, block: int, rows: int, dim: int, projection: str):
 
 
 def projection_matrix(key, num_params: int, dim: int, projection: str = "gaussian", chunk: int = 16384):
-  """The whole P [D, d] (only for small D or for tests): exactly the blocks the stream uses."""
+  """The whole P [D, d] (only for small D or for tests): exactly the blocks the stream uses.
+
+  Args:
+    key: the projection's `jax.random.key`.
+    num_params: D.
+    dim: d.
+    projection: "gaussian" or "rademacher".
+    chunk: the row-block size.
+
+  Returns:
+    [D, d], exactly the blocks `projection_block` draws.
+  """
   n_blocks = -(-num_params // chunk)
   blocks = jax.vmap(lambda c: projection_block(key, c, chunk, dim, projection))(jnp.arange(n_blocks))
   return blocks.reshape(-1, dim)[:num_params]
@@ -184,7 +265,26 @@ def make_featurizer(apply_fn: Callable | None, params0, *, key, dim: int, output
 
   `output`: a provided kind (see `output_fn`; needs `apply_fn`) or a function
   (params, (x, y)) -> [C] (then `apply_fn` may be None).
-  `materialize_bytes`: form P once when it is at most this large (faster), else stream it."""
+  `materialize_bytes`: form P once when it is at most this large (faster), else stream it.
+
+  Args:
+    apply_fn: the classifier apply(params, x [B, ...]) -> logits, or None with a callable `output`.
+    params0: the parameters (a pytree) the gradients are taken at.
+    key: the projection's `jax.random.key`.
+    dim: d, positive (equal to D for projection="identity").
+    output: see above.
+    projection: "gaussian", "rademacher" or "identity" (exact gradients, phi [B, C, D]).
+    chunk: the row-block size of P.
+    materialize_bytes: see above.
+
+  Returns:
+    The jitted fn, with attribute `num_params` (D).
+
+  Raises:
+    ValueError: on an unknown projection, a dim that is not a positive integer (or not D for
+      "identity"), an output that is neither a provided kind nor a function, or a provided kind
+      without apply_fn.
+  """
   _checks.choice(projection, PROJECTIONS, "projection")
   _checks.positive_int(dim, "dim")
   flat0, unravel = ravel_pytree(params0)
@@ -226,6 +326,29 @@ def featurize(apply_fn: Callable | None, params0, X, y, *, key, dim: int, output
   Batches of `batch_size` examples stream through one jitted program. With `memmap_path`, `phi` is
   written to an .npy memmap on disk batch by batch (for features larger than RAM) and the returned
   Features holds that memmap.
+
+  Args:
+    apply_fn: the classifier apply(params, x [B, ...]) -> logits, or None with a callable `output`.
+    params0: the parameters (a pytree) the gradients are taken at.
+    X: [N, ...] the examples.
+    y: [N, ...] their labels (class ids in [0, num_classes) for the provided kinds).
+    key: the projection's `jax.random.key`.
+    dim: d.
+    output: see above.
+    projection: "gaussian", "rademacher" or "identity".
+    batch_size: examples per jitted call.
+    chunk: the row-block size of P.
+    memmap_path: an .npy path phi is written to, or None to hold it in memory.
+    progress: whether a tqdm bar shows the examples done.
+    materialize_bytes: form P once when it is at most this many bytes.
+
+  Returns:
+    `Features` with phi float32 [N, C, d], offsets float32 [N, C], labels y, output the kind's
+    name (a function's __name__) and projection its fingerprint.
+
+  Raises:
+    ValueError: when X and y differ in length, X is empty, a label is outside the classes, the
+      outputs are non-finite, or as `make_featurizer`.
   """
   X, y = np.asarray(X), np.asarray(y)
   _, name = _resolve_output(apply_fn, output)

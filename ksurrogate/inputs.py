@@ -67,7 +67,14 @@ IDENTITY = InputMap()
 
 def default_maps(domain: str) -> tuple[InputMap, ...]:
   """The maps cross-validated when none is given: the identity alone on subsets (today's
-  surrogates), identity, sqrt and log(1 + r / eps) for eps in `EPS_GRID` on real inputs."""
+  surrogates), identity, sqrt and log(1 + r / eps) for eps in `EPS_GRID` on real inputs.
+
+  Args:
+    domain: "subsets", "simplex" or "weights".
+
+  Returns:
+    A tuple of `InputMap`s.
+  """
   if domain == "subsets":
     return (IDENTITY,)
   return (IDENTITY, InputMap("sqrt"), *(InputMap("log", e) for e in EPS_GRID))
@@ -76,7 +83,19 @@ def default_maps(domain: str) -> tuple[InputMap, ...]:
 def candidate_maps(input_map, domain: str) -> tuple[InputMap, ...]:
   """The maps a fit chooses among: `input_map` None -> `default_maps(domain)`; "identity" /
   "sqrt" / an `InputMap` -> that one; "log" -> log(1 + r / eps) for eps in `EPS_GRID`; a sequence
-  of these -> all of them (in order, duplicates dropped)."""
+  of these -> all of them (in order, duplicates dropped).
+
+  Args:
+    input_map: None, a map name, an `InputMap`, or a sequence of names and maps.
+    domain: the inputs' domain, read only when input_map is None.
+
+  Returns:
+    A tuple of distinct `InputMap`s.
+
+  Raises:
+    ValueError: on an empty sequence or an entry that is not a name or an `InputMap` (an unknown
+      name is refused by `InputMap` itself).
+  """
   if input_map is None:
     return default_maps(domain)
   items = [input_map] if isinstance(input_map, (str, InputMap)) else list(input_map)
@@ -104,6 +123,19 @@ def as_inputs(X, name: str = "X", *, simplex: bool | None = None, num_tasks: int
   `SIMPLEX_ATOL`: simplex; else weights); True requires every row to sum to 1; False reads real
   rows as weights. NaN / inf, negative values and (with simplex=True) rows off the simplex are
   refused in one line each.
+
+  Args:
+    X: [m, K] bool or numbers.
+    name: the argument's name in error messages.
+    simplex: how real-valued rows are read (above).
+    num_tasks: K the inputs must have, or None for any.
+
+  Returns:
+    (array [m, K], domain): bool for "subsets", float64 for "simplex" and "weights".
+
+  Raises:
+    ValueError: when X is not 2-d, has the wrong number of columns, is not numeric, holds NaN / inf
+      or negative values, or (simplex=True) has a row that does not sum to 1.
   """
   arr = np.asarray(X)
   if arr.ndim != 2:
@@ -133,7 +165,20 @@ def as_inputs(X, name: str = "X", *, simplex: bool | None = None, num_tasks: int
 
 def check(X, domain: str, num_tasks: int, name: str = "S") -> np.ndarray:
   """Inputs to predict at, validated against the domain a surrogate was fitted on: subsets stay
-  subsets (0/1 only), proportions must lie on the simplex, weights be non-negative."""
+  subsets (0/1 only), proportions must lie on the simplex, weights be non-negative.
+
+  Args:
+    X: [n, K] inputs.
+    domain: the surrogate's domain ("subsets", "simplex" or "weights").
+    num_tasks: K the surrogate was fitted on.
+    name: the argument's name in error messages.
+
+  Returns:
+    bool [n, K] for "subsets", float64 [n, K] otherwise.
+
+  Raises:
+    ValueError: as `as_inputs` (and, for subsets, on entries that are not 0/1).
+  """
   if domain == "subsets":
     return _checks.as_subsets(X, name, num_tasks=num_tasks)
   arr, _ = as_inputs(X, name, simplex=domain == "simplex", num_tasks=num_tasks)
@@ -141,7 +186,17 @@ def check(X, domain: str, num_tasks: int, name: str = "S") -> np.ndarray:
 
 
 def domain_of(surrogate) -> str:
-  """The input domain a fitted surrogate declares (`domain`); "subsets" when it declares none."""
+  """The input domain a fitted surrogate declares (`domain`); "subsets" when it declares none.
+
+  Args:
+    surrogate: any fitted surrogate.
+
+  Returns:
+    "subsets", "simplex" or "weights".
+
+  Raises:
+    ValueError: when the surrogate declares a domain that is none of these.
+  """
   domain = getattr(surrogate, "domain", "subsets")
   if domain not in DOMAINS:
     raise ValueError(f"surrogate: {type(surrogate).__name__}.domain is {domain!r}; expected one of {list(DOMAINS)}")
@@ -150,14 +205,35 @@ def domain_of(surrogate) -> str:
 
 def reference(domain: str, num_tasks: int) -> np.ndarray:
   """The point removal effects are read at by default, [K]: every task present, the uniform
-  mixture 1/K on the simplex and all ones otherwise (the full set)."""
+  mixture 1/K on the simplex and all ones otherwise (the full set).
+
+  Args:
+    domain: "subsets", "simplex" or "weights".
+    num_tasks: K.
+
+  Returns:
+    float [K].
+  """
   return np.full(num_tasks, 1.0 / num_tasks) if domain == "simplex" else np.ones(num_tasks)
 
 
 def removed(at, drop, domain: str, name: str = "at") -> np.ndarray:
   """Rows of `at` [K] with the tasks of each row of `drop` (bool [P, K]) removed: weight 0, and on
   the simplex the remaining weights renormalized to sum 1. A removal that leaves no weight on
-  the simplex is refused in one line."""
+  the simplex is refused in one line.
+
+  Args:
+    at: float [K], the point removal starts from.
+    drop: bool [P, K], the tasks each row removes.
+    domain: the surrogate's domain; "simplex" renormalizes.
+    name: the argument's name in error messages.
+
+  Returns:
+    float64 [P, K].
+
+  Raises:
+    ValueError: when, on the simplex, a row leaves no weight to renormalize.
+  """
   at = np.asarray(at, np.float64)
   out = np.where(np.asarray(drop, bool), 0.0, at[None, :])
   if domain == "simplex":
@@ -171,7 +247,20 @@ def removed(at, drop, domain: str, name: str = "at") -> np.ndarray:
 
 
 def point(at, domain: str, num_tasks: int, name: str = "at") -> np.ndarray:
-  """A readout point [K]: `reference` when None, else validated in the surrogate's domain."""
+  """A readout point [K]: `reference` when None, else validated in the surrogate's domain.
+
+  Args:
+    at: None or one point [K].
+    domain: the surrogate's domain.
+    num_tasks: K.
+    name: the argument's name in error messages.
+
+  Returns:
+    float64 [K].
+
+  Raises:
+    ValueError: when `at` is not 1-d or is invalid in the domain (`check`).
+  """
   if at is None:
     return reference(domain, num_tasks)
   arr = np.asarray(at)
@@ -185,7 +274,19 @@ def mapped(fit, input_map: InputMap | str, *, simplex: bool | None = None):
   X (`as_inputs`), fits `fit(phi(X), F, **kw)` and returns that surrogate carrying `m` and X's
   domain, so its `predict` takes the raw inputs again. For fits that take their features as
   given (`parity.official_krr`, `parity.official_lstsq`, `surrogates.solve_kernel`); `fit_kernel`
-  and `fit_linear` take `input_map=` themselves and choose it by CV."""
+  and `fit_linear` take `input_map=` themselves and choose it by CV.
+
+  Args:
+    fit: a fit function `fit(features [m, K], F, **options)` returning a surrogate with `replace`.
+    input_map: one map: a name ("identity", "sqrt") or an `InputMap` (the log map with its eps).
+    simplex: how real-valued rows are read (`as_inputs`).
+
+  Returns:
+    `fit_mapped(X, F, **options)`, returning the fitted surrogate with `input_map` and `domain` set.
+
+  Raises:
+    ValueError: when input_map names more than one map (e.g. "log" without an eps).
+  """
   maps = candidate_maps(input_map, "weights")
   if len(maps) != 1:
     raise ValueError(f"input_map: mapped() takes one map, got {[str(m) for m in maps]}; name the log map's eps, e.g. "
@@ -202,6 +303,14 @@ def mapped(fit, input_map: InputMap | str, *, simplex: bool | None = None):
 
 
 def features(X, maps: Sequence[InputMap]) -> jnp.ndarray:
-  """phi_i(X) for every map, stacked [len(maps), m, K] in float64."""
+  """phi_i(X) for every map, stacked [len(maps), m, K] in float64.
+
+  Args:
+    X: [m, K] inputs (already validated).
+    maps: the `InputMap`s to apply.
+
+  Returns:
+    float64 [len(maps), m, K].
+  """
   X = jnp.asarray(X, jnp.float64)
   return jnp.stack([m(X) for m in maps])

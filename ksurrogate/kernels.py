@@ -16,14 +16,37 @@ KERNELS = ("rbf", "polynomial", "linear")
 
 
 def sqdist(A, B):
-  """||a - b||^2 for every row pair, exact for 0/1 inputs and clipped at 0 for rounding."""
+  """||a - b||^2 for every row pair, exact for 0/1 inputs and clipped at 0 for rounding.
+
+  Args:
+    A: float [n, K].
+    B: float [p, K].
+
+  Returns:
+    float [n, p].
+  """
   na = jnp.sum(A * A, axis=1)[:, None]
   nb = jnp.sum(B * B, axis=1)[None, :]
   return jnp.maximum(na + nb - 2.0 * A @ B.T, 0.0)
 
 
 def gram(kind: str, A, B, gamma, degree: int = 2, coef0: float = 1.0):
-  """Kernel matrix k(A_i, B_j) [len(A), len(B)]."""
+  """Kernel matrix k(A_i, B_j) [len(A), len(B)].
+
+  Args:
+    kind: "rbf" (exp(-gamma ||a - b||^2)), "polynomial" ((gamma a.b + coef0)^degree) or "linear" (a.b).
+    A: float [n, K].
+    B: float [p, K].
+    gamma: the kernel scale (a scalar; unused by "linear").
+    degree: the polynomial degree.
+    coef0: the polynomial offset.
+
+  Returns:
+    float [n, p].
+
+  Raises:
+    ValueError: when kind is none of the three.
+  """
   if kind == "rbf":
     return jnp.exp(-gamma * sqdist(A, B))
   if kind == "polynomial":
@@ -34,7 +57,18 @@ def gram(kind: str, A, B, gamma, degree: int = 2, coef0: float = 1.0):
 
 
 def diag(kind: str, A, gamma, degree: int = 2, coef0: float = 1.0):
-  """k(a, a) for each row, without forming the Gram matrix."""
+  """k(a, a) for each row, without forming the Gram matrix.
+
+  Args:
+    kind: "rbf", "polynomial" or "linear" (anything else is read as "linear").
+    A: float [n, K].
+    gamma: the kernel scale (a scalar).
+    degree: the polynomial degree.
+    coef0: the polynomial offset.
+
+  Returns:
+    float [n].
+  """
   sq = jnp.sum(A * A, axis=1)
   if kind == "rbf":
     return jnp.ones(A.shape[0], A.dtype)
@@ -51,6 +85,15 @@ def default_gamma(kind: str, S, max_rows: int = 2000, floor: float = 1.0) -> flo
   matrix would dominate a Nystrom fit at m = 10^4, and the median of 2 * 10^6 pairs is as good.
   `floor` bounds the median from below: 1 on subsets (distinct subsets are at least 1 apart);
   real-valued inputs, whose distances can all be below 1, pass a tiny one.
+
+  Args:
+    kind: the kernel name ("rbf", or another for 1 / K).
+    S: the fitted inputs [m, K] (subsets or mapped real-valued inputs).
+    max_rows: the most rows the median is taken over.
+    floor: the smallest median squared distance used.
+
+  Returns:
+    gamma0, a Python float.
   """
   S = np.asarray(S)
   if kind != "rbf":

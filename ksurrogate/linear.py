@@ -24,7 +24,15 @@ from ksurrogate._util import x64
 
 def pairwise_features(Phi, squares: bool):
   """[phi, phi_j phi_k for j < k, and phi_k^2 when `squares`] of Phi [n, K]: K + K (K - 1) / 2
-  (+ K) columns. On 0/1 subsets the squares repeat the linear terms, so they are left out there."""
+  (+ K) columns. On 0/1 subsets the squares repeat the linear terms, so they are left out there.
+
+  Args:
+    Phi: float [n, K], inputs after the input map.
+    squares: whether the squares phi_k^2 are appended.
+
+  Returns:
+    float [n, K + K (K - 1) / 2 (+ K)], the products in `np.triu_indices(K, 1)` order.
+  """
   K = Phi.shape[1]
   j, k = np.triu_indices(K, 1)
   parts = [Phi, Phi[:, j] * Phi[:, k]] + ([Phi * Phi] if squares else [])
@@ -50,11 +58,29 @@ class LinearSurrogate:
 
   @x64
   def apply(self, X) -> jax.Array:
-    """g at float inputs X [n, K] with no input checks: a pure jnp function (jax.grad goes through)."""
+    """g at float inputs X [n, K] with no input checks: a pure jnp function (jax.grad goes through).
+
+    Args:
+      X: float [n, K] raw inputs (before the input map).
+
+    Returns:
+      float64 [n, T].
+    """
     return self.intercept + self.input_map(X) @ self.coef
 
   @x64
   def predict(self, S) -> jax.Array:
+    """g at validated inputs: subsets, weights or proportions of the domain it was fitted on.
+
+    Args:
+      S: [n, K] inputs of the fitted domain (`inputs.check`).
+
+    Returns:
+      float64 [n, T].
+
+    Raises:
+      ValueError: when S has another number of tasks or is invalid in the domain.
+    """
     return self.apply(inputs.check(S, self.domain, self.num_tasks))
 
 
@@ -79,11 +105,29 @@ class PairwiseSurrogate:
 
   @x64
   def apply(self, X) -> jax.Array:
-    """As `LinearSurrogate.apply`."""
+    """As `LinearSurrogate.apply`.
+
+    Args:
+      X: float [n, K] raw inputs (before the input map).
+
+    Returns:
+      float64 [n, T].
+    """
     return self.intercept + pairwise_features(self.input_map(X), self.squares) @ self.coef
 
   @x64
   def predict(self, S) -> jax.Array:
+    """As `LinearSurrogate.predict`.
+
+    Args:
+      S: [n, K] inputs of the fitted domain (`inputs.check`).
+
+    Returns:
+      float64 [n, T].
+
+    Raises:
+      ValueError: when S has another number of tasks or is invalid in the domain.
+    """
     return self.apply(inputs.check(S, self.domain, self.num_tasks))
 
 
@@ -139,8 +183,10 @@ def fit_linear(S, F, *, ridge: float | None = None, cv: int = 5, seed: int = 0, 
     F: [m, T] outcomes (a 1-d F is one target).
     ridge: >= 0 (0 is plain least squares); None chooses it by `cv`-fold CV on `ridge_grid`
       (default 10^[-6..2]).
-    cv, seed, cv_metric: the folds and their criterion ("mse": held-out MSE / variance; "lds":
-      out-of-fold Spearman).
+    cv: the number of CV folds.
+    seed: the seed of the fold assignment.
+    ridge_grid: the ridges CV chooses among (non-negative), None for the default.
+    cv_metric: the folds' criterion ("mse": held-out MSE / variance; "lds": out-of-fold Spearman).
     input_map: the feature map phi (`inputs.candidate_maps`): None = the identity on subsets and,
       on real inputs, identity / sqrt / log(1 + r / eps) chosen by CV beside the ridge.
     simplex: how real rows are read (`inputs.as_inputs`): None from the values.
@@ -150,6 +196,11 @@ def fit_linear(S, F, *, ridge: float | None = None, cv: int = 5, seed: int = 0, 
     A `LinearSurrogate` (or `PairwiseSurrogate` with `pairwise=True`); its `input_map`, `domain`
     and, when several maps were compared, `input_maps` with `cv_scores` [maps, ridges] say what
     was chosen.
+
+  Raises:
+    ValueError: on an unknown cv_metric, a non-bool pairwise, invalid inputs or outcomes (shapes,
+      NaN / inf, negative weights), a negative ridge or grid entry, or too few distinct subsets
+      for the folds.
   """
   _checks.choice(cv_metric, _cv.CV_METRICS, "cv_metric")
   if not isinstance(pairwise, (bool, np.bool_)):

@@ -19,7 +19,15 @@ def _tree_sub(a, b):
 
 def linearize(f: Callable, params0) -> Callable:
   """Returns f_lin(params, *args, **kw) = f(params0, *args) + J(params - params0), J = df/dparams at
-  params0, evaluated with one `jax.jvp` (forward mode: never a Jacobian matrix)."""
+  params0, evaluated with one `jax.jvp` (forward mode: never a Jacobian matrix).
+
+  Args:
+    f: `f(params, *args, **kwargs)` -> a pytree of outputs.
+    params0: the parameters (a pytree) expanded around.
+
+  Returns:
+    `f_lin(params, *args, **kwargs)`, outputs of f's structure.
+  """
   def f_lin(params, *args, **kwargs):
     delta = _tree_sub(params, params0)
     f0, df = jax.jvp(lambda p: f(p, *args, **kwargs), (params0,), (delta,))
@@ -38,6 +46,17 @@ def empirical_ntk_fn(f: Callable, trace_axes: Sequence[int] = (-1,), diagonal_ax
   Like neural-tangents: `trace_axes=(-1,)` averages over the output (logit) axis, giving [N1, N2];
   `trace_axes=()` keeps it, giving [N1, N2, C, C]. x2=None means x1. `diagonal_axes=(-1,)` keeps
   only the diagonal of the logit axes, giving [N1, N2, C]. Outputs must be [N, C].
+
+  Args:
+    f: `f(params, x [N, ...], **kwargs) -> [N, C]`.
+    trace_axes: () or (-1,) / (1,) (the output axis).
+    diagonal_axes: () or (-1,) / (1,); not together with trace_axes.
+
+  Returns:
+    `kernel_fn(x1, x2=None, params=None, **kwargs)`, raising a ValueError without params.
+
+  Raises:
+    ValueError: on another axis, or on tracing and keeping the diagonal at once.
   """
   trace = tuple(int(a) for a in trace_axes)
   diag = tuple(int(a) for a in diagonal_axes)

@@ -32,7 +32,18 @@ class Undefined(ValueError):
 
 def attempt(skipped: dict, key: str, fn, *args, **kwargs):
   """fn(*args, **kwargs), or None when the metric is `Undefined` on the data, its reason then
-  stored as skipped[key]. Bad input still raises."""
+  stored as skipped[key]. Bad input still raises.
+
+  Args:
+    skipped: a dict the reason is stored in.
+    key: the metric's name in `skipped`.
+    fn: the metric.
+    *args: fn's positional arguments.
+    **kwargs: fn's keyword arguments.
+
+  Returns:
+    fn's value, or None.
+  """
   try:
     return fn(*args, **kwargs)
   except Undefined as e:
@@ -73,7 +84,14 @@ def _pair(pred, true, *, min_rows: int = 2):
 
 
 def rank_columns(x):
-  """Average ranks (ties share the mean rank, as scipy.stats.rankdata) down each column of x [n, T]."""
+  """Average ranks (ties share the mean rank, as scipy.stats.rankdata) down each column of x [n, T].
+
+  Args:
+    x: [n, T].
+
+  Returns:
+    float [n, T], ranks 1..n.
+  """
   def col(v):
     s = jnp.sort(v)
     lo = jnp.searchsorted(s, v, side="left")
@@ -84,7 +102,15 @@ def rank_columns(x):
 
 @jax.jit
 def pearson_columns(P, T):
-  """Pearson correlation of each column of P [n, T] with the same column of T (NaN if constant)."""
+  """Pearson correlation of each column of P [n, T] with the same column of T (NaN if constant).
+
+  Args:
+    P: float [n, T].
+    T: float [n, T].
+
+  Returns:
+    float [T].
+  """
   Pc, Tc = P - P.mean(0), T - T.mean(0)
   denom = jnp.sqrt(jnp.sum(Pc ** 2, 0) * jnp.sum(Tc ** 2, 0))
   return jnp.where(denom > 0, jnp.sum(Pc * Tc, 0) / jnp.where(denom > 0, denom, 1.0), jnp.nan)
@@ -92,7 +118,15 @@ def pearson_columns(P, T):
 
 @jax.jit
 def spearman_columns(P, T):
-  """Spearman correlation of each column of P [n, T] with the same column of T (NaN if constant)."""
+  """Spearman correlation of each column of P [n, T] with the same column of T (NaN if constant).
+
+  Args:
+    P: float [n, T].
+    T: float [n, T].
+
+  Returns:
+    float [T].
+  """
   return pearson_columns(rank_columns(P), rank_columns(T))
 
 
@@ -110,14 +144,41 @@ def _reduce(values, per_target, P, T):
 
 @x64
 def pearson(pred, true, *, per_target: bool = False):
-  """Pearson correlation down each column, averaged over columns."""
+  """Pearson correlation down each column, averaged over columns.
+
+  Args:
+    pred: [n] or [n, T] predictions.
+    true: the same shape, the truth.
+    per_target: return the per-column values instead of their mean.
+
+  Returns:
+    A float (the mean over columns with a defined correlation), or float [T] with NaN where a
+    column is constant.
+
+  Raises:
+    ValueError: when the shapes differ or are not [n] / [n, T].
+    Undefined: on fewer than 2 rows, non-finite values, or no column with a defined correlation.
+  """
   P, T = _pair(pred, true)
   return _reduce(pearson_columns(P, T), per_target, P, T)
 
 
 @x64
 def spearman(pred, true, *, per_target: bool = False):
-  """Spearman correlation down each column (average ranks for ties), averaged over columns."""
+  """Spearman correlation down each column (average ranks for ties), averaged over columns.
+
+  Args:
+    pred: [n] or [n, T] predictions.
+    true: the same shape, the truth.
+    per_target: return the per-column values instead of their mean.
+
+  Returns:
+    A float, or float [T] (NaN where a column is constant).
+
+  Raises:
+    ValueError: when the shapes differ or are not [n] / [n, T].
+    Undefined: on fewer than 2 rows, non-finite values, or no column with a defined correlation.
+  """
   P, T = _pair(pred, true)
   return _reduce(spearman_columns(P, T), per_target, P, T)
 
@@ -130,6 +191,18 @@ def lds(pred, true, *, per_target: bool = False):
   A target whose prediction is constant across the subsets while its truth varies ranks nothing:
   it scores 0 (no information), so it lowers the mean instead of leaving it. A target whose truth
   is constant has nothing to rank and is left out (NaN per target); undefined when every truth is.
+
+  Args:
+    pred: [m] or [m, T] predicted outcomes on held-out subsets.
+    true: the same shape, the real outcomes.
+    per_target: return the per-target values instead of their mean.
+
+  Returns:
+    A float, or float [T].
+
+  Raises:
+    ValueError: when the shapes differ or are not [m] / [m, T].
+    Undefined: on fewer than 2 rows, non-finite values, or a constant truth on every target.
   """
   P, T = _pair(pred, true)
   values = np.asarray(spearman_columns(P, T))
@@ -138,7 +211,18 @@ def lds(pred, true, *, per_target: bool = False):
 
 
 def varying_targets(F, threshold: float = 0.0):
-  """bool [T]: targets whose unbiased variance across subsets exceeds `threshold` (and is > 0)."""
+  """bool [T]: targets whose unbiased variance across subsets exceeds `threshold` (and is > 0).
+
+  Args:
+    F: [m] or [m, T] outcomes.
+    threshold: the variance a target must exceed.
+
+  Returns:
+    bool [T] (numpy).
+
+  Raises:
+    Undefined: on fewer than 2 rows or non-finite values.
+  """
   F = _as_matrix(F, "F")
   if len(F) < 2:
     raise Undefined(f"F: need at least 2 rows to measure a variance, got {len(F)}")
@@ -151,6 +235,19 @@ def normalized_error(pred, true, *, threshold: float = 0.1, per_target: bool = F
   """MSE / unbiased variance of the truth, averaged over targets with variance >= threshold
   (and > 0). Below 1 beats predicting each target's mean; the reference README uses threshold 0.1.
   Undefined when no target's truth varies that much.
+
+  Args:
+    pred: [m] or [m, T] predictions.
+    true: the same shape, the truth.
+    threshold: the smallest truth variance a target is scored at.
+    per_target: return float [T] (NaN on the targets left out) instead of the mean.
+
+  Returns:
+    A float, or float [T].
+
+  Raises:
+    ValueError: when the shapes differ.
+    Undefined: on fewer than 2 rows, non-finite values, or no target varying that much.
   """
   P, T = _pair(pred, true)
   var = np.asarray(jnp.var(T, axis=0, ddof=1))
@@ -178,9 +275,19 @@ def _loo_parts(P, T) -> dict:
 def loo_correlation(pred_loo, true_loo):
   """Agreement of predicted and real leave-one-out effects across tasks.
 
-  pred_loo/true_loo: [K] or [K, T]. Returns Pearson and Spearman per target averaged over targets,
-  and on the mean over targets (the leave-one-out effect on the average target loss). Undefined
-  (naming the key) when any of the four is.
+  Pearson and Spearman per target averaged over targets, and on the mean over targets (the
+  leave-one-out effect on the average target loss).
+
+  Args:
+    pred_loo: [K] or [K, T] predicted effects.
+    true_loo: the same shape, the real effects.
+
+  Returns:
+    {"pearson", "spearman", "pearson_mean_target", "spearman_mean_target"}: floats.
+
+  Raises:
+    ValueError: when the shapes differ.
+    Undefined: (naming the key) when any of the four is undefined.
   """
   parts = _loo_parts(*_pair(pred_loo, true_loo))
   for key, value in parts.items():
@@ -195,7 +302,15 @@ MAX_SPLITS = 256   # splits of the seeds into halves that a ceiling averages ove
 def seed_halves(num_seeds: int, max_splits: int = MAX_SPLITS) -> list[tuple[list, list]]:
   """Splits of the seeds into two halves: every one while there are at most `max_splits` (10
   seeds: C(10, 5) = 252), else `max_splits` distinct ones drawn with a fixed seed (16 seeds have
-  12,870: averaging all of them cost 20 s per call for no better an estimate)."""
+  12,870: averaging all of them cost 20 s per call for no better an estimate).
+
+  Args:
+    num_seeds: n, at least 2.
+    max_splits: the most splits returned.
+
+  Returns:
+    A list of (first half ids, the other ids), the first half of n // 2 seeds.
+  """
   n = num_seeds
   if math.comb(n, n // 2) <= max_splits:
     firsts = list(itertools.combinations(range(n), n // 2))
@@ -212,12 +327,21 @@ def split_half_ceiling(effects_SxKxT):
   """How well seed-averaged effects (e.g. leave-one-out effects [seeds, K, T]) can be predicted.
 
   Reliability: for every split of the seeds into two halves (`seed_halves`: a fixed sample of 256
-  of them beyond 10 seeds), the `loo_correlation` of the halves'
-  mean effects, averaged over splits and Spearman-Brown corrected to the full number of seeds
-  (2r / (1 + r)). A predictor of the noise-free effects correlates with the noisy seed average at
-  most sqrt(reliability): that is the ceiling. Returns (ceiling, reliability), dicts with
-  `loo_correlation`'s keys (NaN where the reliability is not positive or, on every split,
-  undefined).
+  of them beyond 10 seeds), the `loo_correlation` of the halves' mean effects, averaged over splits
+  and Spearman-Brown corrected to the full number of seeds (2r / (1 + r)). A predictor of the
+  noise-free effects correlates with the noisy seed average at most sqrt(reliability): that is the
+  ceiling.
+
+  Args:
+    effects_SxKxT: [seeds >= 2, K, T] effects per training seed.
+
+  Returns:
+    (ceiling, reliability), dicts with `loo_correlation`'s keys of floats (NaN where the
+    reliability is not positive or, on every split, undefined).
+
+  Raises:
+    ValueError: when the shape is not [seeds >= 2, K, T].
+    Undefined: on non-finite values.
   """
   E = np.asarray(effects_SxKxT, np.float64)
   if E.ndim != 3 or E.shape[0] < 2:
@@ -246,6 +370,18 @@ def relative_error(estimate, truth, *, eps: float = 1e-12):
   Where |truth| <= eps the ratio is undefined: `values` holds NaN there, the median and mean are
   over the other entries and `num_zero_truth` counts them; undefined (`Undefined`, which
   `attempt` records as skipped) when every truth is zero (compare absolute errors there).
+
+  Args:
+    estimate: an array of estimates.
+    truth: the same shape.
+    eps: |truth| at or below this counts as zero.
+
+  Returns:
+    {"median": float, "mean": float, "values": float64 array of truth's shape, "num_zero_truth": int}.
+
+  Raises:
+    ValueError: when the shapes differ.
+    Undefined: on non-finite or empty input, or when every truth is zero.
   """
   E, T = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
   if E.shape != T.shape:
@@ -290,7 +426,14 @@ class Interval:
 
   def verdict(self, higher_is_better: bool = True) -> str:
     """Of a paired difference a - b: "wins" (a better) or "loses" when the interval excludes 0,
-    else "ties". NaN intervals say "undetermined"."""
+    else "ties". NaN intervals say "undetermined".
+
+    Args:
+      higher_is_better: whether a larger score is better (False for errors).
+
+    Returns:
+      "wins", "loses", "ties" or "undetermined".
+    """
     if not (np.isfinite(self.lo) and np.isfinite(self.hi)):
       return "undetermined"
     if self.lo > 0:
@@ -300,7 +443,14 @@ class Interval:
     return "ties"
 
   def entries(self, key: str) -> dict:
-    """Summary entries: `key` (the mean), `key_se`, `key_ci95` ([lo, hi])."""
+    """Summary entries: `key` (the mean), `key_se`, `key_ci95` ([lo, hi]).
+
+    Args:
+      key: the score's name.
+
+    Returns:
+      {key: mean, key_se: se, key_ci<level>: [lo, hi]}, e.g. key_ci95 at level 0.95.
+    """
     tag = f"ci{round(100 * self.level)}"
     return {key: self.mean, f"{key}_se": self.se, f"{key}_{tag}": [self.lo, self.hi]}
 
@@ -325,7 +475,18 @@ def _t_quantile(p, df, iters: int = 80):
 
 
 def t_quantile(p: float, df: float) -> float:
-  """Student's t quantile for p in (0.5, 1), e.g. t_quantile(0.975, 19) = 2.093."""
+  """Student's t quantile for p in (0.5, 1), e.g. t_quantile(0.975, 19) = 2.093.
+
+  Args:
+    p: the probability, in (0.5, 1).
+    df: the degrees of freedom, positive.
+
+  Returns:
+    The float quantile.
+
+  Raises:
+    ValueError: when p or df is out of range.
+  """
   if not 0.5 < p < 1 or not df > 0:
     raise ValueError(f"p: expected 0.5 < p < 1 and df > 0, got p={p}, df={df}")
   with jax.enable_x64(True):
@@ -336,7 +497,19 @@ def resplit_interval(values_R, *, test_fraction: float, level: float = 0.95) -> 
   """Mean and interval of a score (or a paired difference) over R random re-splits of one set of
   subsets, with Nadeau & Bengio's correction for the overlap between re-splits:
   se^2 = (1/R + n_test/n_fit) s^2. `test_fraction` is n_test / (n_fit + n_test). NaN splits (a
-  score undefined on that split) are left out; fewer than 2 finite splits give a NaN interval."""
+  score undefined on that split) are left out; fewer than 2 finite splits give a NaN interval.
+
+  Args:
+    values_R: [R] the score on each re-split.
+    test_fraction: n_test / (n_fit + n_test), in (0, 1).
+    level: the interval's two-sided level.
+
+  Returns:
+    An `Interval` (t on R - 1 degrees of freedom; `replicates` the finite splits).
+
+  Raises:
+    ValueError: when test_fraction is outside (0, 1).
+  """
   if not 0 < test_fraction < 1:
     raise ValueError(f"test_fraction: must lie in (0, 1), got {test_fraction}")
   return _t_interval(values_R, lambda R: 1.0 / R + test_fraction / (1.0 - test_fraction), level)
@@ -344,7 +517,15 @@ def resplit_interval(values_R, *, test_fraction: float, level: float = 0.95) -> 
 
 def replicate_interval(values_R, *, level: float = 0.95) -> Interval:
   """Mean and t interval of a score over R independent replicates (e.g. fresh training seeds):
-  se^2 = s^2 / R. NaN replicates are left out; fewer than 2 finite give a NaN interval."""
+  se^2 = s^2 / R. NaN replicates are left out; fewer than 2 finite give a NaN interval.
+
+  Args:
+    values_R: [R] the score on each replicate.
+    level: the interval's two-sided level.
+
+  Returns:
+    An `Interval`.
+  """
   return _t_interval(values_R, lambda R: 1.0 / R, level)
 
 
@@ -436,15 +617,29 @@ def bootstrap_loo(preds, effects, *, pairs=(), num_resamples: int = 1000, seed: 
                   level: float = 0.95) -> dict:
   """Intervals of leave-one-out correlations, and of paired differences between methods.
 
-  preds: {method: predicted LOO [K, T]}. effects: the ground truth, [K, T], or per training seed
-  [S, K, T] (the truth is then their mean). Every method is scored on the same resamples, so a
-  paired difference keeps what the methods share. A method's own interval resamples targets.
-  A paired difference also resamples seeds where S >= 2: a resampled truth holds fewer distinct
-  seeds and is noisier, which pulls every correlation down — for one score that is a bias (the
-  ceiling reports the truth's noise instead), for a difference it only shrinks both sides, so
-  its verdict stays conservative.
-  Returns {"methods": {method: {key: Interval}}, "pairs": {"a-b": {key: Interval}}} with
-  `loo_correlation`'s keys; the point values are the scores on all targets and seeds.
+  Every method is scored on the same resamples, so a paired difference keeps what the methods
+  share. A method's own interval resamples targets. A paired difference also resamples seeds
+  where S >= 2: a resampled truth holds fewer distinct seeds and is noisier, which pulls every
+  correlation down; for one score that is a bias (the ceiling reports the truth's noise instead),
+  for a difference it only shrinks both sides, so its verdict stays conservative. Intervals are
+  percentile intervals of the resamples; the point values are the scores on all targets and seeds.
+
+  Args:
+    preds: {method: predicted LOO [K, T]}, finite.
+    effects: the ground truth, [K, T], or per training seed [S, K, T] (the truth is their mean).
+    pairs: (a, b) method names whose difference a - b gets an interval.
+    num_resamples: bootstrap resamples, at least 2.
+    seed: the resampling seed.
+    level: the intervals' two-sided level.
+
+  Returns:
+    {"methods": {method: {key: Interval}}, "pairs": {"a-b": {key: Interval}}} with
+    `loo_correlation`'s keys.
+
+  Raises:
+    ValueError: on effects that are not [K, T] / [S, K, T], non-finite, or with fewer than 3 tasks,
+      a prediction of another shape or with non-finite values, a pair naming an unknown method,
+      or num_resamples < 2.
   """
   E = _check_effects(effects)
   S_, K, T = E.shape
@@ -490,7 +685,20 @@ def bootstrap_loo(preds, effects, *, pairs=(), num_resamples: int = 1000, seed: 
 
 def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
   """`split_half_ceiling` with an interval from resampling targets: {key: Interval} of the ceiling
-  sqrt(reliability) for `loo_correlation`'s keys (NaN where the reliability is not positive)."""
+  sqrt(reliability) for `loo_correlation`'s keys (NaN where the reliability is not positive).
+
+  Args:
+    effects_SxKxT: [seeds >= 2, K >= 3, T] finite effects per training seed.
+    num_resamples: target resamples.
+    seed: the resampling seed.
+    level: the intervals' two-sided level.
+
+  Returns:
+    {key: Interval}, with `loo_correlation`'s keys.
+
+  Raises:
+    ValueError: on another shape, fewer than 2 seeds or 3 tasks, or non-finite values.
+  """
   E = _check_effects(effects_SxKxT, "effects_SxKxT")
   n, K, T = E.shape
   if n < 2:
@@ -512,7 +720,20 @@ def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0,
 
 def seeds_for_reliability(reliability: float, num_seeds: int, target: float = 0.8) -> float:
   """Training seeds whose mean would reach `target` reliability, by the Spearman-Brown prophecy
-  from the `reliability` measured with `num_seeds` (inf when the measured one is not positive)."""
+  from the `reliability` measured with `num_seeds` (inf when the measured one is not positive).
+
+  Args:
+    reliability: the reliability measured, with `num_seeds` seeds.
+    num_seeds: the seeds it was measured with, at least 1.
+    target: the reliability wanted, in (0, 1).
+
+  Returns:
+    A float number of seeds (1.0 when the measured reliability is already >= 1, inf when it is not
+    positive).
+
+  Raises:
+    ValueError: when target is outside (0, 1) or num_seeds < 1.
+  """
   if not 0 < target < 1 or num_seeds < 1:
     raise ValueError(f"target: expected 0 < target < 1 and num_seeds >= 1, got {target}, {num_seeds}")
   if not reliability > 0:

@@ -137,7 +137,19 @@ def dirichlet_prior(mixtures) -> np.ndarray:
 @x64
 def sample_dirichlet(key, alpha, num_samples: int) -> jax.Array:
   """num_samples mixtures [n, K] from Dirichlet(alpha). Rows where every gamma draw underflowed
-  (tiny alpha in float64) are redrawn from a fold of the key, so every row sums to 1."""
+  (tiny alpha in float64) are redrawn from a fold of the key, so every row sums to 1.
+
+  Args:
+    key: a `jax.random.key`.
+    alpha: the concentrations [K], positive.
+    num_samples: n (positive).
+
+  Returns:
+    [n, K] mixtures (a jax array).
+
+  Raises:
+    ValueError: on a bad alpha or num_samples, or when the draws keep underflowing.
+  """
   alpha = _checks.grid(alpha, "alpha")
   n = _checks.positive_int(num_samples, "num_samples")
   out = np.asarray(jax.random.dirichlet(key, jnp.asarray(alpha), (n,)))
@@ -231,10 +243,19 @@ def select(surrogate, *, method: str = "regmix", objective=None, prior=None, key
     prior: the Dirichlet concentrations [K], or observed mixtures [n, K] to fit them to
       (`dirichlet_prior`); required.
     key: jax.random key of the samples.
-    num_samples, top_k, num_starts, steps, learning_rate: as above.
+    num_samples: the prior samples drawn.
+    top_k: the lowest-objective samples averaged (at most num_samples).
+    num_starts: the best samples the gradient method starts from (besides the RegMix average).
+    steps: the gradient method's steps.
+    learning_rate: the gradient method's largest step in log-weight.
 
   Returns:
-    A `Selection`.
+    A `Selection` (mixture [K], predicted [T], objective, variance, method, info).
+
+  Raises:
+    ValueError: on an unknown method, a surrogate not fitted on the simplex (or, for "gradient",
+      without `apply`), no prior or key, a prior of another K, a bad objective, top_k above
+      num_samples, or non-positive counts or learning rate.
   """
   _checks.choice(method, METHODS, "method")
   domain = inputs.domain_of(surrogate)

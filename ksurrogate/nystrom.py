@@ -34,13 +34,31 @@ MIN_AUTO_INDUCING = 100
 
 
 def exact_krr_bytes(num_subsets: int, num_targets: int = 1) -> int:
-  """Peak bytes of exact KRR with CV on m subsets: 8 (8.5 m^2 + 4 m T) (measured: see above)."""
+  """Peak bytes of exact KRR with CV on m subsets: 8 (8.5 m^2 + 4 m T) (measured: see above).
+
+  Args:
+    num_subsets: m.
+    num_targets: T.
+
+  Returns:
+    The int byte count.
+  """
   m, T = int(num_subsets), int(num_targets)
   return int(8 * (EXACT_M2_DOUBLES * m * m + 4 * m * T))
 
 
 def nystrom_bytes(num_subsets: int, num_inducing: int, num_targets: int = 1, cv: int = 5) -> int:
-  """Peak bytes of Nystrom KRR with CV: 8 (3 m r + 2.5 cv r^2 + 4 m T) (XLA's plan, rounded up)."""
+  """Peak bytes of Nystrom KRR with CV: 8 (3 m r + 2.5 cv r^2 + 4 m T) (XLA's plan, rounded up).
+
+  Args:
+    num_subsets: m.
+    num_inducing: r.
+    num_targets: T.
+    cv: the number of folds (None or 0 counts as 1).
+
+  Returns:
+    The int byte count.
+  """
   m, r, T = int(num_subsets), int(num_inducing), int(num_targets)
   return int(8 * (3 * m * r + 2.5 * max(int(cv or 1), 1) * r * r + 4 * m * T))
 

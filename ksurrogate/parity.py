@@ -21,6 +21,19 @@ JITTER = 1e-8
 
 @x64
 def official_krr(W, F, *, ridge: float) -> KernelSurrogate:
+  """The official KRR: RBF with gamma = 1 / n_columns, ridge + 1e-8 on the diagonal, no centering.
+
+  Args:
+    W: [m, n] indicators (sample- or task-level), or real-valued rows as given.
+    F: [m, T] outcomes (a 1-d F is one target).
+    ridge: the fixed ridge, >= 0.
+
+  Returns:
+    The `KernelSurrogate`.
+
+  Raises:
+    ValueError: on invalid W or F, or a negative ridge.
+  """
   W, domain = inputs.as_inputs(W, "W")
   F = _checks.as_outcomes(F, W.shape[0])
   ridge = _checks.positive_number(ridge, "ridge", allow_zero=True)
@@ -30,6 +43,18 @@ def official_krr(W, F, *, ridge: float) -> KernelSurrogate:
 
 @x64
 def official_lstsq(W, F) -> LinearSurrogate:
+  """The official linear baseline: minimum-norm least squares without an intercept.
+
+  Args:
+    W: [m, n] indicators, or real-valued rows as given.
+    F: [m, T] outcomes (a 1-d F is one target).
+
+  Returns:
+    A `LinearSurrogate` with intercept 0 and ridge 0.
+
+  Raises:
+    ValueError: on invalid W or F.
+  """
   W, domain = inputs.as_inputs(W, "W")
   F = _checks.as_outcomes(F, W.shape[0])
   coef = jnp.linalg.lstsq(jnp.asarray(W, jnp.float64), jnp.asarray(F))[0]

@@ -46,7 +46,20 @@ KINDS = ("gaussian", "rademacher")
 
 def side(key, size: int, dim: int, kind: str = "gaussian"):
   """One side's projection [size, dim], entries N(0, 1/dim) or +-1/sqrt(dim); the identity
-  [size, size] where dim >= size (that side is kept exact: nothing to reduce)."""
+  [size, size] where dim >= size (that side is kept exact: nothing to reduce).
+
+  Args:
+    key: a `jax.random.key`.
+    size: the side's dimension (I or O), positive.
+    dim: the projected dimension, positive.
+    kind: "gaussian" or "rademacher".
+
+  Returns:
+    float32 [size, min(dim, size)].
+
+  Raises:
+    ValueError: on an unknown kind or a size or dim that is not a positive integer.
+  """
   _checks.choice(kind, KINDS, "kind")
   size, dim = _checks.positive_int(size, "size"), _checks.positive_int(dim, "dim")
   if dim >= size:
@@ -59,7 +72,20 @@ def side(key, size: int, dim: int, kind: str = "gaussian"):
 def split_dim(total: int, shapes: Mapping[str, tuple[int, int]], dim_in: int) -> dict:
   """{block: (k_in, k_out)} for blocks of gradient shapes {block: (I, O)}: k_in = min(dim_in, I),
   and total // dim_in output dimensions shared out in proportion to O (largest remainders, at
-  least one each). With every I >= dim_in the dimensions add up to dim_in * (total // dim_in)."""
+  least one each). With every I >= dim_in the dimensions add up to dim_in * (total // dim_in).
+
+  Args:
+    total: the feature dimension asked for in all (the config's `dim`), positive.
+    shapes: {block: (I, O)}.
+    dim_in: the input-side dimension k_in of every block (capped at its I), positive.
+
+  Returns:
+    {block: (k_in, k_out)} with int entries.
+
+  Raises:
+    ValueError: when total // dim_in is smaller than the number of blocks, or total or dim_in is
+      not a positive integer.
+  """
   total, dim_in = _checks.positive_int(total, "dim"), _checks.positive_int(dim_in, "dim_in")
   names = sorted(shapes)
   units = total // dim_in
@@ -76,7 +102,21 @@ def split_dim(total: int, shapes: Mapping[str, tuple[int, int]], dim_in: int) ->
 def projections(key, shapes: Mapping[str, tuple[int, int]], dims: Mapping[str, tuple[int, int]],
                 kind: str = "gaussian") -> dict:
   """{block: (P_in [I, k_in], P_out [O, k_out])}, block b (in sorted order) drawn from
-  fold_in(key, b): the same key gives the same matrices whatever else is projected."""
+  fold_in(key, b): the same key gives the same matrices whatever else is projected.
+
+  Args:
+    key: a `jax.random.key`.
+    shapes: {block: (I, O)}.
+    dims: {block: (k_in, k_out)} over the same blocks (`split_dim`).
+    kind: "gaussian" or "rademacher".
+
+  Returns:
+    {block: (P_in float32 [I, k_in'], P_out float32 [O, k_out'])}, each side the identity where its
+    dimension is not below its size (`side`).
+
+  Raises:
+    ValueError: when dims and shapes name different blocks, or as `side`.
+  """
   if set(shapes) != set(dims):
     raise ValueError(f"dims: blocks {sorted(dims)} do not match the gradient blocks {sorted(shapes)}")
   out = {}
@@ -88,24 +128,57 @@ def projections(key, shapes: Mapping[str, tuple[int, int]], dims: Mapping[str, t
 
 
 def dim(projections_: Mapping[str, tuple]) -> int:
-  """The feature dimension sum_b k_in k_out of a set of projections."""
+  """The feature dimension sum_b k_in k_out of a set of projections.
+
+  Args:
+    projections_: {block: (P_in [I, k_in], P_out [O, k_out])}.
+
+  Returns:
+    The int d.
+  """
   return int(sum(P_in.shape[1] * P_out.shape[1] for P_in, P_out in projections_.values()))
 
 
 def project(x_TxI, d_TxO, P_in, P_out):
   """vec(sum_t (P_in^T x_t)(P_out^T d_t)^T) [k_in * k_out]: the gradient sum_t x_t d_t^T of one
-  example projected by P_in (x) P_out, without forming it."""
+  example projected by P_in (x) P_out, without forming it.
+
+  Args:
+    x_TxI: the layer's inputs at the example's T positions, [T, I].
+    d_TxO: the output gradients at those positions, [T, O].
+    P_in: [I, k_in].
+    P_out: [O, k_out].
+
+  Returns:
+    [k_in * k_out], row-major.
+  """
   return jnp.einsum("ti,to->io", x_TxI @ P_in, d_TxO @ P_out).reshape(-1)
 
 
 def kronecker(P_in, P_out):
-  """The dense projection [I * O, k_in * k_out] that `project` applies (tests, tiny layers)."""
+  """The dense projection [I * O, k_in * k_out] that `project` applies (tests, tiny layers).
+
+  Args:
+    P_in: [I, k_in].
+    P_out: [O, k_out].
+
+  Returns:
+    [I * O, k_in * k_out].
+  """
   return jnp.kron(P_in, P_out)
 
 
 def lora_factors(pairs: Mapping[str, tuple], scale: float) -> Callable:
   """factors(name, x, d) for the LoRA pairs {layer: (A [I, r], B [r, O])} of layers y = x (W + s A B):
-  {"<layer>/A": (x, s d B^T), "<layer>/B": (s x A, d)}, the two factors of the pair's gradient."""
+  {"<layer>/A": (x, s d B^T), "<layer>/B": (s x A, d)}, the two factors of the pair's gradient.
+
+  Args:
+    pairs: {layer: (A [I, r], B [r, O])}.
+    scale: the LoRA scale s.
+
+  Returns:
+    `factors(name, x [T, I], d [T, O]) -> {block: (u, v)}`, for `make_featurizer`'s `factors`.
+  """
   def factors(name, x, d):
     A, B = pairs[name]
     return {f"{name}/A": (x, scale * d @ B.T), f"{name}/B": (scale * x @ A, d)}
@@ -113,7 +186,14 @@ def lora_factors(pairs: Mapping[str, tuple], scale: float) -> Callable:
 
 
 def lora_shapes(pairs: Mapping[str, tuple]) -> dict:
-  """{"<layer>/A": (I, r), "<layer>/B": (r, O)}: the gradient block shapes of LoRA pairs."""
+  """{"<layer>/A": (I, r), "<layer>/B": (r, O)}: the gradient block shapes of LoRA pairs.
+
+  Args:
+    pairs: {layer: (A [I, r], B [r, O])}.
+
+  Returns:
+    {block: (rows, columns)} with two blocks per layer.
+  """
   out = {}
   for name, (A, B) in pairs.items():
     out[f"{name}/A"], out[f"{name}/B"] = tuple(A.shape), tuple(B.shape)
@@ -124,7 +204,17 @@ def factored(scale_IxO):
   """(a [I], b [O]) with a b^T the rank-one approximation of a positive per-entry scale [I, O]:
   row sums times column sums over the total (Adafactor's factorization; exact for a rank-one
   scale). A per-parameter scaling of a block then stays factorized: diag(a) G diag(b) =
-  sum_t (a * u_t)(b * v_t)^T (`scaled`)."""
+  sum_t (a * u_t)(b * v_t)^T (`scaled`).
+
+  Args:
+    scale_IxO: a finite non-negative [I, O] matrix with a positive sum.
+
+  Returns:
+    (a float32 [I], b float32 [O]).
+
+  Raises:
+    ValueError: when the scale is not 2-d, finite and non-negative with a positive sum.
+  """
   M = np.asarray(scale_IxO, np.float64)
   if M.ndim != 2 or not np.all(np.isfinite(M)) or np.any(M < 0) or not M.sum() > 0:
     raise ValueError(f"scale_IxO: expected a finite non-negative matrix with a positive sum, got shape {M.shape}")
@@ -136,7 +226,15 @@ def scaled(projections_: Mapping[str, tuple], scales: Mapping[str, tuple]) -> di
   """The projections of the scaled gradient diag(a) G diag(b) of each block in scales {block:
   (a [I], b [O])} (`factored`): (P_in^T diag(a)) G (diag(b) P_out) is the projection by diag(a)
   P_in and diag(b) P_out, so a factored per-parameter scale (an optimizer's preconditioner) costs
-  nothing beyond the plain features. Blocks without a scale are unchanged."""
+  nothing beyond the plain features. Blocks without a scale are unchanged.
+
+  Args:
+    projections_: {block: (P_in [I, k_in], P_out [O, k_out])}.
+    scales: {block: (a [I], b [O])} for some of those blocks.
+
+  Returns:
+    {block: (P_in, P_out)} over the blocks of `projections_`.
+  """
   out = dict(projections_)
   for b, (a_in, b_out) in scales.items():
     P_in, P_out = projections_[b]
@@ -145,7 +243,14 @@ def scaled(projections_: Mapping[str, tuple], scales: Mapping[str, tuple]) -> di
 
 
 def identity(shapes: Mapping[str, tuple[int, int]]) -> dict:
-  """{block: (I_I, I_O)}: the projections that keep every block whole (the exact gradient)."""
+  """{block: (I_I, I_O)}: the projections that keep every block whole (the exact gradient).
+
+  Args:
+    shapes: {block: (I, O)}.
+
+  Returns:
+    {block: (float32 eye(I), float32 eye(O))}.
+  """
   return {b: (jnp.eye(I, dtype=jnp.float32), jnp.eye(O, dtype=jnp.float32)) for b, (I, O) in shapes.items()}
 
 
@@ -161,7 +266,17 @@ def dense_taps(fn: Callable, names) -> Callable:
   flax model: the input x [T, I] and output y [T, O] of every `nn.Dense` whose path
   ("/".join(module.path), e.g. "layers_3/attn/q") is in `names`, with perturbations[name] [T, O]
   added to that output (None: nothing added). The gradient with respect to a perturbation at zero
-  is the layer's output gradient d. The model itself is not changed."""
+  is the layer's output gradient d. The model itself is not changed.
+
+  Args:
+    fn: a function `fn(*args)` whose flax model applications the taps see.
+    names: the '/'-joined module paths of the `nn.Dense` layers to tap.
+
+  Returns:
+    `tapped(perturbations, *args) -> (fn(*args), {name: (x, y)})`, with perturbations a dict
+    {name: [T, O]} or None; it raises a ValueError when a named layer runs twice per call or not at
+    all.
+  """
   names = frozenset(names)
 
   def tapped(perturbations, *args):
@@ -194,7 +309,20 @@ def make_featurizer(tapped: Callable, projections_, factors: Optional[Callable] 
   tapped(perturbations, example) -> (o [C], {layer: (x, y)}) as `dense_taps` returns;
   factors(layer, x, d) -> {block: (u, v)}: the blocks of one layer's gradient sum_t u_t v_t^T
   (default: the layer's own kernel, {layer: (x, d)}; `lora_factors` for LoRA pairs). Blocks
-  without a projection are left out (e.g. LoRA A blocks, zero at B = 0)."""
+  without a projection are left out (e.g. LoRA A blocks, zero at B = 0).
+
+  Args:
+    tapped: see above.
+    projections_: {block: (P_in, P_out)}, or a non-empty list of such dicts.
+    factors: see above; None for the layer's own kernel.
+
+  Returns:
+    `fn(example) -> (o [C], phi [C, d])`, or (o [C], [phi [C, d_j] per set]) for a list; phi
+    raises a ValueError when a projected block is not a factor of the tapped layers.
+
+  Raises:
+    ValueError: when `projections_` is an empty list.
+  """
   factors = factors or _plain
   many = isinstance(projections_, (list, tuple))
   sets = list(projections_) if many else [projections_]
@@ -226,7 +354,25 @@ def featurize(tapped: Callable, projections_, X, y, *, factors: Optional[Callabl
   """Features (phi [N, C, d], offsets [N, C]) of the examples (X [N, ...], y [N, ...]), each
   example (x, y) passed to tapped(perturbations, (x, y)); see `make_featurizer`. Batches of
   `batch_size` examples run through one jitted program. A list of projection sets gives a list
-  of Features, all from one pass (one backward pass per output, whatever the number of sets)."""
+  of Features, all from one pass (one backward pass per output, whatever the number of sets).
+
+  Args:
+    tapped: see `make_featurizer`.
+    projections_: {block: (P_in, P_out)}, or a list of such dicts.
+    X: [N, ...] the examples' inputs.
+    y: [N, ...] their labels (one row per example).
+    factors: see `make_featurizer`.
+    output: the output kind the features carry (`Features.output`).
+    batch_size: examples per jitted call (positive).
+
+  Returns:
+    `Features` (phi float32 [N, C, d], offsets float32 [N, C], labels y), or a list of them, one per
+    projection set.
+
+  Raises:
+    ValueError: when X and y differ in length or are empty, batch_size is not a positive integer,
+      or the outputs or their gradients are non-finite.
+  """
   X, y = np.asarray(X), np.asarray(y)
   if len(X) != len(y) or not len(X):
     raise ValueError(f"y: expected one label row per example and at least one example, got {len(X)} and {len(y)}")
@@ -251,7 +397,21 @@ def span_coordinates(train: Features, target: Features, *, rtol: float = 1e-6, b
   rows Phi_t Phi^T U / sqrt(s) (directions with s <= rtol * max s dropped). Any estimate whose
   solution lies in the span of the training gradients (`estimation.estimate`'s one-step and
   Newton solves with a ridge) is then exactly that of the unprojected features, at a dimension
-  of at most N C; the kernel is summed in float64 over column blocks of D."""
+  of at most N C; the kernel is summed in float64 over column blocks of D.
+
+  Args:
+    train: `Features` of the training examples, phi [N, C, D].
+    target: `Features` of the targets, phi [N_t, C, D].
+    rtol: eigenvalues at or below rtol * the largest are dropped.
+    block: the column block of D the kernels are summed over.
+
+  Returns:
+    (train', target') `Features` with phi float32 [N, C, r] and [N_t, C, r], r the kept rank (at
+    most N C), offsets, labels and output unchanged.
+
+  Raises:
+    ValueError: when target's feature shape differs from train's.
+  """
   phi = np.asarray(train.phi, np.float32)
   phi_t = np.asarray(target.phi, np.float32)
   if phi.shape[2:] != phi_t.shape[2:] or phi.shape[1] != phi_t.shape[1]:

@@ -96,7 +96,14 @@ class KernelSurrogate:
             f"ridge={_num(self.ridge)}{mapped})")
 
   def gram(self, Phi):
-    """k(Phi, basis) [n, r] for inputs already through the input map, Phi [n, K]."""
+    """k(Phi, basis) [n, r] for inputs already through the input map, Phi [n, K].
+
+    Args:
+      Phi: float [n, K], mapped inputs.
+
+    Returns:
+      float [n, r].
+    """
     return kernels.gram(self.kernel, Phi, self.basis, self.gamma, self.degree, self.coef0)
 
   @property
@@ -106,7 +113,14 @@ class KernelSurrogate:
 
   @x64
   def apply(self, X) -> jax.Array:
-    """g at float inputs X [n, K] with no input checks: a pure jnp function (jax.grad goes through)."""
+    """g at float inputs X [n, K] with no input checks: a pure jnp function (jax.grad goes through).
+
+    Args:
+      X: float [n, K] raw inputs (before the input map).
+
+    Returns:
+      float64 [n, T].
+    """
     return self.offset + self.gram(self.input_map(X)) @ self.alpha
 
   def _features(self, S, name="S"):
@@ -114,16 +128,48 @@ class KernelSurrogate:
 
   @x64
   def predict(self, S) -> jax.Array:
+    """g at validated inputs of the fitted domain, in chunks of 8192 rows.
+
+    Args:
+      S: [n, K] inputs of the fitted domain (`inputs.check`).
+
+    Returns:
+      float64 [n, T].
+
+    Raises:
+      ValueError: when S has another number of tasks or is invalid in the domain.
+    """
     return _chunked(_kernel_predict, self._features(S), self)
 
   @x64
   def predict_variance(self, S) -> jax.Array:
-    """Posterior variance [n] of the GP with covariance k and noise variance `ridge`."""
+    """Posterior variance [n] of the GP with covariance k and noise variance `ridge`.
+
+    Args:
+      S: [n, K] inputs of the fitted domain.
+
+    Returns:
+      float64 [n], clipped at 0.
+
+    Raises:
+      ValueError: as `predict`.
+    """
     return _chunked(_kernel_variance, self._features(S), self)
 
   @x64
   def posterior_covariance(self, S, Z) -> jax.Array:
-    """Posterior covariance [n, z] between the rows of S and of Z (same GP view)."""
+    """Posterior covariance [n, z] between the rows of S and of Z (same GP view).
+
+    Args:
+      S: [n, K] inputs of the fitted domain.
+      Z: [z, K] inputs of the fitted domain.
+
+    Returns:
+      float64 [n, z].
+
+    Raises:
+      ValueError: as `predict`, for S or Z.
+    """
     P, Q = self._features(S), self._features(Z, "Z")
     return kernels.gram(self.kernel, P, Q, self.gamma, self.degree, self.coef0) - self.gram(P) @ self.var_matrix @ self.gram(Q).T
 
@@ -215,12 +261,21 @@ def solve_kernel(S, F, *, gamma: float, ridge: float, kernel: str = "rbf", cente
   Args:
     S: [m, K] subsets, task weights or mixture proportions (`inputs.as_inputs`, read with `simplex`).
     F: [m, T] outcomes.
-    gamma, ridge, kernel, center, degree, coef0: the kernel and its fixed hyper-parameters.
+    gamma: the kernel scale, positive.
+    ridge: the ridge (the GP's noise variance), positive.
+    kernel: "rbf", "polynomial" or "linear".
+    center: fit around the outcome mean (else around 0).
+    degree: the polynomial degree.
+    coef0: the polynomial offset.
     input_map: one feature map (default the identity), e.g. `inputs.InputMap("log", 1e-3)`.
     simplex: how real rows are read (None: from the values).
 
   Returns:
-    The `KernelSurrogate`.
+    The `KernelSurrogate` (solver "exact", basis the m mapped rows).
+
+  Raises:
+    ValueError: on an unknown kernel, a bad degree or coef0, invalid inputs or outcomes, a gamma
+      or ridge that is not positive, or an input_map naming more than one map.
   """
   _check_kernel_params(kernel, degree, coef0)
   X_in, domain = inputs.as_inputs(S, "S", simplex=simplex)
@@ -272,17 +327,32 @@ def fit_kernel(S, F, *, kernel: str = "rbf", gamma: float | None = None, ridge: 
   `num_inducing` record the choice.
 
   Args:
-    S, F: inputs [m, K] and outcomes [m, T] (a 1-d F is one target).
-    kernel, degree, coef0: "rbf" (default), "polynomial" or "linear" and the polynomial's terms.
-    gamma, ridge: fixed values, or None for CV over `gamma_grid` (multiples of gamma0) and
-      `ridge_grid`.
+    S: inputs [m, K] (subsets, task weights or mixture proportions).
+    F: outcomes [m, T] (a 1-d F is one target).
+    kernel: "rbf" (default), "polynomial" or "linear".
+    gamma: a fixed kernel scale, or None for CV over `gamma_grid`.
+    ridge: a fixed ridge, or None for CV over `ridge_grid`.
     center: fit around the outcome mean (the GP's prior mean).
-    cv, seed, cv_metric: folds, their seed and the criterion ("mse" | "lds").
-    num_inducing, memory_budget: the solver, as above.
-    input_map, simplex: the feature map and how real rows are read, as above.
+    cv: the number of CV folds.
+    num_inducing: "auto", None (exact) or an int r (Nystrom), as above.
+    memory_budget: bytes the solver may use, as above.
+    degree: the polynomial degree.
+    coef0: the polynomial offset.
+    seed: the seed of the folds and of the Nystrom inducing rows.
+    gamma_grid: multiples of gamma0 searched (positive), None for 10^[-2..2] in half decades.
+    ridge_grid: ridges searched (positive), None for 10^[-6..2].
+    cv_metric: the criterion, "mse" or "lds".
+    input_map: the feature map (or maps to choose among), as above.
+    simplex: how real rows are read, as above.
 
   Returns:
-    The `KernelSurrogate`.
+    The `KernelSurrogate` (`solver`, `num_inducing`, `input_map`, `cv_scores` and the grids record
+    what was chosen).
+
+  Raises:
+    ValueError: on invalid inputs, outcomes, grids or kernel parameters, too few distinct rows for
+      the folds, a solver that cannot fit `memory_budget`, a grid whose every CV score is
+      non-finite, or a kernel or solve that overflows at the chosen hyper-parameters.
   """
   _check_kernel_params(kernel, degree, coef0)
   _checks.choice(cv_metric, CV_METRICS, "cv_metric")

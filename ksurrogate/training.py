@@ -29,11 +29,30 @@ SAMPLINGS = ("subset", "shared")
 
 
 def cross_entropy(logits, y):
+  """Softmax cross-entropy of integer labels (optax's), per example.
+
+  Args:
+    logits: [N, C].
+    y: int [N] class labels.
+
+  Returns:
+    [N].
+  """
   return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
 def supervised(apply_fn: Callable, per_example_loss: Callable = cross_entropy) -> Callable:
-  """loss_fn(params, (X, y), w): the mean per-example loss over the examples with weight w."""
+  """loss_fn(params, (X, y), w): the mean per-example loss over the examples with weight w.
+
+  Args:
+    apply_fn: the model, apply(params, X [N, ...]) -> outputs [N, ...].
+    per_example_loss: (outputs [N, ...], y [N, ...]) -> [N]; default the integer-label
+      cross-entropy.
+
+  Returns:
+    `loss_fn(params, (X, y), w [N]) -> scalar` (the sum of w is floored at 1e-12); with the default
+    loss it also carries `check_data(params, data)`, which refuses labels outside the classes.
+  """
   def loss_fn(params, batch, w):
     X, y = batch
     return jnp.sum(w * per_example_loss(apply_fn(params, X), y)) / jnp.maximum(jnp.sum(w), 1e-12)
@@ -58,6 +77,26 @@ def train(loss_fn: Callable, params, data, w, *, optimizer: optax.GradientTransf
   examples and weights the draw by w, so models given the same key see the same minibatch stream
   minus the examples their subset leaves out (common random numbers: differences between subsets
   are then differences of data, not of data order).
+
+  Args:
+    loss_fn: `loss_fn(params, batch, weights) -> scalar`.
+    params: the start parameters (a pytree).
+    data: a pytree of examples with leading axis N.
+    w: [N] example weights.
+    optimizer: the optax transformation.
+    num_steps: optimizer steps (positive).
+    batch_size: examples per step, None for full batch.
+    key: a `jax.random.key` for the minibatches (None: key(0)).
+    checkpoint_every: also return the params every this many steps (must divide num_steps).
+    sampling: "subset" or "shared" (above).
+
+  Returns:
+    (params, losses [num_steps]), or (params, losses, checkpoints) with each leaf of the
+    checkpoints [num_steps // checkpoint_every, ...].
+
+  Raises:
+    ValueError: on an unknown sampling, a num_steps that is not a positive integer, or a
+      checkpoint_every that does not divide num_steps.
   """
   _checks.choice(sampling, SAMPLINGS, "sampling")
   _checks.positive_int(num_steps, "num_steps")
@@ -99,7 +138,22 @@ def train(loss_fn: Callable, params, data, w, *, optimizer: optax.GradientTransf
 
 def trainer(loss_fn: Callable, optimizer: optax.GradientTransformation, *, num_steps: int,
             batch_size: int | None = None, sampling: str = "subset", checkpoint_every: int | None = None) -> Callable:
-  """Returns train_fn(params, data, w, key) -> `train`'s outputs, with every setting bound."""
+  """Returns train_fn(params, data, w, key) -> `train`'s outputs, with every setting bound.
+
+  Args:
+    loss_fn: `loss_fn(params, batch, weights) -> scalar` (`supervised`).
+    optimizer: the optax transformation.
+    num_steps: optimizer steps (positive).
+    batch_size: examples per step (positive), None for full batch.
+    sampling: "subset" or "shared" (`train`).
+    checkpoint_every: as `train`.
+
+  Returns:
+    `train_fn`, with attributes `sampling` and `check_data` (the loss's, or None).
+
+  Raises:
+    ValueError: on an unknown sampling or a num_steps or batch_size that is not a positive integer.
+  """
   _checks.choice(sampling, SAMPLINGS, "sampling")
   _checks.positive_int(num_steps, "num_steps")
   if batch_size is not None:
@@ -145,7 +199,26 @@ def retrain_subsets(train_fn: Callable, init_fn: Callable, data, task_ids, S, *,
   """Trains a fresh model `init_fn(key)` on each subset row of S [m, K] with `train_fn` (see
   `trainer`). Every model gets the same `init_key` unless it is None (then each draws its own).
   With `common_random_numbers` every model also gets the same minibatch stream from `key`.
-  Returns `train_fn`'s outputs stacked over subsets (params [m, ...], losses [m, steps], ...).
+
+  Args:
+    train_fn: `train_fn(params, data, w, key)` (`trainer`).
+    init_fn: `init_fn(key) -> params`.
+    data: a pytree of examples with leading axis N.
+    task_ids: int [N], each example's task in [0, K).
+    S: bool [m, K] subsets, each selecting at least one example.
+    init_key: the key every model is initialized from, or None for a key of its own each.
+    key: the key the per-subset keys come from (None: key(0)).
+    common_random_numbers: give every model the same minibatch key (needs sampling="shared").
+    chunk_size: subsets per compiled call.
+    progress: called with the number of subsets done after each chunk.
+
+  Returns:
+    `train_fn`'s outputs stacked over subsets (params [m, ...], losses [m, steps], ...).
+
+  Raises:
+    ValueError: on task ids or subsets that do not fit the data, an empty subset,
+      common_random_numbers with a trainer not built with sampling="shared", or labels the
+      default loss refuses.
   """
   W, keys = _subset_weights_and_keys(data, task_ids, S, key, common_random_numbers, train_fn)
   if getattr(train_fn, "check_data", None) is not None:
@@ -158,7 +231,25 @@ def retrain_subsets(train_fn: Callable, init_fn: Callable, data, task_ids, S, *,
 
 def finetune_subsets(train_fn: Callable, params0, data, task_ids, S, *, key=None, common_random_numbers: bool = False,
                      chunk_size: int = 16, progress=None):
-  """Fine-tunes params0 with `train_fn` on each subset row of S [m, K]; as `retrain_subsets`."""
+  """Fine-tunes params0 with `train_fn` on each subset row of S [m, K]; as `retrain_subsets`.
+
+  Args:
+    train_fn: `train_fn(params, data, w, key)` (`trainer`).
+    params0: the start parameters, shared by every subset.
+    data: a pytree of examples with leading axis N.
+    task_ids: int [N], each example's task in [0, K).
+    S: bool [m, K] subsets.
+    key: the key the per-subset keys come from (None: key(0)).
+    common_random_numbers: give every model the same minibatch key.
+    chunk_size: subsets per compiled call.
+    progress: called with the number of subsets done after each chunk.
+
+  Returns:
+    `train_fn`'s outputs stacked over subsets (params [m, ...], losses [m, steps], ...).
+
+  Raises:
+    ValueError: as `retrain_subsets`.
+  """
   W, keys = _subset_weights_and_keys(data, task_ids, S, key, common_random_numbers, train_fn)
   if getattr(train_fn, "check_data", None) is not None:
     train_fn.check_data(params0, data)
@@ -168,7 +259,22 @@ def finetune_subsets(train_fn: Callable, params0, data, task_ids, S, *, key=None
 
 def subset_losses(loss_fn: Callable, params_stacked, data, task_ids, S, *, batch_size: int = 4096):
   """Each stacked model's `loss_fn` over ALL of its subset's examples [m] (a convergence check
-  that does not depend on the last minibatch). `loss_fn` is a weighted mean as in `supervised`."""
+  that does not depend on the last minibatch). `loss_fn` is a weighted mean as in `supervised`.
+
+  Args:
+    loss_fn: `loss_fn(params, batch, weights) -> scalar`, a weighted mean.
+    params_stacked: parameters stacked over m models (leading axis m).
+    data: a pytree of examples with leading axis N.
+    task_ids: int [N], each example's task.
+    S: bool [m, K], model i's subset.
+    batch_size: examples per compiled call.
+
+  Returns:
+    float64 [m] (numpy).
+
+  Raises:
+    ValueError: on task ids or subsets that do not fit the data, or an empty subset.
+  """
   S, task_ids = _checks.subsets_with_tasks(S, task_ids, batching.num_rows(data))
   W = np.asarray(S[:, task_ids], np.float32)
   total = np.zeros(len(S))

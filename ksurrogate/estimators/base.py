@@ -48,12 +48,27 @@ class Recipe:
       raise ValueError(f"recipe.b1: b1, b2 must lie in [0, 1) and eps >= 0, got {self.b1}, {self.b2}, {self.eps}")
 
   def optax(self, scale: float = 1.0) -> optax.GradientTransformation:
-    """The recipe's optimizer, its learning rate times `scale`."""
+    """The recipe's optimizer, its learning rate times `scale`.
+
+    Args:
+      scale: the learning-rate multiplier.
+
+    Returns:
+      An `optax.GradientTransformation`.
+    """
     if self.optimizer == "sgd":
       return optax.sgd(self.lr * scale)
     return optax.adam(self.lr * scale, self.b1, self.b2, self.eps)
 
   def scaled(self, scale: float) -> "Recipe":
+    """This recipe with its learning rate multiplied by `scale`.
+
+    Args:
+      scale: the multiplier.
+
+    Returns:
+      A new `Recipe`.
+    """
     return dataclasses.replace(self, lr=self.lr * float(scale))
 
 
@@ -82,13 +97,38 @@ class Data:
   def classifier(cls, apply_fn: Callable, params0, train, task_ids, target, *, output: str = "top1",
                  num_tasks: Optional[int] = None) -> "Data":
     """A classifier apply_fn(params, x_batch) -> logits, linearized through a provided output kind
-    ("logits", "margin", "top<k>") and scored with its cross-entropy."""
+    ("logits", "margin", "top<k>") and scored with its cross-entropy.
+
+    Args:
+      apply_fn: the classifier, apply(params, x [B, ...]) -> logits [B, num_classes].
+      params0: its parameters at theta0 (all trainable).
+      train: (X [N, ...], y [N]) training examples with integer labels.
+      task_ids: int [N], each example's task.
+      target: (X_t, y_t) target examples, or None.
+      output: "logits", "margin" or "top<k>".
+      num_tasks: K, or None to read it from task_ids.
+
+    Returns:
+      The `Data` (num_classes read from apply_fn's output shape).
+
+    Raises:
+      ValueError: on an unknown output, or a train that is not a non-empty (X, y) pair of one length.
+    """
     X, _ = _pair(train, "train")
     return cls(features.output_fn(apply_fn, output), params0, train, task_ids, target, estimation.default_loss(output),
                output, num_tasks, features.num_classes(apply_fn, params0, X[0]))
 
   def checked(self):
-    """(X, y, X_t, y_t, task_ids int32, num_tasks) as numpy, each input validated in one line."""
+    """(X, y, X_t, y_t, task_ids int32, num_tasks) as numpy, each input validated in one line.
+
+    Returns:
+      (X, y, X_t, y_t, task_ids int32 [N], num_tasks); X_t and y_t are None without a target.
+
+    Raises:
+      ValueError: when output_fn is not callable, loss is not an `OutputLoss`, train or target is not
+        a non-empty (X, y) pair, a label is outside the classes, or task ids have another shape or
+        lie outside [0, num_tasks).
+    """
     if not callable(self.output_fn):
       raise ValueError(f"output_fn: expected a function (params, (x, y)) -> [C], got {type(self.output_fn).__name__}")
     if not isinstance(self.loss, estimation.OutputLoss):
@@ -228,7 +268,12 @@ class EstimatorReport:
   def to_summary(self) -> dict:
     """The summary block: every field (the recipe as a dict, calibration keys as text) and the
     speed-ups against one real outcome, steady state alone and with the setup shared over the
-    estimated subsets."""
+    estimated subsets.
+
+    Returns:
+      A dict of every field plus "speedup_per_subset" and "speedup_with_setup" (None without a real
+      outcome's seconds).
+    """
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     out["recipe"] = None if self.recipe is None else dataclasses.asdict(self.recipe)
     out["calibration"] = None if self.calibration is None else {str(k): v for k, v in self.calibration.items()}
@@ -250,17 +295,56 @@ class Estimator:
     return False
 
   def prepare(self, data: Data, *, key=None, design=None, calibrate=None):
+    """The one-time work (features, kernels, statistics) an estimate of any subsets reuses.
+
+    Args:
+      data: the model, examples and loss (`Data`).
+      key: a `jax.random.key` for a projection, where the estimator has one.
+      design: bool [m, K], the subsets to be estimated, for estimators whose state depends on them.
+      calibrate: (S_cal [c, K], F_cal [c, T]) real outcomes of a few subsets, for estimators that
+        tune one scalar on them.
+
+    Returns:
+      The estimator's state, which `estimate` reads.
+    """
     raise NotImplementedError
 
   def estimate(self, state, S):
+    """Outcomes of subsets from a prepared state, in compiled chunks.
+
+    Args:
+      state: what `prepare` returned.
+      S: bool [m, K] subsets.
+
+    Returns:
+      (F_hat [m, T] target losses, `EstimatorReport`).
+    """
     raise NotImplementedError
 
   def memory(self, sizes: Sizes) -> Cost:
+    """The estimator's cost rule: the space its state lives in and its bytes.
+
+    Args:
+      sizes: the problem's `Sizes`.
+
+    Returns:
+      A `Cost`.
+    """
     raise NotImplementedError
 
 
 def register(cls):
-  """Class decorator: `get(cls.solver)` returns it."""
+  """Class decorator: `get(cls.solver)` returns it.
+
+  Args:
+    cls: an `Estimator` subclass with a `solver` name not registered yet.
+
+  Returns:
+    cls itself.
+
+  Raises:
+    ValueError: when the solver name is empty or taken.
+  """
   if not cls.solver or cls.solver in REGISTRY:
     raise ValueError(f"solver: {cls.__name__} needs a new solver name, got {cls.solver!r}")
   REGISTRY[cls.solver] = cls
@@ -268,7 +352,17 @@ def register(cls):
 
 
 def get(solver: str) -> type:
-  """The estimator class registered as `solver`."""
+  """The estimator class registered as `solver`.
+
+  Args:
+    solver: a registered name ("onestep", "newton", "replay", "linearized", ...).
+
+  Returns:
+    The estimator class.
+
+  Raises:
+    ValueError: on an unregistered name.
+  """
   if solver not in REGISTRY:
     raise ValueError(f"solver: unknown estimator {solver!r}; expected one of {sorted(REGISTRY)}")
   return REGISTRY[solver]
@@ -276,7 +370,18 @@ def get(solver: str) -> type:
 
 def from_settings(solver: str, settings: Mapping) -> Estimator:
   """The `solver` estimator built from a shared pool of settings (an experiment's estimate
-  section): each setting the estimator declares is passed, the others belong to other solvers."""
+  section): each setting the estimator declares is passed, the others belong to other solvers.
+
+  Args:
+    solver: a registered name.
+    settings: {setting: value}, a superset of what the estimator declares.
+
+  Returns:
+    The estimator instance.
+
+  Raises:
+    ValueError: on an unregistered name, or a setting value the estimator refuses.
+  """
   cls = get(solver)
   names = {f.name for f in dataclasses.fields(cls)}
   return cls(**{k: v for k, v in settings.items() if k in names})

@@ -74,7 +74,14 @@ class Linearized(base.Estimator):
     _checks.positive_int(self.chunk_size, "chunk_size")
 
   def memory(self, sizes: base.Sizes) -> base.Cost:
-    """Every example's unprojected Jacobian (float32)."""
+    """Every example's unprojected Jacobian (float32).
+
+    Args:
+      sizes: the problem's `base.Sizes`.
+
+    Returns:
+      A `base.Cost` in parameter space: 4 (N + T) C D bytes.
+    """
     rows = (sizes.num_train + sizes.num_target) * sizes.num_outputs
     return base.Cost("parameter", int(4 * rows * sizes.num_params),
                      f"the unprojected Jacobians ({rows} rows x {sizes.num_params} parameters)")
@@ -111,7 +118,18 @@ class Linearized(base.Estimator):
                            time.perf_counter() - t0)
 
   def estimate(self, state: LinearizedState, S):
-    """(F_hat [m, T] target losses after the recipe on each subset row of S [m, K], EstimatorReport)."""
+    """(F_hat [m, T] target losses after the recipe on each subset row of S [m, K], EstimatorReport).
+
+    Args:
+      state: what `prepare` returned.
+      S: bool [m, K] subsets, each selecting at least one example.
+
+    Returns:
+      (F_hat [m, T], `EstimatorReport`).
+
+    Raises:
+      ValueError: when S has another number of tasks or a subset selects no example.
+    """
     S, task_ids = _checks.subsets_with_tasks(S, state.task_ids, len(state.task_ids))
     if S.shape[1] != state.num_tasks:
       raise ValueError(f"S: has {S.shape[1]} task columns but the data has {state.num_tasks} tasks")

@@ -242,7 +242,18 @@ class Replay(base.Estimator):
 
   def memory(self, sizes: base.Sizes) -> base.Cost:
     """The cost rule: example space (Jacobian rows, then the exact kernels) when it fits
-    `memory_bytes` (or is asked for), else parameter space (the projected rows)."""
+    `memory_bytes` (or is asked for), else parameter space (the projected rows).
+
+    Args:
+      sizes: the problem's `base.Sizes`.
+
+    Returns:
+      A `base.Cost`: 4 rows (D + G N C) bytes in example space, else 4 rows dim in parameter space
+      (rows = (N + T) C, G the kernels).
+
+    Raises:
+      ValueError: when groups "layer" would need parameter space.
+    """
     rows = (sizes.num_train + sizes.num_target) * sizes.num_outputs
     G = sizes.num_groups if self.groups == "layer" else 1
     example = 4 * rows * (sizes.num_params + G * sizes.num_train * sizes.num_outputs)
@@ -343,7 +354,20 @@ class Replay(base.Estimator):
 
   def calibrated(self, state: ReplayState, S_cal, F_cal) -> ReplayState:
     """`state` at the step scale of `step_scales` whose replay of S_cal best matches the real
-    fine-tunes F_cal (lowest median relative error)."""
+    fine-tunes F_cal (lowest median relative error).
+
+    Args:
+      state: what `prepare` returned.
+      S_cal: bool [c, K] calibration subsets.
+      F_cal: [c, T] their real fine-tuned outcomes, finite.
+
+    Returns:
+      A new state (recipe, step_scale and calibration {scale: median relative error} set); warns when
+      the best scale is at the grid's edge.
+
+    Raises:
+      ValueError: when S_cal or F_cal is malformed or does not fit the data.
+    """
     W_cal, F_cal = _calibration_set(S_cal, F_cal, state.task_ids, state.num_tasks, len(state.arrays[2]))
     errors = {}
     for a in self.step_scales:
@@ -357,7 +381,18 @@ class Replay(base.Estimator):
 
   def estimate(self, state: ReplayState, S):
     """(F_hat [m, T] target losses after the replayed fine-tune of each subset row of S [m, K],
-    EstimatorReport)."""
+    EstimatorReport).
+
+    Args:
+      state: what `prepare` returned.
+      S: bool [m, K] subsets, each selecting at least one example.
+
+    Returns:
+      (F_hat [m, T], `EstimatorReport`).
+
+    Raises:
+      ValueError: when S has another number of tasks or a subset selects no example.
+    """
     S, task_ids = _checks.subsets_with_tasks(S, state.task_ids, len(state.task_ids))
     if S.shape[1] != state.num_tasks:
       raise ValueError(f"S: has {S.shape[1]} task columns but the data has {state.num_tasks} tasks")

@@ -126,7 +126,21 @@ class Ridge(base.Estimator):
   def calibrated(self, state: RidgeState, S_cal, F_cal, *, criterion: Optional[str] = None, targets=None) -> RidgeState:
     """`state` at the ridge of `ridge_grid` whose estimates best match real outcomes F_cal of
     subsets S_cal (`criterion`: this estimator's, or another for this call), scored on the target
-    rows `targets` (a bool mask or indices; default all)."""
+    rows `targets` (a bool mask or indices; default all).
+
+    Args:
+      state: what `prepare` returned (with target features).
+      S_cal: bool [c, K] calibration subsets.
+      F_cal: [c, T] their real outcomes.
+      criterion: "relative_error" or "lds", None for this estimator's.
+      targets: the target rows scored (bool mask or indices), None for all.
+
+    Returns:
+      A new state with `ridge`, `calibration` ({ridge: criterion}) and `num_calibration` set.
+
+    Raises:
+      ValueError: when the state has no target, or as `estimation.calibrate_ridge`.
+    """
     if state.target is None:
       raise ValueError("data: calibrating the ridge needs target examples (Data.target)")
     target = state.target
@@ -141,13 +155,35 @@ class Ridge(base.Estimator):
 
   def solve(self, state: RidgeState, S):
     """(z [m, dim], EstimatorReport): each subset's minimizer, for a caller that reads the
-    solutions out itself (the report's seconds are the solve's)."""
+    solutions out itself (the report's seconds are the solve's).
+
+    Args:
+      state: what `prepare` returned, with a ridge set.
+      S: bool [m, K] subsets, each selecting at least one example.
+
+    Returns:
+      (z [m, dim], `EstimatorReport`).
+
+    Raises:
+      ValueError: when no ridge is set, S has another number of tasks, or a subset selects no example.
+    """
     timing = _timing.Timing()
     Z = self._solve(state, S, timing)
     return Z, self._report(state, len(Z), timing)
 
   def estimate(self, state: RidgeState, S):
-    """(F_hat [m, T] target losses of every subset row of S [m, K], EstimatorReport)."""
+    """(F_hat [m, T] target losses of every subset row of S [m, K], EstimatorReport).
+
+    Args:
+      state: what `prepare` returned (with target features and a ridge).
+      S: bool [m, K] subsets, each selecting at least one example.
+
+    Returns:
+      (F_hat [m, T], `EstimatorReport`).
+
+    Raises:
+      ValueError: when the state has no target or no ridge, or as `solve`.
+    """
     if state.target is None:
       raise ValueError("data: estimate needs target examples (Data.target); use solve for the solutions")
     timing = _timing.Timing()
@@ -179,7 +215,14 @@ class Ridge(base.Estimator):
 
   def memory(self, sizes: base.Sizes) -> base.Cost:
     """The projected features of every example (float32), for "onestep" the per-task statistics
-    (K x dim x dim, float64), and the projection matrix when it is formed at once."""
+    (K x dim x dim, float64), and the projection matrix when it is formed at once.
+
+    Args:
+      sizes: the problem's `base.Sizes`.
+
+    Returns:
+      A `base.Cost` in parameter space.
+    """
     d = self.dim
     rows = (sizes.num_train + sizes.num_target) * sizes.num_outputs
     nbytes = 4 * rows * d + (8 * sizes.num_tasks * d * (d + 1) if self.solver == "onestep" else 0)

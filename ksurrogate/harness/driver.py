@@ -67,7 +67,19 @@ def _eval_settings(config) -> dict:
 
 def summarize(protocol: Protocol, config, results: Mapping[str, Result], across: Sequence[Across],
               workdir_run: runs.Run, settings: dict) -> tuple[dict, dict]:
-  """(summary, {what: draw(path)} of the protocol's cross-problem figures)."""
+  """The run's summary, and the protocol's cross-problem figures.
+
+  Args:
+    protocol: the experiment's `Protocol`.
+    config: the experiment's config (an ml_collections ConfigDict, a dataclass or a mapping).
+    results: {problem name: `Result`} as `evaluate` returned them.
+    across: the `Across` entries the protocol's problems yielded.
+    workdir_run: the `runs.Run` (its timings go into the summary).
+    settings: {"resplits", "bootstrap", "seed"} of the evaluation.
+
+  Returns:
+    (summary dict, {what: draw(path)}).
+  """
   infos, skipped = {}, []
   for name, res in results.items():
     for key, value in res.problem.info.items():
@@ -98,9 +110,20 @@ def summarize(protocol: Protocol, config, results: Mapping[str, Result], across:
 
 
 def run(protocol: Protocol, config, workdir_run: runs.Run) -> dict:
-  """Runs every problem of the protocol: evaluate, summarize, write DIR/<problem>/arrays.npz and
-  then DIR/summary.json, draw DIR/<problem>/*.png. Returns the summary (None in a process p > 0
-  of a group: it takes its part in every phase, and process 0 alone evaluates and writes)."""
+  """Runs every problem of the protocol: evaluate, summarize, write, draw and print.
+
+  Writes DIR/<problem>/arrays.npz, then DIR/summary.json, and draws DIR/<problem>/*.png.
+
+  Args:
+    protocol: the experiment's `Protocol`.
+    config: the experiment's config; read here: `eval.resplits`, `eval.bootstrap`, `seed`,
+      `normalized_error_threshold` (defaults 20, 1000, 0, 0.1 where absent).
+    workdir_run: the open `runs.Run` the phases are stored in.
+
+  Returns:
+    The summary dict, or None in a process p > 0 of a group (it takes its part in every phase, and
+    process 0 alone evaluates and writes).
+  """
   if not getattr(workdir_run, "is_primary", True):
     for _ in protocol.problems(config, workdir_run, protocol.families):
       pass

@@ -16,7 +16,17 @@ from ksurrogate.harness.scoring import skipped_lines
 
 def figure_plan(protocol: Protocol, results: Mapping[str, Result], across_figures: dict,
                  out_dir: pathlib.Path) -> dict:
-  """{what: (path, draw())} of every figure the run will draw."""
+  """{what: (path, draw())} of every figure the run will draw.
+
+  Args:
+    protocol: the experiment's `Protocol` (its `plot_method`).
+    results: {problem name: `Result`}.
+    across_figures: {what: draw(path)} of the cross-problem figures.
+    out_dir: the run directory.
+
+  Returns:
+    {what: (png path, draw(path))}.
+  """
   plan = {}
   for name, res in results.items():
     out = out_dir / name
@@ -80,7 +90,13 @@ def _cell(scores: dict, key: str):
 
 def print_summary(summary: dict, results: Mapping[str, Result], workdir_run: runs.Run) -> None:
   """The console: scores (mean ± s.e.), ceilings (flagged where a method scores above the upper
-  bound), paired comparisons with their verdicts, what is n/a and why, phase timings."""
+  bound), paired comparisons with their verdicts, what is n/a and why, phase timings.
+
+  Args:
+    summary: the run's summary (its skipped entries).
+    results: {problem name: `Result`}.
+    workdir_run: the `runs.Run` whose timings are printed.
+  """
   rows, keys = [], []
   for name, res in results.items():
     for method, s in res.scores.items():
@@ -120,7 +136,14 @@ def print_summary(summary: dict, results: Mapping[str, Result], workdir_run: run
 
 
 def summary_skipped(summary: dict) -> list:
-  """The summary's grouped skipped entries, one per method (the shape `skipped_lines` reads)."""
+  """The summary's grouped skipped entries, one per method (the shape `skipped_lines` reads).
+
+  Args:
+    summary: a summary with "skipped": [{"methods": [...], ...}].
+
+  Returns:
+    A list of dicts, each entry repeated with "method" set, per method it names.
+  """
   return [{**e, "method": m} for e in summary["skipped"] for m in e["methods"]]
 
 
@@ -157,6 +180,14 @@ def _standard_figures(protocol: Protocol, res: Result) -> dict:
 
 
 def config_dict(config):
+  """A config as a plain dict, for the summary.
+
+  Args:
+    config: a ConfigDict (anything with `to_dict`), a dataclass or a mapping.
+
+  Returns:
+    The dict.
+  """
   if hasattr(config, "to_dict"):
     return config.to_dict()
   if dataclasses.is_dataclass(config):

@@ -111,7 +111,16 @@ def standard_comparisons(problem: Problem, families: Sequence[families_lib.Famil
   non-baseline family against each baseline one (`families.comparison_pairs`); the first
   non-baseline family on exact outcomes against every method that is not a surrogate (influence
   functions, ...); each family on an estimated source against the same family on the real source
-  it stands in for."""
+  it stands in for.
+
+  Args:
+    problem: the `Problem` (its outcome sources, truths and `estimates_of`).
+    families: the families fitted on it.
+    methods: the names of the methods scored (surrogates and the truths' other predictions).
+
+  Returns:
+    [(a, b)] method names, each pair once, both scored.
+  """
   names = set(methods)
   pairs = []
   for source in ("exact", *problem.sources):

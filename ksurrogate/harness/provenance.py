@@ -76,7 +76,14 @@ def machine() -> dict:
 
 def command(argv: Optional[Sequence[str]] = None) -> str:
   """The command line that ran, as a user would type it (`ksurrogate-run ...` for the entry point,
-  however it was started)."""
+  however it was started).
+
+  Args:
+    argv: the command line, default `sys.argv`.
+
+  Returns:
+    The shell-quoted command.
+  """
   argv = list(sys.argv if argv is None else argv)
   program = pathlib.Path(argv[0]).name if argv else ""
   if program in ("main.py", "ksurrogate-run", "__main__.py", "-m"):

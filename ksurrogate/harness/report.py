@@ -16,7 +16,17 @@ import numpy as np
 
 
 def subplots(rows: int = 1, cols: int = 1, *, figsize, **kwargs):
-  """(figure, axes) like `pyplot.subplots`, on a standalone `Figure` (no pyplot, no backend)."""
+  """(figure, axes) like `pyplot.subplots`, on a standalone `Figure` (no pyplot, no backend).
+
+  Args:
+    rows: subplot rows.
+    cols: subplot columns.
+    figsize: (width, height) in inches.
+    **kwargs: passed to `Figure.subplots` (e.g. squeeze=False).
+
+  Returns:
+    (Figure, an Axes or an array of them).
+  """
   fig = matplotlib.figure.Figure(figsize=figsize)
   return fig, fig.subplots(rows, cols, **kwargs)
 
@@ -40,7 +50,14 @@ def _plain_axes(ax):
 
 def score_text(v) -> str:
   """A score for a title or a table: 3 decimals, "n/a" when it is absent (undefined on the data);
-  a (mean, standard error) pair as "mean ± s.e." (the s.e. left out where it is absent)."""
+  a (mean, standard error) pair as "mean ± s.e." (the s.e. left out where it is absent).
+
+  Args:
+    v: a float, None, or a (mean, se) pair of floats or None.
+
+  Returns:
+    The text.
+  """
   if isinstance(v, tuple):
     mean, se = v
     return score_text(mean) if se is None or mean is None else f"{mean:.3f} ± {se:.3f}"
@@ -50,7 +67,15 @@ def score_text(v) -> str:
 def score_intervals(path, scores: dict, ceiling: dict, title: str, *, keys: list) -> None:
   """One panel per score key (lds, loo_pearson, ...): every method's mean with its 95 % interval
   (`<key>_ci95`) as an error bar, and the ground truth's ceiling with its interval as a band where
-  the summary has one. Methods without the score are left out of its panel."""
+  the summary has one. Methods without the score are left out of its panel.
+
+  Args:
+    path: the image file written.
+    scores: {method: {key: mean, key_ci95: [lo, hi], ...}}.
+    ceiling: {key: ceiling, key_ci95: [lo, hi]} (keys may be missing).
+    title: the figure title's start.
+    keys: the score keys, one panel each (empty: ["lds"]).
+  """
   keys = keys or ["lds"]
   fig, axes = subplots(1, len(keys), figsize=(4.6 * len(keys), 0.28 * len(scores) + 1.8), squeeze=False)
   for ax, key in zip(axes[0], keys):
@@ -83,7 +108,19 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
   titled with its scores as the summary table names them (`scores[method] = {name: value or
   (mean, s.e.)}`, None: n/a) (a random sample of at most `max_points` pairs is drawn, the same
   pairs for every method). The points are the declared split's; with `resplits` the scores are
-  means ± s.e. over that many re-splits."""
+  means ± s.e. over that many re-splits.
+
+  Args:
+    path: the image file written.
+    preds: {method: predicted outcomes [m, T]} (any shape matching `true`).
+    true: the real outcomes.
+    title: the figure title's start.
+    scores: {method: {name: value or (mean, se)}} shown in each panel's title.
+    outcome_name: the axes' name of the outcome.
+    max_points: the most pairs drawn.
+    seed: the seed of the drawn pairs.
+    resplits: the number of re-splits the scores are means over (0: none), for the title.
+  """
   t = np.asarray(true).ravel()
   keep = np.arange(t.size)
   if t.size > max_points:
@@ -109,7 +146,14 @@ def predicted_vs_true(path, preds: dict, true, title: str, *, scores: dict | Non
 def power_of_ten(values) -> tuple[int, str]:
   """(power, label suffix) that put small or large values on a readable axis: values / 10**power,
   with " (x 1e<power>)" in the axis label, rather than an offset or multiplier drawn over the axes
-  where it crowds the labels. Power 0 (no suffix) for values of ordinary size."""
+  where it crowds the labels. Power 0 (no suffix) for values of ordinary size.
+
+  Args:
+    values: an array of numbers (non-finite ones ignored).
+
+  Returns:
+    (power int, suffix str).
+  """
   values = np.asarray(values, np.float64)
   finite = values[np.isfinite(values)]
   peak = float(np.abs(finite).max()) if finite.size else 0.0
@@ -127,7 +171,19 @@ def top_tasks(path, loo_KxT, title: str, top: int = 15, labels=None, *, higher_i
   """Bar chart of the tasks with the largest predicted leave-one-out effect on the mean target,
   coloured by whether the task helps the target (removing it makes the outcome worse). `domain`
   (`ksurrogate.inputs`) says what removing means: from the full set, the uniform mixture or unit
-  weights."""
+  weights.
+
+  Args:
+    path: the image file written.
+    loo_KxT: [K, T] predicted leave-one-out effects.
+    title: the title's first line.
+    top: the most tasks drawn.
+    labels: K task names, or None for "<task_noun> <i>".
+    higher_is_better: whether the outcome is a score (a helping task then has a negative effect).
+    outcome_name: the outcome's name in the axis label.
+    task_noun: what a task is called.
+    domain: "subsets", "simplex" or "weights".
+  """
   effect = np.asarray(loo_KxT).mean(axis=1)          # g(1 - e_k) - g(1)
   helps = effect < 0 if higher_is_better else effect > 0
   power, unit = power_of_ten(effect)
@@ -156,7 +212,16 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
                 outcome_name: str = "target loss") -> None:
   """Real vs predicted leave-one-out effect of each task on the mean target, one panel per method.
   Each panel names two scores: `loo_pearson` (the table's: Pearson per target, averaged) and the
-  Pearson of the plotted points (mean target), which can differ a lot."""
+  Pearson of the plotted points (mean target), which can differ a lot.
+
+  Args:
+    path: the image file written.
+    loos: {method: predicted LOO [K, T]}.
+    loo_true: [K, T] real LOO effects.
+    title: the figure title's start.
+    scores: {method: loo_pearson value or (mean, se)}, or None.
+    outcome_name: the outcome's name in the title.
+  """
   names = list(loos)   # the summary table's order
   fig, axes = _grid(len(names))
   t = np.asarray(loo_true).mean(axis=1)
@@ -175,7 +240,16 @@ def loo_scatter(path, loos: dict, loo_true, title: str, *, scores: dict | None =
 def curves(path, named_curves: dict, title: str, ylabel: str = "training loss", *, log_scale: bool = True,
            xlabel: str = "step") -> None:
   """Curves over steps; a log y axis (when asked) only where the values span a decade or more:
-  over a narrower range it shows few, crowded tick labels and no more than a linear axis."""
+  over a narrower range it shows few, crowded tick labels and no more than a linear axis.
+
+  Args:
+    path: the image file written.
+    named_curves: {name: values [steps]}.
+    title: the title.
+    ylabel: the y axis label.
+    log_scale: allow a log y axis.
+    xlabel: the x axis label.
+  """
   fig, ax = subplots(figsize=(5.5, 3.8))
   values = []
   for name, c in named_curves.items():
@@ -194,7 +268,14 @@ def curves(path, named_curves: dict, title: str, ylabel: str = "training loss", 
 
 def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> None:
   """Grouped bars: per target (group) the mean return of each method's chosen set, with the s.d.
-  over evaluation seeds as error bars. `table[target][method] = {"return", "return_std"}`."""
+  over evaluation seeds as error bars. `table[target][method] = {"return", "return_std"}`.
+
+  Args:
+    path: the image file written.
+    table: as above; every target holds the same methods.
+    title: the title.
+    ylabel: the y axis label.
+  """
   targets = list(table)
   methods = list(next(iter(table.values())))
   width = 0.8 / len(methods)
@@ -217,7 +298,17 @@ def selection_bars(path, table: dict, title: str, *, ylabel: str = "return") -> 
 def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_name: str = "target loss",
                         task_noun: str = "task", domain: str = "subsets") -> None:
   """Pairwise interactions I_jk on the mean target (the diagonal is undefined and left blank),
-  read from the point `domain` implies (`REMOVAL`)."""
+  read from the point `domain` implies (`REMOVAL`).
+
+  Args:
+    path: the image file written.
+    inter_KxKxT: [K, K, T] interactions.
+    title: the title's first line.
+    labels: K task names, or None for ids.
+    outcome_name: the outcome's name in the colour bar label.
+    task_noun: what a task is called.
+    domain: "subsets", "simplex" or "weights".
+  """
   mat = np.asarray(inter_KxKxT, np.float64).mean(axis=2)
   K = mat.shape[0]
   mat[np.arange(K), np.arange(K)] = np.nan
@@ -246,7 +337,12 @@ def interaction_heatmap(path, inter_KxKxT, title: str, *, labels=None, outcome_n
 def save(fig, path) -> None:
   """Writes a figure (folders made as needed); long tick labels are never clipped. A `Figure` made
   without pyplot is freed with its last reference: nothing to close. In a group of processes
-  (jax.distributed) process 0 alone writes: the others draw the same figure at the same path."""
+  (jax.distributed) process 0 alone writes: the others draw the same figure at the same path.
+
+  Args:
+    fig: the `Figure`.
+    path: the image file (its format from the suffix).
+  """
   if jax.process_index() != 0:
     return
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +354,15 @@ def save(fig, path) -> None:
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-  """Plain fixed-width table for the console."""
+  """Plain fixed-width table for the console.
+
+  Args:
+    rows: dicts of cell values (floats and (mean, se) pairs through `score_text`, the rest str()).
+    columns: the column keys, in order (a row without one gets a blank cell).
+
+  Returns:
+    The table's text: a header line, a rule, one line per row.
+  """
   def fmt(v):
     return score_text(v) if v is None or isinstance(v, (float, tuple)) else str(v)
   cells = [[fmt(r[c]) if c in r else "" for c in columns] for r in rows]

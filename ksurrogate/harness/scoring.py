@@ -20,7 +20,16 @@ from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, RELIABIL
 
 def resplits(problem: Problem, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
   """`count` seeded random (fit, held-out) re-splits of the rows in the problem's declared splits,
-  with the sizes of its first declared split."""
+  with the sizes of its first declared split.
+
+  Args:
+    problem: the `Problem` (its declared splits).
+    count: the number of re-splits.
+    seed: their seed.
+
+  Returns:
+    A list of `count` (fit rows, held-out rows) pairs of sorted int arrays.
+  """
   fit0, test0 = problem.splits[0]
   rows = np.unique(np.concatenate([np.concatenate([np.asarray(a), np.asarray(b)]) for a, b in problem.splits]))
   n_fit, n_test = len(fit0), len(test0)
@@ -231,6 +240,24 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
   A metric undefined on the data (`metrics.Undefined`) is None in the scores, with one
   {dataset, method, metric, reason} entry in `skipped` (warned when no list is given); a family
   whose fit refuses the problem's data is skipped the same way (metric "fit"). Bad input raises.
+
+  Args:
+    problem: the `Problem`.
+    families: the `Family`s fitted and scored.
+    threshold: the normalized error's variance threshold (`metrics.normalized_error`).
+    resplit_count: the random re-splits the held-out scores' intervals come from (0: none).
+    num_bootstrap: the bootstrap resamples of the correlation intervals and ceilings.
+    seed: the seed of the re-splits and the bootstrap.
+    comparisons: `comparisons(problem, families, methods) -> [(a, b)]`, the pairs reported as a - b.
+    skipped: a list the skipped entries are appended to, or None to warn them.
+
+  Returns:
+    The `Result` (scores, comparisons, ceiling, reliability, seeds_needed, unreliable, arrays,
+    skipped, resplits).
+
+  Raises:
+    ValueError: when the problem names a source "exact", pairs an estimate with something that is
+      not an outcome source, or has a truth with another number of tasks than S.
   """
   own = skipped is None
   skipped = [] if own else skipped
@@ -305,13 +332,27 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
 
 
 def skipped_lines(skipped: list) -> list[str]:
-  """One line per (dataset, metric, reason): the metrics a run could not compute, and why."""
+  """One line per (dataset, metric, reason): the metrics a run could not compute, and why.
+
+  Args:
+    skipped: [{"dataset", "method", "metric", "reason"}].
+
+  Returns:
+    A list of str.
+  """
   return [f"{e['dataset']}: {e['metric']} not computed for {', '.join(e['methods'])}: {e['reason']}"
           for e in group_skipped(skipped)]
 
 
 def group_skipped(skipped: list) -> list[dict]:
-  """The skipped entries grouped by (dataset, metric, reason), the methods they concern listed."""
+  """The skipped entries grouped by (dataset, metric, reason), the methods they concern listed.
+
+  Args:
+    skipped: [{"dataset", "method", "metric", "reason"}].
+
+  Returns:
+    [{"dataset", "metric", "methods": [...], "reason"}] in order of first appearance.
+  """
   groups = {}
   for e in skipped:
     key = (e["dataset"], e["metric"], e["reason"])

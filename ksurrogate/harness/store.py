@@ -58,7 +58,15 @@ def _mount_point(path: pathlib.Path) -> pathlib.Path:
 
 
 def storage_message(path, code: int) -> str:
-  """The one line a failed write of `path` with OS error `code` (ENOSPC, EDQUOT, EACCES, EPERM, EROFS) gets."""
+  """The one line a failed write of `path` with OS error `code` (ENOSPC, EDQUOT, EACCES, EPERM, EROFS) gets.
+
+  Args:
+    path: the file or directory whose write failed.
+    code: the errno.
+
+  Returns:
+    The message, starting "workdir: ".
+  """
   path = pathlib.Path(path)
   if code in _NO_SPACE:
     try:
@@ -97,7 +105,17 @@ def storage_error(exc: BaseException, path=None, within=None, name_path: bool = 
   want of space or permission, else None. `path` names the target when the error does not (or
   always, with name_path: what was being stored rather than a file deep inside a checkpoint).
   With `within`, a permission error on a path outside that directory is not taken for a failed
-  write (it may be an input that cannot be read) and gets None."""
+  write (it may be an input that cannot be read) and gets None.
+
+  Args:
+    exc: the exception caught.
+    path: the target to name when the error names none (or always, with name_path).
+    within: a directory permission errors must lie inside to count, or None.
+    name_path: name `path` rather than the file the error names.
+
+  Returns:
+    A `StorageError`, or None when `exc` and its causes hold no such failure.
+  """
   seen = set()
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
@@ -160,33 +178,90 @@ def _jsonable(x):
 
 
 def dumps(obj) -> str:
-  """JSON text of `obj` (numpy arrays and scalars included; NaN/inf become null)."""
+  """JSON text of `obj` (numpy arrays and scalars included; NaN/inf become null).
+
+  Args:
+    obj: dicts, lists, tuples, numbers, strings, numpy arrays and scalars (dict keys become str).
+
+  Returns:
+    Indented JSON with sorted keys.
+  """
   return json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
 
 
 def save_json(path, obj) -> None:
+  """Writes `obj` as JSON (`dumps`) to `path` atomically.
+
+  Args:
+    path: the file.
+    obj: what `dumps` takes.
+
+  Raises:
+    StorageError: when the write fails for want of space or permission.
+  """
   text = dumps(obj).encode()
   _atomic_write(pathlib.Path(path), lambda f: f.write(text))
 
 
 def load_json(path):
+  """The JSON value stored at `path`.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The decoded value (stored NaN / inf read back as None).
+  """
   return json.loads(pathlib.Path(path).read_text())
 
 
 def save_bytes(path, data: bytes) -> None:
-  """Writes `data` to `path` atomically (a reader sees the old file or the whole new one)."""
+  """Writes `data` to `path` atomically (a reader sees the old file or the whole new one).
+
+  Args:
+    path: the file.
+    data: the bytes.
+
+  Raises:
+    StorageError: when the write fails for want of space or permission.
+  """
   _atomic_write(pathlib.Path(path), lambda f: f.write(data))
 
 
 def save_arrays(path, **arrays) -> None:
+  """Writes named arrays to `path` as one compressed .npz, atomically.
+
+  Args:
+    path: the file.
+    **arrays: name=array (anything `np.asarray` takes).
+
+  Raises:
+    StorageError: when the write fails for want of space or permission.
+  """
   _atomic_write(pathlib.Path(path), lambda f: np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def save_npy(path, array) -> None:
-  """One array as .npy (memory-mappable on reload)."""
+  """One array as .npy (memory-mappable on reload).
+
+  Args:
+    path: the file.
+    array: anything `np.asarray` takes.
+
+  Raises:
+    StorageError: when the write fails for want of space or permission.
+  """
   _atomic_write(pathlib.Path(path), lambda f: np.save(f, np.asarray(array)))
 
 
 def load_arrays(path) -> dict:
+  """The arrays of an .npz file, read into memory.
+
+  Args:
+    path: the file.
+
+  Returns:
+    {name: numpy array}.
+  """
   with np.load(path) as data:
     return {k: data[k] for k in data.files}

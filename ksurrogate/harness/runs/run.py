@@ -54,7 +54,20 @@ class Run:
   opens the same directory and runs the same phases: process 0 holds DIR/.lock, process p > 0
   DIR/.lock.<p>; the group goes ahead only when every process got its lock (an independent run,
   or another group, on the same directory is refused in every process). While it runs, each
-  process watches the others' locks: one that dies or stops ends the others in one line."""
+  process watches the others' locks: one that dies or stops ends the others in one line.
+
+  Args:
+    workdir: the run directory (created if missing; `check_workdir`).
+    name: the run's name: the console and log lines' label, and stored in DIR/run.json (entering a
+      workdir that holds a run of another name is refused).
+    progress: whether chunked phases show a tqdm bar.
+    log: where `log` lines go besides absl logging and DIR/run.log (default print).
+    config: the experiment's config, checked against every stored phase on entry (None: no
+      check).
+
+  Raises:
+    ValueError: when the workdir cannot hold a run (`check_workdir`).
+  """
 
   def __init__(self, workdir, *, name: str = "run", progress: bool = True, log: Callable[[str], None] = print,
                config=None):
@@ -81,7 +94,11 @@ class Run:
     return self.process_index == 0
 
   def barrier(self, name: str) -> None:
-    """Waits until every process of the group has reached this point (nothing with one process)."""
+    """Waits until every process of the group has reached this point (nothing with one process).
+
+    Args:
+      name: the barrier's name, part of its key beside the run directory and the barrier's number.
+    """
     if self.process_count > 1:
       self._barriers += 1
       distributed.barrier(self.dir, self._barriers, name, self.process_count)
@@ -190,11 +207,19 @@ class Run:
       f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
 
   def log(self, message: str) -> None:
-    """One line to the console (the run's `log`), absl logging and DIR/run.log."""
+    """One line to the console (the run's `log`), absl logging and DIR/run.log.
+
+    Args:
+      message: the line, prefixed with this process's label.
+    """
     self._write_line(f"[{self._label}] {message}")
 
   def warn(self, message: str) -> None:
-    """One warning line to stderr, absl logging and DIR/run.log."""
+    """One warning line to stderr, absl logging and DIR/run.log.
+
+    Args:
+      message: the warning, prefixed with this process's label and "WARNING:".
+    """
     self._write_line(f"[{self._label}] WARNING: {message}", to_stderr=True)
 
   # -- bookkeeping -----------------------------------------------------------------------------
@@ -357,6 +382,10 @@ class Run:
 
   # -- outputs ---------------------------------------------------------------------------------
   def timing_rows(self) -> list[dict]:
-    """The phase timings as rows: phase, seconds, seconds_compile, status."""
+    """The phase timings as rows, in the order the phases ran.
+
+    Returns:
+      [{"phase", "seconds", "seconds_compile", "status"}], one per phase.
+    """
     return [{"phase": k, "seconds": v.seconds, "seconds_compile": v.compile_seconds, "status": v.status}
             for k, v in self.timings.items()]
