@@ -60,8 +60,9 @@ def test_the_api_reference_builds_and_every_public_function_has_a_docstring(tmp_
 
   import ksurrogate as ks
   pdoc.render.configure(docformat="google")
-  pdoc.pdoc("ksurrogate", output_directory=tmp_path)
-  assert (tmp_path / "ksurrogate.html").is_file() and (tmp_path / "ksurrogate" / "surrogates.html").is_file()
+  pdoc.pdoc("ksurrogate", "ksurrogate.families", "ksurrogate.nystrom", "ksurrogate.harness", output_directory=tmp_path)
+  for page in ("ksurrogate.html", "ksurrogate/surrogates.html", "ksurrogate/families.html", "ksurrogate/harness/driver.html"):
+    assert (tmp_path / page).is_file(), page
   bare = [n for n in dir(ks) if not n.startswith("_") and inspect.isfunction(getattr(ks, n))
           and not inspect.getdoc(getattr(ks, n))]
   assert bare == []
