@@ -14,7 +14,7 @@ import warnings
 
 from absl import app, flags, logging
 
-from ksurrogate_experiments import common, contract
+from ksurrogate_experiments import common, contract, cores
 
 
 def _define(fv: flags.FlagValues) -> None:
@@ -27,6 +27,8 @@ def _define(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed)", flag_values=fv)
   flags.DEFINE_integer("num_processes", None, "processes in the group (implies --distributed)", flag_values=fv)
   flags.DEFINE_integer("process_id", None, "this process's index, 0 .. num_processes - 1", flag_values=fv)
+  flags.DEFINE_string("cores", "auto", "CPU cores to run on: auto (one when the machine is already busy, else "
+                      "all), all, or a number (docs/scaling.md)", flag_values=fv)
 
 
 def _fail(message: str):
@@ -52,7 +54,7 @@ def _parse(argv, fv: flags.FlagValues, *, to_run: bool = False) -> tuple:
     experiment.validate(config)
     if to_run:
       from ksurrogate.harness import runs
-      return experiment, config, runs.check_workdir(fv.workdir)
+      return experiment, config, runs.check_workdir(fv.workdir), cores.choose(fv.cores)
   except flags.Error as e:
     _fail(contract.flag_error(e, fv))
   except ValueError as e:
@@ -74,7 +76,11 @@ def configure(argv):
 
 
 def main(parsed) -> None:
-  experiment, config, workdir = parsed
+  experiment, config, workdir, (count, why) = parsed
+  total = len(cores.available())
+  if count < total:
+    cores.limit(count)
+    print(f"[cores] running on {count} of {total} cores: {why}")
   if not flags.FLAGS["verbosity"].present:   # orbax logs every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
   from ksurrogate.harness import driver, runs   # here, so --help stays fast

@@ -1,0 +1,82 @@
+"""How many CPU cores a run uses: every one on a quiet machine, one when other work already runs.
+
+Why one: on cores shared with other CPU-bound work, XLA's CPU thread pool and OpenBLAS (which also
+serves jaxlib's LAPACK calls) wait at every parallel step for a thread the scheduler has parked;
+the kernel fit of the reference experiment took ~20 s instead of 0.4-0.6 s beside two busy
+processes, and 0.6 s once the process was pinned to one core (`benchmarks/threads.py`; the table
+is in BUILD_NOTES.md, "Fast on a shared machine"). On an idle machine the threads pay, so `auto`
+keeps them there.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+AUTO_LOAD = 1.0   # the 1-minute load average at which `auto` takes one core: another busy process
+
+
+def available() -> list[int]:
+  """The cores this process may run on.
+
+  Returns:
+    Their ids, sorted.
+  """
+  return sorted(os.sched_getaffinity(0))
+
+
+def choose(request: str, *, load: Optional[float] = None, cores: Optional[int] = None) -> tuple[int, str]:
+  """The number of cores a `--cores` value asks for, and why.
+
+  Args:
+    request: "auto" (all when the load average is below AUTO_LOAD, else 1), "all", or a count.
+    load: the 1-minute load average (read from the machine when None).
+    cores: the cores available (read from the process's affinity when None).
+
+  Returns:
+    (count, reason): the count in [1, cores] and a short reason for the console.
+
+  Raises:
+    ValueError: a request that is none of these, or a count outside [1, cores].
+  """
+  cores = len(available()) if cores is None else cores
+  text = str(request).strip().lower()
+  if text == "all":
+    return cores, "--cores=all"
+  if text == "auto":
+    load = os.getloadavg()[0] if load is None else load
+    if load >= AUTO_LOAD and cores > 1:
+      return 1, (f"the machine is busy (load {load:.1f} on {cores} cores): one core is faster there than "
+                 "threads that wait for each other; --cores=all to use every core")
+    return cores, f"load {load:.1f}: every core"
+  try:
+    count = int(text)
+  except ValueError:
+    raise ValueError(f"--cores: expected auto, all or a number of cores, got {request!r}") from None
+  if not 1 <= count <= cores:
+    raise ValueError(f"--cores: {count} is outside [1, {cores}] (the cores this process may use)")
+  return count, f"--cores={count}"
+
+
+_LIMITS = []   # threadpoolctl's limiter, kept alive for the run
+
+
+def limit(count: int) -> list[int]:
+  """Runs this process (every thread it has, and those it starts later) on its first `count`
+  cores, with OpenBLAS at `count` threads.
+
+  Args:
+    count: cores to keep, >= 1.
+
+  Returns:
+    The core ids kept.
+  """
+  keep = set(available()[:count])
+  for tid in os.listdir("/proc/self/task"):   # threads XLA or OpenBLAS started already
+    try:
+      os.sched_setaffinity(int(tid), keep)
+    except OSError:   # a thread that ended meanwhile
+      pass
+  os.sched_setaffinity(0, keep)
+  from threadpoolctl import threadpool_limits
+  _LIMITS[:] = [threadpool_limits(limits=count, user_api="blas")]
+  return sorted(keep)
