@@ -37,3 +37,21 @@ def test_estimator_table_prints_each_experiments_row(tmp_path):
   row = next(line.split() for line in r.stdout.splitlines() if line.startswith("icl"))
   # dataset, method, error, no-change error, their ratio, lds, surrogate ratio (on the swaps), s per subset
   assert row[1:9] == ["sentiment", "first_order", "1.500", "0.750", "2.000", "0.120", "0.400", "1.5e-05"], r.stdout
+
+
+def test_costs_prints_each_constant_beside_its_measured_cost():
+  """benchmarks/costs.py at a tiny size (one fit size, so no growth row): one row per unit of the
+  time cost model, the constant the config checks use beside a positive measured cost."""
+  from ksurrogate_experiments import common
+  r = subprocess.run([sys.executable, "benchmarks/costs.py", "--sizes=40", "--targets=4", "--tasks=8",
+                      "--bootstrap=100", "--width=32", "--batch=32", "--repeats=1"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = {line.split(",")[0]: line.split()[-3:] for line in r.stdout.splitlines()
+          if line.startswith(("fit", "bootstrap", "training,"))}
+  constants = {"fit": common.FIT_SECONDS, "bootstrap": common.BOOTSTRAP_SECONDS,
+               "training": 1 / common.TRAIN_FLOPS_PER_SECOND}
+  assert set(rows) == set(constants), r.stdout
+  for unit, (measured, constant, ratio) in rows.items():
+    assert float(constant) == pytest.approx(constants[unit], rel=1e-2), (unit, r.stdout)
+    assert float(measured) > 0 and float(ratio) == pytest.approx(float(measured) / float(constant), rel=0.02), r.stdout

@@ -93,7 +93,11 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
 
 # Model sizes behind the memory estimate: SmolLM2-135M (the default GGUF; another GGUF is assumed
 # of its order) and model.tiny_config.
-MODEL_SIZES = {"gguf": dict(d_model=576, n_layers=30, vocab=49152), "tiny": dict(d_model=32, n_layers=2, vocab=None)}
+MODEL_SIZES = {"gguf": dict(d_model=576, n_layers=30, vocab=49152, ffn=1536),
+               "tiny": dict(d_model=32, n_layers=2, vocab=None, ffn=64)}
+# The inference's shortest prefix and query buckets (inference.PREFIX_BUCKETS, QUERY_BUCKETS):
+# every prompt runs at least that many tokens, every query after it at least that many more.
+MIN_PREFIX_TOKENS, MIN_QUERY_TOKENS = 64, 8
 
 
 def memory(c) -> dict:
@@ -114,6 +118,30 @@ def memory(c) -> dict:
       "inference.prompt_batch": (4 * c.inference.prompt_batch * (2 * size["n_layers"] * tokens * size["d_model"]
                                                                  + T * vocab),
                                  f"{c.inference.prompt_batch} prompts' KV caches and logits"),
+  }
+
+
+def prompt_flops(c) -> float:
+  """FLOPs of one prompt's real inference on its data.num_queries queries, a lower bound: each
+  block's q, o and MLP matmuls (k, v left out) over the shortest buckets' tokens, 2 per weight and
+  token; the head only scores the two option tokens."""
+  size = MODEL_SIZES[c.model.kind]
+  block = 2 * size["d_model"] ** 2 + 3 * size["d_model"] * size["ffn"]
+  return 2 * size["n_layers"] * block * (MIN_PREFIX_TOKENS + c.data.num_queries * MIN_QUERY_TOKENS)
+
+
+def compute_time(c) -> dict:
+  """{field: (seconds, what)} of the real inference the counts imply, per task (common's cost model)."""
+  n, K, one = len(c.tasks), c.data.num_demos, prompt_flops(c)
+  # a swapped prompt is inferred unless it is one of the sampled ones (or an earlier swap's)
+  swapped = max(min(K * c.truth.swaps_per_demo, _ordered_prompts(K, c.data.shots)) - c.design.num_subsets, 0)
+  queries = f"prompts of {c.data.num_queries} queries"
+  return {
+      "design.num_subsets": (common.training_seconds(n * c.design.num_subsets, one),
+                             f"{c.design.num_subsets} prompts x {n} tasks ({n * c.design.num_subsets} {queries})"),
+      "truth.swaps_per_demo": (common.training_seconds(n * swapped, one),
+                               f"{c.truth.swaps_per_demo} swaps x {K} demonstrations x {n} tasks (at least "
+                               f"{n * swapped} new {queries})"),
   }
 
 
@@ -170,6 +198,21 @@ def checks(c) -> None:
       f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted prompts")
   req(c.min_varying_targets <= c.data.num_queries, "min_varying_targets",
       f"{c.min_varying_targets} exceeds the data.num_queries={c.data.num_queries} targets")
+  # more swaps than exist only repeat swaps (while the swap design loops over every one)
+  swaps = shots * math.perm(K - 1, shots - 1) * (K - shots)
+  req(c.truth.swaps_per_demo <= swaps, "truth.swaps_per_demo",
+      f"{c.truth.swaps_per_demo} exceeds the {swaps} distinct swaps of a demonstration ({shots} slots x "
+      f"P({K - 1}, {shots - 1}) prompts around it x {K - shots} replacements)")
+  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  # per task every family on the exact and estimated outcomes and the first-order estimator against
+  # the swap truth; the released coin-flip outcomes (200 prompts x 869 queries, no truth) beside them
+  fams = common.num_families(c)
+  scored = [common.Scored(c.design.num_fit, K, c.data.num_queries, 2 * fams + 1)] * len(c.tasks)
+  if c.released_coin_flip:
+    from ksurrogate_experiments.reference import config as reference
+    scored.append(common.Scored(reference.get_config().design.num_fit, reference.NUM_TASKS["coin_flip"],
+                                reference.NUM_TARGETS["coin_flip"], fams, num_truths=0))
+  common.scoring_time(c, scored)
   if c.model.kind == "gguf":   # last: the cheap checks answer first
     from ksurrogate_experiments.shared import gguf_llama
     try:

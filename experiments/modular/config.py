@@ -375,8 +375,10 @@ def checks(c) -> None:
   req(c.surrogates.cv <= fit_sets[smallest], "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the {fit_sets[smallest]} subsets of the smallest fit set ({smallest})")
   common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
-  common.scoring_time(c, num_fit=max(c.design.num_fit, ft.num_fit), num_tasks=K,
-                      num_targets=min(c.data.num_targets, c.data.p ** 2 - n_train), num_sources=3)
+  # every family on the exact, estimated, fine-tuned and estimated-same outcomes, influence, TracIn,
+  # TRAK and the estimator's direct LOO, against the retrained and the fine-tuned LOO truths
+  methods = 4 * common.num_families(c) + 4
+  common.scoring_time(c, [common.Scored(c.design.num_fit, K, min(c.data.num_targets, n_val), methods, num_truths=2)])
   req(st.budget_rate in tuple(st.rates), "study.budget_rate", f"{st.budget_rate} must be one of study.rates {tuple(st.rates)}")
   if st.enabled:   # the largest pool of distinct subsets (neither empty nor full) the study retrains
     pool = max(*st.budgets, st.other_budget, st.active_base + 2 * st.active_more) + st.num_heldout

@@ -124,6 +124,31 @@ def memory(c) -> dict:
   }
 
 
+CRITIC_PARAMS = 4 * 64 + 64 + 64 * 64 + 64 + 64 + 1   # the critic MLP beside it (its last layer: one value)
+UPDATE_EPOCHS = 4                                      # ppo.PPOConfig's passes over each rollout
+
+
+def ppo_flops(s) -> float:
+  """FLOPs of one PPO training (`s`: the meta or finetune section): every update's rollout through
+  the actor and critic (2 N per state) and its UPDATE_EPOCHS passes of forward + backward (6 N)."""
+  return s.num_updates * s.num_envs * s.num_steps * (2 + 6 * UPDATE_EPOCHS) * (POLICY_PARAMS + CRITIC_PARAMS)
+
+
+def compute_time(c) -> dict:
+  """{field: (seconds, what)} of the policy trainings the counts imply (common's cost model: the
+  network's FLOPs only, a lower bound; the environment steps are left out)."""
+  K, P, f = len(c.objectives), len(c.design.pairs), c.finetune
+  one, truth = ppo_flops(f), c.truth.seeds * (K + 1 + P)
+  return {
+      "truth.seeds": (common.training_seconds(truth, one), f"{c.truth.seeds} truth seeds x {K + 1 + P} fine-tunes "
+                                                           f"({truth} fine-tunes of {f.num_updates} PPO updates)"),
+      "design.num_subsets": (common.training_seconds(c.design.num_subsets, one),
+                             f"{c.design.num_subsets} fine-tunes of {f.num_updates} PPO updates"),
+      "meta.num_updates": (common.training_seconds(1, ppo_flops(c.meta)),
+                           f"the meta-policy's {c.meta.num_updates} PPO updates"),
+  }
+
+
 RULES = {
     **common.SHARED_RULES,
     "objectives": common.sequence(common.choice(*OBJECTIVE_NAMES), min_len=3, distinct=True),
@@ -177,6 +202,12 @@ def checks(c) -> None:
       f"{c.baselines.tracin_checkpoints} must divide meta.num_updates={c.meta.num_updates}")
   req(c.surrogates.cv <= c.design.num_fit, "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted subsets")
+  fewest = 2 * (K + 1 + len(c.design.pairs)) + 3   # 2 truth seeds, 3 subsets
+  common.check_length("finetune.num_updates", fewest, ppo_flops(c.finetune),
+                      "fine-tunes", f"{c.finetune.num_updates} PPO updates")
+  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  # every family on the exact and estimated outcomes, influence and TracIn, against the LOO truth
+  common.scoring_time(c, [common.Scored(c.design.num_fit, K, K, 2 * common.num_families(c) + 2)])
 
 
 EXPERIMENT = contract.Experiment(

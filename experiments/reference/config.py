@@ -18,6 +18,15 @@ DATASETS = ("modular_addition", "modular_quad", "coin_flip")
 OFFICIAL_RIDGE = {"modular_addition": 1e-2, "modular_quad": 1e-2, "coin_flip": 1e-1}
 NUM_SUBSETS = {"modular_addition": 50, "modular_quad": 50, "coin_flip": 200}
 MODULAR_FIT = 40   # the released modular data's own split: 40 fit, 10 held out
+# Tasks (modular: after collapsing the sample-level columns) and targets of each released file.
+NUM_TASKS = {"modular_addition": 25, "modular_quad": 25, "coin_flip": 50}
+NUM_TARGETS = {"modular_addition": 500, "modular_quad": 500, "coin_flip": 869}
+
+
+def scored(c, name: str):
+  """The driver's sizes of one released dataset (`common.Scored`): every family, no ground truth."""
+  fit = c.design.num_fit if name == "coin_flip" else MODULAR_FIT
+  return common.Scored(fit, NUM_TASKS[name], NUM_TARGETS[name], common.num_families(c), num_truths=0)
 
 CONFIGS = {
     "default": contract.Variant(
@@ -66,6 +75,8 @@ def checks(c) -> None:
             + [c.design.num_fit] * ("coin_flip" in c.data.datasets))
   common.require(c.surrogates.cv <= fit, "surrogates.cv", f"{c.surrogates.cv} folds exceed the {fit} subsets of the "
                  "smallest fit set")
+  # no ground truth: nothing is bootstrapped, so eval.bootstrap costs nothing here
+  common.scoring_time(c, [scored(c, name) for name in c.data.datasets])
 
 
 def families(config, problem_name: str) -> list:

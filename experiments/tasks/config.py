@@ -120,6 +120,46 @@ def memory(c) -> dict:
   }
 
 
+def finetune_flops(c) -> float:
+  """FLOPs of one LoRA fine-tune and its evaluation, a lower bound: per token each adapted block's
+  q, o and MLP matmuls (k, v left out), the LM head at the answer positions only; forward + backward
+  of the frozen weights = 2 x forward (no weight gradients); every sequence padded to the token
+  budgets, as the fine-tune's fixed shapes are."""
+  size, d, f = MODEL_SIZES[c.model.kind], c.data, c.finetune
+  vocab = size["vocab"] or c.model.tiny_vocab
+  block = 2 * size["d_model"] ** 2 + 3 * size["d_model"] * size["ffn"]
+  L, C = d.max_prompt_tokens + d.max_answer_tokens, d.max_answer_tokens
+  # weights x tokens of one sequence: half its forward FLOPs
+  forward = (f.lora_layers or size["n_layers"]) * block * L + vocab * size["d_model"] * C
+  return 2 * forward * (2 * f.num_steps * f.batch_size + NUM_TARGETS * d.eval_per_target)
+
+
+def num_pairs() -> int:
+  """The planted pairs (data.PLANTED), each fine-tuned left out by the truth and alone by the probes."""
+  from ksurrogate_experiments.tasks import data as data_lib
+  return sum(len(rows) for rows in data_lib.PLANTED.values())
+
+
+def compute_time(c) -> dict:
+  """{field: (seconds, what)} of the fine-tunes the counts imply (common's cost model)."""
+  P = num_pairs()
+  one, f, t = finetune_flops(c), c.finetune, c.truth
+  truth, probe = t.seeds * (NUM_TASKS + 1 + P), t.probe_seeds * (1 + NUM_TASKS + P)
+  steps = f"of {f.num_steps} steps"
+  return {
+      "truth.seeds": (common.training_seconds(truth, one),
+                      f"{t.seeds} truth seeds x {NUM_TASKS + 1 + P} fine-tunes ({truth} fine-tunes {steps})"),
+      "truth.probe_seeds": (common.training_seconds(probe, one),
+                            f"{t.probe_seeds} probe seeds x {1 + NUM_TASKS + P} fine-tunes ({probe} fine-tunes "
+                            f"{steps})"),
+      "design.num_subsets": (common.training_seconds(c.design.num_subsets, one),
+                             f"{c.design.num_subsets} fine-tunes {steps}"),
+      "selection.seeds": (common.training_seconds(c.selection.seeds * NUM_TARGETS, one),
+                          f"{c.selection.seeds} selection seeds x {NUM_TARGETS} targets' picks (at least "
+                          f"{c.selection.seeds * NUM_TARGETS} fine-tunes {steps})"),
+  }
+
+
 RULES = {
     **common.SHARED_RULES,
     "model.kind": common.choice("gguf", "tiny"),
@@ -192,6 +232,17 @@ def checks(c) -> None:
     req(not missing, "selection.families", f"{missing} are not among surrogates.families={list(chosen)}")
   req(c.min_varying_targets <= NUM_TARGETS, "min_varying_targets",
       f"{c.min_varying_targets} exceeds the {NUM_TARGETS} targets")
+  # the random subsets are drawn with replacement (never empty): more than exist would repeat
+  # subsets between the fit and the held-out rows
+  req(c.design.num_subsets <= 2 ** NUM_TASKS - 1, "design.num_subsets",
+      f"{c.design.num_subsets} exceeds the {2 ** NUM_TASKS - 1} non-empty subsets of {NUM_TASKS} tasks")
+  fewest = 2 * (NUM_TASKS + 1 + num_pairs()) + 4   # 1 truth and 1 probe seed, 4 subsets
+  common.check_length("finetune.num_steps", fewest, finetune_flops(c),
+                      "fine-tunes", f"{c.finetune.num_steps} steps of {c.finetune.batch_size}")
+  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  # every family on the exact and estimated outcomes, the estimator's direct LOO, influence, TracIn
+  # and TRAK, against the LOO truth (the per-target re-splits refit the families again: left out)
+  common.scoring_time(c, [common.Scored(c.design.num_fit, NUM_TASKS, NUM_TARGETS, 2 * common.num_families(c) + 4)])
 
 
 EXPERIMENT = contract.Experiment(
