@@ -135,3 +135,18 @@ def test_tiny_run_holds_every_section(tiny_run):
   for phase in ("cache", "theta0", "finetune", "truth_seed0", "truth_seed1", "probe_seed0", "probe_seed1",
                 "features", "estimate", "baselines", "selection_seed0", "selection_seed1"):
     assert (workdir / phase / "record.json").is_file(), phase
+
+
+def test_the_fine_tuned_design_holds_distinct_nonempty_subsets():
+  # 60 draws of 6 tasks repeat (64 subsets exist); a repeat split between the fit and held-out
+  # rows would score the fit, so the design redraws it and keeps every other row's draw
+  from ksurrogate_experiments.tasks import pipeline
+  iid = np.asarray(jax.random.bernoulli(jax.random.key(3), 0.5, (60, 6)))
+  assert len(np.unique(iid, axis=0)) < 60
+  S = pipeline._bernoulli(jax.random.key(3), 60, 6)
+  assert len(np.unique(S, axis=0)) == 60 and S.any(1).all()
+  redrawn = min(i for i in range(60) if not iid[i].any() or any((iid[i] == iid[:i]).all(1)))
+  np.testing.assert_array_equal(S[:redrawn], iid[:redrawn])     # the draw itself up to the first repeat
+  few = np.asarray(jax.random.bernoulli(jax.random.key(3), 0.5, (8, 15)))   # no repeat: the plain draw
+  assert len(np.unique(few, axis=0)) == 8 and few.any(1).all()
+  np.testing.assert_array_equal(pipeline._bernoulli(jax.random.key(3), 8, 15), few)

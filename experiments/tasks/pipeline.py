@@ -168,12 +168,22 @@ class Design:
   S_est: np.ndarray     # [estimate.num_subsets, K] estimated subsets
 
 
-def _bernoulli(key, m: int, K: int) -> np.ndarray:
-  """m Bernoulli(0.5) subsets, an empty draw redrawn (nothing to fine-tune on)."""
-  S = np.asarray(jax.random.bernoulli(key, 0.5, (m, K)))
+def _bernoulli(key, m: int, K: int, *, distinct: bool = True) -> np.ndarray:
+  """m Bernoulli(0.5) subsets: an empty draw redrawn (nothing to fine-tune on), then, if
+  `distinct`, a repeat of an earlier row redrawn (split between fit and held-out rows it would
+  score the fit). Other rows keep their i.i.d. draw, so a design without repeats is the plain
+  draw. The estimated subsets are i.i.d. (distinct=False): a repeat there is only averaged."""
+  S = np.array(jax.random.bernoulli(key, 0.5, (m, K)))   # a writable copy
   for i in np.flatnonzero(~S.any(1)):
     S[i] = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 10_000 + int(i)), 0.5, (K,)))
     S[i, int(i) % K] |= not S[i].any()
+  seen = set()
+  for i in range(m if distinct else 0):
+    tries = 0
+    while S[i].tobytes() in seen or not S[i].any():
+      tries += 1
+      S[i] = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 20_000 + m * tries + i), 0.5, (K,)))
+    seen.add(S[i].tobytes())
   return S
 
 
@@ -193,7 +203,7 @@ def design(c, s: Setup) -> Design:
                 S_truth=np.stack([*np.asarray(ks.subsets.leave_one_out(K)), np.ones(K, bool),
                                   *_pair_rows(K, pairs, False)]),
                 S_probe=np.stack([np.zeros(K, bool), *np.eye(K, dtype=bool), *_pair_rows(K, pairs, True)]),
-                pairs=pairs, S_est=_bernoulli(jax.random.key(c.seed + 4), c.estimate.num_subsets, K))
+                pairs=pairs, S_est=_bernoulli(jax.random.key(c.seed + 4), c.estimate.num_subsets, K, distinct=False))
 
 
 # ---------------------------------------------------------------------------------------------
