@@ -1,4 +1,4 @@
-"""The time cost model's per-unit constants (experiments/common.py) against their measured costs.
+"""The time cost model's per-unit constants (experiments/costs.py) against their measured costs.
 
   nice -n 10 python benchmarks/costs.py                      # the sizes the constants speak of
   python benchmarks/costs.py --sizes=40 --targets=8 --tasks=10 --bootstrap=100 --width=64 --repeats=1   # seconds
@@ -34,7 +34,7 @@ from absl import flags
 
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
-from ksurrogate_experiments import common
+from ksurrogate_experiments import costs
 
 _SIZES = flags.DEFINE_list("sizes", ["40", "200", "400"], "fit sizes m; the first is the constant's FIT_SUBSETS")
 _TASKS = flags.DEFINE_integer("tasks", 25, "K (the modular protocol's 25 tasks)")
@@ -132,24 +132,24 @@ def main(argv):
   print(f"load before: {os.getloadavg()[0]:.2f}; K={K}; {reps} repeats", flush=True)
   rows = []
   base = fit_seconds(rng, sizes[0], K, T, reps)
-  rows.append((f"fit, m={sizes[0]}, T={T} (s per family fit)", base, common.FIT_SECONDS))
+  rows.append((f"fit, m={sizes[0]}, T={T} (s per family fit)", base, costs.FIT_SECONDS))
   for t in targets[1:]:
     rows.append((f"fit, m={sizes[0]}, T={t} (s per family fit)", fit_seconds(rng, sizes[0], K, t, reps),
-                 common.FIT_SECONDS))
+                 costs.FIT_SECONDS))
   for m in sizes[1:]:
-    growth = (fit_seconds(rng, m, K, T, reps) - base) / max(m - common.FIT_SUBSETS, 1) ** 3
-    rows.append((f"fit growth, m={m}, T={T} (s per m^3)", growth, common.FIT_CUBIC_SECONDS))
+    growth = (fit_seconds(rng, m, K, T, reps) - base) / max(m - costs.FIT_SUBSETS, 1) ** 3
+    rows.append((f"fit growth, m={m}, T={T} (s per m^3)", growth, costs.FIT_CUBIC_SECONDS))
   boot = bootstrap_seconds(rng, K, T, _SEEDS.value, _BOOTSTRAP.value, reps)
-  rows.append((f"bootstrap, B={_BOOTSTRAP.value}, K={K}, T={T} (s per resample x method x entry)", boot, common.BOOTSTRAP_SECONDS))
+  rows.append((f"bootstrap, B={_BOOTSTRAP.value}, K={K}, T={T} (s per resample x method x entry)", boot, costs.BOOTSTRAP_SECONDS))
   per_flop, flops = training_seconds_per_flop(_WIDTH.value, _BATCH.value, reps)
   rows.append((f"training, MLP {_WIDTH.value}x{_BATCH.value}, {flops:.3g} FLOP/step (s per FLOP)", per_flop,
-               1.0 / common.TRAIN_FLOPS_PER_SECOND))
+               1.0 / costs.TRAIN_FLOPS_PER_SECOND))
   width = max(len(r[0]) for r in rows)
   print(f"{'unit':<{width}}  {'measured':>10}  {'constant':>10}  {'measured/constant':>17}")
   for name, measured, constant in rows:
     print(f"{name:<{width}}  {measured:10.3g}  {constant:10.3g}  {measured / constant:17.2f}")
   print(f"training throughput: {1 / per_flop:.3g} FLOP/s measured, TRAIN_FLOPS_PER_SECOND = "
-        f"{common.TRAIN_FLOPS_PER_SECOND:.3g}")
+        f"{costs.TRAIN_FLOPS_PER_SECOND:.3g}")
   print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

@@ -42,15 +42,15 @@ def test_estimator_table_prints_each_experiments_row(tmp_path):
 def test_costs_prints_each_constant_beside_its_measured_cost():
   """benchmarks/costs.py at a tiny size (one fit size, so no growth row): one row per unit of the
   time cost model, the constant the config checks use beside a positive measured cost."""
-  from ksurrogate_experiments import common
+  from ksurrogate_experiments import costs
   r = subprocess.run([sys.executable, "benchmarks/costs.py", "--sizes=40", "--targets=4", "--tasks=8",
                       "--bootstrap=100", "--width=32", "--batch=32", "--repeats=1"], cwd=ROOT, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   rows = {line.split(",")[0]: line.split()[-3:] for line in r.stdout.splitlines()
           if line.startswith(("fit", "bootstrap", "training,"))}
-  constants = {"fit": common.FIT_SECONDS, "bootstrap": common.BOOTSTRAP_SECONDS,
-               "training": 1 / common.TRAIN_FLOPS_PER_SECOND}
+  constants = {"fit": costs.FIT_SECONDS, "bootstrap": costs.BOOTSTRAP_SECONDS,
+               "training": 1 / costs.TRAIN_FLOPS_PER_SECOND}
   assert set(rows) == set(constants), r.stdout
   for unit, (measured, constant, ratio) in rows.items():
     assert float(constant) == pytest.approx(constants[unit], rel=1e-2), (unit, r.stdout)

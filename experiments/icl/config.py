@@ -9,7 +9,7 @@ import math
 
 import ml_collections
 
-from ksurrogate_experiments import common
+from ksurrogate_experiments import common, costs
 from ksurrogate_experiments import contract
 
 TASKS = ("sentiment", "coin_flip")
@@ -137,9 +137,9 @@ def compute_time(c) -> dict:
   swapped = max(min(K * c.truth.swaps_per_demo, _ordered_prompts(K, c.data.shots)) - c.design.num_subsets, 0)
   queries = f"prompts of {c.data.num_queries} queries"
   return {
-      "design.num_subsets": (common.training_seconds(n * c.design.num_subsets, one),
+      "design.num_subsets": (costs.training_seconds(n * c.design.num_subsets, one),
                              f"{c.design.num_subsets} prompts x {n} tasks ({n * c.design.num_subsets} {queries})"),
-      "truth.swaps_per_demo": (common.training_seconds(n * swapped, one),
+      "truth.swaps_per_demo": (costs.training_seconds(n * swapped, one),
                                f"{c.truth.swaps_per_demo} swaps x {K} demonstrations x {n} tasks (at least "
                                f"{n * swapped} new {queries})"),
   }
@@ -203,16 +203,16 @@ def checks(c) -> None:
   req(c.truth.swaps_per_demo <= swaps, "truth.swaps_per_demo",
       f"{c.truth.swaps_per_demo} exceeds the {swaps} distinct swaps of a demonstration ({shots} slots x "
       f"P({K - 1}, {shots - 1}) prompts around it x {K - shots} replacements)")
-  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  costs.check_time(compute_time(c), costs.TIME_BOUNDS["compute"])
   # per task every family on the exact and estimated outcomes and the first-order estimator against
   # the swap truth; the released coin-flip outcomes (200 prompts x 869 queries, no truth) beside them
-  fams = common.num_families(c)
-  scored = [common.Scored(c.design.num_fit, K, c.data.num_queries, 2 * fams + 1)] * len(c.tasks)
+  fams = costs.num_families(c)
+  scored = [costs.Scored(c.design.num_fit, K, c.data.num_queries, 2 * fams + 1)] * len(c.tasks)
   if c.released_coin_flip:
     from ksurrogate_experiments.reference import config as reference
-    scored.append(common.Scored(reference.get_config().design.num_fit, reference.NUM_TASKS["coin_flip"],
+    scored.append(costs.Scored(reference.get_config().design.num_fit, reference.NUM_TASKS["coin_flip"],
                                 reference.NUM_TARGETS["coin_flip"], fams, num_truths=0))
-  common.scoring_time(c, scored)
+  costs.scoring_time(c, scored)
   if c.model.kind == "gguf":   # last: the cheap checks answer first
     from ksurrogate_experiments.shared import gguf_llama
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ksurrogate_experiments import common
+from ksurrogate_experiments import common, costs
 from ksurrogate_experiments import contract
 
 CONFIGS = {
@@ -253,11 +253,11 @@ def compute_time(c) -> dict:
   finetune = 6.0 * ft.num_steps * (t.batch_size or n_train) * 4 * D
   truth = c.truth.seeds * (K + 1)
   return {
-      "truth.seeds": (common.training_seconds(truth, retrain),
+      "truth.seeds": (costs.training_seconds(truth, retrain),
                       f"{c.truth.seeds} truth seeds x {K + 1} retrains ({truth} retrains of {t.num_steps} steps)"),
-      "design.num_subsets": (common.training_seconds(c.design.num_subsets, retrain),
+      "design.num_subsets": (costs.training_seconds(c.design.num_subsets, retrain),
                              f"{c.design.num_subsets} retrains of {t.num_steps} steps"),
-      "finetune.num_subsets": (common.training_seconds(ft.num_subsets, finetune),
+      "finetune.num_subsets": (costs.training_seconds(ft.num_subsets, finetune),
                                f"{ft.num_subsets} fine-tunes of {ft.num_steps} steps"),
   }
 
@@ -353,11 +353,11 @@ def checks(c) -> None:
   lo, hi = c.estimate.sizes
   req(lo <= hi <= K, "estimate.sizes", f"expected low <= high <= {K} (the number of tasks), got {tuple(c.estimate.sizes)}")
   # the samplers draw distinct subsets: a repeat split between fit and held-out rows would score the fit
-  exist = common.distinct_subsets(K, c.design.size, c.design.size)
+  exist = costs.distinct_subsets(K, c.design.size, c.design.size)
   req(c.design.num_subsets <= exist, "design.num_subsets",
       f"{c.design.num_subsets} exceeds the C({K}, {c.design.size}) = {exist} distinct subsets of design.size="
       f"{c.design.size} tasks")
-  exist = common.distinct_subsets(K, lo, hi)
+  exist = costs.distinct_subsets(K, lo, hi)
   req(c.estimate.num_subsets <= exist, "estimate.num_subsets",
       f"{c.estimate.num_subsets} exceeds the {exist} distinct subsets of {lo}..{hi} of {K} tasks (estimate.sizes)")
   ft = c.finetune
@@ -374,11 +374,11 @@ def checks(c) -> None:
   smallest = min(fit_sets, key=fit_sets.get)
   req(c.surrogates.cv <= fit_sets[smallest], "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the {fit_sets[smallest]} subsets of the smallest fit set ({smallest})")
-  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  costs.check_time(compute_time(c), costs.TIME_BOUNDS["compute"])
   # every family on the exact, estimated, fine-tuned and estimated-same outcomes, influence, TracIn,
   # TRAK and the estimator's direct LOO, against the retrained and the fine-tuned LOO truths
-  methods = 4 * common.num_families(c) + 4
-  common.scoring_time(c, [common.Scored(c.design.num_fit, K, min(c.data.num_targets, n_val), methods, num_truths=2)])
+  methods = 4 * costs.num_families(c) + 4
+  costs.scoring_time(c, [costs.Scored(c.design.num_fit, K, min(c.data.num_targets, n_val), methods, num_truths=2)])
   req(st.budget_rate in tuple(st.rates), "study.budget_rate", f"{st.budget_rate} must be one of study.rates {tuple(st.rates)}")
   if st.enabled:   # the largest pool of distinct subsets (neither empty nor full) the study retrains
     pool = max(*st.budgets, st.other_budget, st.active_base + 2 * st.active_more) + st.num_heldout

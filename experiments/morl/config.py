@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ksurrogate_experiments import common
+from ksurrogate_experiments import common, costs
 from ksurrogate_experiments import contract
 
 # The objectives `envs.OBJECTIVES` defines, in its order (kept here so that --help and config
@@ -140,11 +140,11 @@ def compute_time(c) -> dict:
   K, P, f = len(c.objectives), len(c.design.pairs), c.finetune
   one, truth = ppo_flops(f), c.truth.seeds * (K + 1 + P)
   return {
-      "truth.seeds": (common.training_seconds(truth, one), f"{c.truth.seeds} truth seeds x {K + 1 + P} fine-tunes "
+      "truth.seeds": (costs.training_seconds(truth, one), f"{c.truth.seeds} truth seeds x {K + 1 + P} fine-tunes "
                                                            f"({truth} fine-tunes of {f.num_updates} PPO updates)"),
-      "design.num_subsets": (common.training_seconds(c.design.num_subsets, one),
+      "design.num_subsets": (costs.training_seconds(c.design.num_subsets, one),
                              f"{c.design.num_subsets} fine-tunes of {f.num_updates} PPO updates"),
-      "meta.num_updates": (common.training_seconds(1, ppo_flops(c.meta)),
+      "meta.num_updates": (costs.training_seconds(1, ppo_flops(c.meta)),
                            f"the meta-policy's {c.meta.num_updates} PPO updates"),
   }
 
@@ -203,11 +203,11 @@ def checks(c) -> None:
   req(c.surrogates.cv <= c.design.num_fit, "surrogates.cv",
       f"{c.surrogates.cv} folds exceed the design.num_fit={c.design.num_fit} fitted subsets")
   fewest = 2 * (K + 1 + len(c.design.pairs)) + 3   # 2 truth seeds, 3 subsets
-  common.check_length("finetune.num_updates", fewest, ppo_flops(c.finetune),
+  costs.check_length("finetune.num_updates", fewest, ppo_flops(c.finetune),
                       "fine-tunes", f"{c.finetune.num_updates} PPO updates")
-  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  costs.check_time(compute_time(c), costs.TIME_BOUNDS["compute"])
   # every family on the exact and estimated outcomes, influence and TracIn, against the LOO truth
-  common.scoring_time(c, [common.Scored(c.design.num_fit, K, K, 2 * common.num_families(c) + 2)])
+  costs.scoring_time(c, [costs.Scored(c.design.num_fit, K, K, 2 * costs.num_families(c) + 2)])
 
 
 EXPERIMENT = contract.Experiment(

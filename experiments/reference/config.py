@@ -8,7 +8,7 @@ import pathlib
 
 import ml_collections
 
-from ksurrogate_experiments import common
+from ksurrogate_experiments import common, costs
 from ksurrogate_experiments import contract
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
@@ -24,9 +24,9 @@ NUM_TARGETS = {"modular_addition": 500, "modular_quad": 500, "coin_flip": 869}
 
 
 def scored(c, name: str):
-  """The driver's sizes of one released dataset (`common.Scored`): every family, no ground truth."""
+  """The driver's sizes of one released dataset (`costs.Scored`): every family, no ground truth."""
   fit = c.design.num_fit if name == "coin_flip" else MODULAR_FIT
-  return common.Scored(fit, NUM_TASKS[name], NUM_TARGETS[name], common.num_families(c), num_truths=0)
+  return costs.Scored(fit, NUM_TASKS[name], NUM_TARGETS[name], costs.num_families(c), num_truths=0)
 
 CONFIGS = {
     "default": contract.Variant(
@@ -76,7 +76,7 @@ def checks(c) -> None:
   common.require(c.surrogates.cv <= fit, "surrogates.cv", f"{c.surrogates.cv} folds exceed the {fit} subsets of the "
                  "smallest fit set")
   # no ground truth: nothing is bootstrapped, so eval.bootstrap costs nothing here
-  common.scoring_time(c, [scored(c, name) for name in c.data.datasets])
+  costs.scoring_time(c, [scored(c, name) for name in c.data.datasets])
 
 
 def families(config, problem_name: str) -> list:

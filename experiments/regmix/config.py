@@ -9,7 +9,7 @@ import pathlib
 
 import ml_collections
 
-from ksurrogate_experiments import common
+from ksurrogate_experiments import common, costs
 from ksurrogate_experiments import contract
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
@@ -123,14 +123,14 @@ def checks(c) -> None:
                  f"{c.active.initial} runs are fewer than surrogates.cv={c.surrogates.cv} folds")
   common.require(c.selection.top_k <= c.selection.num_samples, "selection.top_k",
                  f"{c.selection.top_k} exceeds selection.num_samples={c.selection.num_samples}")
-  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  costs.check_time(compute_time(c), costs.TIME_BOUNDS["compute"])
   # the driver scores the released split (no ground truth: nothing resampled there); eval.bootstrap
   # resamples the learning curve's test runs for every family at every size
-  fams = common.num_families(c, standard=5 + len(EXTRA_FAMILIES))
+  fams = costs.num_families(c, standard=5 + len(EXTRA_FAMILIES))
   boot = c.eval.bootstrap * fams * len(c.design.sizes) * NUM_TEST * len(TARGETS)
-  curve = (common.BOOTSTRAP_SECONDS * boot, f"{c.eval.bootstrap} bootstrap resamples x {fams} families x "
+  curve = (costs.BOOTSTRAP_SECONDS * boot, f"{c.eval.bootstrap} bootstrap resamples x {fams} families x "
            f"{len(c.design.sizes)} sizes of {NUM_TEST} test runs x {len(TARGETS)} targets")
-  common.scoring_time(c, [common.Scored(n, released.NUM_DOMAINS, len(TARGETS), fams, num_truths=0)],
+  costs.scoring_time(c, [costs.Scored(n, released.NUM_DOMAINS, len(TARGETS), fams, num_truths=0)],
                       extra={"eval.bootstrap": curve})
   names = {f.name for f in families(c, "regmix", chosen_only=False)}
   unknown = [f for f in c.selection.families if f not in names]
@@ -140,11 +140,11 @@ def checks(c) -> None:
 def compute_time(c) -> dict:
   """{field: (seconds, what)} of the learning curve's and the active selection's fits (common's cost
   model; every family's fit counted at the tuned-fit cost, LightGBM's boosting too)."""
-  fams, n, a = common.num_families(c, standard=5 + len(EXTRA_FAMILIES)), c.design.num_fit, c.active
-  curve = sum(common.fit_seconds(fams * (1 if size >= n else c.design.redraws), min(size, n))
+  fams, n, a = costs.num_families(c, standard=5 + len(EXTRA_FAMILIES)), c.design.num_fit, c.active
+  curve = sum(costs.fit_seconds(fams * (1 if size >= n else c.design.redraws), min(size, n))
               for size in c.design.sizes)
   sizes = list(range(a.initial, n, a.batch)) + [n]
-  active = sum(common.fit_seconds(2 * a.seeds, size) for size in sizes)
+  active = sum(costs.fit_seconds(2 * a.seeds, size) for size in sizes)
   return {"design.redraws": (curve, f"{c.design.redraws} re-draws x {len(c.design.sizes)} sizes x {fams} families"),
           "active.seeds": (active, f"{a.seeds} seeds x 2 orders x {len(sizes)} sizes of kernel fits")}
 

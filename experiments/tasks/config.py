@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ksurrogate_experiments import common
+from ksurrogate_experiments import common, costs
 from ksurrogate_experiments import contract
 
 CONFIGS = {
@@ -147,14 +147,14 @@ def compute_time(c) -> dict:
   truth, probe = t.seeds * (NUM_TASKS + 1 + P), t.probe_seeds * (1 + NUM_TASKS + P)
   steps = f"of {f.num_steps} steps"
   return {
-      "truth.seeds": (common.training_seconds(truth, one),
+      "truth.seeds": (costs.training_seconds(truth, one),
                       f"{t.seeds} truth seeds x {NUM_TASKS + 1 + P} fine-tunes ({truth} fine-tunes {steps})"),
-      "truth.probe_seeds": (common.training_seconds(probe, one),
+      "truth.probe_seeds": (costs.training_seconds(probe, one),
                             f"{t.probe_seeds} probe seeds x {1 + NUM_TASKS + P} fine-tunes ({probe} fine-tunes "
                             f"{steps})"),
-      "design.num_subsets": (common.training_seconds(c.design.num_subsets, one),
+      "design.num_subsets": (costs.training_seconds(c.design.num_subsets, one),
                              f"{c.design.num_subsets} fine-tunes {steps}"),
-      "selection.seeds": (common.training_seconds(c.selection.seeds * NUM_TARGETS, one),
+      "selection.seeds": (costs.training_seconds(c.selection.seeds * NUM_TARGETS, one),
                           f"{c.selection.seeds} selection seeds x {NUM_TARGETS} targets' picks (at least "
                           f"{c.selection.seeds * NUM_TARGETS} fine-tunes {steps})"),
   }
@@ -237,12 +237,12 @@ def checks(c) -> None:
   req(c.design.num_subsets <= 2 ** NUM_TASKS - 1, "design.num_subsets",
       f"{c.design.num_subsets} exceeds the {2 ** NUM_TASKS - 1} non-empty subsets of {NUM_TASKS} tasks")
   fewest = 2 * (NUM_TASKS + 1 + num_pairs()) + 4   # 1 truth and 1 probe seed, 4 subsets
-  common.check_length("finetune.num_steps", fewest, finetune_flops(c),
+  costs.check_length("finetune.num_steps", fewest, finetune_flops(c),
                       "fine-tunes", f"{c.finetune.num_steps} steps of {c.finetune.batch_size}")
-  common.check_time(compute_time(c), common.TIME_BOUNDS["compute"])
+  costs.check_time(compute_time(c), costs.TIME_BOUNDS["compute"])
   # every family on the exact and estimated outcomes, the estimator's direct LOO, influence, TracIn
   # and TRAK, against the LOO truth (the per-target re-splits refit the families again: left out)
-  common.scoring_time(c, [common.Scored(c.design.num_fit, NUM_TASKS, NUM_TARGETS, 2 * common.num_families(c) + 4)])
+  costs.scoring_time(c, [costs.Scored(c.design.num_fit, NUM_TASKS, NUM_TARGETS, 2 * costs.num_families(c) + 4)])
 
 
 EXPERIMENT = contract.Experiment(
