@@ -112,8 +112,8 @@ def check_fit_inputs(S, F, cv, *, uses_cv: bool = True, dedupe: bool = True, no_
     if isinstance(cv, (bool, np.bool_)) or not isinstance(cv, (int, np.integer)) or cv < 2:
       raise ValueError(f"cv: expected an integer number of folds >= 2, got {cv!r}")
   if uses_cv:
-    if m < 4:   # the fewest that leave 2 per training fold at the fewest folds (cv=2)
-      raise ValueError(f"S: {m} distinct subsets (after merging duplicates); cross-validation needs at least 4 "
+    if m < 3:   # no number of folds leaves 2 per training fold (3 subsets do, with cv=3): advise no cv
+      raise ValueError(f"S: {m} distinct subsets (after merging duplicates); cross-validation needs at least 3 "
                        f"(sample more distinct subsets{no_cv_hint})")
     if cv > m:
       raise ValueError(f"cv: {cv} folds exceed the {m} distinct subsets (after merging duplicates); use cv <= {m}")

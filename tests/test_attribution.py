@@ -108,9 +108,9 @@ def test_one_task_every_readout_works_or_refuses_in_one_line(rng):
   """K = 1: the only subsets are {} and {0}. Fitting both needs fixed hyper-parameters (CV cannot
   train on one subset); the readouts that exist for one task are exact."""
   S, F = np.array([[0], [1]], bool), np.array([[2.0, 1.0], [0.5, 1.5]])
-  with pytest.raises(ValueError, match=r"^S: 2 distinct subsets \(after merging duplicates\); cross-validation needs at least 4"):
+  with pytest.raises(ValueError, match=r"^S: 2 distinct subsets \(after merging duplicates\); cross-validation needs at least 3"):
     ks.fit_kernel(S, F, cv=2)
-  with pytest.raises(ValueError, match=r"^S: 2 distinct subsets \(after merging duplicates\); cross-validation needs at least 4"):
+  with pytest.raises(ValueError, match=r"^S: 2 distinct subsets \(after merging duplicates\); cross-validation needs at least 3"):
     ks.fit_linear(S, F, cv=2)
   with pytest.warns(UserWarning, match="^S: only 2 distinct subsets"):
     kern = ks.fit_kernel(S, F, gamma=1.0, ridge=1e-8)

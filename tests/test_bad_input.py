@@ -23,7 +23,8 @@ def test_fit_rejects_bad_inputs(fit, good):
       ((S, np.where(np.arange(F.size).reshape(F.shape) == 4, np.inf, F)), "^F: 1 non-finite values .*subsets 1;"),
       ((S[:4], F[:4]), r"^cv: 5 folds exceed the 4 distinct subsets \(after merging duplicates\); use cv <= 4"),
       # too few (or identical / no) subsets: the advice is to sample more, never an invalid cv
-      ((S[:3], F[:3]), r"^S: 3 distinct subsets \(after merging duplicates\); cross-validation needs at least 4"),
+      ((S[:3], F[:3]), r"^cv: 5 folds exceed the 3 distinct subsets \(after merging duplicates\); use cv <= 3"),
+      ((S[:2], F[:2]), r"^S: 2 distinct subsets \(after merging duplicates\); cross-validation needs at least 3"),
       ((np.repeat(S[:1], 6, 0), F[:6]), r"^S: 1 distinct subsets"),
       ((S[:0], F[:0]), r"^S: 0 distinct subsets"),
       ((S, np.c_[F, np.ones(len(F))]), "^F: target 3 has zero variance"),

@@ -203,7 +203,7 @@ def test_families_are_declared_and_selected_by_name():
   assert families.readouts(fitted["linear_exact"]) == ("loo", "shapley")
   skipped = {}
   out = families.fit_all([families.standard(cv=3)[0]], {"tiny": (S[:2], F[:2])}, skipped=skipped)
-  assert out == {} and skipped["kernel_tiny"].startswith("S: 2 distinct subsets (after merging duplicates); cross-validation needs at least 4")
+  assert out == {} and skipped["kernel_tiny"].startswith("S: 2 distinct subsets (after merging duplicates); cross-validation needs at least 3")
   with pytest.raises(ValueError, match="^name: a family name is letters"):
     families.Family("my family", surrogates.fit_linear)
 

@@ -97,7 +97,7 @@ def test_newton_decreases_to_optimum_and_chunking_is_invisible():
 
 def test_estimate_is_deterministic_and_calibrates():
   train, target, task_ids = _random_features(2)
-  S = np.asarray(ks.subsets.fixed_size(jax.random.key(1), 6, 5, 4))
+  S = np.asarray(ks.subsets.fixed_size(jax.random.key(1), 6, 5, 4, distinct=False))
   truth = ks.estimate(train, task_ids, S, target, ridge=3.0)
   np.testing.assert_array_equal(truth, ks.estimate(train, task_ids, S, target, ridge=3.0))
   best, table = ks.calibrate_ridge(train, task_ids, target, S, truth, grid=[0.1, 1.0, 3.0, 30.0])
@@ -287,7 +287,7 @@ def test_mean_objective_is_the_sum_at_a_ridge_scaled_by_subset_size():
 
 def test_calibrate_ridge_refuses_non_finite_real_outcomes_in_one_line():
   train, target, task_ids = _random_features(2)
-  S = np.asarray(ks.subsets.fixed_size(jax.random.key(1), 6, 5, 4))
+  S = np.asarray(ks.subsets.fixed_size(jax.random.key(1), 6, 5, 4, distinct=False))
   truth = ks.estimate(train, task_ids, S, target, ridge=3.0)
   bad = truth.copy()
   bad[[1, 4], 2] = np.nan

@@ -111,7 +111,7 @@ def test_one_and_two_tasks_go_through_the_driver(tmp_path, K):
     # a method that cannot be fitted is reported with its reason; the run still ends in a summary
     assert s["datasets"]["p"]["kernel_cv_exact"]["lds"] is None
     assert any(e["metric"] == "fit" and e["methods"] == ["kernel_cv_exact"]
-               and "cross-validation needs at least 2" in e["reason"] for e in s["skipped"])
+               and "cross-validation needs at least 3" in e["reason"] for e in s["skipped"])
   else:
     assert abs(k["loo_pearson"]) == pytest.approx(1.0)
   for png in ("predicted_vs_true", "loo_real_vs_predicted", "top_tasks") + (("interactions",) if K > 1 else ()):

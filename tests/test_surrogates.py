@@ -172,8 +172,8 @@ def test_two_distinct_subsets_refused_under_cv_and_warned_without(rng):
   S = np.array([[1, 0, 1], [0, 1, 1]], bool)
   F = np.array([[1.0], [2.0]])
   for fit in (ks.fit_kernel, ks.fit_linear):
-    with pytest.raises(ValueError, match=r"^S: 2 distinct subsets leave 1 per training fold with cv=2; cross-validation "
-                                         "needs at least 2"):
+    with pytest.raises(ValueError, match=r"^S: 2 distinct subsets \(after merging duplicates\); cross-validation "
+                                         "needs at least 3"):
       fit(S, F, cv=2)
   with pytest.warns(UserWarning, match="^S: only 2 distinct subsets"):
     g = ks.fit_kernel(S, F, gamma=0.5, ridge=1e-6)
