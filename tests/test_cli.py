@@ -19,6 +19,7 @@ def _main(*args, cwd=ROOT, timeout=600):
                         timeout=timeout)
 
 
+@pytest.mark.slow   # minutes: every family on the three released datasets; the README's main job is the same run
 def test_reference_run_writes_summary_and_plots(tmp_path):
   # 576 s on 2 cores at load average ~9 (five families x three datasets x six splits, CV compiled per shape)
   r = _main("--experiment=reference", "--config=tiny", f"--workdir={tmp_path}", timeout=1800)

@@ -44,6 +44,7 @@ def _at(s, key):
   return node
 
 
+@pytest.mark.slow   # minutes: the tiny run on the real SmolLM2; the data, model and oracle tests stay default
 def test_tiny_summary_pins_seeded_figures_and_holds_every_section(tiny_run):
   _, s, _ = tiny_run
   for key, (value, band) in PINNED.items():

@@ -38,6 +38,7 @@ def without_seconds(datasets):
           for n, rows in datasets.items()}
 
 
+@pytest.mark.slow   # minutes: policy trainings; tests/test_morl.py keeps its units in the default run
 def test_tiny_summary_pins_seeded_figures_and_holds_every_section(tiny_run):
   workdir, s, _ = tiny_run
   for key, (value, band) in PINNED.items():
@@ -69,6 +70,7 @@ def test_tiny_summary_pins_seeded_figures_and_holds_every_section(tiny_run):
     assert pathlib.Path(s["files"][f"morl/{what}"]).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_phase(tiny_run):
   workdir, s, cmd = tiny_run
   r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -80,6 +82,7 @@ def test_rerun_reuses_every_phase(tiny_run):
   assert again["selection"] == s["selection"] and again["comparisons"] == s["comparisons"]
 
 
+@pytest.mark.slow
 def test_estimator_sweep_reproduces_the_runs_estimator_and_refuses_bad_settings(tiny_run, tmp_path):
   workdir, s, _ = tiny_run
   out = tmp_path / "sweep.json"

@@ -117,6 +117,7 @@ def tiny_run(tmp_path_factory):
   return run_experiment(tmp_path_factory, "tasks")
 
 
+@pytest.mark.slow   # minutes: LoRA fine-tunes of the tiny Llama; the units above stay default
 def test_tiny_run_holds_every_section(tiny_run):
   workdir, s, _ = tiny_run
   for key, (value, band) in PINNED.items():
