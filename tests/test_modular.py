@@ -20,7 +20,8 @@ SOURCES = ("exact", "estimated", "finetuned", "estimated_same")
 METHODS = tuple(f"{f}_{s}" for s in SOURCES for f in FAMILIES)
 ESTIMATOR_KEYS = ("median_relative_error", "mean_relative_error", "linearization_error", "lds_vs_real",
                   "seconds_per_subset", "seconds_real_per_subset", "speedup_with_setup", "speedup_per_subset")
-# Seeded figures of the tiny config, pinned so that a change altering results is seen. Two runs on
+# Seeded figures of the tiny config, pinned so that a change altering results is seen (the held-out
+# scores re-pinned on 2026-12-07 when the design became distinct subsets). Two runs on
 # one machine gave bitwise-identical summaries; the bands only absorb float rounding across CPUs.
 PINNED = {
     ("theta0", "final_train_loss"): (2.4515, 1e-3),
@@ -28,8 +29,8 @@ PINNED = {
     ("ground_truth", "loo_effect_sd"): (0.1169, 1e-3),
     ("ceiling", "loo_pearson"): (0.7211, 5e-3),
     ("estimator", "median_relative_error"): (0.00449, 5e-4),          # the replay (estimate.solver="replay")
-    ("datasets", "kernel_exact", "lds"): (0.5794, 5e-3),
-    ("datasets", "kernel_exact", "lds_declared"): (0.6583, 5e-3),
+    ("datasets", "kernel_exact", "lds"): (0.4938, 5e-3),
+    ("datasets", "kernel_exact", "lds_declared"): (0.7667, 5e-3),
     ("datasets", "kernel_exact", "loo_pearson"): (0.5920, 5e-3),
     ("datasets", "linear_exact", "loo_pearson"): (0.5856, 5e-3),
     ("datasets", "influence", "loo_pearson"): (0.7217, 5e-3),
