@@ -1,4 +1,4 @@
-"""`--cores`: one core on a busy machine, all on an idle one, a count when asked; bad values are one
+"""`--cores`: one core when every core is busy already, all otherwise, a count when asked; bad values are one
 line before anything runs."""
 import os
 import subprocess
@@ -11,8 +11,9 @@ from ksurrogate_experiments import cores
 
 def test_auto_takes_one_core_on_a_busy_machine_and_all_on_an_idle_one():
   assert cores.choose("auto", load=0.3, cores=4) == (4, "load 0.3: every core")
-  count, why = cores.choose("auto", load=2.5, cores=4)
-  assert count == 1 and "busy (load 2.5 on 4 cores)" in why and "--cores=all" in why
+  assert cores.choose("auto", load=2.5, cores=4)[0] == 4      # cores left idle: threads still pay
+  count, why = cores.choose("auto", load=4.5, cores=4)
+  assert count == 1 and "busy (load 4.5 on 4 cores)" in why and "--cores=all" in why
   assert cores.choose("auto", load=9.0, cores=1)[0] == 1
   assert cores.choose("all", load=9.0, cores=4)[0] == 4
   assert cores.choose(" 2 ", cores=4)[0] == 2
