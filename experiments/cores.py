@@ -4,7 +4,7 @@ Why one: on cores shared with other CPU-bound work, XLA's CPU thread pool and Op
 serves jaxlib's LAPACK calls) wait at every parallel step for a thread the scheduler has parked;
 the kernel fit of the reference experiment took ~20 s instead of 0.4-0.6 s beside two busy
 processes, and 0.6 s once the process was pinned to one core (`benchmarks/threads.py`; the table
-is in BUILD_NOTES.md, "Fast on a shared machine"). On an idle machine the threads pay, so `auto`
+is in BUILD_NOTES.md, "A busy machine"). On an idle machine the threads pay, so `auto`
 keeps them there.
 """
 from __future__ import annotations
