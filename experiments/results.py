@@ -40,7 +40,8 @@ HEADLINE_SCORES = ("loo_pearson", "swap_pearson", "spearman", "lds")
 
 
 def _name(key: str) -> str:
-  for suffix, said in (("_mean_target", " (mean target)"), ("_of_ceiling", " / ceiling")):
+  for suffix, said in (("_mean_target", " (mean target)"), ("_of_ceiling", " / ceiling"),
+                       ("_pooled", " (pooled)"), ("_magnitude_error", " magnitude error")):
     if key.endswith(suffix):
       return _name(key[: -len(suffix)]) + said
   return NAMES.get(key, key.replace("_", " "))

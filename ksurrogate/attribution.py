@@ -77,6 +77,36 @@ def predicted_loo(surrogate, num_tasks: int | None = None, *, at=None) -> jax.Ar
 
 
 @x64
+def predicted_drop(surrogate, drop, *, at=None) -> jax.Array:
+  """[P, T]: g(at without the tasks of drop[p]) - g(at), for P sets of tasks removed at once.
+
+  `predicted_loo` is its case of single tasks. With pairs it gives the drop-two effects that a
+  leave-two-out truth measures, where an additive surrogate and an interacting one differ.
+
+  Args:
+    surrogate: a fitted surrogate.
+    drop: bool [P, K], the tasks each row removes (at least one each).
+    at: the point read at, as in `predicted_loo` (default: all tasks present).
+
+  Returns:
+    [P, T] predicted effects.
+
+  Raises:
+    ValueError: when drop is not bool [P, K] with a task in every row, `at` is invalid, or the
+      predictions are non-finite.
+  """
+  K = surrogate.num_tasks
+  drop = np.asarray(drop)
+  if drop.dtype != bool or drop.ndim != 2 or drop.shape[1] != K:
+    raise ValueError(f"drop: expected bool [P, {K}], got {drop.dtype} {drop.shape}")
+  if not drop.any(1).all():
+    raise ValueError(f"drop: rows {np.flatnonzero(~drop.any(1)).tolist()} remove no task")
+  at = inputs.point(at, inputs.domain_of(surrogate), K)
+  g_drop, g_at = _removals(surrogate, at, drop)
+  return _finite(g_drop - g_at, "predicted removal effects", row="row")
+
+
+@x64
 def interactions(surrogate, num_tasks: int | None = None, *, at=None) -> jax.Array:
   """[K, K, T]: I_jk = g(1) - g(1 - e_j) - g(1 - e_k) + g(1 - e_j - e_k); zero diagonal.
 

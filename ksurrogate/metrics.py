@@ -259,12 +259,41 @@ def normalized_error(pred, true, *, threshold: float = 0.1, per_target: bool = F
   return np.where(keep, err, np.nan) if per_target else float(err[keep].mean())
 
 
+LOO_CORRELATIONS = ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target", "pearson_pooled")
+
+
+def loo_magnitude_error(pred_loo, true_loo) -> float:
+  """Normalized error of predicted leave-one-out effects: ||pred - true||_F / ||true||_F.
+
+  Unlike a correlation it sees scale. Where two tasks substitute for each other, the true effect
+  of removing either is near zero; a linear surrogate spreads the drop-both jump over both and
+  keeps its per-target correlation while its magnitudes are several times too large.
+
+  Args:
+    pred_loo: [K] or [K, T] predicted effects.
+    true_loo: the same shape, the real effects.
+
+  Returns:
+    The error, a float (0 is exact; 1 is as far off as predicting no effect at all).
+
+  Raises:
+    ValueError: when the shapes differ.
+    Undefined: on fewer than 2 tasks, non-finite values, or an all-zero truth.
+  """
+  P, T = _pair(pred_loo, true_loo)
+  norm = float(jnp.sqrt(jnp.sum(T ** 2)))
+  if not norm > 0:
+    raise Undefined(f"true_loo: every effect is 0 over {T.shape[0]} tasks; a relative error of it is undefined")
+  return float(jnp.sqrt(jnp.sum((P - T) ** 2))) / norm
+
+
 def _loo_parts(P, T) -> dict:
   """loo_correlation's keys, each its value or the `Undefined` raised computing it."""
   out = {}
   for key, fn, p, t in (("pearson", pearson, P, T), ("spearman", spearman, P, T),
                         ("pearson_mean_target", pearson, P.mean(1), T.mean(1)),
-                        ("spearman_mean_target", spearman, P.mean(1), T.mean(1))):
+                        ("spearman_mean_target", spearman, P.mean(1), T.mean(1)),
+                        ("pearson_pooled", pearson, P.reshape(-1), T.reshape(-1))):
     try:
       out[key] = fn(p, t)
     except Undefined as e:
@@ -275,19 +304,21 @@ def _loo_parts(P, T) -> dict:
 def loo_correlation(pred_loo, true_loo):
   """Agreement of predicted and real leave-one-out effects across tasks.
 
-  Pearson and Spearman per target averaged over targets, and on the mean over targets (the
-  leave-one-out effect on the average target loss).
+  Pearson and Spearman per target averaged over targets (blind to each target's scale), on the
+  mean over targets (the leave-one-out effect on the average target loss), and Pearson pooled over
+  every (task, target) entry, which a surrogate that gets each target's order right but its
+  magnitudes wrong does not pass. `loo_magnitude_error` scores the magnitudes directly.
 
   Args:
     pred_loo: [K] or [K, T] predicted effects.
     true_loo: the same shape, the real effects.
 
   Returns:
-    {"pearson", "spearman", "pearson_mean_target", "spearman_mean_target"}: floats.
+    {"pearson", "spearman", "pearson_mean_target", "spearman_mean_target", "pearson_pooled"}: floats.
 
   Raises:
     ValueError: when the shapes differ.
-    Undefined: (naming the key) when any of the four is undefined.
+    Undefined: (naming the key) when any of them is undefined.
   """
   parts = _loo_parts(*_pair(pred_loo, true_loo))
   for key, value in parts.items():
@@ -337,7 +368,9 @@ def split_half_ceiling(effects_SxKxT):
 
   Returns:
     (ceiling, reliability), dicts with `loo_correlation`'s keys of floats (NaN where the
-    reliability is not positive or, on every split, undefined).
+    reliability is not positive or, on every split, undefined); ceiling also holds
+    "magnitude_error": the `loo_magnitude_error` a predictor of the noise-free effects would
+    score against the seed mean (its floor; the halves' differences give the mean's noise).
 
   Raises:
     ValueError: when the shape is not [seeds >= 2, K, T].
@@ -354,13 +387,34 @@ def split_half_ceiling(effects_SxKxT):
   for half, rest in seed_halves(E.shape[0]):
     a, b = E[half].mean(0), E[rest].mean(0)
     rows.append(_loo_parts(*_pair(a, b)) if len(a) >= 2 else {})
+  floor = float(np.mean(_magnitude_floors(E, np.arange(E.shape[2])[None])))
   reliability = {}
-  for k in ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target"):
+  for k in LOO_CORRELATIONS:
     values = [row[k] for row in rows if k in row and not isinstance(row[k], Undefined)]
     r = float(np.mean(values)) if values else float("nan")
     reliability[k] = 2 * r / (1 + r) if r > -1 else float("nan")
   ceiling = {k: float(np.sqrt(r)) if r > 0 else float("nan") for k, r in reliability.items()}
+  ceiling["magnitude_error"] = floor
   return ceiling, reliability
+
+
+def _magnitude_floors(E, targets_BxT):
+  """The `loo_magnitude_error` that the noise-free effects would score against the mean of the
+  seeds E [n, K, T], on each of B resampled target sets: [B]. The mean's noise is estimated from
+  every split into halves of h and n - h seeds: the halves' difference has variance
+  sigma^2 n / (h (n - h)) per entry where the n-seed mean has sigma^2 / n."""
+  n = E.shape[0]
+  if E.shape[1] < 2:   # as `loo_magnitude_error`, which needs 2 tasks
+    return np.full(len(targets_BxT), np.nan)
+  M = np.moveaxis(E.mean(0)[:, targets_BxT], 1, 0)                      # [B, K, T]
+  norm2 = (M ** 2).sum((1, 2))
+  noise2 = np.zeros(len(targets_BxT))
+  halves = seed_halves(n)
+  for half, rest in halves:
+    D = np.moveaxis((E[half].mean(0) - E[rest].mean(0))[:, targets_BxT], 1, 0)
+    noise2 += (D ** 2).sum((1, 2)) * len(half) * len(rest) / n ** 2
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(norm2 > 0, np.sqrt(noise2 / len(halves) / np.where(norm2 > 0, norm2, 1.0)), np.nan)
 
 
 def relative_error(estimate, truth, *, eps: float = 1e-12):
@@ -561,8 +615,8 @@ def _columns_corr(P, T):
 
 
 def _loo_stats(pred_KxT, truth_BxKxT, targets_BxT, pred_ranks=None, truth_ranks=None):
-  """LOO correlations of one prediction against B truths (or one, broadcast), each averaged over
-  its own resampled targets: {key: [B]} with `loo_correlation`'s keys. Ranks can be passed in
+  """LOO scores of one prediction against B truths (or one, broadcast), each on its own resampled
+  targets: {key: [B]} with `loo_correlation`'s keys and "magnitude_error". Ranks can be passed in
   precomputed, since they are shared across methods and resamples."""
   B = len(targets_BxT)
   rows = np.arange(B)[:, None] if truth_BxKxT.shape[0] > 1 else np.zeros((B, 1), int)
@@ -576,7 +630,18 @@ def _loo_stats(pred_KxT, truth_BxKxT, targets_BxT, pred_ranks=None, truth_ranks=
     Tm = np.take_along_axis(truth_BxKxT, targets_BxT[:, None, :], axis=2).mean(2)
   else:
     Tm = truth_BxKxT[0][:, targets_BxT].mean(2).T
+  # every (task, resampled target) entry: [B, K * T]
+  Pe = np.moveaxis(pred_KxT[:, targets_BxT], 1, 0).reshape(B, -1)
+  if truth_BxKxT.shape[0] > 1:
+    Te = np.take_along_axis(truth_BxKxT, targets_BxT[:, None, :], axis=2).reshape(B, -1)
+  else:
+    Te = np.moveaxis(truth_BxKxT[0][:, targets_BxT], 1, 0).reshape(B, -1)
+  norm = np.sqrt((Te ** 2).sum(1))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    magnitude = np.where(norm > 0, np.sqrt(((Pe - Te) ** 2).sum(1)) / np.where(norm > 0, norm, 1.0), np.nan)
   return {
+      "pearson_pooled": _columns_corr(Pe[..., None], Te[..., None])[:, 0],
+      "magnitude_error": magnitude,
       "pearson": np.nanmean(per_p[rows, targets_BxT], axis=1),
       "spearman": np.nanmean(per_s[rows, targets_BxT], axis=1),
       "pearson_mean_target": _columns_corr(Pm[..., None], Tm[..., None])[:, 0],
@@ -634,7 +699,7 @@ def bootstrap_loo(preds, effects, *, pairs=(), num_resamples: int = 1000, seed: 
 
   Returns:
     {"methods": {method: {key: Interval}}, "pairs": {"a-b": {key: Interval}}} with
-    `loo_correlation`'s keys.
+    `loo_correlation`'s keys and "magnitude_error" (`loo_magnitude_error`; lower is better).
 
   Raises:
     ValueError: on effects that are not [K, T] / [S, K, T], non-finite, or with fewer than 3 tasks,
@@ -685,7 +750,8 @@ def bootstrap_loo(preds, effects, *, pairs=(), num_resamples: int = 1000, seed: 
 
 def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
   """`split_half_ceiling` with an interval from resampling targets: {key: Interval} of the ceiling
-  sqrt(reliability) for `loo_correlation`'s keys (NaN where the reliability is not positive).
+  sqrt(reliability) for `loo_correlation`'s keys (NaN where the reliability is not positive), and
+  the floor of "magnitude_error" (see `split_half_ceiling`).
 
   Args:
     effects_SxKxT: [seeds >= 2, K >= 3, T] finite effects per training seed.
@@ -694,7 +760,7 @@ def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0,
     level: the intervals' two-sided level.
 
   Returns:
-    {key: Interval}, with `loo_correlation`'s keys.
+    {key: Interval}, with `loo_correlation`'s keys and "magnitude_error".
 
   Raises:
     ValueError: on another shape, fewer than 2 seeds or 3 tasks, or non-finite values.
@@ -708,8 +774,8 @@ def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0,
   rng = np.random.default_rng(seed)
   cols = rng.integers(0, T, size=(num_resamples, T))
   per_split = [_loo_stats(E[a].mean(0), E[b].mean(0)[None], cols) for a, b in halves]
-  out = {}
-  for k in point:
+  out = {"magnitude_error": _percentile_interval(point["magnitude_error"], _magnitude_floors(E, cols), level)}
+  for k in LOO_CORRELATIONS:
     r = np.nanmean(np.stack([s[k] for s in per_split]), axis=0)
     with np.errstate(invalid="ignore"):
       rel = np.where(r > -1, 2 * r / (1 + r), np.nan)

@@ -133,6 +133,12 @@ def test_tiny_run_holds_every_section(tiny_run):
   assert s["ground_truth"]["tasks"]["seeds"] == 2
   assert {"kernel_exact", "linear_exact", "kernel_estimated", "estimator_direct", "influence", "tracin",
           "trak"} <= set(s["datasets"]["tasks"])
+  tasks = s["datasets"]["tasks"]
+  for truth in ("drop_two", "pair_interaction"):    # the planted pairs' leave-two-out truths, every family
+    for method in ("kernel_exact", "linear_exact", "estimator_direct"):
+      assert tasks[method][f"{truth}_magnitude_error"] >= 0, (truth, method)
+    assert s["ceiling"]["tasks"][f"{truth}_magnitude_error"] >= 0
+  assert tasks["linear_exact"]["pair_interaction_magnitude_error"] == pytest.approx(1.0)   # additive: 0
   for phase in ("cache", "theta0", "finetune", "truth_seed0", "truth_seed1", "probe_seed0", "probe_seed1",
                 "features", "estimate", "baselines", "selection_seed0", "selection_seed1"):
     assert (workdir / phase / "record.json").is_file(), phase

@@ -30,13 +30,17 @@ declared split's fit rows; never its held-out rows).
 Summary schema (the same whatever the number of problems):
   experiment, config, timing [{phase, seconds, seconds_compile, status}], files {what: path},
   datasets.<problem>.<method>.{lds, lds_se, lds_ci95, normalized_error(_se, _ci95), lds_declared,
-      normalized_error_declared, <truth>_<corr>(_se, _ci95, _of_ceiling), lds_<test>, seconds, ...}
-      (<corr>: pearson, spearman, pearson_mean_target, spearman_mean_target; a metric undefined on
-      the data is null, and listed in `skipped`),
+      normalized_error_declared, <truth>_<corr>(_se, _ci95, _of_ceiling),
+      <truth>_magnitude_error(_se, _ci95), lds_<test>, seconds, ...}
+      (<corr>: pearson, spearman, pearson_mean_target, spearman_mean_target, pearson_pooled;
+      magnitude_error: ||pred - true|| / ||true|| over every (task, target), lower is better; a
+      metric undefined on the data is null, and listed in `skipped`),
   comparisons.<problem>.<a>-<b>.{<metric>, <metric>_se, <metric>_ci95, <metric>_verdict},
-  ceiling.<problem>.<truth>_<corr>(_se, _ci95), reliability.<problem>.<truth>_<corr>,
+  ceiling.<problem>.<truth>_<corr>(_se, _ci95) (and <truth>_magnitude_error: the error the
+      noise-free effects score, a floor), reliability.<problem>.<truth>_<corr>,
   seeds_for_reliability.<problem>.<truth>_<corr> (repeats for a reliability of 0.8),
-  ceiling_unreliable.<problem>.<truth>_<corr> = [methods scoring above the ceiling's upper bound],
+  ceiling_unreliable.<problem>.<truth>_<corr> = [methods scoring above the ceiling's upper bound
+      (below the floor's lower bound, for magnitude_error)],
   evaluation {resplits, bootstrap, declared splits ...},
   skipped [{dataset, metric, methods, reason}],
   <info key>.<problem> = whatever the problem's `info` holds under that key,
@@ -49,12 +53,12 @@ from typing import Mapping, Sequence
 from ksurrogate.harness import provenance
 from ksurrogate.harness import runs
 from ksurrogate.harness.output import config_dict, figure_plan, draw, print_summary, write
-from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, RELIABILITY_TARGET, RESPLIT_METRICS,
+from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, LOO_SCORES, RELIABILITY_TARGET, RESPLIT_METRICS,
                                         Across, Problem, Protocol, Result, Truth, Unmeasurable, standard_comparisons)
 from ksurrogate.harness.scoring import evaluate, group_skipped, resplits, skipped_lines
 
 # What experiments and users reach as `driver.<name>`: one module to import for a whole run.
-__all__ = ["CORRELATIONS", "HIGHER_IS_BETTER", "RELIABILITY_TARGET", "RESPLIT_METRICS", "Across", "Problem", "Protocol",
+__all__ = ["CORRELATIONS", "HIGHER_IS_BETTER", "LOO_SCORES", "RELIABILITY_TARGET", "RESPLIT_METRICS", "Across", "Problem", "Protocol",
            "Result", "Truth", "Unmeasurable", "standard_comparisons", "evaluate", "resplits", "skipped_lines",
            "summarize", "run", "write", "draw", "print_summary"]
 

@@ -14,7 +14,7 @@ from ksurrogate import attribution
 from ksurrogate import families as families_lib
 from ksurrogate import metrics
 from ksurrogate import subsets
-from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, RELIABILITY_TARGET, RESPLIT_METRICS, Problem,
+from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, LOO_SCORES, RELIABILITY_TARGET, RESPLIT_METRICS, Problem,
                                         Result, Truth, standard_comparisons)
 
 
@@ -139,6 +139,9 @@ def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_boot
       row[f"{name}_{k}"] = None if point is None else point[k]
       if point is None:
         skipped_by_method.setdefault(method, {})[f"{name}_{k}"] = why["corr"]
+    row[f"{name}_magnitude_error"] = metrics.attempt(why, "magnitude_error", metrics.loo_magnitude_error, p, mean)
+    if row[f"{name}_magnitude_error"] is None:
+      skipped_by_method.setdefault(method, {})[f"{name}_magnitude_error"] = why["magnitude_error"]
     out[method] = row
     if point is not None:
       defined[method] = p
@@ -153,7 +156,7 @@ def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_boot
         out[method][f"{name}_{k}_ci95"] = [iv.lo, iv.hi] if ok else None
     for pair, ivs in boot["pairs"].items():
       for k, iv in ivs.items():
-        pair_out.setdefault(pair, {}).update(_pair_entries(f"{name}_{k}", iv, True))
+        pair_out.setdefault(pair, {}).update(_pair_entries(f"{name}_{k}", iv, HIGHER_IS_BETTER.get(k, True)))
   elif defined:
     for method in defined:
       skipped_by_method.setdefault(method, {})[f"{name}_intervals"] = (
@@ -190,6 +193,10 @@ def _ceilings(name: str, truth: Truth, num_bootstrap: int, seed: int, why: dict)
     ceiling[key] = float(iv.mean) if ok else None
     ceiling[f"{key}_se"] = float(iv.se) if np.isfinite(iv.se) else None
     ceiling[f"{key}_ci95"] = [iv.lo, iv.hi] if np.isfinite(iv.lo) else None
+    if k not in reliability:   # magnitude_error: a floor from the halves' noise, no reliability
+      if not ok:
+        why[key] = f"not measurable: the truth's mean effect is 0 over every task and target"
+      continue
     r = reliability[k]
     rel[key] = float(r) if np.isfinite(r) else None
     n = metrics.seeds_for_reliability(r, len(E), RELIABILITY_TARGET) if np.isfinite(r) else float("inf")
@@ -287,12 +294,15 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
   for name, loo in loo_preds.items():
     arrays[f"{name}/predicted_loo"] = loo
   for tname, truth in problem.truths.items():
-    if truth.mean.shape[0] != K:
+    if truth.pairs is not None:
+      if np.max(truth.pairs) >= K or np.min(truth.pairs) < 0:
+        raise ValueError(f"truths: {problem.name!r} truth {tname!r} names a task outside [0, {K})")
+    elif truth.mean.shape[0] != K:
       raise ValueError(f"truths: {problem.name!r} truth {tname!r} has {truth.mean.shape[0]} tasks, S has {K}")
-    if truth.readout is None:
+    if truth.readout is None and truth.pairs is None:
       preds = dict(loo_preds)
     else:
-      preds = {name: np.asarray(truth.readout(surr)) for name, surr in fitted.items()}
+      preds = {name: truth.read(surr) for name, surr in fitted.items()}
     for name, p in truth.predictions.items():
       preds[name] = np.asarray(p, np.float64)
     rows, pair_rows = _correlation_intervals(tname, truth, preds, pairs, num_bootstrap, seed, why_by)
@@ -315,11 +325,15 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
         hi = (ceiling.get(f"{key}_ci95") or [None, None])[1]
         if v is not None and hi is not None and v > hi:
           unreliable.setdefault(key, []).append(method)
+      key = f"{tname}_magnitude_error"   # its "ceiling" is a floor: below its interval is noise luck
+      v, lo = scores[method].get(key), (ceiling.get(f"{key}_ci95") or [None, None])[0]
+      if v is not None and lo is not None and v < lo:
+        unreliable.setdefault(key, []).append(method)
     arrays[f"{tname}_true"] = truth.mean
     if truth.repeats.shape[0] > 1:
       arrays[f"{tname}_repeats"] = truth.repeats
     for name, p in preds.items():
-      arrays[f"{name}/predicted_{'loo' if truth.readout is None else tname}"] = p
+      arrays[f"{name}/predicted_{'loo' if truth.readout is None and truth.pairs is None else tname}"] = p
   arrays["heldout_true"] = problem.F[problem.splits[0][1]]
   for method, why in why_by.items():
     for metric, reason in why.items():
