@@ -107,36 +107,23 @@ def test_the_driver_reports_both_with_the_error_lower_is_better():
   assert comp["loo_magnitude_error_verdict"] == expected
 
 
-def _planted(S):
-  """Target losses of subsets S [m, 6]: tasks 0/1 substitute (either helps as much as both), 2/3
-  add up, 4/5 complement (only the two together help); two targets of different scale."""
-  S = np.asarray(S, float)
-  either = np.maximum(S[:, 0], S[:, 1])
-  loss = 3.0 - either - 0.4 * S[:, 2] - 0.4 * S[:, 3] - 0.8 * S[:, 4] * S[:, 5]
-  return np.stack([loss, 0.5 * loss + 0.1 * S[:, 2]], 1)
+def _toy():
+  """benchmarks/pair_scores.py's planted toy (loaded from its file: benchmarks are scripts)."""
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "pair_scores.py"
+  spec = importlib.util.spec_from_file_location("pair_scores", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def test_pair_truths_score_drop_two_effects_and_interactions_of_every_family():
-  from ksurrogate import families, subsets
+  from ksurrogate import families
   from ksurrogate.harness import driver
-  K = 6
-  S = np.array([[(i >> k) & 1 for k in range(K)] for i in range(1 << K)], bool)
-  rng = np.random.default_rng(5)
-  F = _planted(S) + 0.01 * rng.normal(size=(len(S), 2))
-  full = _planted(subsets.full(K))
-  pairs = [(0, 1), (2, 3), (4, 5)]
-  both = np.zeros((3, K), bool)
-  for i, (a, b) in enumerate(pairs):
-    both[i, [a, b]] = True
-  drop = _planted(~both) - full
-  loo = _planted(subsets.leave_one_out(K)) - full
-  inter = np.stack([drop[i] - loo[a] - loo[b] for i, (a, b) in enumerate(pairs)])
-  seeds = lambda x: x[None] + 0.01 * rng.normal(size=(3, *x.shape))   # noqa: E731
-  order = rng.permutation(len(S))
-  problem = driver.Problem(name="toy", S=S[order], F=F[order], splits=[(np.arange(48), np.arange(48, 64))],
-                           truths={"loo": driver.Truth(seeds(loo)),
-                                   "drop_two": driver.Truth(seeds(drop), pairs=pairs),
-                                   "pair_interaction": driver.Truth(seeds(inter), pairs=pairs, of="interaction")})
+  toy = _toy()
+  problem = toy.problem()
+  drop, pairs = problem.truths["drop_two"].mean, toy.PAIRS
   fams = [f for f in families.standard(cv=3) if f.name in ("kernel", "linear")]
   with pytest.warns(UserWarning, match="pair_interaction_pearson not computed for linear_exact"):
     res = driver.evaluate(problem, fams, threshold=0.0, resplit_count=3, num_bootstrap=100)
