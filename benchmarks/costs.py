@@ -12,7 +12,7 @@ on a quiet machine; load only raises the ratio): then a refused count could not 
                 tuned), averaged over the families, on FIT_SUBSETS subsets    vs FIT_SECONDS
   fit growth    (fit(m) - fit(FIT_SUBSETS)) / (m - FIT_SUBSETS)^3 at each larger m
                                                                               vs FIT_CUBIC_SECONDS
-  bootstrap     `metrics.bootstrap_loo` as the driver calls it (every comparison pair), seconds per
+  bootstrap     `intervals.bootstrap_loo` as the driver calls it (every comparison pair), seconds per
                 resample per method per (task x target) entry                vs BOOTSTRAP_SECONDS
   training      seconds per FLOP of a jitted dense MLP's forward + backward + update (FLOPs as XLA's
                 cost analysis counts them), the best of the repeats          vs 1 / TRAIN_FLOPS_PER_SECOND
@@ -33,7 +33,7 @@ from absl import app
 from absl import flags
 
 from ksurrogate import families as families_lib
-from ksurrogate import metrics
+from ksurrogate import intervals
 from ksurrogate_experiments import costs
 
 _SIZES = flags.DEFINE_list("sizes", ["40", "200", "400"], "fit sizes m; the first is the constant's FIT_SUBSETS")
@@ -80,7 +80,7 @@ def bootstrap_seconds(rng, K: int, T: int, seeds: int, num_resamples: int, repea
   effects = rng.normal(size=(seeds, K, T))
   preds = {n: effects.mean(0) + rng.normal(size=(K, T)) for n in names}
   pairs = families_lib.comparison_pairs(fams)
-  seconds = _median_seconds(lambda: metrics.bootstrap_loo(preds, effects, pairs=pairs, num_resamples=num_resamples),
+  seconds = _median_seconds(lambda: intervals.bootstrap_loo(preds, effects, pairs=pairs, num_resamples=num_resamples),
                             repeats)
   return seconds / (num_resamples * len(names) * K * T)
 

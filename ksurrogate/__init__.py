@@ -18,6 +18,8 @@ from ksurrogate import inputs
 from ksurrogate import kernels
 from ksurrogate import linear
 from ksurrogate import linearization
+from ksurrogate import ceilings
+from ksurrogate import intervals
 from ksurrogate import metrics
 from ksurrogate import mixtures
 from ksurrogate import parity
@@ -26,6 +28,7 @@ from ksurrogate import subsets
 from ksurrogate import surrogates
 from ksurrogate import training
 from ksurrogate.attribution import interactions
+from ksurrogate.attribution import predicted_drop
 from ksurrogate.attribution import predicted_loo
 from ksurrogate.attribution import shapley
 from ksurrogate.attribution import suggest_subsets
@@ -57,12 +60,12 @@ __version__ = "0.2.0"
 
 __all__ = [
     # modules
-    "attribution", "baselines", "batching", "diagnostics", "estimation", "estimators", "features", "inputs",
-    "kernels", "linear", "linearization", "metrics", "mixtures", "parity", "projection", "subsets", "surrogates",
+    "attribution", "baselines", "batching", "ceilings", "diagnostics", "estimation", "estimators", "features", "inputs",
+    "intervals", "kernels", "linear", "linearization", "metrics", "mixtures", "parity", "projection", "subsets", "surrogates",
     "training",
     # surrogates and readouts
     "KernelSurrogate", "LinearSurrogate", "PairwiseSurrogate", "InputMap", "fit_kernel", "fit_linear", "predicted_loo",
-    "interactions", "shapley", "suggest_subsets", "select_mixture",
+    "interactions", "predicted_drop", "shapley", "suggest_subsets", "select_mixture",
     # outcome sources
     "trainer", "retrain_subsets", "finetune_subsets", "map_subsets", "chunked_map",
     "Features", "featurize", "OutputLoss", "estimate", "solve", "calibrate_ridge", "task_statistics",

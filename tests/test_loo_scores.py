@@ -3,6 +3,8 @@ error, its noise floor, and their intervals and verdicts in the driver."""
 import numpy as np
 import pytest
 
+from ksurrogate import ceilings
+from ksurrogate import intervals
 from ksurrogate import metrics
 
 
@@ -51,14 +53,14 @@ def test_magnitude_floor_matches_the_seed_means_real_noise():
   truth = rng.normal(size=(30, 40))
   for n in (2, 3, 5):
     E = truth[None] + 0.7 * rng.normal(size=(n, 30, 40))
-    ceiling, reliability = metrics.split_half_ceiling(E)
+    ceiling, reliability = ceilings.split_half_ceiling(E)
     real = metrics.loo_magnitude_error(truth, E.mean(0))   # what the noise-free effects score
     assert ceiling["magnitude_error"] == pytest.approx(real, rel=0.15)
     assert "magnitude_error" not in reliability
-    iv = metrics.ceiling_interval(E, num_resamples=200)["magnitude_error"]
+    iv = ceilings.ceiling_interval(E, num_resamples=200)["magnitude_error"]
     assert iv.lo <= ceiling["magnitude_error"] <= iv.hi
   same = np.repeat(truth[None], 3, 0)
-  assert metrics.split_half_ceiling(same)[0]["magnitude_error"] == 0.0
+  assert ceilings.split_half_ceiling(same)[0]["magnitude_error"] == 0.0
 
 
 def test_bootstrap_points_equal_the_direct_scores_and_lower_error_wins():
@@ -66,7 +68,7 @@ def test_bootstrap_points_equal_the_direct_scores_and_lower_error_wins():
   truth = rng.normal(size=(20, 50))
   E = truth[None] + 0.3 * rng.normal(size=(3, 20, 50))
   preds = {"good": truth + 0.2 * rng.normal(size=truth.shape), "bad": 3 * truth}
-  out = metrics.bootstrap_loo(preds, E, pairs=[("good", "bad")], num_resamples=300)
+  out = intervals.bootstrap_loo(preds, E, pairs=[("good", "bad")], num_resamples=300)
   for name, p in preds.items():
     iv = out["methods"][name]["magnitude_error"]
     assert iv.mean == pytest.approx(metrics.loo_magnitude_error(p, E.mean(0)), rel=1e-6)

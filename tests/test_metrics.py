@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from ksurrogate import ceilings
 from ksurrogate import metrics
 
 
@@ -67,14 +68,14 @@ def test_split_half_ceiling_of_noisy_seeds():
   truth = r.normal(size=(20, 3))
   noise = 0.5
   seeds = truth[None] + noise * r.normal(size=(4, 20, 3))
-  ceiling, reliability = metrics.split_half_ceiling(seeds)
+  ceiling, reliability = ceilings.split_half_ceiling(seeds)
   # Reliability of a 4-seed mean with noise variance 0.25 per seed: 1 / (1 + 0.25 / 4) ~ 0.94.
   assert 0.85 < reliability["pearson"] < 0.99
   assert ceiling["pearson"] == pytest.approx(np.sqrt(reliability["pearson"]))
   same = np.repeat(truth[None], 3, 0)
-  assert metrics.split_half_ceiling(same)[1]["pearson"] == pytest.approx(1.0)
+  assert ceilings.split_half_ceiling(same)[1]["pearson"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="^effects_SxKxT"):
-    metrics.split_half_ceiling(truth[None])
+    ceilings.split_half_ceiling(truth[None])
 
 
 def test_non_finite_values_are_undefined_and_named(rng):
@@ -93,7 +94,7 @@ def test_non_finite_values_are_undefined_and_named(rng):
   with pytest.raises(metrics.Undefined, match=r"^truth: 2 non-finite values at rows \[4, 7\], targets \[1\]"):
     metrics.relative_error(P, T)
   with pytest.raises(metrics.Undefined, match=r"^effects_SxKxT: 2 non-finite values at seeds \[1\]"):
-    metrics.split_half_ceiling(np.stack([P, T, P]))
+    ceilings.split_half_ceiling(np.stack([P, T, P]))
   with pytest.raises(metrics.Undefined, match="^F: "):
     metrics.varying_targets(T)
 
@@ -126,5 +127,5 @@ def test_undefined_is_not_bad_input(rng):
 
 
 def test_split_half_ceiling_of_a_single_task_is_nan_not_an_error(rng):
-  ceiling, reliability = metrics.split_half_ceiling(rng.normal(size=(3, 1, 4)))
+  ceiling, reliability = ceilings.split_half_ceiling(rng.normal(size=(3, 1, 4)))
   assert all(np.isnan(v) for v in ceiling.values()) and all(np.isnan(v) for v in reliability.values())

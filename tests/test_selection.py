@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ksurrogate import families, metrics
+from ksurrogate import families, intervals
 from ksurrogate_experiments.shared import selection
 
 
@@ -22,7 +22,7 @@ def test_regret_comparisons_report_each_declared_pair_with_the_resplit_interval(
   out = selection.regret_comparisons(regret, pairs, _config())
   for a, b in pairs:
     ra, rb = regret[f"{a}_exact"], regret[f"{b}_exact"]
-    expected = metrics.resplit_interval(ra - rb, test_fraction=1 - 16 / 40)
+    expected = intervals.resplit_interval(ra - rb, test_fraction=1 - 16 / 40)
     assert out[f"{a}_minus_{b}_regret"] == pytest.approx(expected.mean)
     assert out[f"{a}_minus_{b}_regret_se"] == pytest.approx(expected.se)
     assert out[f"{a}_minus_{b}_regret_ci95"] == pytest.approx([expected.lo, expected.hi])
@@ -31,7 +31,7 @@ def test_regret_comparisons_report_each_declared_pair_with_the_resplit_interval(
     assert out[f"{a}_vs_{b}_regret_reduction_per_seed"] == pytest.approx(1 - ra / rb)
   assert len(out) == 6 * len(pairs)
   # wider than a t interval for independent seeds: the correction for overlapping fit sets
-  plain = metrics.replicate_interval(regret["kernel_exact"] - regret["linear_exact"])
+  plain = intervals.replicate_interval(regret["kernel_exact"] - regret["linear_exact"])
   assert out["kernel_minus_linear_regret_se"] > plain.se
 
 

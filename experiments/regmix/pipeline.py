@@ -11,6 +11,7 @@ import numpy as np
 
 from ksurrogate import attribution
 from ksurrogate import families as families_lib
+from ksurrogate import intervals
 from ksurrogate import metrics
 from ksurrogate import mixtures
 from ksurrogate.harness import driver
@@ -184,13 +185,13 @@ def active_selection(config, families) -> dict:
   out = {"sizes": sizes, "curves": curves, "full_pool_spearman": full, "tolerance": a.tolerance, "runs_needed": need,
          "skipped": skipped}
   for s in curves:
-    iv = metrics.replicate_interval(need[s])
+    iv = intervals.replicate_interval(need[s])
     out[f"runs_needed_{s}"] = scores.entries("runs", iv)
-  diff = metrics.replicate_interval(np.asarray(need["active"]) - np.asarray(need["random"]))
+  diff = intervals.replicate_interval(np.asarray(need["active"]) - np.asarray(need["random"]))
   out["runs_needed_active_minus_random"] = {**scores.entries("runs", diff), "verdict": diff.verdict(False)}
   half = sizes.index(min(sizes, key=lambda s: abs(s - n // 2)))
   out["spearman_at_half"] = {"runs": sizes[half], **{s: scores.entries(
-      "spearman", metrics.replicate_interval([c[half] for c in curves[s]])) for s in curves}}
+      "spearman", intervals.replicate_interval([c[half] for c in curves[s]])) for s in curves}}
   return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ksurrogate import metrics
+from ksurrogate import intervals
 
 CHUNK = 50   # bootstrap resamples per block: keeps the [B, n, columns] rank arrays small
 
@@ -93,17 +93,17 @@ def point_scores(preds, truth):
   return {k: v[0] for k, v in r.items()}
 
 
-def interval(point: float, replicates) -> metrics.Interval:
+def interval(point: float, replicates) -> intervals.Interval:
   """The point with the standard deviation and 2.5 / 97.5 % quantiles of its bootstrap replicates."""
   r = np.asarray(replicates, np.float64)
   r = r[np.isfinite(r)]
   if len(r) < 2 or not np.isfinite(point):
-    return metrics.Interval(float(point), float("nan"), float("nan"), float("nan"), 0.95, len(r))
-  return metrics.Interval(float(point), float(r.std(ddof=1)), float(np.quantile(r, 0.025)),
+    return intervals.Interval(float(point), float("nan"), float("nan"), float("nan"), 0.95, len(r))
+  return intervals.Interval(float(point), float(r.std(ddof=1)), float(np.quantile(r, 0.025)),
                           float(np.quantile(r, 0.975)), 0.95, len(r))
 
 
-def entries(key: str, iv: metrics.Interval) -> dict:
+def entries(key: str, iv: intervals.Interval) -> dict:
   """Summary entries of an interval (`key`, `key_se`, `key_ci95`), None where undefined."""
   def clean(x):
     return float(x) if np.isfinite(x) else None

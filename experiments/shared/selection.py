@@ -5,7 +5,7 @@ A selection seed re-runs what the chosen sets give (fresh fine-tunes, held-out q
 each seed also refits the surrogates on its own draw of `design.num_fit` of the
 `design.num_subsets` measured subsets, so the seeds' fit sets overlap and a t interval for
 independent draws would be too narrow. Every regret interval is therefore Nadeau & Bengio's
-re-split-corrected one (`metrics.resplit_interval`, test fraction 1 - num_fit / num_subsets):
+re-split-corrected one (`intervals.resplit_interval`, test fraction 1 - num_fit / num_subsets):
 right where fit sets overlap, wider than needed (conservative) where the seeds are independent.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ksurrogate import metrics
+from ksurrogate import intervals
 
 
 def test_fraction(config) -> float:
@@ -29,7 +29,7 @@ def test_fraction(config) -> float:
   return 1.0 - config.design.num_fit / config.design.num_subsets
 
 
-def seed_interval(values, config) -> metrics.Interval:
+def seed_interval(values, config) -> intervals.Interval:
   """The mean over selection seeds of a per-seed figure (a loss, a regret, a paired difference)
   and its re-split-corrected 95 % interval (see the module doc).
 
@@ -38,9 +38,9 @@ def seed_interval(values, config) -> metrics.Interval:
     config: the experiment's config (its design.num_fit and design.num_subsets).
 
   Returns:
-    The `metrics.Interval` (NaN interval for fewer than 2 seeds).
+    The `intervals.Interval` (NaN interval for fewer than 2 seeds).
   """
-  return metrics.resplit_interval(values, test_fraction=test_fraction(config))
+  return intervals.resplit_interval(values, test_fraction=test_fraction(config))
 
 
 def regret_comparisons(regret: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], config,

@@ -19,6 +19,7 @@ import numpy as np
 
 import ksurrogate as ks
 from ksurrogate import families as families_lib
+from ksurrogate import intervals
 from ksurrogate import metrics
 from ksurrogate.harness import driver, runs
 from ksurrogate_experiments import common
@@ -261,7 +262,7 @@ def per_target_lds(c, S, F, num_fit: int, families) -> dict:
     diff = lds["kernel_exact"] - lds["linear_exact"]
     out["kernel_minus_linear"] = {}
     for i, t in enumerate(data_lib.TARGETS):
-      iv = metrics.resplit_interval(diff[:, i], test_fraction=frac)
+      iv = intervals.resplit_interval(diff[:, i], test_fraction=frac)
       out["kernel_minus_linear"][t] = {**iv.entries("lds"), "verdict": iv.verdict(higher_is_better=True)}
   return out
 

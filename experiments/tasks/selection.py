@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from ksurrogate import metrics
+from ksurrogate import intervals
 from ksurrogate_experiments.tasks import data as data_lib
 
 BASELINES = ("all_tasks", "best_singleton", "similarity")
@@ -95,6 +95,6 @@ def summary(picks_: Picks, masks_, selected) -> dict:
   for source in SOURCES:
     k, lin = f"kernel_{source}", f"linear_{source}"
     if k in regret and lin in regret and regret[k].shape[1] > 1:
-      diff = metrics.replicate_interval(regret[k].mean(0) - regret[lin].mean(0))   # over seeds
+      diff = intervals.replicate_interval(regret[k].mean(0) - regret[lin].mean(0))   # over seeds
       out[f"{k}_minus_{lin}_regret"] = {**diff.entries("difference"), "verdict": diff.verdict(higher_is_better=False)}
   return out

@@ -4,11 +4,11 @@ A run goes one way, in separate steps:
   1. `evaluate` (per Problem the protocol yields): every surrogate family is fitted on every outcome
      source the problem has and scored, with intervals, in memory (a `Result`): LDS and normalized
      error over `eval.resplits` seeded random fit/held-out re-splits of the problem's exact
-     subsets (the sizes of its declared split; `metrics.resplit_interval`), and on the declared
+     subsets (the sizes of its declared split; `intervals.resplit_interval`), and on the declared
      split itself; leave-one-out (or any other effect) correlations against every ground truth,
-     with a bootstrap over targets and over the truth's repeats (`metrics.bootstrap_loo`); the
+     with a bootstrap over targets and over the truth's repeats (`intervals.bootstrap_loo`); the
      truth's ceiling with its interval, reliability and the repeats it would need
-     (`metrics.ceiling_interval`, `seeds_for_reliability`); paired differences between methods with
+     (`ceilings.ceiling_interval`, `seeds_for_reliability`); paired differences between methods with
      their verdicts (`Interval.verdict`).
   2. `summarize`: one summary dict from every Result (and the protocol's cross-problem readouts,
      which take the Results themselves).

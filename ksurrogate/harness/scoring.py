@@ -12,9 +12,11 @@ import numpy as np
 
 from ksurrogate import attribution
 from ksurrogate import families as families_lib
+from ksurrogate import ceilings
+from ksurrogate import intervals
 from ksurrogate import metrics
 from ksurrogate import subsets
-from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, LOO_SCORES, RELIABILITY_TARGET, RESPLIT_METRICS, Problem,
+from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, RELIABILITY_TARGET, RESPLIT_METRICS, Problem,
                                         Result, Truth, standard_comparisons)
 
 
@@ -64,7 +66,7 @@ def _fit(family, X, F, why: dict):
 
 
 def _interval_entries(key: str, values: np.ndarray, test_fraction: float) -> dict:
-  iv = metrics.resplit_interval(values, test_fraction=test_fraction)
+  iv = intervals.resplit_interval(values, test_fraction=test_fraction)
   finite = np.isfinite(np.asarray(values, np.float64))
   mean = float(np.mean(np.asarray(values)[finite])) if finite.any() else None
   if not finite.any():
@@ -128,7 +130,7 @@ def _resplit_scores(problem, family, source, resplit_list, threshold, test_fract
 def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_bootstrap: int, seed: int,
                            skipped_by_method: dict) -> tuple[dict, dict]:
   """({method: {<truth>_<corr>(_se, _ci95)}}, {"a-b": {...}}): points by `metrics.loo_correlation`,
-  intervals by `metrics.bootstrap_loo` over targets (and the truth's repeats, for pairs)."""
+  intervals by `intervals.bootstrap_loo` over targets (and the truth's repeats, for pairs)."""
   mean = truth.mean
   out, defined = {}, {}
   for method, p in preds.items():
@@ -148,7 +150,7 @@ def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_boot
   pair_out = {}
   usable = [(a, b) for a, b in pairs if a in defined and b in defined]
   if defined and mean.shape[0] >= 3 and np.all(np.isfinite(truth.repeats)):
-    boot = metrics.bootstrap_loo(defined, truth.repeats, pairs=usable, num_resamples=num_bootstrap, seed=seed)
+    boot = intervals.bootstrap_loo(defined, truth.repeats, pairs=usable, num_resamples=num_bootstrap, seed=seed)
     for method, ivs in boot["methods"].items():
       for k, iv in ivs.items():
         ok = np.isfinite(iv.se)
@@ -167,7 +169,7 @@ def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_boot
 ROUNDING = 1e-9   # paired differences this close to 0 on both bounds are float rounding: they tie
 
 
-def _pair_entries(key: str, iv: metrics.Interval, higher_is_better: bool) -> dict:
+def _pair_entries(key: str, iv: intervals.Interval, higher_is_better: bool) -> dict:
   ok = np.isfinite(iv.mean)
   widened = dataclasses.replace(iv, lo=iv.lo - ROUNDING, hi=iv.hi + ROUNDING)
   return {key: float(iv.mean) if ok else None, f"{key}_se": float(iv.se) if np.isfinite(iv.se) else None,
@@ -184,8 +186,8 @@ def _ceilings(name: str, truth: Truth, num_bootstrap: int, seed: int, why: dict)
   if not np.all(np.isfinite(E)):
     why[name] = f"{name}: the truth's effects hold non-finite values"
     return {}, {}, {}
-  ceil = metrics.ceiling_interval(E, num_resamples=num_bootstrap, seed=seed)
-  _, reliability = metrics.split_half_ceiling(E)
+  ceil = ceilings.ceiling_interval(E, num_resamples=num_bootstrap, seed=seed)
+  _, reliability = ceilings.split_half_ceiling(E)
   ceiling, rel, need = {}, {}, {}
   for k, iv in ceil.items():
     key = f"{name}_{k}"
@@ -195,11 +197,11 @@ def _ceilings(name: str, truth: Truth, num_bootstrap: int, seed: int, why: dict)
     ceiling[f"{key}_ci95"] = [iv.lo, iv.hi] if np.isfinite(iv.lo) else None
     if k not in reliability:   # magnitude_error: a floor from the halves' noise, no reliability
       if not ok:
-        why[key] = f"not measurable: the truth's mean effect is 0 over every task and target"
+        why[key] = "not measurable: the truth's mean effect is 0 over every task and target"
       continue
     r = reliability[k]
     rel[key] = float(r) if np.isfinite(r) else None
-    n = metrics.seeds_for_reliability(r, len(E), RELIABILITY_TARGET) if np.isfinite(r) else float("inf")
+    n = ceilings.seeds_for_reliability(r, len(E), RELIABILITY_TARGET) if np.isfinite(r) else float("inf")
     need[key] = float(np.ceil(n)) if np.isfinite(n) else None   # None: not reachable (reliability <= 0)
     if not ok:
       why[key] = f"not measurable: the truth's split-half reliability over {len(E)} repeats is {r:.3g} (not positive)"
@@ -289,7 +291,7 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
         if split_list:
           d = per_split[a][k] - per_split[b][k]
           comp.setdefault(f"{a}-{b}", {}).update(_pair_entries(
-              k, metrics.resplit_interval(d, test_fraction=test_fraction), HIGHER_IS_BETTER[k]))
+              k, intervals.resplit_interval(d, test_fraction=test_fraction), HIGHER_IS_BETTER[k]))
   ceiling, reliability, need, unreliable = {}, {}, {}, {}
   for name, loo in loo_preds.items():
     arrays[f"{name}/predicted_loo"] = loo
