@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,3 +56,19 @@ def test_costs_prints_each_constant_beside_its_measured_cost():
   for unit, (measured, constant, ratio) in rows.items():
     assert float(constant) == pytest.approx(constants[unit], rel=1e-2), (unit, r.stdout)
     assert float(measured) > 0 and float(ratio) == pytest.approx(float(measured) / float(constant), rel=0.02), r.stdout
+
+
+@pytest.mark.slow   # ~1 min: two tiny-Llama recipes end to end
+def test_tasks_depth_compares_the_two_recipes_on_the_same_subsets(tmp_path):
+  out = tmp_path / "depth.json"
+  r = subprocess.run([sys.executable, "benchmarks/tasks_depth.py", "--config=tiny", "--subsets=4", f"--json={out}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  res = json.loads(out.read_text())
+  assert res["blocks"] == {"top": 1, "full": 2}
+  top, full = np.asarray(res["F"]["top"]), np.asarray(res["F"]["full"])
+  assert top.shape == full.shape == (4, 6) and not np.allclose(top, full)   # two different recipes
+  assert -1 <= res["effects_pearson_pooled"] <= 1
+  bad = subprocess.run([sys.executable, "benchmarks/tasks_depth.py", "--config=tiny", "--subsets=2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "--subsets: need 3..12" in bad.stderr
