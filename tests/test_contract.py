@@ -146,6 +146,7 @@ def synth(tmp_path, monkeypatch):
     del sys.modules[name]
 
 
+@pytest.mark.slow   # a new experiment run end to end
 def test_the_readme_checklist_gives_a_working_experiment(synth, tmp_path, capsys):
   assert "experiment synth:" in contract.describe() and "--config.design.num_subsets=60  [int]" in contract.describe()
   with pytest.raises(SystemExit):                                         # its rules and checks run

@@ -64,6 +64,7 @@ def test_two_processes_share_the_chunks_and_give_the_outcomes_of_one(single, tmp
   assert "Traceback" not in log0 + log1
 
 
+@pytest.mark.slow   # multi-process runs end to end; the shared-chunks test stays default
 def test_an_independent_run_is_refused_by_a_group_and_the_group_by_a_run(tmp_path):
   w = tmp_path / "w"
   procs = start_group(w, tmp_path / "out.npz", CHUNK_SLEEP=1)
@@ -85,6 +86,7 @@ def test_an_independent_run_is_refused_by_a_group_and_the_group_by_a_run(tmp_pat
   assert not (tmp_path / "out2.npz").exists()
 
 
+@pytest.mark.slow   # multi-process runs end to end; the shared-chunks test stays default
 def test_a_killed_group_resumes_computing_only_the_missing_chunks(single, tmp_path):
   w = tmp_path / "w"
   procs = start_group(w, tmp_path / "out.npz", CHUNK_SLEEP=1.5)
@@ -111,6 +113,7 @@ def test_a_killed_group_resumes_computing_only_the_missing_chunks(single, tmp_pa
     np.testing.assert_array_equal(group[k], single[k], err_msg=k)
 
 
+@pytest.mark.slow   # multi-process runs end to end; the shared-chunks test stays default
 def test_a_dead_peer_is_reported_in_one_line_and_process_0_stops(tmp_path):
   """Before: process 0 waited for its dead peer until jax.distributed's heartbeat aborted it
   (58 s, a faulthandler dump, rc -6). Now the peer watch on the locks ends it in one line. (The

@@ -189,7 +189,7 @@ def _replay(apply_fn, params0, X, y, Xt, yt, task_ids, S, recipe, *, output="log
   return est.estimate(est.prepare(data, design=S, calibrate=calibrate), S)
 
 
-@pytest.mark.parametrize("space", ["example", "parameter"])
+@pytest.mark.parametrize("space", ["example", pytest.param("parameter", marks=pytest.mark.slow)])
 def test_replay_equals_real_sgd_finetuning_on_a_model_linear_in_params(space):
   params0, X, y, Xt, yt, task_ids = _problem(3)
   D = ravel_pytree(params0)[0].size

@@ -3,6 +3,7 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 
@@ -10,6 +11,7 @@ import estimated_outcomes  # noqa: E402
 import surrogates_and_designs  # noqa: E402
 
 
+@pytest.mark.slow   # the example script end to end
 def test_estimated_outcomes_example_beats_the_no_change_guess():
   out = estimated_outcomes.main()
   assert out["relative_error"] < out["no_change_error"]

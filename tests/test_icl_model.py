@@ -191,6 +191,7 @@ def test_the_tensor_table_is_checked_against_the_llama(tmp_path):
     gguf_llama.check(str(path))
 
 
+@pytest.mark.slow   # a CLI run; the library's one-line GGUF errors stay default
 def test_the_cli_refuses_a_damaged_gguf_in_one_line_before_any_phase(tmp_path):
   (tmp_path / "files").mkdir()
   files = _damaged(tmp_path / "files")

@@ -16,7 +16,8 @@ GOLDEN = np.load(pathlib.Path(__file__).parent / "golden" / "nt_golden.npz")
 CASES = golden_models.cases()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "transformer" else n
+                                  for n in sorted(CASES)])   # the transformer: ~50 s
 def test_matches_neural_tangents_golden(name):
   f, p0, p1, x1, x2 = CASES[name]
   np.testing.assert_allclose(np.asarray(ks.linearize(f, p0)(p1, x1)), GOLDEN[f"{name}/f_lin"], atol=1e-5, rtol=1e-5)

@@ -61,6 +61,7 @@ def full_run(tmp_path_factory):
   return workdir, json.loads((workdir / "summary.json").read_text()), r
 
 
+@pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_tiny_summary_pins_seeded_figures_and_holds_every_section(full_run):
   workdir, s, r = full_run
   for key, (value, band) in PINNED.items():
@@ -129,6 +130,7 @@ def test_a_design_whose_retrains_do_not_vary_stops_after_retrain(tmp_path):
 
 
 @pytest.mark.slow   # minutes: a second tiny run; tests/test_run_storage.py covers the same at small size
+@pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_rerun_repairs_damage_reuses_the_rest_and_gives_the_same_summary(full_run, tmp_path):
   workdir, reference, _ = full_run
   w = tmp_path / "w"
@@ -158,6 +160,7 @@ def test_rerun_repairs_damage_reuses_the_rest_and_gives_the_same_summary(full_ru
 
 
 @pytest.mark.slow   # minutes: a second tiny run; tests/test_run_storage.py covers the same at small size
+@pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_killed_run_resumes_to_the_same_summary(full_run, tmp_path):
   _, reference, _ = full_run
   proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -179,7 +182,7 @@ def test_killed_run_resumes_to_the_same_summary(full_run, tmp_path):
   assert _stable(json.loads((tmp_path / "summary.json").read_text())) == _stable(reference)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_interrupt_says_how_to_resume_and_keeps_finished_phases(tmp_path, sig):
   proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   record = tmp_path / "retrain" / "record.json"
@@ -197,6 +200,7 @@ def test_interrupt_says_how_to_resume_and_keeps_finished_phases(tmp_path, sig):
   assert json.loads(record.read_text())["chunks"]
 
 
+@pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_workdir_of_another_config_is_refused(full_run):
   workdir, _, _ = full_run
   r = subprocess.run(_cmd(workdir, "tiny", "--config.train.num_steps=42"), cwd=ROOT, capture_output=True, text=True,
@@ -246,6 +250,7 @@ def test_regime_study_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_two_processes_give_the_summary_of_one(full_run, tmp_path):
   """The modular tiny config as a jax.distributed group of 2 CPU processes on this machine
   (tests/test_distributed.py does the same on a small synthetic experiment, in seconds)."""

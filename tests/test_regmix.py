@@ -122,6 +122,7 @@ def test_tiny_run_holds_every_section_and_figure(tiny_run):
     assert pathlib.Path(s["files"][f"regmix/{what}"]).is_file(), what
 
 
+@pytest.mark.slow   # a second tiny run; the first stays default
 def test_tiny_run_is_reused_and_the_same(tiny_run):
   import subprocess
   import sys
