@@ -1,3 +1,22 @@
+import os
+
+
+def _pin_xdist_worker():
+  """Each pytest-xdist worker on its own core, with one BLAS thread, before NumPy or JAX start
+  their thread pools: two workers whose XLA and OpenBLAS threads share both cores wait on each
+  other's parked threads (benchmarks/threads.py measured a kernel fit ~30x slower beside two busy
+  processes than pinned). The runs a test starts inherit the worker's core."""
+  worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+  cores = sorted(os.sched_getaffinity(0))
+  if not worker.startswith("gw") or int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2 or len(cores) < 2:
+    return
+  for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+  os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+
+
+_pin_xdist_worker()
+
 import numpy as np
 import pytest
 
