@@ -62,9 +62,47 @@ def choose(request: str, *, load: Optional[float] = None, cores: Optional[int] =
 _LIMITS = []   # threadpoolctl's limiter, kept alive for the run
 
 
+def _busy(seconds: float = 0.2) -> dict:
+  """{core: share of its time busy over `seconds`} from /proc/stat ({} where it cannot be read)."""
+  import time
+
+  def ticks():
+    out = {}
+    try:
+      with open("/proc/stat") as f:
+        for line in f:
+          name, *values = line.split()
+          if name.startswith("cpu") and name != "cpu":
+            v = [int(x) for x in values]
+            out[int(name[3:])] = (sum(v), v[3] + (v[4] if len(v) > 4 else 0))   # (total, idle + iowait)
+    except (OSError, ValueError):
+      return {}
+    return out
+  a = ticks()
+  time.sleep(seconds)
+  b = ticks()
+  return {c: 1 - (b[c][1] - a[c][1]) / max(b[c][0] - a[c][0], 1) for c in a if c in b}
+
+
+def least_busy(count: int, busy: Optional[dict] = None) -> list[int]:
+  """The `count` cores of this process that were least busy just now (the first ones on a tie or
+  where /proc/stat cannot be read): pinned to core 0 beside a job on core 0, a run would share it.
+
+  Args:
+    count: how many, >= 1.
+    busy: {core: busy share} (sampled over 0.2 s when None).
+
+  Returns:
+    Their ids, sorted.
+  """
+  mine = available()
+  busy = _busy() if busy is None else busy
+  return sorted(sorted(mine, key=lambda c: (round(busy.get(c, 0.0), 1), c))[:count])
+
+
 def limit(count: int) -> list[int]:
-  """Runs this process (every thread it has, and those it starts later) on its first `count`
-  cores, with OpenBLAS at `count` threads.
+  """Runs this process (every thread it has, and those it starts later) on the `count` cores
+  least busy now (`least_busy`), with OpenBLAS at `count` threads.
 
   Args:
     count: cores to keep, >= 1.
@@ -72,7 +110,7 @@ def limit(count: int) -> list[int]:
   Returns:
     The core ids kept.
   """
-  keep = set(available()[:count])
+  keep = set(available()) if count >= len(available()) else set(least_busy(count))
   for tid in os.listdir("/proc/self/task"):   # threads XLA or OpenBLAS started already
     try:
       os.sched_setaffinity(int(tid), keep)

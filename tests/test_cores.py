@@ -51,3 +51,15 @@ def test_the_command_line_refuses_a_bad_count_in_one_line(tmp_path):
   assert out.stderr.strip().splitlines() == [f"error: --cores: 0 is outside [1, {len(os.sched_getaffinity(0))}] (the "
                                              "cores this process may use)"]
   assert not (tmp_path / "w").exists()
+
+
+def test_one_core_is_the_least_busy_one(monkeypatch):
+  # beside a job on core 0 a run pinned to core 0 would share it; ties (and no reading) keep the order
+  monkeypatch.setattr(cores, "available", lambda: [0, 1, 2])
+  assert cores.least_busy(1, busy={0: 0.98, 1: 0.05, 2: 0.5}) == [1]
+  assert cores.least_busy(2, busy={0: 0.98, 1: 0.05, 2: 0.5}) == [1, 2]
+  assert cores.least_busy(1, busy={0: 0.51, 1: 0.49, 2: 0.9}) == [0]   # within 0.1: a tie, the first
+  assert cores.least_busy(1, busy={}) == [0]
+  monkeypatch.undo()
+  shares = cores._busy(0.05)
+  assert set(shares) >= set(cores.available()) and all(-1e-9 <= v <= 1 + 1e-9 for v in shares.values())
