@@ -14,7 +14,10 @@ Solvers (the one name each has in the library, the configs and the summaries):
 An experiment with an estimator of its own (ICL's first-order expansion in embedding space) writes
 its block through the same `EstimatorReport`. A new solver is one file here: a frozen dataclass
 subclassing `Estimator` with `prepare`, `estimate`, `memory`, decorated with `register`, and its
-import below.
+import below; `tests/test_estimators.py` pins the solver list, and an experiment config that names
+its solvers (`estimate.solvers` in tasks, the modular and morl rules) must admit the new name. A
+variant of the ridge solvers also overrides `Ridge._solver_options`, which maps it onto
+`estimation.solve`'s methods.
 """
 from ksurrogate.estimators.base import Cost
 from ksurrogate.estimators.base import Data
