@@ -46,7 +46,7 @@ def planted_xor(rng, m, K=12, T=4, pair=(3, 7), strength=1.5, noise=0.1):
   return S, F
 
 
-def run_experiment(tmp_path_factory, experiment: str, config: str = "tiny"):
+def run_experiment(tmp_path_factory, experiment: str, config: str = "tiny", timeout: int = 900):
   """Runs an experiment through the CLI into a fresh workdir: (workdir, summary, command)."""
   import json
   import pathlib
@@ -55,6 +55,6 @@ def run_experiment(tmp_path_factory, experiment: str, config: str = "tiny"):
   workdir = tmp_path_factory.mktemp(f"{experiment}_{config}")
   cmd = [sys.executable, "-m", "ksurrogate_experiments.main", f"--experiment={experiment}", f"--config={config}",
          f"--workdir={workdir}"]
-  r = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+  r = subprocess.run(cmd, cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=timeout)
   assert r.returncode == 0, r.stderr[-3000:]
   return workdir, json.loads((workdir / "summary.json").read_text()), cmd

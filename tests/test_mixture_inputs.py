@@ -26,7 +26,8 @@ def _mixtures(rng, m, K=5, T=2, alpha=0.6):
 @pytest.mark.parametrize("case", ["small", pytest.param("medium", marks=pytest.mark.slow)])
 def test_boolean_inputs_keep_the_golden_numbers(case):
   """Every fit and readout on subsets equals what the library computed before it took real
-  inputs (tests/golden/make_boolean_fits.py): to the bit, the picks' variances to rounding."""
+  inputs (tests/golden/make_boolean_fits.py): to 1e-13 (the last bit depends on the thread count),
+  the picks' variances to rounding."""
   sys.path.insert(0, str(GOLDEN))
   import make_boolean_fits
   with pytest.warns(UserWarning, match="duplicate"):
@@ -36,8 +37,8 @@ def test_boolean_inputs_keep_the_golden_numbers(case):
     for key, value in new.items():
       if key.endswith("suggest_variance"):
         np.testing.assert_allclose(value, old[key], rtol=1e-9, err_msg=key)
-      else:
-        np.testing.assert_array_equal(value, old[key], err_msg=key)
+      else:   # the last bit moves with the BLAS / XLA thread count (one thread per pinned worker)
+        np.testing.assert_allclose(value, old[key], rtol=1e-13, atol=0, err_msg=key)
 
 
 def test_domains_are_read_from_the_values_and_bad_inputs_are_one_line(rng):

@@ -45,7 +45,7 @@ def _cmd(workdir, config="tiny", *extra):
 
 def _stable(summary):
   """Everything but wall-clock figures and file locations."""
-  out = {k: v for k, v in summary.items() if k not in ("timing", "estimator", "files")}
+  out = {k: v for k, v in summary.items() if k not in ("timing", "estimator", "files", "provenance")}
   out["estimator"] = {k: v for k, v in summary["estimator"]["modular"].items() if "seconds" not in k and "speedup" not in k}
   for d in out["datasets"].values():
     for m in d.values():

@@ -99,9 +99,11 @@ def estimate_pools(c, s: phases.Setup, sd: StudyDesign, fs: phases.FeatureSet, p
   # the study estimates retrains from scratch, calibrated against them: the ridge minimizer, not a
   # replay of the fine-tuning from theta0 ("replay" falls back to onestep here)
   est = config_lib.estimator(c, solver="newton" if c.estimate.solver == "newton" else "onestep")
-  data = estimators.Data.classifier(s.apply_fn, None, s.train_data, s.d.task_train, (s.X_val, s.y_val),
+  # params0 is unread beside stored features; their shapes alone give the classes the labels are checked against
+  shapes = jax.eval_shape(s.init_fn, s.init_key)
+  data = estimators.Data.classifier(s.apply_fn, shapes, s.train_data, s.d.task_train, (s.X_val, s.y_val),
                                     output=fs.output, num_tasks=sd.K)
-  state = est.prepare(data, features=(fs.train, fs.target))   # (params0 unread: the stored features)
+  state = est.prepare(data, features=(fs.train, fs.target))
   Fs, ridges, seconds = [], [], []
   for rate, S_pool, S_est, pool in zip(sd.rates, sd.pools, sd.S_est, pools):
     n_fit = min(m for r, m in cells(c) if r == rate)
