@@ -94,10 +94,13 @@ def test_tiny_summary_pins_seeded_figures_and_holds_every_section(tiny_run):
     for what in ("swap_real_vs_predicted", "top_demonstrations", "selection", "predicted_vs_true", "top_tasks",
                  "interactions", "scores"):
       assert pathlib.Path(s["files"][f"{task}/{what}"]).stat().st_size > 1000, (task, what)
-  # the coin-flip swap truth of 2 pairs per demonstration is too noisy: the ceiling says so
-  assert "kernel_exact" in s["ceiling_unreliable"]["coin_flip"]["swap_pearson"]
-  assert s["reliability"]["sentiment"]["swap_pearson"] < 0                 # not measurable: no ceiling
-  assert "swap_pearson" not in s["ceiling"].get("sentiment", {}) or s["ceiling"]["sentiment"]["swap_pearson"] is None
+  # 2 swap pairs per demonstration: the sentiment truth is too noisy (reliability 0.13 with distinct
+  # demonstration sets) and the surrogates score above its ceiling's interval, which says so; the
+  # coin flip's is measurable (0.73) and nothing scores above it
+  assert s["reliability"]["sentiment"]["swap_pearson"] < 0.3
+  assert "kernel_exact" in s["ceiling_unreliable"]["sentiment"]["swap_pearson"]
+  assert s["reliability"]["coin_flip"]["swap_pearson"] > 0.3 and s["ceiling"]["coin_flip"]["swap_pearson"] > 0.5
+  assert "coin_flip" not in s["ceiling_unreliable"]
 
 
 @pytest.mark.slow   # minutes: the rerun evaluates every family again
