@@ -19,9 +19,9 @@ CONFIGS = {
         description="SmolLM2-135M-Instruct, LoRA r=8 on the top 2 blocks over cached hidden states, 40 Adam steps of "
                     "8 examples per fine-tune; 160 random subsets, LOO on 3 seeds, probes; needs the full 2 cores",
         command="ksurrogate-run --experiment=tasks --config=cpu --workdir=/tmp/tasks_cpu",
-        runtime="projected 42-66 min on 2 quiet cores from FLOP counts (228 fine-tunes of ~1.1 TFLOP each at "
-                "70-110 GFLOP/s; BUILD_NOTES.md, \"Fine-tuning SmolLM2 on task subsets\"); 61 s per fine-tune measured "
-                "at load 10-13; not run end to end yet"),
+        runtime="2 h 36 min of phase time measured (2026-12-07), on one core beside other work for all but "
+                "the last selection seed: 17.2 s per fine-tune of 8 vmapped (BUILD_NOTES.md, \"The tasks cpu run "
+                "on SmolLM2\")"),
     "gpu": contract.Variant(
         description="full-depth LoRA (every block, no cache), 64 examples per task, 60 steps of 16: one GPU call",
         command="ksurrogate-run --experiment=tasks --config=gpu --workdir=/tmp/tasks_gpu "
