@@ -1,6 +1,15 @@
 """Intervals for the scores of `ksurrogate.metrics`: t intervals over re-splits and replicates,
 and a bootstrap of leave-one-out scores over targets and seeds with paired differences between
 methods (`ksurrogate.ceilings` says how well any method could score against a noisy truth).
+
+Two sources of replication, two estimators:
+- scores on held-out subsets (LDS, normalized error) are repeated over R random fit/held-out
+  re-splits of the same subsets. The re-splits share subsets, so the plain standard error over
+  them is too small; `resplit_interval` applies Nadeau & Bengio's correction (2003):
+  var = (1/R + n_test/n_fit) s^2, with a t interval on R - 1 degrees of freedom.
+- leave-one-out scores are averaged over targets against a truth averaged over training seeds:
+  `bootstrap_loo` resamples targets (and seeds, where the truth has them) and recomputes every
+  method's scores and every paired difference on the same resamples.
 """
 from __future__ import annotations
 
@@ -51,9 +60,6 @@ class Interval:
     """
     tag = f"ci{round(100 * self.level)}"
     return {key: self.mean, f"{key}_se": self.se, f"{key}_{tag}": [self.lo, self.hi]}
-
-
-_NAN_INTERVAL = Interval(float("nan"), float("nan"), float("nan"), float("nan"))
 
 
 @functools.partial(jax.jit, static_argnames=("iters",))
@@ -158,6 +164,14 @@ def _columns_corr(P, T):
     return np.where(denom > 0, (Pc * Tc).sum(-2) / np.where(denom > 0, denom, 1.0), np.nan)
 
 
+def _nanmean(x):
+  """Mean over the last axis of the defined (non-NaN) values; NaN, without a warning, where none is
+  (a constant prediction, e.g. an additive fit's interactions, has no correlation)."""
+  n = np.isfinite(x).sum(-1)
+  with np.errstate(invalid="ignore"):
+    return np.where(n > 0, np.nansum(x, -1) / np.maximum(n, 1), np.nan)
+
+
 def _loo_stats(pred_KxT, truth_BxKxT, targets_BxT, pred_ranks=None, truth_ranks=None):
   """LOO scores of one prediction against B truths (or one, broadcast), each on its own resampled
   targets: {key: [B]} with `loo_correlation`'s keys and "magnitude_error". Ranks can be passed in
@@ -168,32 +182,39 @@ def _loo_stats(pred_KxT, truth_BxKxT, targets_BxT, pred_ranks=None, truth_ranks=
   truth_ranks = _np_ranks(truth_BxKxT, -2) if truth_ranks is None else truth_ranks
   per_p = _columns_corr(pred_KxT[None], truth_BxKxT)                  # [B or 1, T]
   per_s = _columns_corr(pred_ranks[None], truth_ranks)
-  # mean-target effects: the mean over each resample's own targets
-  Pm = pred_KxT[:, targets_BxT].mean(2).T                               # [B, K]
+  # each resample's own targets, gathered once: [B, K, T']
+  Pg = np.moveaxis(pred_KxT[:, targets_BxT], 1, 0)
   if truth_BxKxT.shape[0] > 1:
-    Tm = np.take_along_axis(truth_BxKxT, targets_BxT[:, None, :], axis=2).mean(2)
+    Tg = np.take_along_axis(truth_BxKxT, targets_BxT[:, None, :], axis=2)
   else:
-    Tm = truth_BxKxT[0][:, targets_BxT].mean(2).T
-  # every (task, resampled target) entry: [B, K * T]
-  Pe = np.moveaxis(pred_KxT[:, targets_BxT], 1, 0).reshape(B, -1)
-  if truth_BxKxT.shape[0] > 1:
-    Te = np.take_along_axis(truth_BxKxT, targets_BxT[:, None, :], axis=2).reshape(B, -1)
-  else:
-    Te = np.moveaxis(truth_BxKxT[0][:, targets_BxT], 1, 0).reshape(B, -1)
+    Tg = np.moveaxis(truth_BxKxT[0][:, targets_BxT], 1, 0)
+  Pm, Tm = Pg.mean(2), Tg.mean(2)                                       # mean-target effects [B, K]
+  Pe, Te = Pg.reshape(B, -1), Tg.reshape(B, -1)                         # every entry [B, K * T']
   norm = np.sqrt((Te ** 2).sum(1))
   with np.errstate(invalid="ignore", divide="ignore"):
     magnitude = np.where(norm > 0, np.sqrt(((Pe - Te) ** 2).sum(1)) / np.where(norm > 0, norm, 1.0), np.nan)
   return {
       "pearson_pooled": _columns_corr(Pe[..., None], Te[..., None])[:, 0],
       "magnitude_error": magnitude,
-      "pearson": np.nanmean(per_p[rows, targets_BxT], axis=1),
-      "spearman": np.nanmean(per_s[rows, targets_BxT], axis=1),
+      "pearson": _nanmean(per_p[rows, targets_BxT]),
+      "spearman": _nanmean(per_s[rows, targets_BxT]),
       "pearson_mean_target": _columns_corr(Pm[..., None], Tm[..., None])[:, 0],
       "spearman_mean_target": _columns_corr(_np_ranks(Pm, -1)[..., None], _np_ranks(Tm, -1)[..., None])[:, 0],
   }
 
 
-def _percentile_interval(point: float, replicates, level: float) -> Interval:
+def percentile_interval(point: float, replicates, level: float = 0.95) -> Interval:
+  """A point with the standard deviation and the two-sided `level` quantiles of its bootstrap
+  replicates (non-finite replicates dropped).
+
+  Args:
+    point: the score on the data as they are.
+    replicates: the score on each resample.
+    level: the interval's two-sided level.
+
+  Returns:
+    An Interval; se, lo and hi are NaN when the point is not finite or fewer than 2 replicates are.
+  """
   r = np.asarray(replicates, np.float64)
   r = r[np.isfinite(r)]
   if not np.isfinite(point) or len(r) < 2:
@@ -286,7 +307,7 @@ def bootstrap_loo(preds, effects, *, pairs=(), num_resamples: int = 1000, seed: 
   cat = lambda d: {n: {k: np.concatenate(v) for k, v in r.items()} for n, r in d.items()}  # noqa: E731
   own, both = cat(own), cat(both)
   return {
-      "methods": {n: {k: _percentile_interval(full[n][k], own[n][k], level) for k in full[n]} for n in preds},
-      "pairs": {f"{a}-{b}": {k: _percentile_interval(full[a][k] - full[b][k], both[a][k] - both[b][k], level)
+      "methods": {n: {k: percentile_interval(full[n][k], own[n][k], level) for k in full[n]} for n in preds},
+      "pairs": {f"{a}-{b}": {k: percentile_interval(full[a][k] - full[b][k], both[a][k] - both[b][k], level)
                              for k in full[a]} for a, b in pairs},
   }

@@ -8,12 +8,13 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ksurrogate import families as families_lib
+from ksurrogate import metrics
 
 
-CORRELATIONS = ("pearson", "spearman", "pearson_mean_target", "spearman_mean_target", "pearson_pooled")
+CORRELATIONS = metrics.LOO_CORRELATIONS
 LOO_SCORES = (*CORRELATIONS, "magnitude_error")   # against a LOO truth; magnitude_error sees scale
 RESPLIT_METRICS = ("lds", "normalized_error")
-HIGHER_IS_BETTER = {"lds": True, "normalized_error": False, "magnitude_error": False}   # correlations: higher
+HIGHER_IS_BETTER = {"lds": True, "normalized_error": False, "magnitude_error": False}   # correlations: higher is better
 RELIABILITY_TARGET = 0.8
 
 
@@ -48,37 +49,22 @@ class Truth:
   def __post_init__(self):
     if self.of not in ("drop", "interaction"):
       raise ValueError(f"of: expected 'drop' or 'interaction', got {self.of!r}")
+    if self.of != "drop" and self.pairs is None:
+      raise ValueError(f"of={self.of!r}: needs pairs (the rows it describes); a truth without pairs is per task")
+    if self.readout is not None and self.pairs is not None:
+      raise ValueError("readout and pairs: give one; pairs are read by the predicted drop-two effects")
     if self.pairs is not None:
       pairs = np.asarray(self.pairs)
-      if pairs.ndim != 2 or pairs.shape[1] != 2 or np.any(pairs[:, 0] == pairs[:, 1]):
-        raise ValueError(f"pairs: expected [(a, b)] of two different tasks, got {self.pairs!r}")
+      if (pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer)
+          or np.any(pairs[:, 0] == pairs[:, 1]) or np.any(pairs < 0)):
+        raise ValueError(f"pairs: expected [(a, b)] of two different task ids >= 0, got {self.pairs!r}")
       if self.repeats.shape[1] != len(pairs):
         raise ValueError(f"effects: {self.repeats.shape[1]} rows for {len(pairs)} pairs")
 
-  def read(self, surrogate) -> np.ndarray:
-    """This truth's prediction by a fitted surrogate: its readout, or for a pair truth the
-    predicted drop-two effects or interactions of its pairs ([P, T]).
-
-    Args:
-      surrogate: a fitted surrogate.
-
-    Returns:
-      [rows, T] predicted effects.
-    """
-    if self.readout is not None:
-      return np.asarray(self.readout(surrogate))
-    from ksurrogate import attribution   # the harness reads surrogates; keep its import light
-    K = surrogate.num_tasks
-    a, b = np.asarray(self.pairs).T
-    both = np.zeros((len(a), K), bool)
-    both[np.arange(len(a)), a] = both[np.arange(len(a)), b] = True
-    drop = np.asarray(attribution.predicted_drop(surrogate, both))
-    if self.of == "drop":
-      return drop
-    if "interactions" not in families_lib.readouts(surrogate):
-      return np.zeros_like(drop)   # additive: exactly 0, not float rounding that would correlate
-    loo = np.asarray(attribution.predicted_loo(surrogate))
-    return drop - loo[a] - loo[b]
+  @property
+  def is_loo(self) -> bool:
+    """Whether surrogates are read by their predicted leave-one-out (no readout, no pairs)."""
+    return self.readout is None and self.pairs is None
 
   @property
   def repeats(self) -> np.ndarray:

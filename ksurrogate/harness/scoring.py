@@ -16,7 +16,7 @@ from ksurrogate import ceilings
 from ksurrogate import intervals
 from ksurrogate import metrics
 from ksurrogate import subsets
-from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, RELIABILITY_TARGET, RESPLIT_METRICS, Problem,
+from ksurrogate.harness.problem import (CORRELATIONS, HIGHER_IS_BETTER, LOO_SCORES, RELIABILITY_TARGET, RESPLIT_METRICS, Problem,
                                         Result, Truth, standard_comparisons)
 
 
@@ -129,8 +129,9 @@ def _resplit_scores(problem, family, source, resplit_list, threshold, test_fract
 
 def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_bootstrap: int, seed: int,
                            skipped_by_method: dict) -> tuple[dict, dict]:
-  """({method: {<truth>_<corr>(_se, _ci95)}}, {"a-b": {...}}): points by `metrics.loo_correlation`,
-  intervals by `intervals.bootstrap_loo` over targets (and the truth's repeats, for pairs)."""
+  """({method: {<truth>_<score>(_se, _ci95)}}, {"a-b": {...}}) for the correlations and the
+  magnitude error: points by `metrics.loo_correlation` / `metrics.loo_magnitude_error`, intervals
+  by `intervals.bootstrap_loo` over targets (and the truth's repeats, for pairs)."""
   mean = truth.mean
   out, defined = {}, {}
   for method, p in preds.items():
@@ -145,8 +146,8 @@ def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_boot
     if row[f"{name}_magnitude_error"] is None:
       skipped_by_method.setdefault(method, {})[f"{name}_magnitude_error"] = why["magnitude_error"]
     out[method] = row
-    if point is not None:
-      defined[method] = p
+    if point is not None or row[f"{name}_magnitude_error"] is not None:
+      defined[method] = p   # an additive fit's interactions are exactly 0: no correlation, a magnitude
   pair_out = {}
   usable = [(a, b) for a, b in pairs if a in defined and b in defined]
   if defined and mean.shape[0] >= 3 and np.all(np.isfinite(truth.repeats)):
@@ -162,7 +163,8 @@ def _correlation_intervals(name: str, truth: Truth, preds: dict, pairs, num_boot
   elif defined:
     for method in defined:
       skipped_by_method.setdefault(method, {})[f"{name}_intervals"] = (
-          f"{name}: intervals need at least 3 tasks and finite effects (K={mean.shape[0]})")
+          f"{name}: intervals need at least 3 {'pairs' if truth.pairs is not None else 'tasks'} and finite "
+          f"effects (got {mean.shape[0]})")
   return out, pair_out
 
 
@@ -175,6 +177,20 @@ def _pair_entries(key: str, iv: intervals.Interval, higher_is_better: bool) -> d
   return {key: float(iv.mean) if ok else None, f"{key}_se": float(iv.se) if np.isfinite(iv.se) else None,
           f"{key}_ci95": [iv.lo, iv.hi] if np.isfinite(iv.lo) else None,
           f"{key}_verdict": widened.verdict(higher_is_better)}
+
+
+def _read(truth: Truth, surrogate) -> np.ndarray:
+  """A truth's prediction by a fitted surrogate [rows, T]: its readout, or for a pair truth the
+  predicted drop-two effects or interactions of its pairs."""
+  if truth.readout is not None:
+    return np.asarray(truth.readout(surrogate))
+  K = surrogate.num_tasks
+  drop = np.asarray(attribution.predicted_drop(surrogate, ~subsets.without_pairs(K, truth.pairs)))
+  if truth.of == "drop":
+    return drop
+  if "interactions" not in families_lib.readouts(surrogate):
+    return np.zeros_like(drop)   # additive: exactly 0, not float rounding that would correlate
+  return attribution.pair_interactions(drop, np.asarray(attribution.predicted_loo(surrogate)), truth.pairs)
 
 
 def _ceilings(name: str, truth: Truth, num_bootstrap: int, seed: int, why: dict):
@@ -266,7 +282,8 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
 
   Raises:
     ValueError: when the problem names a source "exact", pairs an estimate with something that is
-      not an outcome source, or has a truth with another number of tasks than S.
+      not an outcome source, or has a truth with another number of tasks than S (or, for a pair
+      truth, a task outside [0, K)).
   """
   own = skipped is None
   skipped = [] if own else skipped
@@ -297,14 +314,11 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
     arrays[f"{name}/predicted_loo"] = loo
   for tname, truth in problem.truths.items():
     if truth.pairs is not None:
-      if np.max(truth.pairs) >= K or np.min(truth.pairs) < 0:
+      if np.max(truth.pairs) >= K:
         raise ValueError(f"truths: {problem.name!r} truth {tname!r} names a task outside [0, {K})")
     elif truth.mean.shape[0] != K:
       raise ValueError(f"truths: {problem.name!r} truth {tname!r} has {truth.mean.shape[0]} tasks, S has {K}")
-    if truth.readout is None and truth.pairs is None:
-      preds = dict(loo_preds)
-    else:
-      preds = {name: truth.read(surr) for name, surr in fitted.items()}
+    preds = dict(loo_preds) if truth.is_loo else {name: _read(truth, surr) for name, surr in fitted.items()}
     for name, p in truth.predictions.items():
       preds[name] = np.asarray(p, np.float64)
     rows, pair_rows = _correlation_intervals(tname, truth, preds, pairs, num_bootstrap, seed, why_by)
@@ -319,23 +333,21 @@ def evaluate(problem: Problem, families: Sequence[families_lib.Family], *, thres
       reliability[f"{tname}_repeats"] = r["repeats"]
     need.update(n)
     for method in preds:
-      for k in CORRELATIONS:
+      for k in LOO_SCORES:
         key = f"{tname}_{k}"
-        v, top = scores[method].get(key), ceiling.get(key)
-        if key in ceiling:
-          scores[method][f"{key}_of_ceiling"] = v / top if v is not None and top else None
-        hi = (ceiling.get(f"{key}_ci95") or [None, None])[1]
-        if v is not None and hi is not None and v > hi:
+        v, bound = scores[method].get(key), ceiling.get(key)
+        if key in ceiling and k in CORRELATIONS:
+          scores[method][f"{key}_of_ceiling"] = v / bound if v is not None and bound else None
+        # beyond the ceiling's interval (below the floor's, for an error) is the truth's noise, not skill
+        higher = HIGHER_IS_BETTER.get(k, True)
+        edge = (ceiling.get(f"{key}_ci95") or [None, None])[1 if higher else 0]
+        if v is not None and edge is not None and (v > edge if higher else v < edge):
           unreliable.setdefault(key, []).append(method)
-      key = f"{tname}_magnitude_error"   # its "ceiling" is a floor: below its interval is noise luck
-      v, lo = scores[method].get(key), (ceiling.get(f"{key}_ci95") or [None, None])[0]
-      if v is not None and lo is not None and v < lo:
-        unreliable.setdefault(key, []).append(method)
     arrays[f"{tname}_true"] = truth.mean
     if truth.repeats.shape[0] > 1:
       arrays[f"{tname}_repeats"] = truth.repeats
     for name, p in preds.items():
-      arrays[f"{name}/predicted_{'loo' if truth.readout is None and truth.pairs is None else tname}"] = p
+      arrays[f"{name}/predicted_{'loo' if truth.is_loo else tname}"] = p
   arrays["heldout_true"] = problem.F[problem.splits[0][1]]
   for method, why in why_by.items():
     for metric, reason in why.items():
