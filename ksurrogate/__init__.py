@@ -28,6 +28,7 @@ from ksurrogate import subsets
 from ksurrogate import surrogates
 from ksurrogate import training
 from ksurrogate.attribution import interactions
+from ksurrogate.attribution import pair_interactions
 from ksurrogate.attribution import predicted_drop
 from ksurrogate.attribution import predicted_loo
 from ksurrogate.attribution import shapley
@@ -65,7 +66,7 @@ __all__ = [
     "training",
     # surrogates and readouts
     "KernelSurrogate", "LinearSurrogate", "PairwiseSurrogate", "InputMap", "fit_kernel", "fit_linear", "predicted_loo",
-    "interactions", "predicted_drop", "shapley", "suggest_subsets", "select_mixture",
+    "interactions", "pair_interactions", "predicted_drop", "shapley", "suggest_subsets", "select_mixture",
     # outcome sources
     "trainer", "retrain_subsets", "finetune_subsets", "map_subsets", "chunked_map",
     "Features", "featurize", "OutputLoss", "estimate", "solve", "calibrate_ridge", "task_statistics",

@@ -106,6 +106,29 @@ def predicted_drop(surrogate, drop, *, at=None) -> jax.Array:
   return _finite(g_drop - g_at, "predicted removal effects", row="row")
 
 
+def pair_interactions(drop, loo, pairs) -> np.ndarray:
+  """The interactions of task pairs from their drop-two and leave-one-out effects:
+  I_ab = drop(a, b) - loo(a) - loo(b), i.e. F(1) - F(1 - e_a) - F(1 - e_b) + F(1 - e_a - e_b) when
+  both are effects against F(1) (measured or predicted: `predicted_drop`, `predicted_loo`).
+
+  Args:
+    drop: [..., P, T] effects of removing both tasks of each pair.
+    loo: [..., K, T] leave-one-out effects, the same leading axes.
+    pairs: [(a, b)] P task pairs.
+
+  Returns:
+    [..., P, T] (numpy).
+
+  Raises:
+    ValueError: when pairs is not [P, 2] with P = drop's rows.
+  """
+  drop, loo = np.asarray(drop), np.asarray(loo)
+  pairs = np.asarray(pairs)
+  if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) != drop.shape[-2]:
+    raise ValueError(f"pairs: expected [{drop.shape[-2]}, 2] for drop {drop.shape}, got {pairs.shape}")
+  return drop - loo[..., pairs[:, 0], :] - loo[..., pairs[:, 1], :]
+
+
 @x64
 def interactions(surrogate, num_tasks: int | None = None, *, at=None) -> jax.Array:
   """[K, K, T]: I_jk = g(1) - g(1 - e_j) - g(1 - e_k) + g(1 - e_j - e_k); zero diagonal.

@@ -305,13 +305,12 @@ def _problem(c, s: Setup, dsg: Design, cch: Cache, t0: Theta0, tuned, truths, pr
   fit, held = np.arange(c.design.num_fit), np.arange(c.design.num_fit, len(dsg.S_rand))
   F0, F_raw = (s.per_target(F[None])[0] for F in (t0.F0_examples, t0.F_raw_examples))
   curves = np.asarray(tuned["train_loss"])
-  pair_truths = relations.pair_truths(dsg.pairs, F_truth, np.stack([p["F"] for p in probes]))
   E = est.F_est_truth
   P = len(dsg.pairs)
   pairs = [(a, b) for _, a, b, _ in dsg.pairs]
   drop_two = F_truth[:, K + 1:K + 1 + P] - F_truth[:, K:K + 1]          # [seeds, P, T]
-  idx_a, idx_b = np.array(pairs).T
-  inter = drop_two - effects[:, idx_a] - effects[:, idx_b]
+  inter = ks.pair_interactions(drop_two, effects, pairs)
+  pair_truths = relations.pair_truths(dsg.pairs, inter, np.stack([p["F"] for p in probes]))
   E_drop = E[K + 1:K + 1 + P] - E[K][None]
   E_loo = E[:K] - E[K][None]
   return driver.Problem(
@@ -322,7 +321,7 @@ def _problem(c, s: Setup, dsg: Design, cch: Cache, t0: Theta0, tuned, truths, pr
           # the planted pairs' leave-two-out fine-tunes: what an additive fit cannot get
           "drop_two": driver.Truth(drop_two, pairs=pairs, predictions={"estimator_direct": E_drop}),
           "pair_interaction": driver.Truth(inter, pairs=pairs, of="interaction",
-                                           predictions={"estimator_direct": E_drop - E_loo[idx_a] - E_loo[idx_b]})},
+                                           predictions={"estimator_direct": ks.pair_interactions(E_drop, E_loo, pairs)})},
       sources={"estimated": (dsg.S_est, est.F_est)}, estimates_of={"estimated": "exact"},
       info={"planted": {rel: [list(r) for r in rows] for rel, rows in data_lib.PLANTED.items()},
             "pair_truths": pair_truths,

@@ -65,15 +65,15 @@ def probe_summary(pairs, probes) -> dict:
   return out
 
 
-def pair_truths(pairs, truth_F, probe_F) -> dict:
+def pair_truths(pairs, interactions, probe_F) -> dict:
   """The planted pairs' interactions on their targets, per seed: at the full set from the truth
-  fine-tunes (rows: K leave-one-out, the full set, one leave-two-out per pair; [seeds, rows, T])
-  and at the empty set from the probes ([seeds, 1 + K + P, T]). What the driver's pair scores
+  fine-tunes' interactions ([seeds, P, T], `ks.pair_interactions`) and at the empty set from the
+  probes ([seeds, 1 + K + P, T]: none, each singleton, each pair). What the driver's pair scores
   read: {"pairs": [[a, b, t]], "relations", "full": [seeds, P], "empty": [seeds, P]}."""
   K = len(data_lib.TRAIN_TASKS)
   full, empty = [], []
   for i, (_, a, b, t) in enumerate(pairs):
-    full.append(truth_F[:, K, t] - truth_F[:, a, t] - truth_F[:, b, t] + truth_F[:, K + 1 + i, t])
+    full.append(interactions[:, i, t])
     empty.append(probe_F[:, K + 1 + i, t] - probe_F[:, 1 + a, t] - probe_F[:, 1 + b, t] + probe_F[:, 0, t])
   return {"pairs": [[a, b, t] for _, a, b, t in pairs], "relations": [r for r, *_ in pairs],
           "full": np.stack(full, 1).tolist(), "empty": np.stack(empty, 1).tolist()}
