@@ -21,8 +21,8 @@ import json
 import time
 
 import numpy as np
-from scipy import stats
 
+from ksurrogate import metrics
 from ksurrogate_experiments.tasks import config as config_lib
 from ksurrogate_experiments.tasks import data as data_lib
 from ksurrogate_experiments.tasks import pipeline
@@ -49,14 +49,12 @@ def arm(c, n: int) -> dict:
 
 def compare(top: dict, full: dict) -> dict:
   """Agreement of the two arms: per-target Spearman across subsets, Pearson of the effects pooled."""
-  per = {}
-  for j, name in enumerate(data_lib.TARGETS):
-    a, b = top["F"][:, j], full["F"][:, j]
-    per[name] = float(stats.spearmanr(a, b).statistic) if a.std() > 0 and b.std() > 0 else None
+  per = metrics.spearman(top["F"], full["F"], per_target=True)          # NaN where a target is constant
   ea, eb = (top["F"] - top["F0"]).ravel(), (full["F"] - full["F0"]).ravel()
-  defined = [v for v in per.values() if v is not None]
-  return {"spearman_per_target": per, "spearman_mean": float(np.mean(defined)) if defined else None,
-          "effects_pearson_pooled": float(stats.pearsonr(ea, eb).statistic)}
+  why = {}
+  return {"spearman_per_target": {t: None if np.isnan(v) else float(v) for t, v in zip(data_lib.TARGETS, per)},
+          "spearman_mean": metrics.attempt(why, "spearman", metrics.spearman, top["F"], full["F"]),
+          "effects_pearson_pooled": metrics.attempt(why, "pearson", metrics.pearson, ea, eb)}
 
 
 def main():
@@ -85,8 +83,9 @@ def main():
   for t, v in result["spearman_per_target"].items():
     print(f"  {t:24s} {'n/a' if v is None else f'{v:+.3f}'}")
   mean = result["spearman_mean"]
+  pooled = result["effects_pearson_pooled"]
   print(f"  mean {'n/a' if mean is None else f'{mean:+.3f}'}; effects F(S) - F(theta0) Pearson pooled "
-        f"{result['effects_pearson_pooled']:+.3f}")
+        f"{'n/a' if pooled is None else f'{pooled:+.3f}'}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)

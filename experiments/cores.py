@@ -10,6 +10,7 @@ keeps them there.
 from __future__ import annotations
 
 import os
+import time
 from typing import Optional
 
 # `auto` takes one core when the 1-minute load average is at least the number of cores: every core
@@ -64,7 +65,6 @@ _LIMITS = []   # threadpoolctl's limiter, kept alive for the run
 
 def _busy(seconds: float = 0.2) -> dict:
   """{core: share of its time busy over `seconds`} from /proc/stat ({} where it cannot be read)."""
-  import time
 
   def ticks():
     out = {}
@@ -85,8 +85,10 @@ def _busy(seconds: float = 0.2) -> dict:
 
 
 def least_busy(count: int, busy: Optional[dict] = None) -> list[int]:
-  """The `count` cores of this process that were least busy just now (the first ones on a tie or
-  where /proc/stat cannot be read): pinned to core 0 beside a job on core 0, a run would share it.
+  """The `count` cores of this process that were least busy just now: pinned to core 0 beside a
+  job on core 0, a run would share it. Shares are compared rounded to a tenth, so sampling noise
+  between two idle cores does not reorder them; on a tie, or where /proc/stat cannot be read, the
+  first cores.
 
   Args:
     count: how many, >= 1.

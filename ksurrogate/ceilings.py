@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ksurrogate.intervals import _check_effects, _loo_stats, _percentile_interval
+from ksurrogate.intervals import _check_effects, _loo_stats, percentile_interval
 from ksurrogate.metrics import LOO_CORRELATIONS, Undefined, _loo_parts, _pair, _where
 
 
@@ -73,7 +73,7 @@ def split_half_ceiling(effects_SxKxT):
   for half, rest in seed_halves(E.shape[0]):
     a, b = E[half].mean(0), E[rest].mean(0)
     rows.append(_loo_parts(*_pair(a, b)) if len(a) >= 2 else {})
-  floor = float(np.mean(_magnitude_floors(E, np.arange(E.shape[2])[None])))
+  floor = float(_magnitude_floors(E, np.arange(E.shape[2])[None])[0])
   reliability = {}
   for k in LOO_CORRELATIONS:
     values = [row[k] for row in rows if k in row and not isinstance(row[k], Undefined)]
@@ -129,13 +129,13 @@ def ceiling_interval(effects_SxKxT, *, num_resamples: int = 1000, seed: int = 0,
   rng = np.random.default_rng(seed)
   cols = rng.integers(0, T, size=(num_resamples, T))
   per_split = [_loo_stats(E[a].mean(0), E[b].mean(0)[None], cols) for a, b in halves]
-  out = {"magnitude_error": _percentile_interval(point["magnitude_error"], _magnitude_floors(E, cols), level)}
+  out = {"magnitude_error": percentile_interval(point["magnitude_error"], _magnitude_floors(E, cols), level)}
   for k in LOO_CORRELATIONS:
     r = np.nanmean(np.stack([s[k] for s in per_split]), axis=0)
     with np.errstate(invalid="ignore"):
       rel = np.where(r > -1, 2 * r / (1 + r), np.nan)
       ceil = np.where(rel > 0, np.sqrt(np.where(rel > 0, rel, 0.0)), np.nan)
-    out[k] = _percentile_interval(point[k], ceil, level)
+    out[k] = percentile_interval(point[k], ceil, level)
   return out
 
 

@@ -362,16 +362,3 @@ def relative_error(estimate, truth, *, eps: float = 1e-12):
   rel = np.where(zero, np.nan, np.abs(E - T) / np.where(zero, 1.0, np.abs(T)))
   return {"median": float(np.nanmedian(rel)), "mean": float(np.nanmean(rel)), "values": rel,
           "num_zero_truth": int(zero.sum())}
-
-
-# ----------------------------------------------------------------------------------------------
-# Uncertainty of scores and of paired differences between methods.
-#
-# Two sources of replication, two estimators:
-# - scores on held-out subsets (LDS, normalized error) are repeated over R random fit/held-out
-#   re-splits of the same subsets. The re-splits share subsets, so the plain standard error over
-#   them is too small; `resplit_interval` applies Nadeau & Bengio's correction (2003):
-#   var = (1/R + n_test/n_fit) s^2, with a t interval on R - 1 degrees of freedom.
-# - leave-one-out correlations are averaged over targets against a truth averaged over training
-#   seeds: `bootstrap_loo` resamples targets (and seeds, where the truth has them) and recomputes
-#   every method's correlations and every paired difference on the same resamples.

@@ -58,7 +58,7 @@ def test_one_core_is_the_least_busy_one(monkeypatch):
   monkeypatch.setattr(cores, "available", lambda: [0, 1, 2])
   assert cores.least_busy(1, busy={0: 0.98, 1: 0.05, 2: 0.5}) == [1]
   assert cores.least_busy(2, busy={0: 0.98, 1: 0.05, 2: 0.5}) == [1, 2]
-  assert cores.least_busy(1, busy={0: 0.51, 1: 0.49, 2: 0.9}) == [0]   # within 0.1: a tie, the first
+  assert cores.least_busy(1, busy={0: 0.51, 1: 0.49, 2: 0.9}) == [0]   # both round to 0.5: a tie, the first
   assert cores.least_busy(1, busy={}) == [0]
   monkeypatch.undo()
   shares = cores._busy(0.05)

@@ -1,5 +1,5 @@
-"""Intervals of scores and paired differences (`intervals.resplit_interval`, `bootstrap_loo`,
-`ceiling_interval`, `seeds_for_reliability`)."""
+"""Intervals of scores and paired differences (`intervals.resplit_interval`, `bootstrap_loo`) and
+the ceilings of a noisy truth (`ceilings.ceiling_interval`, `seeds_for_reliability`)."""
 import numpy as np
 import pytest
 from scipy import stats

@@ -130,7 +130,6 @@ def test_a_design_whose_retrains_do_not_vary_stops_after_retrain(tmp_path):
 
 
 @pytest.mark.slow   # minutes: a second tiny run; tests/test_run_storage.py covers the same at small size
-@pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_rerun_repairs_damage_reuses_the_rest_and_gives_the_same_summary(full_run, tmp_path):
   workdir, reference, _ = full_run
   w = tmp_path / "w"
@@ -160,7 +159,6 @@ def test_rerun_repairs_damage_reuses_the_rest_and_gives_the_same_summary(full_ru
 
 
 @pytest.mark.slow   # minutes: a second tiny run; tests/test_run_storage.py covers the same at small size
-@pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_killed_run_resumes_to_the_same_summary(full_run, tmp_path):
   _, reference, _ = full_run
   proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -249,7 +247,6 @@ def test_regime_study_end_to_end(tmp_path):
   assert pathlib.Path(s["files"]["study"]).stat().st_size > 10000
 
 
-@pytest.mark.slow
 @pytest.mark.slow   # the modular tiny run end to end (~2 min); the units above stay default
 def test_two_processes_give_the_summary_of_one(full_run, tmp_path):
   """The modular tiny config as a jax.distributed group of 2 CPU processes on this machine

@@ -95,12 +95,7 @@ def point_scores(preds, truth):
 
 def interval(point: float, replicates) -> intervals.Interval:
   """The point with the standard deviation and 2.5 / 97.5 % quantiles of its bootstrap replicates."""
-  r = np.asarray(replicates, np.float64)
-  r = r[np.isfinite(r)]
-  if len(r) < 2 or not np.isfinite(point):
-    return intervals.Interval(float(point), float("nan"), float("nan"), float("nan"), 0.95, len(r))
-  return intervals.Interval(float(point), float(r.std(ddof=1)), float(np.quantile(r, 0.025)),
-                          float(np.quantile(r, 0.975)), 0.95, len(r))
+  return intervals.percentile_interval(point, replicates, 0.95)
 
 
 def entries(key: str, iv: intervals.Interval) -> dict:
