@@ -71,10 +71,8 @@ def main():
     c = config_lib.get_config(args.config)
     c.finetune.lora_layers = layers
     c.design.chunk_size = args.subsets        # one compiled program for all n fine-tunes
-    # nothing is estimated here, but validation holds every field: a projection wide enough for
-    # one output dimension per LoRA B block of the adapted depth
-    n_blocks = config_lib.MATRICES_PER_BLOCK * (layers or config_lib.MODEL_SIZES[c.model.kind]["n_layers"])
-    c.estimate.dim = max(c.estimate.dim, min(c.estimate.dim_in, c.finetune.rank) * n_blocks)
+    # nothing is estimated here, but validation holds every field, the projection's width too
+    c.estimate.dim = max(c.estimate.dim, config_lib.min_estimate_dim(c))
     config_lib.EXPERIMENT.validate(c)
     arms[name] = arm(c, args.subsets)
     print(f"{name}: {arms[name]['blocks']} blocks adapted; " +

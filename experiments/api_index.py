@@ -27,19 +27,19 @@ def _default(value) -> str:
   return "..."
 
 
+class _Elided:
+  def __repr__(self):
+    return "..."
+
+
 def _signature(obj) -> str:
   try:
-    params = inspect.signature(obj).parameters.values()
+    sig = inspect.signature(obj)
   except (TypeError, ValueError):
     return "(...)"
-  parts, star_done = [], False
-  for p in params:
-    if p.kind is p.KEYWORD_ONLY and not star_done:
-      parts.append("*")
-    star_done = star_done or p.kind in (p.KEYWORD_ONLY, p.VAR_POSITIONAL)
-    name = {p.VAR_POSITIONAL: f"*{p.name}", p.VAR_KEYWORD: f"**{p.name}"}.get(p.kind, p.name)
-    parts.append(name if p.default is p.empty else f"{name}={_default(p.default)}")
-  return f"({', '.join(parts)})"
+  plain = lambda p: p.default is p.empty or _default(p.default) != "..."
+  params = [p.replace(annotation=p.empty, default=p.default if plain(p) else _Elided()) for p in sig.parameters.values()]
+  return str(sig.replace(parameters=params, return_annotation=sig.empty))
 
 
 def _summary(obj) -> str:
@@ -55,11 +55,9 @@ def _row(name: str, obj) -> str:
 
 def _members(module: types.ModuleType) -> list:
   """(name, object) of the functions and classes `module` defines and does not hide behind `_`."""
-  own = lambda o: getattr(o, "__module__", None) == module.__name__
   names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
-  return [(n, getattr(module, n)) for n in names
-          if (inspect.isfunction(getattr(module, n)) or inspect.isclass(getattr(module, n)) or callable(getattr(module, n)))
-          and not inspect.ismodule(getattr(module, n)) and own(getattr(module, n))]
+  objs = [(n, getattr(module, n)) for n in names]
+  return [(n, o) for n, o in objs if callable(o) and getattr(o, "__module__", None) == module.__name__]
 
 
 def render_block() -> str:

@@ -202,6 +202,13 @@ RULES = {
 }
 
 
+def min_estimate_dim(c) -> int:
+  """The narrowest projection the factorized estimate allows: estimate.dim_in (capped at the LoRA
+  rank) input dimensions times one output dimension for each LoRA B block of the adapted depth."""
+  n_layers = MODEL_SIZES[c.model.kind]["n_layers"]
+  return min(c.estimate.dim_in, c.finetune.rank) * MATRICES_PER_BLOCK * (c.finetune.lora_layers or n_layers)
+
+
 def checks(c) -> None:
   """The checks across fields (after RULES); each error is one line naming the field to change."""
   req = common.require
@@ -223,7 +230,7 @@ def checks(c) -> None:
       "fine-tunes score the estimator)")
   blocks = MATRICES_PER_BLOCK * (c.finetune.lora_layers or n_layers)
   dim_in = min(c.estimate.dim_in, c.finetune.rank)
-  req(c.estimate.dim >= dim_in * blocks, "estimate.dim",
+  req(c.estimate.dim >= min_estimate_dim(c), "estimate.dim",
       f"{c.estimate.dim} is below {dim_in * blocks}: estimate.dim_in={dim_in} (capped at the rank) times the "
       f"{blocks} LoRA B blocks, one output dimension each")
   chosen = tuple(c.surrogates.families)
